@@ -1,0 +1,19 @@
+"""Assembles /api/v1 and /api/v2 from the domain routers."""
+
+from fastapi import APIRouter
+
+from app.auth.router import router as auth_router
+from app.core.errors import ERROR_RESPONSES
+from app.items import router as items
+from app.users.router import router as users_router
+
+api_v1 = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
+api_v1.include_router(auth_router)
+api_v1.include_router(users_router)
+api_v1.include_router(items.list_v1)
+api_v1.include_router(items.router)
+
+# v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
+api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)
+api_v2.include_router(items.list_v2)
+api_v2.include_router(items.router)

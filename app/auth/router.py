@@ -1,0 +1,105 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Header, status
+
+from app.auth import service
+from app.auth.dependencies import CurrentUser, HasherDep, SettingsDep, TokenClaims
+from app.auth.schemas import (
+    ChangePasswordRequest,
+    LoginForm,
+    LogoutRequest,
+    RefreshRequest,
+    RegisterRequest,
+    TokenResponse,
+)
+from app.core.db import SessionDep
+from app.users.schemas import UserPrivate
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+def _token_response(pair: service.TokenPair) -> TokenResponse:
+    return TokenResponse(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        expires_in=pair.expires_in,
+        scope=" ".join(pair.scopes),
+    )
+
+
+@router.post("/register", response_model=UserPrivate, status_code=status.HTTP_201_CREATED)
+async def register(data: RegisterRequest, session: SessionDep, hasher: HasherDep) -> UserPrivate:
+    """Create an account."""
+    user = await service.register(session=session, hasher=hasher, data=data)
+    return UserPrivate.model_validate(user)
+
+
+@router.post("/token", response_model=TokenResponse)
+async def login(
+    form: Annotated[LoginForm, Form()],
+    session: SessionDep,
+    hasher: HasherDep,
+    settings: SettingsDep,
+    user_agent: Annotated[str | None, Header(max_length=1000)] = None,
+) -> TokenResponse:
+    """Log in with the OAuth2 password form (username or email) for an access/refresh pair."""
+    user = await service.authenticate(
+        session=session, hasher=hasher, login=form.username, password=form.password
+    )
+    pair = await service.start_session(
+        session=session,
+        settings=settings,
+        user=user,
+        requested_scopes=form.requested_scopes(),
+        user_agent=user_agent,
+    )
+    return _token_response(pair)
+
+
+@router.post("/refresh", response_model=TokenResponse)
+async def refresh(
+    data: RefreshRequest, session: SessionDep, settings: SettingsDep
+) -> TokenResponse:
+    """Trade a refresh token (once) for a new pair; reusing one revokes its whole session."""
+    pair = await service.rotate_refresh_token(
+        session=session, settings=settings, raw_token=data.refresh_token
+    )
+    return _token_response(pair)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(
+    user: CurrentUser, claims: TokenClaims, session: SessionDep, data: LogoutRequest | None = None
+) -> None:
+    """End this session: its access and refresh tokens stop working at once."""
+    await service.logout(
+        session=session,
+        user=user,
+        session_id=claims.session_id,
+        refresh_token=data.refresh_token if data else None,
+    )
+
+
+@router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_all(user: CurrentUser, session: SessionDep) -> None:
+    """End every session of the caller, on every device."""
+    await service.revoke_all_sessions(session=session, user_id=user.id, reason="logout_all")
+
+
+@router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
+async def change_password(
+    data: ChangePasswordRequest,
+    user: CurrentUser,
+    claims: TokenClaims,
+    session: SessionDep,
+    hasher: HasherDep,
+) -> None:
+    """Change the password; every other session is logged out."""
+    await service.change_password(
+        session=session,
+        hasher=hasher,
+        user=user,
+        current_session_id=claims.session_id,
+        current_password=data.current_password,
+        new_password=data.new_password,
+    )

@@ -1,0 +1,118 @@
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    EmailStr,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
+
+from app.core.schemas import CleanStr, InputModel
+
+RESERVED_USERNAMES = frozenset(
+    {
+        "admin", "administrator", "root", "system", "superuser", "support", "staff",
+        "moderator", "api", "me", "null", "none", "undefined", "anonymous", "help", "www",
+    }
+)  # fmt: skip
+
+
+def _not_reserved(username: str) -> str:
+    if username.lower() in RESERVED_USERNAMES:
+        raise ValueError("this username is reserved")
+    return username
+
+
+def _strong_password(password: str) -> str:
+    if not re.search(r"[A-Z]", password):
+        raise ValueError("password needs at least one upper-case letter")
+    if not re.search(r"\d", password):
+        raise ValueError("password needs at least one digit")
+    return password
+
+
+UsernameChars = Annotated[
+    str, StringConstraints(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+]
+Username = Annotated[UsernameChars, AfterValidator(_not_reserved)]
+Password = Annotated[
+    str, StringConstraints(min_length=8, max_length=128), AfterValidator(_strong_password)
+]
+# Only checked for length: a stored password may predate today's rules.
+AnyPassword = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Email = Annotated[EmailStr, StringConstraints(max_length=254), AfterValidator(str.lower)]
+FullName = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
+OpaqueToken = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class RegisterRequest(InputModel):
+    username: Username
+    email: Email
+    password: Password
+    password_confirm: str = Field(max_length=128)
+    full_name: FullName | None = None
+
+    @field_validator("password_confirm")
+    @classmethod
+    def _passwords_match(cls, value: str, info: ValidationInfo) -> str:
+        if "password" in info.data and value != info.data["password"]:
+            raise ValueError("passwords do not match")
+        return value
+
+
+class LoginForm(BaseModel):
+    """The OAuth2 password form (RFC 6749 4.3); `username` may also be the email."""
+
+    grant_type: Annotated[str | None, Field(pattern="^password$")] = None
+    username: Annotated[CleanStr, StringConstraints(min_length=1, max_length=254)]
+    password: AnyPassword
+    scope: Annotated[CleanStr, StringConstraints(max_length=500)] = ""
+    client_id: str | None = None
+    client_secret: str | None = None
+
+    def requested_scopes(self) -> set[str] | None:
+        return set(self.scope.split()) or None
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires")
+    scope: str = Field(description="Space-separated scopes granted to the access token")
+
+
+class RefreshRequest(InputModel):
+    refresh_token: OpaqueToken
+
+
+class LogoutRequest(InputModel):
+    refresh_token: OpaqueToken | None = None
+
+
+class ChangePasswordRequest(InputModel):
+    current_password: AnyPassword
+    new_password: Password
+
+    @field_validator("new_password")
+    @classmethod
+    def _differs_from_current(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("current_password"):
+            raise ValueError("the new password must differ from the current one")
+        return value
+
+
+class _SuperuserFields(BaseModel):
+    username: Annotated[
+        str, StringConstraints(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+    ]
+    email: Email
+    password: Password
+
+
+SuperuserFields = TypeAdapter(_SuperuserFields)

@@ -1,0 +1,268 @@
+"""Accounts and sessions: register, log in, rotate refresh tokens, revoke."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.errors import InvalidCredentials, InvalidRefreshToken
+from app.auth.models import AuthSession, RefreshToken
+from app.auth.permissions import ROLE_SCOPES, grantable_scopes
+from app.auth.schemas import RegisterRequest, SuperuserFields
+from app.core.config import Settings
+from app.core.db import utcnow
+from app.core.errors import Conflict, ErrorDetail, Forbidden
+from app.core.security import (
+    PasswordHasher,
+    create_access_token,
+    hash_opaque_token,
+    new_opaque_token,
+)
+from app.users.models import Role, User
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    scopes: list[str]
+
+
+async def register(
+    *, session: AsyncSession, hasher: PasswordHasher, data: RegisterRequest, role: Role = Role.USER
+) -> User:
+    await _ensure_available(session=session, username=data.username, email=data.email)
+    user = User(
+        username=data.username,
+        email=data.email,
+        hashed_password=await hasher.hash(data.password),
+        full_name=data.full_name,
+        role=role,
+    )
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError as exc:  # lost a race with a concurrent registration
+        await session.rollback()
+        raise Conflict("Username or email is already registered") from exc
+    return user
+
+
+async def _ensure_available(*, session: AsyncSession, username: str, email: str) -> None:
+    taken = (
+        await session.execute(
+            select(User.username, User.email).where(
+                or_(func.lower(User.username) == username.lower(), User.email == email)
+            )
+        )
+    ).all()
+    details = []
+    if any(row.username.lower() == username.lower() for row in taken):
+        details.append(ErrorDetail(field="body.username", message="already taken", type="taken"))
+    if any(row.email == email for row in taken):
+        details.append(ErrorDetail(field="body.email", message="already registered", type="taken"))
+    if details:
+        raise Conflict("Username or email is already registered", details=details)
+
+
+async def get_by_login(*, session: AsyncSession, login: str) -> User | None:
+    condition = (
+        User.email == login.lower() if "@" in login else func.lower(User.username) == login.lower()
+    )
+    return (await session.execute(select(User).where(condition))).scalar_one_or_none()
+
+
+async def authenticate(
+    *, session: AsyncSession, hasher: PasswordHasher, login: str, password: str
+) -> User:
+    """The user for these credentials; unknown user and wrong password look the same."""
+    user = await get_by_login(session=session, login=login)
+    valid, upgraded_hash = await hasher.verify_and_update(
+        password, user.hashed_password if user else None
+    )
+    if user is None or not valid:
+        raise InvalidCredentials()
+    if not user.is_active:
+        raise Forbidden("This account is disabled")
+    if upgraded_hash is not None:  # an old bcrypt (or weaker argon2) hash: store Argon2id now
+        user.hashed_password = upgraded_hash
+    user.last_login_at = utcnow()
+    await session.commit()
+    return user
+
+
+async def start_session(
+    *,
+    session: AsyncSession,
+    settings: Settings,
+    user: User,
+    requested_scopes: set[str] | None,
+    user_agent: str | None = None,
+) -> TokenPair:
+    scopes = grantable_scopes(user.role, requested_scopes)
+    auth_session = AuthSession(
+        id=uuid.uuid4().hex,
+        user_id=user.id,
+        expires_at=utcnow() + timedelta(days=settings.refresh_token_expire_days),
+        scopes=" ".join(scopes),
+        user_agent=(user_agent or "")[:255] or None,
+    )
+    session.add(auth_session)
+    pair = _issue(session=session, settings=settings, auth_session=auth_session, scopes=scopes)
+    await session.commit()
+    return pair
+
+
+def _issue(
+    *, session: AsyncSession, settings: Settings, auth_session: AuthSession, scopes: list[str]
+) -> TokenPair:
+    raw_refresh = new_opaque_token()
+    session.add(
+        RefreshToken(
+            session_id=auth_session.id,
+            token_hash=hash_opaque_token(raw_refresh),
+            expires_at=auth_session.expires_at,
+        )
+    )
+    access, expires_in = create_access_token(
+        settings, user_id=auth_session.user_id, session_id=auth_session.id, scopes=scopes
+    )
+    return TokenPair(access, raw_refresh, expires_in, scopes)
+
+
+async def rotate_refresh_token(
+    *, session: AsyncSession, settings: Settings, raw_token: str
+) -> TokenPair:
+    """Trade a refresh token for a new pair. A token works once: a second use means it was
+    stolen (or leaked), so the whole family is revoked and both parties must log in again."""
+    row = (
+        await session.execute(
+            select(RefreshToken, AuthSession, User)
+            .join(AuthSession, RefreshToken.session_id == AuthSession.id)
+            .join(User, AuthSession.user_id == User.id)
+            .where(RefreshToken.token_hash == hash_opaque_token(raw_token))
+        )
+    ).one_or_none()
+    if row is None:
+        raise InvalidRefreshToken()
+    token, auth_session, user = row.tuple()
+    now = utcnow()
+    if auth_session.revoked_at is not None or auth_session.expires_at <= now:
+        raise InvalidRefreshToken()
+    # Mark used with a conditional UPDATE: of two concurrent uses exactly one wins.
+    claimed = await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.id == token.id, RefreshToken.used_at.is_(None))
+        .values(used_at=now)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        await revoke_session(session=session, session_id=auth_session.id, reason="reuse_detected")
+        raise InvalidRefreshToken("Refresh token reuse detected; the session has been revoked")
+    if not user.is_active:
+        await session.commit()
+        raise InvalidRefreshToken()
+    # A role may have been lowered since login: never hand back more than it allows now.
+    scopes = sorted(set(auth_session.scopes.split()) & ROLE_SCOPES[user.role])
+    pair = _issue(session=session, settings=settings, auth_session=auth_session, scopes=scopes)
+    await session.commit()
+    return pair
+
+
+async def revoke_session(
+    *, session: AsyncSession, session_id: str, reason: str, user_id: int | None = None
+) -> None:
+    statement = update(AuthSession).where(
+        AuthSession.id == session_id, AuthSession.revoked_at.is_(None)
+    )
+    if user_id is not None:
+        statement = statement.where(AuthSession.user_id == user_id)
+    await session.execute(statement.values(revoked_at=utcnow(), revoked_reason=reason))
+    await session.commit()
+
+
+async def revoke_all_sessions(
+    *, session: AsyncSession, user_id: int, reason: str, keep_session_id: str | None = None
+) -> None:
+    statement = update(AuthSession).where(
+        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+    )
+    if keep_session_id is not None:
+        statement = statement.where(AuthSession.id != keep_session_id)
+    await session.execute(statement.values(revoked_at=utcnow(), revoked_reason=reason))
+    await session.commit()
+
+
+async def logout(
+    *, session: AsyncSession, user: User, session_id: str, refresh_token: str | None
+) -> None:
+    """End this session; a refresh token of another of the user's sessions ends that one too."""
+    if refresh_token is not None:
+        other = (
+            await session.execute(
+                select(RefreshToken.session_id).where(
+                    RefreshToken.token_hash == hash_opaque_token(refresh_token)
+                )
+            )
+        ).scalar_one_or_none()
+        if other is not None and other != session_id:
+            await revoke_session(
+                session=session, session_id=other, reason="logout", user_id=user.id
+            )
+    await revoke_session(session=session, session_id=session_id, reason="logout")
+
+
+async def change_password(
+    *,
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    user: User,
+    current_session_id: str,
+    current_password: str,
+    new_password: str,
+) -> None:
+    valid, _ = await hasher.verify_and_update(current_password, user.hashed_password)
+    if not valid:
+        raise InvalidCredentials("The current password is incorrect", status=400)
+    user.hashed_password = await hasher.hash(new_password)
+    await session.flush()
+    await revoke_all_sessions(
+        session=session,
+        user_id=user.id,
+        reason="password_changed",
+        keep_session_id=current_session_id,
+    )
+
+
+async def ensure_superuser(
+    *,
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    username: str,
+    email: str,
+    password: str,
+) -> tuple[User, bool]:
+    """The superuser with this username, created if missing; (user, created).
+
+    The operator picks this name, so reserved names such as `admin` are allowed here.
+    """
+    existing = await get_by_login(session=session, login=username)
+    if existing is not None:
+        return existing, False
+    fields = SuperuserFields.validate_python(
+        {"username": username, "email": email, "password": password}
+    )
+    await _ensure_available(session=session, username=fields.username, email=fields.email)
+    user = User(
+        username=fields.username,
+        email=fields.email,
+        hashed_password=await hasher.hash(fields.password),
+        role=Role.SUPERUSER,
+        is_verified=True,
+    )
+    session.add(user)
+    await session.commit()
+    return user, True

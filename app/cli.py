@@ -1,0 +1,218 @@
+"""`app ...`: run the service, migrate, create the first superuser, seed demo data."""
+
+import asyncio
+import random
+import sys
+from decimal import Decimal
+from typing import Annotated
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import Progress
+
+from app import models  # noqa: F401 - registers every table
+from app.core.config import Settings, get_settings
+from app.core.migrate import upgrade_to_head
+
+cli = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+Host = Annotated[str, typer.Option(help="Interface to bind")]
+Port = Annotated[int, typer.Option(help="TCP port")]
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        console.print(f"[red]Refusing to start: invalid settings[/red]\n{exc}")
+        raise typer.Exit(2) from exc
+
+
+def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_log: bool) -> None:
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@cli.command()
+def serve(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    access_log: Annotated[bool, typer.Option(help="Log each request")] = True,
+) -> None:
+    """The whole service on one machine (embedded mode): migrate, then serve."""
+    settings = _settings()
+    console.print(f"Database: [bold]{_redacted(settings.sqlalchemy_url)}[/bold]")
+    upgrade_to_head(settings)
+    _ensure_superuser_from_settings(settings)
+    _run_api(settings, host=host, port=port, workers=1, access_log=access_log)
+
+
+@cli.command()
+def api(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log each request")] = True,
+) -> None:
+    """The API only (distributed mode). Does not migrate: run `app migrate` before a rollout."""
+    _run_api(_settings(), host=host, port=port, workers=workers, access_log=access_log)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations, then create the superuser from settings if configured."""
+    settings = _settings()
+    upgrade_to_head(settings)
+    _ensure_superuser_from_settings(settings)
+    console.print("[green]Database is at the latest revision.[/green]")
+
+
+@cli.command("create-superuser")
+def create_superuser(
+    username: Annotated[str | None, typer.Option(help="Default: FIRST_SUPERUSER_USERNAME")] = None,
+    email: Annotated[str | None, typer.Option(help="Default: FIRST_SUPERUSER_EMAIL")] = None,
+    password: Annotated[
+        str | None, typer.Option(help="Default: FIRST_SUPERUSER_PASSWORD, or asked for")
+    ] = None,
+) -> None:
+    """Create the first superuser from options or settings (asks for a password on a terminal)."""
+    settings = _settings()
+    username = username or settings.first_superuser_username
+    email = email or settings.first_superuser_email
+    if password is None and settings.first_superuser_password is not None:
+        password = settings.first_superuser_password.get_secret_value()
+    if password is None and sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not (username and email and password):
+        console.print("[red]Give --username, --email and --password (or FIRST_SUPERUSER_*).[/red]")
+        raise typer.Exit(2)
+    upgrade_to_head(settings)
+    created = _create_superuser(settings, username, email, password)
+    console.print(
+        f"Superuser [bold]{username}[/bold] {'created' if created else 'already exists'}."
+    )
+
+
+def _ensure_superuser_from_settings(settings: Settings) -> None:
+    password = settings.first_superuser_password
+    if settings.first_superuser_username and settings.first_superuser_email and password:
+        _create_superuser(
+            settings,
+            settings.first_superuser_username,
+            settings.first_superuser_email,
+            password.get_secret_value(),
+        )
+
+
+def _create_superuser(settings: Settings, username: str, email: str, password: str) -> bool:
+    from app.auth import service as auth_service
+    from app.core.db import create_engine, create_sessionmaker
+    from app.core.errors import AppError
+    from app.core.security import PasswordHasher
+
+    async def run() -> bool:
+        engine = create_engine(settings)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                _, created = await auth_service.ensure_superuser(
+                    session=session,
+                    hasher=PasswordHasher(1),
+                    username=username,
+                    email=email,
+                    password=password,
+                )
+                return created
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except (ValidationError, AppError) as exc:
+        console.print(f"[red]Cannot create the superuser:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+DEMO_PASSWORD = "Demo-password-1"
+_WORDS = (
+    "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
+)  # fmt: skip
+
+
+@cli.command()
+def seed(
+    users: Annotated[int, typer.Option(min=0, help="Demo users to create")] = 10,
+    items: Annotated[int, typer.Option(min=0, help="Demo items to create")] = 100,
+) -> None:
+    """Fill the database with demo users and items (all users share one demo password)."""
+    settings = _settings()
+    upgrade_to_head(settings)
+    asyncio.run(_seed(settings, users, items))
+    console.print(f"Demo users log in as demo<N> with password [bold]{DEMO_PASSWORD}[/bold].")
+
+
+async def _seed(settings: Settings, user_count: int, item_count: int) -> None:
+    from sqlalchemy import func, select
+
+    from app.core.db import create_engine, create_sessionmaker
+    from app.core.security import PasswordHasher
+    from app.items.models import Currency, Item
+    from app.users.models import User
+
+    engine = create_engine(settings)
+    rng = random.Random(42)  # noqa: S311 - demo data, not security
+    batch = 500
+    try:
+        async with create_sessionmaker(engine)() as session:
+            # One hash for all: hashing each demo password would take ~50 ms apiece.
+            hashed = await PasswordHasher(1).hash(DEMO_PASSWORD)
+            start = (await session.execute(select(func.count(User.id)))).scalar_one()
+            with Progress(console=console) as progress:
+                task = progress.add_task("users", total=user_count)
+                for n in range(start, start + user_count):
+                    session.add(
+                        User(username=f"demo{n}", email=f"demo{n}@example.com",
+                             hashed_password=hashed, full_name=f"Demo User {n}", is_verified=True)
+                    )  # fmt: skip
+                    if (n - start + 1) % batch == 0:
+                        await session.commit()
+                    progress.advance(task)
+                await session.commit()
+                owner_ids = (await session.execute(select(User.id))).scalars().all()
+                task = progress.add_task("items", total=item_count)
+                for n in range(item_count):
+                    if not owner_ids:
+                        break
+                    title = f"{rng.choice(_WORDS).title()} {rng.choice(_WORDS)} #{n}"
+                    session.add(
+                        Item(title=title, description=f"Demo item {n}",
+                             price=Decimal(rng.randint(100, 100_000)) / 100,
+                             currency=rng.choice(list(Currency)), owner_id=rng.choice(owner_ids))
+                    )  # fmt: skip
+                    if (n + 1) % batch == 0:
+                        await session.commit()
+                    progress.advance(task)
+                await session.commit()
+    finally:
+        await engine.dispose()
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,124 @@
+"""Typed settings from the environment and `.env`; nothing set means embedded mode."""
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+CommaList = Annotated[list[str], NoDecode]
+
+# Values seen in tutorials and .env examples; a production key must not be one of them.
+WEAK_SECRETS = frozenset(
+    {"changeme", "change-me", "secret", "secret-key", "your-secret-key", "dev", "development"}
+)
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Environment = "development"
+    debug: bool = False
+    app_name: str = "app"
+    secret_key: SecretStr | None = None
+    app_data_dir: Path = Path("./var")
+    database_url: str | None = None
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
+
+    jwt_issuer: str = "app"
+    jwt_audience: str = "app-api"
+    access_token_expire_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    refresh_token_expire_days: int = Field(default=14, ge=1, le=365)
+    require_verified_email: bool = False
+
+    cors_origins: CommaList = []
+    cors_allow_credentials: bool = True
+    docs_enabled: bool | None = None
+
+    first_superuser_username: str | None = None
+    first_superuser_email: str | None = None
+    first_superuser_password: SecretStr | None = None
+
+    log_level: str = "INFO"
+    # Threads allowed to hash passwords at once; keeps a login flood from starving the loop.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> "Settings":
+        if self.environment != "production":
+            return self
+        problems: list[str] = []
+        key = self.secret_key.get_secret_value() if self.secret_key else ""
+        if len(key) < MIN_SECRET_LENGTH or key.lower() in WEAK_SECRETS:
+            problems.append(
+                f"SECRET_KEY must be set to at least {MIN_SECRET_LENGTH} random characters"
+            )
+        if self.debug:
+            problems.append("DEBUG must be off")
+        if "*" in self.cors_origins and self.cors_allow_credentials:
+            problems.append("CORS_ORIGINS='*' cannot be combined with credentials")
+        if problems:
+            raise ValueError("unsafe production settings: " + "; ".join(problems))
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def show_docs(self) -> bool:
+        return self.docs_enabled if self.docs_enabled is not None else not self.is_production
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if not self.database_url:
+            return f"sqlite+aiosqlite:///{self.app_data_dir.resolve() / 'app.db'}"
+        url = self.database_url
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+asyncpg://" + url.removeprefix(plain)
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlalchemy_url.startswith("sqlite")
+
+    def signing_key(self) -> str:
+        """The key that signs tokens: set explicitly, or kept in the data dir.
+
+        A random key per start would log everyone out on every restart and differ between
+        processes, so outside production a generated key is written once and reused.
+        """
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        return _persistent_dev_key(self.app_data_dir)
+
+
+@lru_cache(maxsize=8)
+def _persistent_dev_key(data_dir: Path) -> str:
+    path = data_dir / "secret_key"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("x", encoding="ascii") as handle:  # "x": never overwrite a key
+            path.chmod(0o600)
+            handle.write(secrets.token_urlsafe(48))
+    except FileExistsError:
+        pass
+    return path.read_text(encoding="ascii").strip()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

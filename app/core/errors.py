@@ -1,0 +1,195 @@
+"""The error family and the one place that turns any error into the envelope."""
+
+import logging
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.request_context import REQUEST_ID_HEADER, request_id_of
+
+logger = logging.getLogger("app.errors")
+
+CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    status: int
+    code: str
+    message: str
+    details: list[ErrorDetail]
+    request_id: str
+    timestamp: datetime
+    path: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class AppError(Exception):
+    """A domain error: services raise these; only this module knows they become HTTP."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[ErrorDetail] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+
+class Unauthorized(AppError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str = "Not authenticated") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(AppError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(AppError):
+    status, code = 404, "not_found"
+
+
+class Conflict(AppError):
+    status, code = 409, "conflict"
+
+
+class ServiceUnavailable(AppError):
+    status, code = 503, "service_unavailable"
+
+
+def error_response(
+    request: Request,
+    *,
+    status: int,
+    code: str,
+    message: str,
+    details: list[ErrorDetail] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    request_id = request_id_of(request.scope)
+    body = ErrorResponse(
+        error=ErrorBody(
+            status=status,
+            code=code,
+            message=message,
+            details=details or [],
+            request_id=request_id,
+            timestamp=datetime.now(UTC),
+            path=request.url.path,
+        )
+    )
+    all_headers = {REQUEST_ID_HEADER: request_id, **(headers or {})}
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=all_headers)
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return error_response(
+        request,
+        status=exc.status,
+        code=exc.code,
+        message=exc.message,
+        details=exc.details,
+        headers=exc.headers,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    default_phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail else default_phrase
+    if status == 404 and message == "Not Found":
+        message = f"No resource at {request.url.path}"
+    elif status == 405 and message == "Method Not Allowed":
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    return error_response(
+        request,
+        status=status,
+        code=CODES_BY_STATUS.get(status, "error"),
+        message=message,
+        headers=dict(exc.headers or {}),
+    )
+
+
+def _field_path(location: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Never echo `input` back: it may hold a password.
+    details = [
+        ErrorDetail(field=_field_path(err.get("loc", ())), message=err["msg"], type=err["type"])
+        for err in exc.errors()
+    ]
+    summary = "; ".join(f"{d.field}: {d.message}" for d in details[:3])
+    return error_response(
+        request,
+        status=422,
+        code="validation_error",
+        message=f"Invalid request: {summary}" if summary else "Invalid request",
+        details=details,
+    )
+
+
+async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error(
+        "unhandled error",
+        exc_info=exc,
+        extra={"request_id": request_id_of(request.scope), "path": request.url.path},
+    )
+    return error_response(
+        request, status=500, code="internal_error", message="Internal server error"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled_error)
+
+
+# OpenAPI: every route documents the envelope for the errors it can answer with.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": HTTPStatus(status).phrase}
+    for status in (400, 401, 403, 404, 409, 422, 429, 500)
+}

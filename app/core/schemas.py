@@ -1,0 +1,56 @@
+"""The project's base model, shared constrained types and the page envelope."""
+
+import math
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Path, Query
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from app.core.db import MAX_ID
+
+# Text a database can store: PostgreSQL refuses NUL characters, so refuse them at the edge.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+CleanStr = Annotated[str, StringConstraints(pattern=NO_NUL_PATTERN)]
+
+PrimaryKey = Annotated[int, Path(ge=1, le=MAX_ID, description="Resource id")]
+OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+PageNumber = Annotated[int, Query(ge=1, le=100_000, description="1-based page number")]
+PerPage = Annotated[int, Query(ge=1, le=100, description="Items per page")]
+SearchTerm = Annotated[
+    str | None,
+    Query(min_length=1, max_length=100, pattern=NO_NUL_PATTERN, description="Case-insensitive"),
+]
+
+
+class APIModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class InputModel(BaseModel):
+    """Request bodies: unknown fields are refused, so a typo or `role` never slips through."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+T = TypeVar("T")
+
+
+class Page(APIModel, Generic[T]):
+    items: list[T]
+    total: int
+    page: int
+    per_page: int
+    has_next: bool
+    total_pages: int
+
+    @classmethod
+    def build(cls, items: list[T], *, total: int, page: int, per_page: int) -> "Page[T]":
+        total_pages = math.ceil(total / per_page) if total else 0
+        return cls(
+            items=items,
+            total=total,
+            page=page,
+            per_page=per_page,
+            has_next=page < total_pages,
+            total_pages=total_pages,
+        )

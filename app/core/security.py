@@ -1,0 +1,122 @@
+"""Password hashing off the event loop, and access-token JWTs with every claim checked."""
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import anyio
+import jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+from pwdlib.hashers.bcrypt import BcryptHasher
+
+from app.core.config import Settings
+
+JWT_ALGORITHM = "HS256"  # pinned: the decoder accepts this and nothing else
+ACCESS_TOKEN_TYPE = "access"
+REQUIRED_CLAIMS = ["sub", "jti", "type", "scopes", "iat", "exp", "iss", "aud", "sid"]
+
+
+class PasswordHasher:
+    """Argon2id for new hashes; bcrypt hashes still verify and report that they need upgrading.
+
+    Hashing runs in worker threads (argon2 and bcrypt release the GIL) behind a limiter, so a
+    burst of logins queues up instead of taking every core from the event loop.
+    """
+
+    def __init__(self, concurrency: int) -> None:
+        self._hash = PasswordHash((Argon2Hasher(), BcryptHasher()))
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        # Verified against when the account does not exist, so both paths cost the same.
+        self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._hash.hash, password, limiter=self._limiter)
+
+    async def verify_and_update(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
+        """(valid, new hash if the stored one is outdated). `hashed=None` burns the same time."""
+        target = hashed if hashed is not None else self._dummy_hash
+        valid, updated = await anyio.to_thread.run_sync(
+            partial(self._hash.verify_and_update, password, target), limiter=self._limiter
+        )
+        return (valid and hashed is not None), updated
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: int
+    session_id: str
+    token_id: str
+    scopes: frozenset[str]
+    issued_at: datetime
+    expires_at: datetime
+
+
+class InvalidToken(Exception):
+    """The token is not one we issued, or no longer valid; the message is safe to show."""
+
+
+def create_access_token(
+    settings: Settings, *, user_id: int, session_id: str, scopes: list[str]
+) -> tuple[str, int]:
+    now = datetime.now(UTC)
+    lifetime = timedelta(minutes=settings.access_token_expire_minutes)
+    claims: dict[str, Any] = {
+        "sub": str(user_id),
+        "sid": session_id,
+        "jti": uuid.uuid4().hex,
+        "type": ACCESS_TOKEN_TYPE,
+        "scopes": scopes,
+        "iat": now,
+        "exp": now + lifetime,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+    }
+    token = jwt.encode(claims, settings.signing_key(), algorithm=JWT_ALGORITHM)
+    return token, int(lifetime.total_seconds())
+
+
+def decode_access_token(settings: Settings, token: str) -> AccessClaims:
+    try:
+        claims = jwt.decode(
+            token,
+            settings.signing_key(),
+            algorithms=[JWT_ALGORITHM],
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            options={"require": REQUIRED_CLAIMS},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("Token has expired") from exc
+    except jwt.PyJWTError as exc:
+        raise InvalidToken("Invalid token") from exc
+    scopes = claims["scopes"]
+    if claims["type"] != ACCESS_TOKEN_TYPE:
+        raise InvalidToken("Invalid token type")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise InvalidToken("Invalid token")
+    try:
+        user_id = int(claims["sub"])
+    except (TypeError, ValueError) as exc:
+        raise InvalidToken("Invalid token") from exc
+    return AccessClaims(
+        user_id=user_id,
+        session_id=str(claims["sid"]),
+        token_id=str(claims["jti"]),
+        scopes=frozenset(scopes),
+        issued_at=datetime.fromtimestamp(claims["iat"], UTC),
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+    )
+
+
+def new_opaque_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_opaque_token(token: str) -> str:
+    """Refresh tokens are stored only as SHA-256: high-entropy, so no slow hash is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,28 @@
+"""Load-or-raise dependencies, chained so routes never repeat their 404 and 403 checks."""
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from app.auth.dependencies import ItemWriter, OptionalUser
+from app.auth.permissions import Permission, has_permission
+from app.core.db import SessionDep
+from app.core.errors import Forbidden
+from app.core.schemas import PrimaryKey
+from app.items import service
+from app.items.models import Item
+
+
+async def visible_item(item_id: PrimaryKey, viewer: OptionalUser, session: SessionDep) -> Item:
+    return await service.get_visible(session=session, item_id=item_id, viewer=viewer)
+
+
+async def owned_item(item_id: PrimaryKey, user: ItemWriter, session: SessionDep) -> Item:
+    item = await service.get_visible(session=session, item_id=item_id, viewer=user)
+    if item.owner_id != user.id and not has_permission(user, Permission.MANAGE_ANY_ITEM):
+        raise Forbidden("Only the owner or an admin may change this item")
+    return item
+
+
+VisibleItem = Annotated[Item, Depends(visible_item)]
+OwnedItem = Annotated[Item, Depends(owned_item)]

@@ -1,0 +1,97 @@
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from app.auth.dependencies import ItemWriter
+from app.auth.permissions import Permission, has_permission
+from app.core.db import SessionDep
+from app.core.errors import Forbidden
+from app.core.schemas import OptionalId, Page, PageNumber, PerPage, SearchTerm
+from app.items import service
+from app.items.dependencies import OwnedItem, VisibleItem
+from app.items.models import Currency
+from app.items.schemas import ItemCreate, ItemCursorPage, ItemRead, ItemUpdate
+
+router = APIRouter(prefix="/items", tags=["items"])
+list_v1 = APIRouter(prefix="/items", tags=["items"])
+list_v2 = APIRouter(prefix="/items", tags=["items"])
+
+PriceBound = Annotated[Decimal | None, Query(ge=0, max_digits=14, decimal_places=2)]
+
+
+def item_filters(
+    search: SearchTerm = None,
+    min_price: PriceBound = None,
+    max_price: PriceBound = None,
+    owner_id: OptionalId = None,
+    currency: Currency | None = None,
+) -> service.ItemFilters:
+    return service.ItemFilters(search, min_price, max_price, owner_id, currency)
+
+
+Filters = Annotated[service.ItemFilters, Depends(item_filters)]
+
+
+@router.post("/", response_model=ItemRead, status_code=status.HTTP_201_CREATED)
+async def create_item(data: ItemCreate, user: ItemWriter, session: SessionDep) -> ItemRead:
+    """Create an item owned by you."""
+    return ItemRead.model_validate(await service.create(session=session, data=data, owner=user))
+
+
+@list_v1.get("/", response_model=Page[ItemRead])
+async def list_items(
+    session: SessionDep,
+    filters: Filters,
+    page: PageNumber = 1,
+    per_page: PerPage = 20,
+    order_by: Annotated[service.ItemOrder, Query()] = "-created_at",
+) -> Page[ItemRead]:
+    """The public listing, with search, price and owner filters."""
+    items, total = await service.list_page(
+        session=session, filters=filters, page=page, per_page=per_page, order_by=order_by
+    )
+    return Page[ItemRead].build(
+        [ItemRead.model_validate(i) for i in items], total=total, page=page, per_page=per_page
+    )
+
+
+@router.get("/{item_id}", response_model=ItemRead)
+async def read_item(item: VisibleItem) -> ItemRead:
+    """One item; soft-deleted ones are 404 to all but admins."""
+    return ItemRead.model_validate(item)
+
+
+@router.patch("/{item_id}", response_model=ItemRead)
+async def update_item(data: ItemUpdate, item: OwnedItem, session: SessionDep) -> ItemRead:
+    """Change an item (owner or admin)."""
+    return ItemRead.model_validate(await service.update(session=session, item=item, data=data))
+
+
+@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_item(
+    item: OwnedItem, user: ItemWriter, session: SessionDep, hard: bool = False
+) -> None:
+    """Soft-delete an item (owner or admin); `hard=true` removes it for good (admin)."""
+    if not hard:
+        await service.soft_delete(session=session, item=item)
+        return
+    if not has_permission(user, Permission.HARD_DELETE_ITEM):
+        raise Forbidden(f"Missing permission: {Permission.HARD_DELETE_ITEM}")
+    await service.hard_delete(session=session, item=item)
+
+
+@list_v2.get("/", response_model=ItemCursorPage)
+async def list_items_v2(
+    session: SessionDep,
+    filters: Filters,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ItemCursorPage:
+    """The public listing, newest first, by cursor: deep pages cost what the first one does."""
+    items, next_cursor = await service.list_after_cursor(
+        session=session, filters=filters, limit=limit, cursor=cursor
+    )
+    return ItemCursorPage(
+        items=[ItemRead.model_validate(i) for i in items], next_cursor=next_cursor
+    )

@@ -1,0 +1,123 @@
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from sqlalchemy import Select, delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import utcnow
+from app.core.pagination import order_clauses, paginate
+from app.items.errors import InvalidCursor, ItemNotFound
+from app.items.models import Currency, Item
+from app.items.schemas import ItemCreate, ItemUpdate
+from app.users.models import User
+
+ItemOrder = Literal["id", "-id", "created_at", "-created_at", "price", "-price", "title", "-title"]
+_ORDER_COLUMNS = {
+    "id": Item.id,
+    "created_at": Item.created_at,
+    "price": Item.price,
+    "title": Item.title,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFilters:
+    search: str | None = None
+    min_price: Decimal | None = None
+    max_price: Decimal | None = None
+    owner_id: int | None = None
+    currency: Currency | None = None
+
+    def apply(self, statement: Select[Item]) -> Select[Item]:
+        statement = statement.where(Item.deleted_at.is_(None))
+        if self.search:
+            statement = statement.where(
+                or_(
+                    Item.title.icontains(self.search, autoescape=True),
+                    Item.description.icontains(self.search, autoescape=True),
+                )
+            )
+        if self.min_price is not None:
+            statement = statement.where(Item.price >= self.min_price)
+        if self.max_price is not None:
+            statement = statement.where(Item.price <= self.max_price)
+        if self.owner_id is not None:
+            statement = statement.where(Item.owner_id == self.owner_id)
+        if self.currency is not None:
+            statement = statement.where(Item.currency == self.currency)
+        return statement
+
+
+async def create(*, session: AsyncSession, data: ItemCreate, owner: User) -> Item:
+    item = Item(**data.model_dump(), owner_id=owner.id)
+    session.add(item)
+    await session.commit()
+    return item
+
+
+async def get_visible(*, session: AsyncSession, item_id: int, viewer: User | None) -> Item:
+    """The item, unless it is soft-deleted and the viewer is not an admin."""
+    item = await session.get(Item, item_id)
+    if item is None or (item.deleted_at is not None and not (viewer and viewer.is_admin)):
+        raise ItemNotFound(item_id)
+    return item
+
+
+async def list_page(
+    *, session: AsyncSession, filters: ItemFilters, page: int, per_page: int, order_by: ItemOrder
+) -> tuple[Sequence[Item], int]:
+    statement = filters.apply(select(Item)).order_by(
+        *order_clauses(order_by, _ORDER_COLUMNS, Item.id)
+    )
+    return await paginate(session, statement, page=page, per_page=per_page)
+
+
+async def list_after_cursor(
+    *, session: AsyncSession, filters: ItemFilters, limit: int, cursor: str | None
+) -> tuple[Sequence[Item], str | None]:
+    """Newest first, keyset on the primary key: page N costs the same as page 1."""
+    statement = filters.apply(select(Item)).order_by(Item.id.desc()).limit(limit + 1)
+    if cursor is not None:
+        statement = statement.where(Item.id < decode_cursor(cursor))
+    rows = (await session.execute(statement)).scalars().all()
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], encode_cursor(rows[limit - 1].id)
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"id": last_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)["id"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise InvalidCursor() from exc
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise InvalidCursor()
+    return value
+
+
+async def update(*, session: AsyncSession, item: Item, data: ItemUpdate) -> Item:
+    for field, value in data.model_dump(exclude_unset=True).items():
+        setattr(item, field, value)
+    await session.commit()
+    return item
+
+
+async def soft_delete(*, session: AsyncSession, item: Item) -> None:
+    if item.deleted_at is None:
+        item.deleted_at = utcnow()
+        await session.commit()
+
+
+async def hard_delete(*, session: AsyncSession, item: Item) -> None:
+    await session.execute(delete(Item).where(Item.id == item.id))
+    await session.commit()

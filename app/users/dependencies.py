@@ -1,0 +1,15 @@
+from typing import Annotated
+
+from fastapi import Depends
+
+from app.core.db import SessionDep
+from app.core.schemas import PrimaryKey
+from app.users import service
+from app.users.models import User
+
+
+async def valid_user_id(user_id: PrimaryKey, session: SessionDep) -> User:
+    return await service.get(session=session, user_id=user_id)
+
+
+UserById = Annotated[User, Depends(valid_user_id)]

@@ -1,0 +1,81 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from app.auth.dependencies import AdminUser, CurrentUser
+from app.core.db import SessionDep
+from app.core.schemas import Page, PageNumber, PerPage, SearchTerm
+from app.users import service
+from app.users.dependencies import UserById
+from app.users.models import Role
+from app.users.schemas import UserAdminUpdate, UserPrivate, UserPublic, UserSelfUpdate
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get("/me", response_model=UserPrivate)
+async def read_me(user: CurrentUser) -> UserPrivate:
+    """Your own account."""
+    return UserPrivate.model_validate(user)
+
+
+@router.patch("/me", response_model=UserPrivate)
+async def update_me(data: UserSelfUpdate, user: CurrentUser, session: SessionDep) -> UserPrivate:
+    """Change your full name or bio; role and flags can't be changed here."""
+    return UserPrivate.model_validate(
+        await service.update_me(session=session, user=user, data=data)
+    )
+
+
+@router.get("/", response_model=Page[UserPrivate])
+async def list_users(
+    _admin: AdminUser,
+    session: SessionDep,
+    page: PageNumber = 1,
+    per_page: PerPage = 20,
+    search: SearchTerm = None,
+    is_active: bool | None = None,
+    role: Role | None = None,
+    order_by: Annotated[service.UserOrder, Query()] = "id",
+) -> Page[UserPrivate]:
+    """All users (admin), searchable over username, email and full name."""
+    users, total = await service.list_users(
+        session=session,
+        page=page,
+        per_page=per_page,
+        search=search,
+        is_active=is_active,
+        role=role,
+        order_by=order_by,
+    )
+    return Page[UserPrivate].build(
+        [UserPrivate.model_validate(u) for u in users], total=total, page=page, per_page=per_page
+    )
+
+
+@router.get("/{user_id}", response_model=UserPrivate | UserPublic)
+async def read_user(target: UserById, user: CurrentUser) -> UserPrivate | UserPublic:
+    """A user: the public view, or the private one for yourself and admins."""
+    if user.id == target.id or user.is_admin:
+        return UserPrivate.model_validate(target)
+    return UserPublic.model_validate(target)
+
+
+@router.patch("/{user_id}", response_model=UserPrivate)
+async def update_user(
+    data: UserAdminUpdate, target: UserById, admin: AdminUser, session: SessionDep
+) -> UserPrivate:
+    """Change a user's role or active flag (admin); reactivate with `is_active: true`."""
+    updated = await service.admin_update(session=session, actor=admin, target=target, data=data)
+    return UserPrivate.model_validate(updated)
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_user(
+    target: UserById, admin: AdminUser, session: SessionDep, hard: bool = False
+) -> None:
+    """Deactivate a user (admin), or with `hard=true` delete them and their data (superuser)."""
+    if hard:
+        await service.hard_delete(session=session, actor=admin, target=target)
+    else:
+        await service.deactivate(session=session, actor=admin, target=target)
