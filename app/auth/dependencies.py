@@ -63,7 +63,7 @@ async def get_current_user(
     ).one_or_none()
     if row is None:
         raise Unauthorized("Invalid token")
-    user, revoked_at, expires_at = row.tuple()
+    user, revoked_at, expires_at = row
     if revoked_at is not None or expires_at <= utcnow():
         raise Unauthorized("Token has been revoked")
     missing = sorted(set(security_scopes.scopes) - claims.scopes)

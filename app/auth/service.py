@@ -149,7 +149,7 @@ async def rotate_refresh_token(
     ).one_or_none()
     if row is None:
         raise InvalidRefreshToken()
-    token, auth_session, user = row.tuple()
+    token, auth_session, user = row
     now = utcnow()
     if auth_session.revoked_at is not None or auth_session.expires_at <= now:
         raise InvalidRefreshToken()

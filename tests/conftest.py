@@ -1,0 +1,117 @@
+"""Fixtures: every API test runs against SQLite and against a real PostgreSQL server.
+
+Each test gets an isolated database: a fresh copy of a migrated SQLite file, or a
+PostgreSQL database emptied before the test. The app runs in-process with its real
+lifespan, and httpx talks to it through ASGI.
+"""
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.core.config import Settings
+from app.core.db import Base
+from app.core.migrate import upgrade_to_head
+from app.main import create_app
+from tests.factories import Factory
+from tests.servers import PostgresServer, ServerUnavailable, require_server
+
+TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs512-0123456789abcdefgh"
+
+
+def make_settings(data_dir: Path, database_url: str | None = None, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "environment": "test",
+        "secret_key": TEST_SECRET,
+        "app_data_dir": data_dir,
+        "database_url": database_url,
+        "password_hash_concurrency": 4,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        require_server(f"PostgreSQL server binaries are not available: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database; each test copies it instead of migrating again."""
+    data_dir = tmp_path_factory.mktemp("sqlite-template")
+    upgrade_to_head(make_settings(data_dir))
+    return data_dir / "app.db"
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = postgres_server.create_database("app_test")
+    upgrade_to_head(make_settings(tmp_path_factory.mktemp("pg"), url))
+    return url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _empty_postgres(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | None:
+    """Resolved lazily, so a SQLite-only run never starts PostgreSQL."""
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        shutil.copy(template, tmp_path / "app.db")
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def settings(database_url: str | None, tmp_path: Path) -> Settings:
+    if database_url is not None:
+        await _empty_postgres(database_url)
+    return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+def factory(client: httpx.AsyncClient, app: FastAPI) -> Factory:
+    return Factory(client, app)

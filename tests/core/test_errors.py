@@ -1,0 +1,105 @@
+import httpx
+import pytest
+from fastapi import FastAPI
+
+ENVELOPE_KEYS = {"status", "code", "message", "details", "request_id", "timestamp", "path"}
+
+
+def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == ENVELOPE_KEYS
+    assert error["status"] == status
+    assert error["code"] == code
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert error["path"] == response.request.url.path
+    assert error["timestamp"].endswith("Z")
+    return dict(error)
+
+
+async def test_unknown_path_is_404_envelope(client: httpx.AsyncClient) -> None:
+    error = assert_envelope(await client.get("/api/v1/nothing-here"), 404, "not_found")
+    assert "/api/v1/nothing-here" in str(error["message"])
+
+
+async def test_wrong_method_is_405_envelope_with_allow(client: httpx.AsyncClient) -> None:
+    response = await client.put("/health")
+    assert_envelope(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["allow"]
+
+
+async def test_validation_error_lists_each_field(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/auth/register",
+        json={
+            "username": "a",
+            "email": "not-an-email",
+            "password": "short",
+            "password_confirm": "x",
+        },
+    )
+    error = assert_envelope(response, 422, "validation_error")
+    fields = {d["field"] for d in error["details"]}  # type: ignore[attr-defined]
+    assert {"body.username", "body.email", "body.password"} <= fields
+    for detail in error["details"]:  # type: ignore[attr-defined]
+        assert set(detail) == {"field", "message", "type"}
+
+
+async def test_validation_error_never_echoes_input(client: httpx.AsyncClient) -> None:
+    secret = "Sup3r-secret-value"
+    response = await client.post(
+        "/api/v1/auth/register",
+        json={"username": "ok_name", "email": "x@example.com", "password": secret,
+              "password_confirm": "different"},
+    )  # fmt: skip
+    assert response.status_code == 422
+    assert secret not in response.text
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"[1, 2, 3]", "application/json"),
+        (b"\xff\xfe\x00garbage", "application/json"),
+        (b"username=x", "text/plain"),
+    ],
+)
+async def test_malformed_bodies_are_422(
+    client: httpx.AsyncClient, content: bytes, content_type: str
+) -> None:
+    response = await client.post(
+        "/api/v1/auth/register", content=content, headers={"content-type": content_type}
+    )
+    assert_envelope(response, 422, "validation_error")
+
+
+async def test_unhandled_error_is_500_without_internals(app: FastAPI) -> None:
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("database password is hunter2")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.get("/boom", headers={"X-Request-ID": "trace-me-123"})
+    error = assert_envelope(response, 500, "internal_error")
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
+    assert error["request_id"] == "trace-me-123"
+
+
+async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
+    given = await client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["x-request-id"] == "abc-123"
+    made = await client.get("/health")
+    assert len(made.headers["x-request-id"]) == 32
+    hostile = await client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert hostile.headers["x-request-id"] != "bad id\twith spaces"
+    assert "x-process-time" in made.headers
+
+
+async def test_security_headers_on_every_response(client: httpx.AsyncClient) -> None:
+    for response in (await client.get("/health"), await client.get("/missing")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
