@@ -17,7 +17,8 @@ async def test_login_by_username_or_email(client: httpx.AsyncClient, factory: Fa
         assert tokens["token_type"] == "bearer"
         assert tokens["expires_in"] == 15 * 60
         assert tokens["scope"] == "items:write profile"
-        assert tokens["refresh_token"] and tokens["access_token"]
+        assert tokens["refresh_token"]
+        assert tokens["access_token"]
 
 
 async def test_access_token_claims(factory: Factory) -> None:
@@ -31,7 +32,8 @@ async def test_access_token_claims(factory: Factory) -> None:
     assert claims["iss"] == "app"
     assert set(claims["scopes"]) == {"profile", "items:write"}
     assert claims["exp"] - claims["iat"] == 15 * 60
-    assert claims["jti"] and claims["sid"]
+    assert claims["jti"]
+    assert claims["sid"]
 
 
 async def test_requested_scopes_are_narrowed_to_the_role(factory: Factory) -> None:

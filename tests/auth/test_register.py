@@ -24,7 +24,8 @@ async def test_register_returns_private_view(client: httpx.AsyncClient) -> None:
     assert user["role"] == "user"
     assert user["is_active"] is True
     assert user["full_name"] == "New User"
-    assert "password" not in response.text and "hashed" not in response.text
+    assert "password" not in response.text
+    assert "hashed" not in response.text
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,8 @@ async def test_revocation_is_durable(client: httpx.AsyncClient, factory: Factory
     await client.post("/api/v1/auth/logout", headers=account.headers)
     async with factory.app.state.sessionmaker() as session:
         row = (await session.execute(select(AuthSession))).scalars().one()
-    assert row.revoked_at is not None and row.revoked_reason == "logout"
+    assert row.revoked_at is not None
+    assert row.revoked_reason == "logout"
 
 
 async def test_change_password_revokes_other_sessions(
