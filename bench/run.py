@@ -263,9 +263,9 @@ def finish_wrk(run: WrkRun) -> WrkResult:
     return parse_wrk(stdout, run.connections)
 
 
-def run_wrk(base_url: str, target: Target, load: Load, token: str | None) -> WrkResult:
+def run_wrk(label: str, base_url: str, target: Target, load: Load, token: str | None) -> WrkResult:
     connections = load.connections_for(target)
-    progress(f"wrk {target.method} {target.path}: {connections} connections, {load.duration}s")
+    progress(f"{label}: {target.method} {target.path}, {connections} connections, {load.duration}s")
     return finish_wrk(
         start_wrk(base_url, target, duration=load.duration, connections=connections, token=token)
     )
@@ -473,21 +473,20 @@ class Flood:
     health_during_login_flood: WrkResult
     login: WrkResult
 
-    def as_dict(self) -> dict[str, Any]:
-        alone, during = self.health_alone, self.health_during_login_flood
+    def runs(self) -> dict[str, WrkResult]:
         return {
-            "health_alone": alone.as_dict(),
-            "health_during_login_flood": during.as_dict(),
-            "login": self.login.as_dict(),
-            "health_p99_ratio": round(during.p99_ms / alone.p99_ms, 2) if alone.p99_ms else None,
+            "health_alone": self.health_alone,
+            "health_during_login_flood": self.health_during_login_flood,
+            "login": self.login,
         }
 
+    def as_dict(self) -> dict[str, Any]:
+        alone, during = self.health_alone, self.health_during_login_flood
+        ratio = round(during.p99_ms / alone.p99_ms, 2) if alone.p99_ms else None
+        return {**{k: r.as_dict() for k, r in self.runs().items()}, "health_p99_ratio": ratio}
+
     def problems(self) -> list[str]:
-        return [
-            problem
-            for field in dataclasses.fields(self)
-            for problem in getattr(self, field.name).problems(f"{LOGIN_FLOOD}.{field.name}")
-        ]
+        return [p for k, r in self.runs().items() for p in r.problems(f"{LOGIN_FLOOD}.{k}")]
 
 
 def login_flood(base_url: str, load: Load, token: str) -> Flood:
@@ -496,7 +495,7 @@ def login_flood(base_url: str, load: Load, token: str) -> Flood:
     The flood starts first and runs one second longer, so it covers the whole probe.
     """
     probe = dataclasses.replace(load, connections=PROBE_CONNECTIONS)
-    alone = run_wrk(base_url, HEALTH, probe, token)
+    alone = run_wrk("health alone", base_url, HEALTH, probe, token)
     connections = load.connections_for(LOGIN)
     progress(f"login flood on {connections} connections, /health probe beside it")
     flood = start_wrk(
@@ -519,7 +518,7 @@ def login_flood(base_url: str, load: Load, token: str) -> Flood:
 def benchmark(
     ceiling_server: Server, service: Server, load: Load, only: Sequence[str]
 ) -> dict[str, Any]:
-    ceiling = run_wrk(ceiling_server.base_url, HEALTH, load, None)
+    ceiling = run_wrk("ceiling", ceiling_server.base_url, HEALTH, load, None)
     problems = ceiling.problems("ceiling")
     with httpx.Client(base_url=service.base_url, timeout=30.0) as client:
         token = get_token(client)
@@ -529,7 +528,7 @@ def benchmark(
                 preflight(client, name, targets[name], token)
     endpoints: dict[str, Any] = {}
     for name in (n for n in ENDPOINTS if n in only):
-        result = run_wrk(service.base_url, targets[name], load, token)
+        result = run_wrk(name, service.base_url, targets[name], load, token)
         problems += result.problems(name)
         endpoints[name] = with_ratio(result, ceiling)
     report: dict[str, Any] = {"ceiling": ceiling.as_dict(), "endpoints": endpoints}
