@@ -579,8 +579,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             running_ceiling(workdir) as ceiling,
         ):
             report |= benchmark(ceiling, service, load, only)
-            if report["problems"]:
-                report["service_log_tail"] = log_tail(service.log)
+            # At LOG_LEVEL=warning with no access log, any line here deserves a look.
+            if tail := log_tail(service.log):
+                report["service_log_tail"] = tail
     return report
 
 

@@ -1,0 +1,134 @@
+"""The `app` command as a user runs it: real subprocesses, real ports."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_SECRET
+from tests.servers import free_port
+
+APP = str(Path(sys.executable).parent / "app")
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "FIRST_"))}
+    env.update({"APP_DATA_DIR": str(data_dir), "SECRET_KEY": TEST_SECRET, **extra})
+    return env
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [APP, *args], env=env, capture_output=True, text=True, timeout=120, check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def counts(db: Path) -> tuple[int, int, list[str]]:
+    with sqlite3.connect(db) as connection:
+        users = connection.execute("SELECT count(*) FROM users").fetchone()[0]
+        items = connection.execute("SELECT count(*) FROM items").fetchone()[0]
+        roles = [r[0] for r in connection.execute("SELECT role FROM users WHERE role != 'user'")]
+    return users, items, roles
+
+
+def test_migrate_create_superuser_and_seed(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    assert run("migrate", env=env).returncode == 0
+    created = run(
+        "create-superuser", "--username", "admin", "--email", "root@example.com",
+        "--password", "Root-password-1", env=env,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert "created" in created.stderr
+    again = run(
+        "create-superuser", "--username", "admin", "--email", "root@example.com",
+        "--password", "Root-password-1", env=env,
+    )  # fmt: skip
+    assert "already exists" in again.stderr
+    seeded = run("seed", "--users", "3", "--items", "7", env=env)
+    assert seeded.returncode == 0, seeded.stderr
+    assert counts(tmp_path / "app.db") == (4, 7, ["superuser"])
+
+
+def test_superuser_from_settings_on_migrate(tmp_path: Path) -> None:
+    env = cli_env(
+        tmp_path,
+        FIRST_SUPERUSER_USERNAME="boss",
+        FIRST_SUPERUSER_EMAIL="boss@example.com",
+        FIRST_SUPERUSER_PASSWORD="Boss-password-1",
+    )
+    assert run("migrate", env=env).returncode == 0
+    assert counts(tmp_path / "app.db") == (1, 0, ["superuser"])
+
+
+def test_create_superuser_refuses_weak_or_missing_password(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    missing = run("create-superuser", "--username", "a_b", "--email", "a@b.io", env=env)
+    assert missing.returncode == 2
+    weak = run(
+        "create-superuser", "--username", "a_b", "--email", "a@b.io", "--password", "weak",
+        env=env,
+    )  # fmt: skip
+    assert weak.returncode == 2
+    assert "Cannot create the superuser" in weak.stderr
+
+
+def test_production_refuses_a_weak_secret(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, ENVIRONMENT="production", SECRET_KEY="changeme")
+    result = run("api", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert "SECRET_KEY" in result.stderr
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [APP, "serve", "--port", str(port)], env=cli_env(tmp_path), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.1)
+        yield base, tmp_path
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        assert process.returncode == 0, output
+
+
+def test_serve_migrates_and_answers(served: tuple[str, Path]) -> None:
+    base, data_dir = served
+    with httpx.Client(base_url=base) as client:
+        body = {"username": "cli_user", "email": "c@example.com", "password": "Cli-password-1",
+                "password_confirm": "Cli-password-1"}  # fmt: skip
+        assert client.post("/api/v1/auth/register", json=body).status_code == 201
+        token = client.post(
+            "/api/v1/auth/token", data={"username": "cli_user", "password": "Cli-password-1"}
+        ).json()["access_token"]
+        me = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.json()["username"] == "cli_user"
+        assert client.get("/health/ready").json()["status"] == "ok"
+        assert client.get("/docs").status_code == 200
+    assert (data_dir / "app.db").exists()
