@@ -128,7 +128,7 @@ def _create_superuser(settings: Settings, username: str, email: str, password: s
             async with create_sessionmaker(engine)() as session:
                 _, created = await auth_service.ensure_superuser(
                     session=session,
-                    hasher=PasswordHasher(1),
+                    hasher=PasswordHasher.from_settings(settings),
                     username=username,
                     email=email,
                     password=password,
@@ -176,7 +176,7 @@ async def _seed(settings: Settings, user_count: int, item_count: int) -> None:
     try:
         async with create_sessionmaker(engine)() as session:
             # One hash for all: hashing each demo password would take ~50 ms apiece.
-            hashed = await PasswordHasher(1).hash(DEMO_PASSWORD)
+            hashed = await PasswordHasher.from_settings(settings).hash(DEMO_PASSWORD)
             start = (await session.execute(select(func.count(User.id)))).scalar_one()
             with Progress(console=console) as progress:
                 task = progress.add_task("users", total=user_count)

@@ -29,7 +29,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(settings)
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.hasher = PasswordHasher(settings.password_hash_concurrency)
+    app.state.hasher = PasswordHasher.from_settings(settings)
     async with httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, limits=OUTBOUND_LIMITS) as client:
         app.state.http = client
         try:

@@ -59,7 +59,7 @@ SEED_USERS = 50
 SEED_ITEMS = 2000
 
 THREADS = 2
-LOGIN_MAX_CONNECTIONS = 8  # Argon2 costs ~tens of ms of CPU per login: more only queues
+LOGIN_MAX_CONNECTIONS = 8  # Argon2 takes ~100-150 ms of CPU per login: more only queues
 PROBE_CONNECTIONS = 4  # the light /health traffic beside the login flood
 WRK_TIMEOUT = "5s"  # slower than this counts as a socket timeout, not as latency
 WRK_GRACE_S = 30  # how long past --duration a wrk may take before it is killed

@@ -28,8 +28,17 @@ class PasswordHasher:
     burst of logins queues up instead of taking every core from the event loop.
     """
 
-    def __init__(self, concurrency: int) -> None:
-        self._hash = PasswordHash((Argon2Hasher(), BcryptHasher()))
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "PasswordHasher":
+        return cls(
+            settings.password_hash_concurrency,
+            memory_kib=settings.argon2_memory_kib,
+            time_cost=settings.argon2_time_cost,
+        )
+
+    def __init__(self, concurrency: int, *, memory_kib: int = 19_456, time_cost: int = 2) -> None:
+        argon2 = Argon2Hasher(memory_cost=memory_kib, time_cost=time_cost, parallelism=1)
+        self._hash = PasswordHash((argon2, BcryptHasher()))
         self._limiter = anyio.CapacityLimiter(concurrency)
         # Verified against when the account does not exist, so both paths cost the same.
         self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
