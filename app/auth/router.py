@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Header, status
+from fastapi import APIRouter, Form, Header, Response, status
 
 from app.auth import service
 from app.auth.dependencies import CurrentUser, HasherDep, SettingsDep, TokenClaims
@@ -18,7 +18,10 @@ from app.users.schemas import UserPrivate
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-def _token_response(pair: service.TokenPair) -> TokenResponse:
+def _token_response(pair: service.TokenPair, response: Response) -> TokenResponse:
+    # RFC 6749 5.1: responses carrying tokens must not be cached by anything on the way.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
     return TokenResponse(
         access_token=pair.access_token,
         refresh_token=pair.refresh_token,
@@ -37,6 +40,7 @@ async def register(data: RegisterRequest, session: SessionDep, hasher: HasherDep
 @router.post("/token", response_model=TokenResponse)
 async def login(
     form: Annotated[LoginForm, Form()],
+    response: Response,
     session: SessionDep,
     hasher: HasherDep,
     settings: SettingsDep,
@@ -53,18 +57,18 @@ async def login(
         requested_scopes=form.requested_scopes(),
         user_agent=user_agent,
     )
-    return _token_response(pair)
+    return _token_response(pair, response)
 
 
 @router.post("/refresh", response_model=TokenResponse)
 async def refresh(
-    data: RefreshRequest, session: SessionDep, settings: SettingsDep
+    data: RefreshRequest, response: Response, session: SessionDep, settings: SettingsDep
 ) -> TokenResponse:
     """Trade a refresh token (once) for a new pair; reusing one revokes its whole session."""
     pair = await service.rotate_refresh_token(
         session=session, settings=settings, raw_token=data.refresh_token
     )
-    return _token_response(pair)
+    return _token_response(pair, response)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
@@ -83,7 +87,7 @@ async def logout(
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
 async def logout_all(user: CurrentUser, session: SessionDep) -> None:
     """End every session of the caller, on every device."""
-    await service.revoke_all_sessions(session=session, user_id=user.id, reason="logout_all")
+    await service.logout_all(session=session, user=user)
 
 
 @router.post("/password", status_code=status.HTTP_204_NO_CONTENT)

@@ -161,6 +161,7 @@ async def rotate_refresh_token(
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         await revoke_session(session=session, session_id=auth_session.id, reason="reuse_detected")
+        await session.commit()
         raise InvalidRefreshToken("Refresh token reuse detected; the session has been revoked")
     if not user.is_active:
         await session.commit()
@@ -172,7 +173,7 @@ async def rotate_refresh_token(
     return pair
 
 
-async def revoke_session(
+async def revoke_session(  # the caller commits, with whatever else belongs together
     *, session: AsyncSession, session_id: str, reason: str, user_id: int | None = None
 ) -> None:
     statement = update(AuthSession).where(
@@ -181,7 +182,6 @@ async def revoke_session(
     if user_id is not None:
         statement = statement.where(AuthSession.user_id == user_id)
     await session.execute(statement.values(revoked_at=utcnow(), revoked_reason=reason))
-    await session.commit()
 
 
 async def revoke_all_sessions(
@@ -193,7 +193,6 @@ async def revoke_all_sessions(
     if keep_session_id is not None:
         statement = statement.where(AuthSession.id != keep_session_id)
     await session.execute(statement.values(revoked_at=utcnow(), revoked_reason=reason))
-    await session.commit()
 
 
 async def logout(
@@ -213,6 +212,12 @@ async def logout(
                 session=session, session_id=other, reason="logout", user_id=user.id
             )
     await revoke_session(session=session, session_id=session_id, reason="logout")
+    await session.commit()
+
+
+async def logout_all(*, session: AsyncSession, user: User) -> None:
+    await revoke_all_sessions(session=session, user_id=user.id, reason="logout_all")
+    await session.commit()
 
 
 async def change_password(
@@ -228,13 +233,13 @@ async def change_password(
     if not valid:
         raise InvalidCredentials("The current password is incorrect", status=400)
     user.hashed_password = await hasher.hash(new_password)
-    await session.flush()
     await revoke_all_sessions(
         session=session,
         user_id=user.id,
         reason="password_changed",
         keep_session_id=current_session_id,
     )
+    await session.commit()  # the new hash and the revocations land together or not at all
 
 
 async def ensure_superuser(

@@ -81,12 +81,12 @@ async def admin_update(
         target.role = data.role
     if data.is_active is not None:
         target.is_active = data.is_active
-    await session.commit()
     if data.is_active is False or data.role is not None:
         # Tokens carry scopes granted for the old role or state: make the user log in again.
         await auth_service.revoke_all_sessions(
             session=session, user_id=target.id, reason="account_changed"
         )
+    await session.commit()
     return target
 
 

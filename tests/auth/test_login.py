@@ -91,3 +91,15 @@ async def test_admin_gets_admin_scope(factory: Factory) -> None:
     admin = await factory.account(Role.ADMIN)
     tokens = await factory.login(admin.username)
     assert tokens["scope"] == "admin items:write profile"
+
+
+async def test_token_responses_are_not_cached(client: httpx.AsyncClient, factory: Factory) -> None:
+    user = await factory.register()
+    response = await client.post(
+        "/api/v1/auth/token", data={"username": user["username"], "password": DEFAULT_PASSWORD}
+    )
+    assert response.headers["cache-control"] == "no-store"
+    refreshed = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": response.json()["refresh_token"]}
+    )
+    assert refreshed.headers["cache-control"] == "no-store"
