@@ -10,11 +10,13 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.api import api_v1, api_v2
+from app.core.cache import MemoryCache, RedisCache
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
 from app.core.middleware import SecurityHeadersMiddleware
+from app.core.redis import create_redis
 from app.core.request_context import RequestContextMiddleware
 from app.core.security import PasswordHasher
 from app.health.router import router as health_router
@@ -30,11 +32,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.hasher = PasswordHasher.from_settings(settings)
+    redis = create_redis(settings)
+    app.state.redis = redis
+    app.state.cache = RedisCache(redis) if redis is not None else MemoryCache()
     async with httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, limits=OUTBOUND_LIMITS) as client:
         app.state.http = client
         try:
             yield
         finally:
+            await app.state.cache.close()
+            if redis is not None:
+                await redis.aclose()
             await engine.dispose()
 
 

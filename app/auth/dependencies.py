@@ -1,16 +1,22 @@
-"""The dependency chain: token → current user → active → verified → admin, plus aliases."""
+"""The dependency chain: token → principal (not revoked, scopes) → active → verified → admin.
+
+Routes take a `Principal` (who is calling, from the token and one cache lookup) unless they
+need the user's row, for which `CurrentUser` loads it.
+"""
 
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
-from sqlalchemy import select
 
-from app.auth.models import AuthSession
+from app.auth import principal as principals
 from app.auth.permissions import SCOPE_DESCRIPTIONS, Permission, Scope, has_permission
+from app.auth.principal import Principal
+from app.core.cache import Cache
 from app.core.config import Settings
-from app.core.db import SessionDep, utcnow
+from app.core.db import SessionDep
 from app.core.errors import Forbidden, Unauthorized
+from app.core.request_context import set_user_id
 from app.core.security import AccessClaims, InvalidToken, PasswordHasher, decode_access_token
 from app.users.models import User
 
@@ -30,12 +36,18 @@ def get_hasher(request: Request) -> PasswordHasher:
     return hasher
 
 
+def get_cache(request: Request) -> Cache:
+    cache: Cache = request.app.state.cache
+    return cache
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
+CacheDep = Annotated[Cache, Depends(get_cache)]
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-async def get_token_claims(token: BearerToken, settings: SettingsDep) -> AccessClaims:
+def _decode(token: str | None, settings: Settings) -> AccessClaims:
     if not token:
         raise Unauthorized("Not authenticated")
     try:
@@ -44,78 +56,86 @@ async def get_token_claims(token: BearerToken, settings: SettingsDep) -> AccessC
         raise Unauthorized(str(exc)) from exc
 
 
-TokenClaims = Annotated[AccessClaims, Depends(get_token_claims)]
+async def get_principal(
+    security_scopes: SecurityScopes,
+    request: Request,
+    token: BearerToken,
+    settings: SettingsDep,
+    cache: CacheDep,
+    session: SessionDep,
+) -> Principal:
+    claims = _decode(token, settings)
+    principal = await principals.resolve(cache=cache, session=session, claims=claims)
+    set_user_id(request.scope, principal.id)
+    missing = sorted(set(security_scopes.scopes) - principal.scopes)
+    if missing:
+        raise Forbidden(f"Missing scope: {' '.join(missing)}")
+    return principal
+
+
+async def get_active_principal(
+    principal: Annotated[Principal, Security(get_principal)],
+) -> Principal:
+    if not principal.is_active:
+        raise Forbidden("This account is disabled")
+    return principal
+
+
+async def get_verified_principal(
+    principal: Annotated[Principal, Security(get_active_principal)], settings: SettingsDep
+) -> Principal:
+    if settings.require_verified_email and not principal.is_verified:
+        raise Forbidden("Verify your email address first")
+    return principal
+
+
+async def get_admin_principal(
+    principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.ADMIN])],
+) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("Administrator role required")
+    return principal
 
 
 async def get_current_user(
-    security_scopes: SecurityScopes, claims: TokenClaims, session: SessionDep
+    principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])],
+    session: SessionDep,
 ) -> User:
-    """The token's user, if its session is still live; one query checks both.
-
-    Checking the session on every request is what makes logout immediate and durable.
-    """
-    row = (
-        await session.execute(
-            select(User, AuthSession.revoked_at, AuthSession.expires_at)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
-        )
-    ).one_or_none()
-    if row is None:
+    user = await session.get(User, principal.id)
+    if user is None or not user.is_active:
         raise Unauthorized("Invalid token")
-    user, revoked_at, expires_at = row
-    if revoked_at is not None or expires_at <= utcnow():
-        raise Unauthorized("Token has been revoked")
-    missing = sorted(set(security_scopes.scopes) - claims.scopes)
-    if missing:
-        raise Forbidden(f"Missing scope: {' '.join(missing)}")
     return user
 
 
-async def get_active_user(user: Annotated[User, Security(get_current_user)]) -> User:
-    if not user.is_active:
-        raise Forbidden("This account is disabled")
-    return user
-
-
-async def get_verified_user(
-    user: Annotated[User, Security(get_active_user)], settings: SettingsDep
-) -> User:
-    if settings.require_verified_email and not user.is_verified:
-        raise Forbidden("Verify your email address first")
-    return user
-
-
-async def get_admin_user(
-    user: Annotated[User, Security(get_active_user, scopes=[Scope.ADMIN])],
-) -> User:
-    if not user.is_admin:
-        raise Forbidden("Administrator role required")
-    return user
-
-
-async def get_optional_user(
-    token: BearerToken, settings: SettingsDep, session: SessionDep
-) -> User | None:
+async def get_optional_principal(
+    request: Request,
+    token: BearerToken,
+    settings: SettingsDep,
+    cache: CacheDep,
+    session: SessionDep,
+) -> Principal | None:
     """The caller on public endpoints: anonymous is fine, a bad token is still refused."""
     if not token:
         return None
-    claims = await get_token_claims(token, settings)
-    return await get_active_user(await get_current_user(SecurityScopes(), claims, session))
+    principal = await get_principal(SecurityScopes(), request, token, settings, cache, session)
+    return await get_active_principal(principal)
 
 
 def require_permission(permission: Permission) -> object:
     """A dependency for finer rules than scopes: 403 names the missing permission."""
 
-    async def check(user: Annotated[User, Security(get_active_user)]) -> User:
-        if not has_permission(user, permission):
+    async def check(
+        principal: Annotated[Principal, Security(get_active_principal)],
+    ) -> Principal:
+        if not has_permission(principal, permission):
             raise Forbidden(f"Missing permission: {permission}")
-        return user
+        return principal
 
     return Depends(check)
 
 
-CurrentUser = Annotated[User, Security(get_active_user, scopes=[Scope.PROFILE])]
-ItemWriter = Annotated[User, Security(get_verified_user, scopes=[Scope.ITEMS_WRITE])]
-AdminUser = Annotated[User, Security(get_admin_user)]
-OptionalUser = Annotated[User | None, Depends(get_optional_user)]
+CurrentPrincipal = Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])]
+CurrentUser = Annotated[User, Depends(get_current_user)]
+ItemWriter = Annotated[Principal, Security(get_verified_principal, scopes=[Scope.ITEMS_WRITE])]
+AdminPrincipal = Annotated[Principal, Security(get_admin_principal)]
+OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]

@@ -1,8 +1,9 @@
 """Scopes a token may carry, and the finer permissions each role has."""
 
 from enum import StrEnum
+from typing import Protocol
 
-from app.users.models import Role, User
+from app.users.models import Role
 
 
 class Scope(StrEnum):
@@ -41,8 +42,13 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 
 
-def has_permission(user: User, permission: Permission) -> bool:
-    return permission in ROLE_PERMISSIONS[user.role]
+class HasRole(Protocol):
+    @property
+    def role(self) -> Role: ...
+
+
+def has_permission(actor: HasRole, permission: Permission) -> bool:
+    return permission in ROLE_PERMISSIONS[actor.role]
 
 
 def grantable_scopes(role: Role, requested: set[str] | None) -> list[str]:

@@ -3,7 +3,13 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Header, Response, status
 
 from app.auth import service
-from app.auth.dependencies import CurrentUser, HasherDep, SettingsDep, TokenClaims
+from app.auth.dependencies import (
+    CacheDep,
+    CurrentPrincipal,
+    CurrentUser,
+    HasherDep,
+    SettingsDep,
+)
 from app.auth.schemas import (
     ChangePasswordRequest,
     LoginForm,
@@ -62,48 +68,63 @@ async def login(
 
 @router.post("/refresh", response_model=TokenResponse)
 async def refresh(
-    data: RefreshRequest, response: Response, session: SessionDep, settings: SettingsDep
+    data: RefreshRequest,
+    response: Response,
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
 ) -> TokenResponse:
     """Trade a refresh token (once) for a new pair; reusing one revokes its whole session."""
     pair = await service.rotate_refresh_token(
-        session=session, settings=settings, raw_token=data.refresh_token
+        session=session, cache=cache, settings=settings, raw_token=data.refresh_token
     )
     return _token_response(pair, response)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(
-    user: CurrentUser, claims: TokenClaims, session: SessionDep, data: LogoutRequest | None = None
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    data: LogoutRequest | None = None,
 ) -> None:
-    """End this session: its access and refresh tokens stop working at once."""
+    """End this session: its access and refresh tokens stop working at once, everywhere."""
     await service.logout(
         session=session,
-        user=user,
-        session_id=claims.session_id,
+        cache=cache,
+        settings=settings,
+        principal=principal,
         refresh_token=data.refresh_token if data else None,
     )
 
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
-async def logout_all(user: CurrentUser, session: SessionDep) -> None:
+async def logout_all(
+    principal: CurrentPrincipal, session: SessionDep, cache: CacheDep, settings: SettingsDep
+) -> None:
     """End every session of the caller, on every device."""
-    await service.logout_all(session=session, user=user)
+    await service.logout_all(session=session, cache=cache, settings=settings, user_id=principal.id)
 
 
 @router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
 async def change_password(
     data: ChangePasswordRequest,
     user: CurrentUser,
-    claims: TokenClaims,
+    principal: CurrentPrincipal,
     session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
     hasher: HasherDep,
 ) -> None:
     """Change the password; every other session is logged out."""
     await service.change_password(
         session=session,
+        cache=cache,
+        settings=settings,
         hasher=hasher,
         user=user,
-        current_session_id=claims.session_id,
+        current_session_id=principal.session_id,
         current_password=data.current_password,
         new_password=data.new_password,
     )

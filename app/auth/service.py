@@ -4,14 +4,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Update, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import principal as principals
 from app.auth.errors import InvalidCredentials, InvalidRefreshToken
 from app.auth.models import AuthSession, RefreshToken
 from app.auth.permissions import ROLE_SCOPES, grantable_scopes
+from app.auth.principal import Principal
 from app.auth.schemas import RegisterRequest, SuperuserFields
+from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, ErrorDetail, Forbidden
@@ -135,7 +138,7 @@ def _issue(
 
 
 async def rotate_refresh_token(
-    *, session: AsyncSession, settings: Settings, raw_token: str
+    *, session: AsyncSession, cache: Cache, settings: Settings, raw_token: str
 ) -> TokenPair:
     """Trade a refresh token for a new pair. A token works once: a second use means it was
     stolen (or leaked), so the whole family is revoked and both parties must log in again."""
@@ -160,8 +163,11 @@ async def rotate_refresh_token(
         .values(used_at=now)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        await revoke_session(session=session, session_id=auth_session.id, reason="reuse_detected")
+        revoked = await revoke_session(
+            session=session, session_id=auth_session.id, reason="reuse_detected"
+        )
         await session.commit()
+        await publish_revocations(cache=cache, settings=settings, session_ids=revoked)
         raise InvalidRefreshToken("Refresh token reuse detected; the session has been revoked")
     if not user.is_active:
         await session.commit()
@@ -173,32 +179,51 @@ async def rotate_refresh_token(
     return pair
 
 
-async def revoke_session(  # the caller commits, with whatever else belongs together
+async def revoke_session(  # the caller commits, then publishes the returned ids
     *, session: AsyncSession, session_id: str, reason: str, user_id: int | None = None
-) -> None:
+) -> list[str]:
     statement = update(AuthSession).where(
         AuthSession.id == session_id, AuthSession.revoked_at.is_(None)
     )
     if user_id is not None:
         statement = statement.where(AuthSession.user_id == user_id)
-    await session.execute(statement.values(revoked_at=utcnow(), revoked_reason=reason))
+    return await _revoke(session, statement, reason)
 
 
 async def revoke_all_sessions(
     *, session: AsyncSession, user_id: int, reason: str, keep_session_id: str | None = None
-) -> None:
+) -> list[str]:
     statement = update(AuthSession).where(
         AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
     )
     if keep_session_id is not None:
         statement = statement.where(AuthSession.id != keep_session_id)
-    await session.execute(statement.values(revoked_at=utcnow(), revoked_reason=reason))
+    return await _revoke(session, statement, reason)
+
+
+async def _revoke(session: AsyncSession, statement: Update, reason: str) -> list[str]:
+    result = await session.execute(
+        statement.values(revoked_at=utcnow(), revoked_reason=reason).returning(AuthSession.id)
+    )
+    return list(result.scalars().all())
+
+
+async def publish_revocations(*, cache: Cache, settings: Settings, session_ids: list[str]) -> None:
+    """After the commit: every API process stops accepting these sessions' access tokens."""
+    ttl = settings.access_token_expire_minutes * 60 + 60
+    await principals.mark_revoked(cache=cache, session_ids=session_ids, ttl=ttl)
 
 
 async def logout(
-    *, session: AsyncSession, user: User, session_id: str, refresh_token: str | None
+    *,
+    session: AsyncSession,
+    cache: Cache,
+    settings: Settings,
+    principal: Principal,
+    refresh_token: str | None,
 ) -> None:
     """End this session; a refresh token of another of the user's sessions ends that one too."""
+    revoked = []
     if refresh_token is not None:
         other = (
             await session.execute(
@@ -207,22 +232,30 @@ async def logout(
                 )
             )
         ).scalar_one_or_none()
-        if other is not None and other != session_id:
-            await revoke_session(
-                session=session, session_id=other, reason="logout", user_id=user.id
+        if other is not None and other != principal.session_id:
+            revoked += await revoke_session(
+                session=session, session_id=other, reason="logout", user_id=principal.id
             )
-    await revoke_session(session=session, session_id=session_id, reason="logout")
+    revoked += await revoke_session(
+        session=session, session_id=principal.session_id, reason="logout"
+    )
     await session.commit()
+    await publish_revocations(cache=cache, settings=settings, session_ids=revoked)
 
 
-async def logout_all(*, session: AsyncSession, user: User) -> None:
-    await revoke_all_sessions(session=session, user_id=user.id, reason="logout_all")
+async def logout_all(
+    *, session: AsyncSession, cache: Cache, settings: Settings, user_id: int
+) -> None:
+    revoked = await revoke_all_sessions(session=session, user_id=user_id, reason="logout_all")
     await session.commit()
+    await publish_revocations(cache=cache, settings=settings, session_ids=revoked)
 
 
 async def change_password(
     *,
     session: AsyncSession,
+    cache: Cache,
+    settings: Settings,
     hasher: PasswordHasher,
     user: User,
     current_session_id: str,
@@ -233,13 +266,14 @@ async def change_password(
     if not valid:
         raise InvalidCredentials("The current password is incorrect", status=400)
     user.hashed_password = await hasher.hash(new_password)
-    await revoke_all_sessions(
+    revoked = await revoke_all_sessions(
         session=session,
         user_id=user.id,
         reason="password_changed",
         keep_session_id=current_session_id,
     )
     await session.commit()  # the new hash and the revocations land together or not at all
+    await publish_revocations(cache=cache, settings=settings, session_ids=revoked)
 
 
 async def ensure_superuser(

@@ -39,13 +39,34 @@ class Settings(BaseSettings):
 
     cors_origins: CommaList = []
     cors_allow_credentials: bool = True
+    allowed_hosts: CommaList = ["*"]
+    # Proxies whose X-Forwarded-For is believed (IPs or CIDRs); anyone else could forge it.
+    trusted_proxies: CommaList = []
     docs_enabled: bool | None = None
+    max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    session_cookie_name: str = "app_session"
+
+    redis_url: str | None = None
+    redis_max_connections: int = Field(default=100, ge=1)
+    cache_ttl_seconds: float = Field(default=60, gt=0)
+
+    rate_limit_enabled: bool = True
+    rate_limit_default: str = "600/minute"
+    rate_limit_login: str = "10/minute"
+    rate_limit_login_account: str = "5/minute"
+    rate_limit_register: str = "5/minute"
+    rate_limit_password_reset: str = "5/hour"
+
+    metrics_token: SecretStr | None = None
+    sentry_dsn: SecretStr | None = None
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
 
     first_superuser_username: str | None = None
     first_superuser_email: str | None = None
     first_superuser_password: SecretStr | None = None
 
     log_level: str = "INFO"
+    log_format: Literal["console", "json"] | None = None  # default: json in production
     # Threads allowed to hash passwords at once. One core stays free for the event loop, so a
     # login flood slows logins down instead of every other request.
     password_hash_concurrency: int = Field(default=max(1, (os.cpu_count() or 2) - 1), ge=1)
@@ -54,7 +75,7 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=19_456, ge=8_192)
     argon2_time_cost: int = Field(default=2, ge=1)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -78,6 +99,10 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("unsafe production settings: " + "; ".join(problems))
         return self
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_format == "json" if self.log_format else self.is_production
 
     @property
     def is_production(self) -> bool:

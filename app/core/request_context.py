@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SCOPE_KEY = "app.request_id"
+_USER_KEY = "app.user_id"
 # A client may pass its own ID for tracing, but only a sane one: it goes into logs and headers.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -21,6 +22,16 @@ def request_id_of(scope: MutableMapping[str, Any]) -> str:
     if request_id is None:
         request_id = scope[_SCOPE_KEY] = uuid.uuid4().hex
     return str(request_id)
+
+
+def set_user_id(scope: MutableMapping[str, Any], user_id: int) -> None:
+    """Remember who is calling, for the access log and the rate limiter."""
+    scope[_USER_KEY] = user_id
+
+
+def user_id_of(scope: MutableMapping[str, Any]) -> int | None:
+    user_id = scope.get(_USER_KEY)
+    return int(user_id) if user_id is not None else None
 
 
 class RequestContextMiddleware:

@@ -4,17 +4,13 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from app.auth.dependencies import ItemWriter, OptionalUser
+from app.auth.dependencies import ItemWriter
 from app.auth.permissions import Permission, has_permission
 from app.core.db import SessionDep
 from app.core.errors import Forbidden
 from app.core.schemas import PrimaryKey
 from app.items import service
 from app.items.models import Item
-
-
-async def visible_item(item_id: PrimaryKey, viewer: OptionalUser, session: SessionDep) -> Item:
-    return await service.get_visible(session=session, item_id=item_id, viewer=viewer)
 
 
 async def owned_item(item_id: PrimaryKey, user: ItemWriter, session: SessionDep) -> Item:
@@ -24,5 +20,4 @@ async def owned_item(item_id: PrimaryKey, user: ItemWriter, session: SessionDep)
     return item
 
 
-VisibleItem = Annotated[Item, Depends(visible_item)]
 OwnedItem = Annotated[Item, Depends(owned_item)]

@@ -1,15 +1,15 @@
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.auth.dependencies import ItemWriter
+from app.auth.dependencies import CacheDep, ItemWriter, OptionalPrincipal
 from app.auth.permissions import Permission, has_permission
 from app.core.db import SessionDep
 from app.core.errors import Forbidden
-from app.core.schemas import OptionalId, Page, PageNumber, PerPage, SearchTerm
+from app.core.schemas import OptionalId, Page, PageNumber, PerPage, PrimaryKey, SearchTerm
 from app.items import service
-from app.items.dependencies import OwnedItem, VisibleItem
+from app.items.dependencies import OwnedItem
 from app.items.models import Currency
 from app.items.schemas import ItemCreate, ItemCursorPage, ItemRead, ItemUpdate
 
@@ -34,51 +34,63 @@ Filters = Annotated[service.ItemFilters, Depends(item_filters)]
 
 
 @router.post("/", response_model=ItemRead, status_code=status.HTTP_201_CREATED)
-async def create_item(data: ItemCreate, user: ItemWriter, session: SessionDep) -> ItemRead:
+async def create_item(
+    data: ItemCreate, user: ItemWriter, session: SessionDep, cache: CacheDep
+) -> ItemRead:
     """Create an item owned by you."""
-    return ItemRead.model_validate(await service.create(session=session, data=data, owner=user))
+    item = await service.create(session=session, cache=cache, data=data, owner=user)
+    return ItemRead.model_validate(item)
 
 
 @list_v1.get("/", response_model=Page[ItemRead])
 async def list_items(
     session: SessionDep,
+    cache: CacheDep,
     filters: Filters,
     page: PageNumber = 1,
     per_page: PerPage = 20,
     order_by: Annotated[service.ItemOrder, Query()] = "-created_at",
-) -> Page[ItemRead]:
+) -> Response:
     """The public listing, with search, price and owner filters."""
-    items, total = await service.list_page(
-        session=session, filters=filters, page=page, per_page=per_page, order_by=order_by
-    )
-    return Page[ItemRead].build(
-        [ItemRead.model_validate(i) for i in items], total=total, page=page, per_page=per_page
-    )
+    body = await service.public_page_json(
+        cache=cache, session=session, filters=filters, page=page, per_page=per_page,
+        order_by=order_by,
+    )  # fmt: skip
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{item_id}", response_model=ItemRead)
-async def read_item(item: VisibleItem) -> ItemRead:
+async def read_item(
+    item_id: PrimaryKey, viewer: OptionalPrincipal, session: SessionDep, cache: CacheDep
+) -> Response | ItemRead:
     """One item; soft-deleted ones are 404 to all but admins."""
-    return ItemRead.model_validate(item)
+    if viewer is not None and viewer.is_admin:  # admins see deleted items: never cached
+        item = await service.get_visible(session=session, item_id=item_id, viewer=viewer)
+        return ItemRead.model_validate(item)
+    body = await service.public_item_json(cache=cache, session=session, item_id=item_id)
+    return Response(body, media_type="application/json")
 
 
 @router.patch("/{item_id}", response_model=ItemRead)
-async def update_item(data: ItemUpdate, item: OwnedItem, session: SessionDep) -> ItemRead:
+async def update_item(
+    data: ItemUpdate, item: OwnedItem, session: SessionDep, cache: CacheDep
+) -> ItemRead:
     """Change an item (owner or admin)."""
-    return ItemRead.model_validate(await service.update(session=session, item=item, data=data))
+    updated = await service.update(session=session, cache=cache, item=item, data=data)
+    return ItemRead.model_validate(updated)
 
 
 @router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_item(
-    item: OwnedItem, user: ItemWriter, session: SessionDep, hard: bool = False
+    item: OwnedItem, user: ItemWriter, session: SessionDep, cache: CacheDep, hard: bool = False
 ) -> None:
     """Soft-delete an item (owner or admin); `hard=true` removes it for good (admin)."""
     if not hard:
-        await service.soft_delete(session=session, item=item)
+        await service.soft_delete(session=session, cache=cache, item=item)
         return
     if not has_permission(user, Permission.HARD_DELETE_ITEM):
         raise Forbidden(f"Missing permission: {Permission.HARD_DELETE_ITEM}")
-    await service.hard_delete(session=session, item=item)
+    await service.hard_delete(session=session, cache=cache, item=item)
 
 
 @list_v2.get("/", response_model=ItemCursorPage)

@@ -9,12 +9,18 @@ from typing import Literal
 from sqlalchemy import Select, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.principal import Principal
+from app.core.cache import Cache, cached
 from app.core.db import utcnow
 from app.core.pagination import order_clauses, paginate
+from app.core.schemas import Page
 from app.items.errors import InvalidCursor, ItemNotFound
 from app.items.models import Currency, Item
-from app.items.schemas import ItemCreate, ItemUpdate
-from app.users.models import User
+from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
+
+# Every write bumps this namespace's generation: cached items and pages retire together.
+CACHE_NAMESPACE = "items"
+CACHE_TTL_SECONDS = 60.0
 
 ItemOrder = Literal["id", "-id", "created_at", "-created_at", "price", "-price", "title", "-title"]
 _ORDER_COLUMNS = {
@@ -53,14 +59,48 @@ class ItemFilters:
         return statement
 
 
-async def create(*, session: AsyncSession, data: ItemCreate, owner: User) -> Item:
+async def create(
+    *, session: AsyncSession, cache: Cache, data: ItemCreate, owner: Principal
+) -> Item:
     item = Item(**data.model_dump(), owner_id=owner.id)
     session.add(item)
-    await session.commit()
+    await _commit_and_retire_cache(session, cache)
     return item
 
 
-async def get_visible(*, session: AsyncSession, item_id: int, viewer: User | None) -> Item:
+async def _commit_and_retire_cache(session: AsyncSession, cache: Cache) -> None:
+    await session.commit()
+    await cache.bump(CACHE_NAMESPACE)  # after the commit, so no reader caches the old state
+
+
+@cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS)
+async def public_item_json(*, cache: Cache, session: AsyncSession, item_id: int) -> bytes:
+    """The item as the public sees it, serialized; a miss (or 404) reads the database."""
+    item = await get_visible(session=session, item_id=item_id, viewer=None)
+    return ItemRead.model_validate(item).model_dump_json().encode()
+
+
+@cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS)
+async def public_page_json(
+    *,
+    cache: Cache,
+    session: AsyncSession,
+    filters: ItemFilters,
+    page: int,
+    per_page: int,
+    order_by: ItemOrder,
+) -> bytes:
+    items, total = await list_page(
+        session=session, filters=filters, page=page, per_page=per_page,
+        order_by=order_by,
+    )  # fmt: skip
+    listing = Page[ItemRead].build(
+        [ItemRead.model_validate(i) for i in items], total=total, page=page, per_page=per_page
+    )
+    return listing.model_dump_json().encode()
+
+
+async def get_visible(*, session: AsyncSession, item_id: int, viewer: Principal | None) -> Item:
     """The item, unless it is soft-deleted and the viewer is not an admin."""
     item = await session.get(Item, item_id)
     if item is None or (item.deleted_at is not None and not (viewer and viewer.is_admin)):
@@ -105,19 +145,19 @@ def decode_cursor(cursor: str) -> int:
     return value
 
 
-async def update(*, session: AsyncSession, item: Item, data: ItemUpdate) -> Item:
+async def update(*, session: AsyncSession, cache: Cache, item: Item, data: ItemUpdate) -> Item:
     for field, value in data.model_dump(exclude_unset=True).items():
         setattr(item, field, value)
-    await session.commit()
+    await _commit_and_retire_cache(session, cache)
     return item
 
 
-async def soft_delete(*, session: AsyncSession, item: Item) -> None:
+async def soft_delete(*, session: AsyncSession, cache: Cache, item: Item) -> None:
     if item.deleted_at is None:
         item.deleted_at = utcnow()
-        await session.commit()
+        await _commit_and_retire_cache(session, cache)
 
 
-async def hard_delete(*, session: AsyncSession, item: Item) -> None:
+async def hard_delete(*, session: AsyncSession, cache: Cache, item: Item) -> None:
     await session.execute(delete(Item).where(Item.id == item.id))
-    await session.commit()
+    await _commit_and_retire_cache(session, cache)

@@ -2,7 +2,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.auth.dependencies import AdminUser, CurrentUser
+from app.auth.dependencies import (
+    AdminPrincipal,
+    CacheDep,
+    CurrentPrincipal,
+    CurrentUser,
+    SettingsDep,
+)
 from app.core.db import SessionDep
 from app.core.schemas import Page, PageNumber, PerPage, SearchTerm
 from app.users import service
@@ -29,7 +35,7 @@ async def update_me(data: UserSelfUpdate, user: CurrentUser, session: SessionDep
 
 @router.get("/", response_model=Page[UserPrivate])
 async def list_users(
-    _admin: AdminUser,
+    _admin: AdminPrincipal,
     session: SessionDep,
     page: PageNumber = 1,
     per_page: PerPage = 20,
@@ -54,28 +60,42 @@ async def list_users(
 
 
 @router.get("/{user_id}", response_model=UserPrivate | UserPublic)
-async def read_user(target: UserById, user: CurrentUser) -> UserPrivate | UserPublic:
+async def read_user(target: UserById, caller: CurrentPrincipal) -> UserPrivate | UserPublic:
     """A user: the public view, or the private one for yourself and admins."""
-    if user.id == target.id or user.is_admin:
+    if caller.id == target.id or caller.is_admin:
         return UserPrivate.model_validate(target)
     return UserPublic.model_validate(target)
 
 
 @router.patch("/{user_id}", response_model=UserPrivate)
 async def update_user(
-    data: UserAdminUpdate, target: UserById, admin: AdminUser, session: SessionDep
+    data: UserAdminUpdate,
+    target: UserById,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
 ) -> UserPrivate:
     """Change a user's role or active flag (admin); reactivate with `is_active: true`."""
-    updated = await service.admin_update(session=session, actor=admin, target=target, data=data)
+    updated = await service.admin_update(
+        session=session, cache=cache, settings=settings, actor=admin, target=target, data=data
+    )
     return UserPrivate.model_validate(updated)
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_user(
-    target: UserById, admin: AdminUser, session: SessionDep, hard: bool = False
+    target: UserById,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    hard: bool = False,
 ) -> None:
     """Deactivate a user (admin), or with `hard=true` delete them and their data (superuser)."""
     if hard:
         await service.hard_delete(session=session, actor=admin, target=target)
     else:
-        await service.deactivate(session=session, actor=admin, target=target)
+        await service.deactivate(
+            session=session, cache=cache, settings=settings, actor=admin, target=target
+        )

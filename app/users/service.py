@@ -6,6 +6,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import service as auth_service
 from app.auth.permissions import Permission, has_permission
+from app.auth.principal import Principal
+from app.core.cache import Cache
+from app.core.config import Settings
 from app.core.errors import Forbidden
 from app.core.pagination import order_clauses, paginate
 from app.users.errors import UserNotFound
@@ -64,7 +67,7 @@ async def list_users(
     return await paginate(session, statement, page=page, per_page=per_page)
 
 
-def _check_may_manage(actor: User, target: User, data: UserAdminUpdate) -> None:
+def _check_may_manage(actor: Principal, target: User, data: UserAdminUpdate) -> None:
     privileged = (Role.ADMIN, Role.SUPERUSER)
     touches_privileged = target.role in privileged or data.role in privileged
     if touches_privileged and not has_permission(actor, Permission.GRANT_PRIVILEGED_ROLES):
@@ -74,29 +77,44 @@ def _check_may_manage(actor: User, target: User, data: UserAdminUpdate) -> None:
 
 
 async def admin_update(
-    *, session: AsyncSession, actor: User, target: User, data: UserAdminUpdate
+    *,
+    session: AsyncSession,
+    cache: Cache,
+    settings: Settings,
+    actor: Principal,
+    target: User,
+    data: UserAdminUpdate,
 ) -> User:
     _check_may_manage(actor, target, data)
     if data.role is not None:
         target.role = data.role
     if data.is_active is not None:
         target.is_active = data.is_active
+    revoked: list[str] = []
     if data.is_active is False or data.role is not None:
         # Tokens carry scopes granted for the old role or state: make the user log in again.
-        await auth_service.revoke_all_sessions(
+        revoked = await auth_service.revoke_all_sessions(
             session=session, user_id=target.id, reason="account_changed"
         )
     await session.commit()
+    await auth_service.publish_revocations(cache=cache, settings=settings, session_ids=revoked)
     return target
 
 
-async def deactivate(*, session: AsyncSession, actor: User, target: User) -> None:
+async def deactivate(
+    *, session: AsyncSession, cache: Cache, settings: Settings, actor: Principal, target: User
+) -> None:
     await admin_update(
-        session=session, actor=actor, target=target, data=UserAdminUpdate(is_active=False)
+        session=session,
+        cache=cache,
+        settings=settings,
+        actor=actor,
+        target=target,
+        data=UserAdminUpdate(is_active=False),
     )
 
 
-async def hard_delete(*, session: AsyncSession, actor: User, target: User) -> None:
+async def hard_delete(*, session: AsyncSession, actor: Principal, target: User) -> None:
     if not has_permission(actor, Permission.HARD_DELETE_USER):
         raise Forbidden(f"Missing permission: {Permission.HARD_DELETE_USER}")
     if actor.id == target.id:

@@ -1,0 +1,111 @@
+"""Who a live access token speaks for, checked against revocation in one cache round trip.
+
+The database is the source of truth: sessions are revoked there, durably. The cache holds a
+short-lived snapshot per session so that an authenticated request costs one cache lookup
+(process memory, or one Redis GET shared by every API process) instead of a database query.
+
+Revocation overwrites the snapshot with a tombstone, and readers only ever *add* snapshots
+(`only_if_new`), so a reader that loaded a session just before it was revoked can't put the
+live snapshot back over the tombstone. If the cache is lost (Redis restarted, or down), every
+lookup falls back to the database, which still says revoked: nothing comes back to life.
+"""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.models import AuthSession
+from app.core.cache import Cache
+from app.core.db import utcnow
+from app.core.errors import Unauthorized
+from app.core.security import AccessClaims
+from app.users.models import Role, User
+
+SNAPSHOT_TTL_SECONDS = 60.0
+_REVOKED = b"revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: int
+    session_id: str
+    role: Role
+    is_active: bool
+    is_verified: bool
+    scopes: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in (Role.ADMIN, Role.SUPERUSER)
+
+    @property
+    def is_superuser(self) -> bool:
+        return self.role == Role.SUPERUSER
+
+
+def _key(session_id: str) -> str:
+    return f"auth:session:{session_id}"
+
+
+async def resolve(*, cache: Cache, session: AsyncSession, claims: AccessClaims) -> Principal:
+    snapshot = await cache.get(_key(claims.session_id))
+    if snapshot == _REVOKED:
+        raise Unauthorized("Token has been revoked")
+    if snapshot is not None:
+        state = json.loads(snapshot)
+    else:
+        state = await _load(session=session, claims=claims)
+        await cache.set(
+            _key(claims.session_id), json.dumps(state).encode(), SNAPSHOT_TTL_SECONDS,
+            only_if_new=True,
+        )  # fmt: skip
+    if state["user_id"] != claims.user_id:
+        raise Unauthorized("Invalid token")
+    return Principal(
+        id=claims.user_id,
+        session_id=claims.session_id,
+        role=Role(state["role"]),
+        is_active=state["is_active"],
+        is_verified=state["is_verified"],
+        scopes=claims.scopes,
+    )
+
+
+async def _load(*, session: AsyncSession, claims: AccessClaims) -> dict[str, object]:
+    row = (
+        await session.execute(
+            select(
+                User.role,
+                User.is_active,
+                User.is_verified,
+                AuthSession.revoked_at,
+                AuthSession.expires_at,
+                AuthSession.user_id,
+            )
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(AuthSession.id == claims.session_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise Unauthorized("Invalid token")
+    role, is_active, is_verified, revoked_at, expires_at, user_id = row
+    if revoked_at is not None or expires_at <= utcnow():
+        raise Unauthorized("Token has been revoked")
+    return {
+        "user_id": user_id,
+        "role": str(role),
+        "is_active": is_active,
+        "is_verified": is_verified,
+    }
+
+
+async def mark_revoked(*, cache: Cache, session_ids: Iterable[str], ttl: float) -> None:
+    """Tombstones for sessions already revoked in the database (call after the commit).
+
+    `ttl` must outlive the longest access token, after which the token is dead anyway.
+    """
+    for session_id in session_ids:
+        await cache.set(_key(session_id), _REVOKED, ttl)

@@ -1,0 +1,30 @@
+"""The Redis client: one per process, opened in the lifespan; absent in embedded mode."""
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.core.config import Settings
+
+# Short timeouts: a request waiting on a sick Redis is worse than one that falls back.
+SOCKET_TIMEOUT_SECONDS = 0.5
+CONNECT_TIMEOUT_SECONDS = 0.5
+
+__all__ = ["Redis", "RedisError", "create_redis"]
+
+
+def create_redis(settings: Settings) -> Redis | None:
+    if not settings.redis_url:
+        return None
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        max_connections=settings.redis_max_connections,
+    )
