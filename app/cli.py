@@ -1,8 +1,12 @@
 """`app ...`: run the service, migrate, create the first superuser, seed demo data."""
 
 import asyncio
+import atexit
+import os
 import random
+import shutil
 import sys
+import tempfile
 from decimal import Decimal
 from typing import Annotated
 
@@ -14,6 +18,7 @@ from rich.progress import Progress
 
 from app import models  # noqa: F401 - registers every table
 from app.core.config import Settings, get_settings
+from app.core.logging import configure_logging
 from app.core.migrate import upgrade_to_head
 
 cli = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -32,14 +37,25 @@ def _settings() -> Settings:
 
 
 def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_log: bool) -> None:
+    # Workers share their Prometheus samples through files; a fresh directory per run, so a
+    # previous run's dead processes don't haunt the figures.
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir is None:
+        metrics_dir = tempfile.mkdtemp(prefix="app-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
+    if not access_log:
+        os.environ["ACCESS_LOG"] = "false"  # read by each worker's settings
+    configure_logging(settings)
     uvicorn.run(
-        "app.main:create_app",
+        "app.main:serve_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        access_log=access_log,
-        log_level=settings.log_level.lower(),
+        log_config=None,  # ours (structlog) is set up in each worker by serve_app
+        access_log=False,  # the app writes its own access log, with request IDs
+        proxy_headers=False,  # X-Forwarded-For is believed only from TRUSTED_PROXIES, by us
         server_header=False,
         timeout_graceful_shutdown=30,
     )

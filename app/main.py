@@ -3,26 +3,36 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.api import api_v1, api_v2
 from app.core.cache import MemoryCache, RedisCache
+from app.core.client_ip import parse_networks
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
-from app.core.middleware import SecurityHeadersMiddleware
+from app.core.http import create_http_client
+from app.core.logging import configure_logging
+from app.core.middleware import (
+    BodySizeLimitMiddleware,
+    MetricsMiddleware,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+    TrustedHostMiddleware,
+)
+from app.core.ratelimit import Policies, create_limiter
 from app.core.redis import create_redis
 from app.core.request_context import RequestContextMiddleware
 from app.core.security import PasswordHasher
+from app.core.sentry import init_sentry
+from app.health.router import ops_router
 from app.health.router import router as health_router
-
-OUTBOUND_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-OUTBOUND_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 @asynccontextmanager
@@ -35,11 +45,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis = create_redis(settings)
     app.state.redis = redis
     app.state.cache = RedisCache(redis) if redis is not None else MemoryCache()
-    async with httpx.AsyncClient(timeout=OUTBOUND_TIMEOUT, limits=OUTBOUND_LIMITS) as client:
-        app.state.http = client
+    app.state.limiter = create_limiter(settings)
+    async with create_http_client() as http:
+        app.state.http = http
         try:
             yield
         finally:
+            await app.state.limiter.close()
             await app.state.cache.close()
             if redis is not None:
                 await redis.aclose()
@@ -47,10 +59,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _middleware(settings: Settings) -> list[Middleware]:
-    """Outermost first: the request ID wraps everything, so even errors carry it."""
+    """Outermost first. The request context wraps everything, so even errors carry the ID and
+    reach the access log; metrics see rate-limited requests; gzip only sees what is allowed."""
     stack = [
-        Middleware(RequestContextMiddleware),
+        Middleware(
+            RequestContextMiddleware, trusted_proxies=parse_networks(settings.trusted_proxies)
+        ),
+        Middleware(MetricsMiddleware),
+    ]
+    if settings.rate_limit_enabled:
+        stack.append(
+            Middleware(RateLimitMiddleware, policy=Policies.from_settings(settings).default)
+        )
+    stack += [
         Middleware(SecurityHeadersMiddleware, hsts=settings.is_production),
+        Middleware(GZipMiddleware, minimum_size=1000),  # skips text/event-stream by itself
+        Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts),
     ]
     if settings.cors_origins:
         stack.append(
@@ -60,14 +84,25 @@ def _middleware(settings: Settings) -> list[Middleware]:
                 allow_credentials=settings.cors_allow_credentials,
                 allow_methods=["*"],
                 allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                expose_headers=["X-Request-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"],
             )
         )
+    stack += [
+        Middleware(
+            SessionMiddleware,
+            secret_key=settings.signing_key(),
+            session_cookie=settings.session_cookie_name,
+            https_only=settings.is_production,
+            same_site="lax",
+        ),
+        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes),
+    ]
     return stack
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    init_sentry(settings)
     app = FastAPI(
         title="App API",
         version="1.0.0",
@@ -80,10 +115,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.rate_limit_policies = Policies.from_settings(settings)
     install_error_handlers(app)
     app.include_router(health_router)
+    app.include_router(ops_router)
     app.include_router(api_v1)
     app.include_router(api_v2)
     if settings.show_docs:
         install_docs(app)
     return app
+
+
+def serve_app() -> FastAPI:
+    """What uvicorn runs in each worker process: logging set up, settings from the env."""
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)

@@ -32,6 +32,11 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
         "app_data_dir": data_dir,
         "database_url": database_url,
         "password_hash_concurrency": 4,
+        # Tests register and log in far more often than people; the limits have their own tests.
+        "rate_limit_default": "100000/minute",
+        "rate_limit_login": "100000/minute",
+        "rate_limit_login_account": "100000/minute",
+        "rate_limit_register": "100000/minute",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -6,17 +6,19 @@ need the user's row, for which `CurrentUser` loads it.
 
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Form, Request, Response, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 
 from app.auth import principal as principals
 from app.auth.permissions import SCOPE_DESCRIPTIONS, Permission, Scope, has_permission
 from app.auth.principal import Principal
+from app.auth.schemas import LoginForm
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import SessionDep
 from app.core.errors import Forbidden, Unauthorized
-from app.core.request_context import set_user_id
+from app.core.limits import enforce, policies_of
+from app.core.request_context import client_ip_of, set_user_id
 from app.core.security import AccessClaims, InvalidToken, PasswordHasher, decode_access_token
 from app.users.models import User
 
@@ -119,6 +121,19 @@ async def get_optional_principal(
         return None
     principal = await get_principal(SecurityScopes(), request, token, settings, cache, session)
     return await get_active_principal(principal)
+
+
+async def limit_login(
+    request: Request, response: Response, form: Annotated[LoginForm, Form()]
+) -> None:
+    """Per client and per account: guessing one password from many addresses is slowed too."""
+    policies = policies_of(request)
+    await enforce(request, response, policies.login, client_ip_of(request.scope))
+    await enforce(request, response, policies.login_account, form.username.lower())
+
+
+async def limit_register(request: Request, response: Response) -> None:
+    await enforce(request, response, policies_of(request).register, client_ip_of(request.scope))
 
 
 def require_permission(permission: Permission) -> object:

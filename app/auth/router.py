@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Header, Response, status
+from fastapi import APIRouter, Depends, Form, Header, Response, status
 
 from app.auth import service
 from app.auth.dependencies import (
@@ -9,6 +9,8 @@ from app.auth.dependencies import (
     CurrentUser,
     HasherDep,
     SettingsDep,
+    limit_login,
+    limit_register,
 )
 from app.auth.schemas import (
     ChangePasswordRequest,
@@ -36,14 +38,19 @@ def _token_response(pair: service.TokenPair, response: Response) -> TokenRespons
     )
 
 
-@router.post("/register", response_model=UserPrivate, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/register",
+    response_model=UserPrivate,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(limit_register)],
+)
 async def register(data: RegisterRequest, session: SessionDep, hasher: HasherDep) -> UserPrivate:
     """Create an account."""
     user = await service.register(session=session, hasher=hasher, data=data)
     return UserPrivate.model_validate(user)
 
 
-@router.post("/token", response_model=TokenResponse)
+@router.post("/token", response_model=TokenResponse, dependencies=[Depends(limit_login)])
 async def login(
     form: Annotated[LoginForm, Form()],
     response: Response,

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     first_superuser_password: SecretStr | None = None
 
     log_level: str = "INFO"
+    access_log: bool = True
     log_format: Literal["console", "json"] | None = None  # default: json in production
     # Threads allowed to hash passwords at once. One core stays free for the event loop, so a
     # login flood slows logins down instead of every other request.

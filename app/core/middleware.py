@@ -1,7 +1,17 @@
-"""Pure-ASGI middleware that every response passes through."""
+"""Pure-ASGI middleware. Each passes through scope types it doesn't handle, and answers its
+own refusals in the error envelope."""
 
-from starlette.datastructures import MutableHeaders
+import time
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import CODES_BY_STATUS, error_response
+from app.core.metrics import IN_FLIGHT, LATENCY, REQUESTS
+from app.core.ratelimit import Policy, RateLimiter
+from app.core.request_context import client_ip_of, route_of
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -9,6 +19,27 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+# Probes and scrapes are not client traffic: never rate limited.
+UNLIMITED_PREFIXES = ("/health", "/metrics", "/static/")
+
+
+async def send_error(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> None:
+    response = error_response(
+        Request(scope),
+        status=status,
+        code=CODES_BY_STATUS.get(status, "error"),
+        message=message,
+        headers=headers,
+    )
+    await response(scope, receive, send)
 
 
 class SecurityHeadersMiddleware:
@@ -31,3 +62,119 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            IN_FLIGHT.dec()
+            route, method = route_of(scope), scope["method"]
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(time.perf_counter() - started)
+
+
+class RateLimitMiddleware:
+    """The global limit per client address; tighter per-route limits are dependencies."""
+
+    def __init__(self, app: ASGIApp, *, policy: Policy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(UNLIMITED_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        limiter: RateLimiter = scope["app"].state.limiter  # opened by the lifespan
+        decision = await limiter.hit(self.policy, client_ip_of(scope))
+        if decision is None:  # the store is down and this limit fails open
+            await self.app(scope, receive, send)
+            return
+        if not decision.allowed:
+            await send_error(
+                scope, receive, send, status=429, headers=decision.headers(),
+                message=f"Too many requests; retry in {decision.headers()['Retry-After']} s",
+            )  # fmt: skip
+            return
+        limit_headers = decision.headers()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in limit_headers.items():
+                    headers.setdefault(name, value)  # a tighter route limit may have set them
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class TrustedHostMiddleware:
+    """Refuses requests for hosts we don't serve (Host header attacks, DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allow_any = "*" in allowed_hosts
+        self.exact = {h.lower() for h in allowed_hosts if not h.startswith("*.")}
+        self.suffixes = tuple(h.lower()[1:] for h in allowed_hosts if h.startswith("*."))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host", "").split(":")[0].lower()
+        if host in self.exact or (self.suffixes and host.endswith(self.suffixes)):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send_error(scope, receive, send, status=400, message="Invalid host header")
+
+
+class BodySizeLimitMiddleware:
+    """Caps request bodies while they arrive: a declared length over the cap is refused before
+    reading, and a chunked body is cut off the moment it passes the cap."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message_text = f"Request body is larger than {self.max_bytes} bytes"
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await send_error(scope, receive, send, status=413, message=message_text)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI passes HTTPExceptions from body reading through untouched.
+                    raise HTTPException(status_code=413, detail=message_text)
+            return message
+
+        await self.app(scope, limited_receive, send)

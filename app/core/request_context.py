@@ -1,4 +1,4 @@
-"""Request ID and timing: a pure-ASGI middleware, outermost, so every response carries them."""
+"""The outermost middleware: request ID, client address, timing, log context, access log."""
 
 import re
 import time
@@ -6,14 +6,20 @@ import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
+import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.client_ip import IPNetwork, client_ip
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SCOPE_KEY = "app.request_id"
 _USER_KEY = "app.user_id"
+_CLIENT_KEY = "app.client_ip"
 # A client may pass its own ID for tracing, but only a sane one: it goes into logs and headers.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Load balancer probes would drown the access log; their failures are still logged.
+QUIET_PATHS = frozenset({"/health", "/health/ready", "/metrics"})
 
 
 def request_id_of(scope: MutableMapping[str, Any]) -> str:
@@ -25,8 +31,9 @@ def request_id_of(scope: MutableMapping[str, Any]) -> str:
 
 
 def set_user_id(scope: MutableMapping[str, Any], user_id: int) -> None:
-    """Remember who is calling, for the access log and the rate limiter."""
+    """Remember who is calling, for the access log and the log context."""
     scope[_USER_KEY] = user_id
+    structlog.contextvars.bind_contextvars(user_id=user_id)
 
 
 def user_id_of(scope: MutableMapping[str, Any]) -> int | None:
@@ -34,9 +41,24 @@ def user_id_of(scope: MutableMapping[str, Any]) -> int | None:
     return int(user_id) if user_id is not None else None
 
 
+def client_ip_of(scope: MutableMapping[str, Any]) -> str:
+    return str(scope.get(_CLIENT_KEY) or (scope.get("client") or ("unknown",))[0])
+
+
+def route_of(scope: Scope) -> str:
+    """The matched route's template (`/items/{item_id}`): bounded cardinality for metrics."""
+    route = scope.get("route")
+    return str(getattr(route, "path", None) or "<unmatched>")
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, *, trusted_proxies: tuple[IPNetwork, ...] = (), access_log: bool = True
+    ) -> None:
         self.app = app
+        self.trusted_proxies = trusted_proxies
+        self.access_log = access_log
+        self.logger = structlog.stdlib.get_logger("app.access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -46,16 +68,37 @@ class RequestContextMiddleware:
         if incoming is not None and _VALID_REQUEST_ID.match(incoming):
             scope[_SCOPE_KEY] = incoming
         request_id = request_id_of(scope)
+        scope[_CLIENT_KEY] = client_ip(scope, self.trusted_proxies)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
+        status = 500  # what the client gets if the app dies before answering
 
         async def send_with_context(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID_HEADER] = request_id
                 headers["X-Process-Time"] = f"{(time.perf_counter() - started) * 1000:.2f}ms"
             await send(message)
 
-        await self.app(scope, receive, send_with_context)
+        try:
+            await self.app(scope, receive, send_with_context)
+        finally:
+            quiet = not self.access_log or (status < 400 and scope["path"] in QUIET_PATHS)
+            if scope["type"] == "http" and not quiet:
+                # Path template, not the raw path: no IDs or query strings (tokens) in logs.
+                self.logger.info(
+                    "request",
+                    method=scope["method"],
+                    route=route_of(scope),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    client=scope[_CLIENT_KEY],
+                    user_id=scope.get(_USER_KEY),
+                )
+            structlog.contextvars.clear_contextvars()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

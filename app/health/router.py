@@ -1,13 +1,21 @@
 import asyncio
+import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core import metrics
+from app.core.config import Settings
+from app.core.errors import NotFound, Unauthorized
+from app.core.redis import Redis
+
 router = APIRouter(prefix="/health", tags=["health"])
+ops_router = APIRouter(tags=["operations"])
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -39,19 +47,27 @@ async def liveness() -> Liveness:
     return Liveness()
 
 
-async def _check_database(engine: AsyncEngine) -> CheckResult:
+async def _check(probe: Callable[[], Awaitable[object]], *, required: bool) -> CheckResult:
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except Exception as exc:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            await probe()
+    except Exception as exc:  # any failure means "down"; its type is the message
         return CheckResult(
             status="down",
-            required=True,
+            required=required,
             latency_ms=_elapsed_ms(started),
             error=type(exc).__name__,
         )
-    return CheckResult(status="ok", required=True, latency_ms=_elapsed_ms(started))
+    return CheckResult(status="ok", required=required, latency_ms=_elapsed_ms(started))
+
+
+def _database_probe(engine: AsyncEngine) -> Callable[[], Awaitable[object]]:
+    async def probe() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    return probe
 
 
 def _elapsed_ms(started: float) -> float:
@@ -64,10 +80,19 @@ def _elapsed_ms(started: float) -> float:
     responses={503: {"model": Readiness, "description": "A required part is down"}},
 )
 async def readiness(
-    response: Response, engine: Annotated[AsyncEngine, Depends(get_engine)]
+    request: Request, response: Response, engine: Annotated[AsyncEngine, Depends(get_engine)]
 ) -> Readiness:
-    """Readiness: each dependency's state and latency; 503 when a required one is down."""
-    checks = {"database": await _check_database(engine)}
+    """Readiness: each dependency's state and latency; 503 when a required one is down.
+
+    Redis is optional: without it, reads and logins that need no limiter keep working, so
+    its loss makes the service `degraded`, not unavailable.
+    """
+    probes = [("database", _database_probe(engine), True)]
+    redis: Redis | None = request.app.state.redis
+    if redis is not None:
+        probes.append(("redis", redis.ping, False))
+    results = await asyncio.gather(*(_check(probe, required=req) for _, probe, req in probes))
+    checks = {name: result for (name, _, _), result in zip(probes, results, strict=True)}
     if any(c.status == "down" and c.required for c in checks.values()):
         status: Literal["ok", "degraded", "unavailable"] = "unavailable"
         response.status_code = 503
@@ -76,3 +101,20 @@ async def readiness(
     else:
         status = "ok"
     return Readiness(status=status, checks=checks)
+
+
+@ops_router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    """Prometheus text format. In production only with `Authorization: Bearer METRICS_TOKEN`
+    (and not at all without a token set): it tells an attacker a lot."""
+    settings: Settings = request.app.state.settings
+    if settings.is_production:
+        if settings.metrics_token is None:
+            raise NotFound(f"No resource at {request.url.path}")
+        expected = f"Bearer {settings.metrics_token.get_secret_value()}"
+        if not secrets.compare_digest((authorization or "").encode(), expected.encode()):
+            raise Unauthorized("A metrics token is required")
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

@@ -48,6 +48,9 @@ async def test_docs_are_off_in_production(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, environment="production", secret_key=TEST_SECRET)
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+    ):
         for path in ("/docs", "/redoc", "/openapi.json"):
             assert (await client.get(path)).status_code == 404

@@ -1,0 +1,128 @@
+"""Rate limits on the `limits` library's storage: process memory, or Redis for all processes.
+
+Windows are fixed and aligned to the clock (`window = now // period`), so the count, the
+remaining budget and the reset time all come from one atomic INCR-with-expiry: one storage
+round trip per check, and every process agrees on the window.
+"""
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.errors import StorageError
+from redis.exceptions import RedisError
+
+from app.core.config import Settings
+from app.core.metrics import RATE_LIMIT_BACKEND_ERRORS, RATE_LIMIT_REJECTIONS
+
+logger = logging.getLogger("app.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    limit: RateLimitItem
+    # Security limits (login, reset) refuse service when the counter is unreachable; the
+    # general limit lets traffic through rather than take the API down with Redis.
+    fail_closed: bool = False
+
+    @classmethod
+    def parse(cls, name: str, text: str, *, fail_closed: bool = False) -> "Policy":
+        return cls(name, parse(text), fail_closed)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_after)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.reset_after)))
+        return headers
+
+
+class LimiterUnavailable(Exception):
+    """The counter store can't be reached and the policy fails closed."""
+
+
+class RateLimiter:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def hit(self, policy: Policy, *identifiers: str) -> Decision | None:
+        """Count one request; None when the store is down and the policy fails open."""
+        period = policy.limit.get_expiry()
+        now = time.time()
+        window = int(now // period)
+        key = policy.limit.key_for(policy.name, *identifiers, str(window))
+        try:
+            count = await self.storage.incr(key, period)
+        except (StorageError, RedisError, OSError) as exc:
+            RATE_LIMIT_BACKEND_ERRORS.labels(policy=policy.name).inc()
+            logger.warning("rate limit store unavailable for %s: %s", policy.name, exc)
+            if policy.fail_closed:
+                raise LimiterUnavailable(policy.name) from exc
+            return None
+        amount = policy.limit.amount
+        decision = Decision(
+            allowed=count <= amount,
+            limit=amount,
+            remaining=max(0, amount - count),
+            reset_after=(window + 1) * period - now,
+        )
+        if not decision.allowed:
+            RATE_LIMIT_REJECTIONS.labels(policy=policy.name).inc()
+        return decision
+
+    async def close(self) -> None:
+        if isinstance(self.storage, MemoryStorage) and self.storage.timer is not None:
+            self.storage.timer.cancel()
+
+
+def create_limiter(settings: Settings) -> RateLimiter:
+    if settings.redis_url:
+        storage: Storage = RedisStorage(
+            "async+" + settings.redis_url,
+            implementation="redispy",
+            wrap_exceptions=True,
+            key_prefix="ratelimit",
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+        )
+    else:
+        storage = MemoryStorage()
+    return RateLimiter(storage)
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    default: Policy
+    login: Policy
+    login_account: Policy
+    register: Policy
+    password_reset: Policy
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Policies":
+        return cls(
+            default=Policy.parse("default", settings.rate_limit_default),
+            login=Policy.parse("login", settings.rate_limit_login, fail_closed=True),
+            login_account=Policy.parse(
+                "login_account", settings.rate_limit_login_account, fail_closed=True
+            ),
+            register=Policy.parse("register", settings.rate_limit_register, fail_closed=True),
+            password_reset=Policy.parse(
+                "password_reset", settings.rate_limit_password_reset, fail_closed=True
+            ),
+        )
