@@ -6,12 +6,14 @@ lifespan, and httpx talks to it through ASGI.
 """
 
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -20,7 +22,7 @@ from app.core.db import Base
 from app.core.migrate import upgrade_to_head
 from app.main import create_app
 from tests.factories import Factory
-from tests.servers import PostgresServer, ServerUnavailable, require_server
+from tests.servers import PostgresServer, RedisServer, ServerUnavailable, require_server
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs512-0123456789abcdefgh"
 
@@ -53,6 +55,39 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        require_server(f"redis-server is not available: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> str:
+    """The shared Redis, emptied for each test."""
+    client = Redis.from_url(redis_server.url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+    return redis_server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def shared_state(request: pytest.FixtureRequest) -> str | None:
+    """Where rate limits, cache and revocation snapshots live: in-process, or Redis."""
+    if request.param == "memory":
+        return None
+    url: str = request.getfixturevalue("redis_url")
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +155,26 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def factory(client: httpx.AsyncClient, app: FastAPI) -> Factory:
     return Factory(client, app)
+
+
+AppClient = tuple[FastAPI, httpx.AsyncClient]
+BuildClient = Callable[..., AbstractAsyncContextManager[AppClient]]
+
+
+@pytest.fixture
+def build_client(sqlite_template: Path, tmp_path: Path, shared_state: str | None) -> BuildClient:
+    """An app with settings overridden for one test, on SQLite, with memory or Redis state."""
+    shutil.copy(sqlite_template, tmp_path / "app.db")
+
+    @asynccontextmanager
+    async def build(**overrides: object) -> AsyncIterator[AppClient]:
+        settings = make_settings(tmp_path, None, redis_url=shared_state, **overrides)
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+        ):
+            yield app, client
+
+    return build

@@ -433,8 +433,8 @@ class RedisServer:
             self._cleanup()
             raise
 
-    def _spawn(self, binary: str) -> None:
-        self.port = free_port()
+    def _spawn(self, binary: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self._log = self.log_file.open("ab")
         self._proc = subprocess.Popen(
             [
@@ -501,9 +501,20 @@ class RedisServer:
         finally:
             self._cleanup()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
+    def kill(self) -> None:
+        """Stop the process abruptly but keep the port, to simulate an outage."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def revive(self) -> None:
+        """Start again on the same port after `kill` (empty: nothing was persisted)."""
+        assert self.port is not None
+        self._spawn(self.binary, self.port)
 
     def __exit__(
         self,

@@ -1,10 +1,10 @@
 """The error family and the one place that turns any error into the envelope."""
 
-import logging
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.request_context import REQUEST_ID_HEADER, request_id_of
 
-logger = logging.getLogger("app.errors")
+logger = structlog.stdlib.get_logger("app.errors")
 
 CODES_BY_STATUS = {
     400: "bad_request",
@@ -171,10 +171,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    # This runs outside the request middleware (its log context is gone): name the request.
     logger.error(
         "unhandled error",
         exc_info=exc,
-        extra={"request_id": request_id_of(request.scope), "path": request.url.path},
+        request_id=request_id_of(request.scope),
+        method=request.method,
+        path=request.url.path,
     )
     return error_response(
         request, status=500, code="internal_error", message="Internal server error"

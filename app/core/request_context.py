@@ -46,9 +46,14 @@ def client_ip_of(scope: MutableMapping[str, Any]) -> str:
 
 
 def route_of(scope: Scope) -> str:
-    """The matched route's template (`/items/{item_id}`): bounded cardinality for metrics."""
-    route = scope.get("route")
-    return str(getattr(route, "path", None) or "<unmatched>")
+    """The matched route's full template (`/api/v1/items/{item_id}`): bounded cardinality.
+
+    FastAPI keeps the full template of a route inside included routers in its own scope entry
+    (`route.path` is only the innermost router's part); tests pin this down across upgrades.
+    """
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    template = getattr(context, "path_format", None) or getattr(scope.get("route"), "path", None)
+    return str(template or "<unmatched>")
 
 
 class RequestContextMiddleware:

@@ -1,0 +1,46 @@
+"""The per-session snapshot cache never outvotes the database on revocation."""
+
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from app.auth.models import AuthSession
+from app.core.cache import Cache
+from tests.conftest import BuildClient
+from tests.factories import Factory
+
+
+async def test_lost_cache_revokes_nothing_back_to_life(build_client: BuildClient) -> None:
+    async with build_client() as (app, client):
+        account = await Factory(client, app).account()
+        await client.post("/api/v1/auth/logout", headers=account.headers)
+        cache: Cache = app.state.cache
+        await cache.delete_prefix("auth:")  # Redis restarted, or evicted everything
+        assert (await client.get("/api/v1/users/me", headers=account.headers)).status_code == 401
+
+
+async def test_a_snapshot_loaded_before_revocation_cannot_overwrite_it(
+    build_client: BuildClient,
+) -> None:
+    async with build_client() as (app, client):
+        account = await Factory(client, app).account()
+        me = await client.get("/api/v1/users/me", headers=account.headers)
+        assert me.status_code == 200
+        cache: Cache = app.state.cache
+        key = next(iter([k async for k in _session_keys(cache, app)]))
+        live_snapshot = await cache.get(key)
+        assert live_snapshot is not None
+        await cache.delete(key)  # as if the snapshot expired...
+        await client.post("/api/v1/auth/logout", headers=account.headers)  # ...a logout lands
+        # ...and a slow request that read the database before the logout stores what it saw.
+        await cache.set(key, live_snapshot, ttl=60, only_if_new=True)
+        assert (await client.get("/api/v1/users/me", headers=account.headers)).status_code == 401
+
+
+async def _session_keys(cache: Cache, app: FastAPI) -> AsyncIterator[str]:
+    async with app.state.sessionmaker() as session:
+        for session_id in (await session.execute(select(AuthSession.id))).scalars():
+            key = f"auth:session:{session_id}"
+            if await cache.get(key) is not None:
+                yield key

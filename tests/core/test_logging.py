@@ -1,0 +1,100 @@
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from app.core.logging import configure_logging
+from tests.conftest import BuildClient, make_settings
+from tests.factories import Factory
+
+
+@pytest.fixture
+def json_logs(tmp_path: Path) -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    output = io.StringIO()
+    configure_logging(make_settings(tmp_path, log_format="json"), stream=output)
+    try:
+        yield output
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+        structlog.reset_defaults()
+        logging.getLogger("uvicorn.access").disabled = False
+
+
+def lines(output: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in output.getvalue().splitlines() if line.strip()]
+
+
+async def test_access_log_is_json_with_request_id_user_and_route(
+    build_client: BuildClient, json_logs: io.StringIO
+) -> None:
+    async with build_client() as (app, client):
+        factory = Factory(client, app)
+        account = await factory.account()
+        item = await factory.item(account)
+        json_logs.seek(0)
+        json_logs.truncate()
+        response = await client.get(
+            f"/api/v1/items/{item['id']}?debug=secret-query",
+            headers={**account.headers, "X-Request-ID": "req-42"},
+        )
+        assert response.status_code == 200
+        records = lines(json_logs)
+    access = [r for r in records if r.get("event") == "request"]
+    assert len(access) == 1
+    entry = access[0]
+    assert entry["request_id"] == "req-42"
+    assert entry["route"] == "/api/v1/items/{item_id}"  # the full template, no raw ids
+    assert entry["status"] == 200
+    assert entry["user_id"] == account.id
+    assert entry["method"] == "GET"
+    assert isinstance(entry["duration_ms"], float)
+    assert entry["level"] == "info"
+    everything = json.dumps(records)
+    assert account.access_token not in everything
+    assert "secret-query" not in everything
+
+
+async def test_passwords_and_tokens_never_reach_the_log(
+    build_client: BuildClient, json_logs: io.StringIO
+) -> None:
+    structlog.stdlib.get_logger("app.test").warning(
+        "careless", password="Hunter2-secret", refresh_token="r-123", user="ann"
+    )
+    async with build_client() as (app, client):
+        factory = Factory(client, app)
+        await factory.register("logged", password="Pl41n-Secret", password_confirm="Pl41n-Secret")
+        await client.post(
+            "/api/v1/auth/token", data={"username": "logged", "password": "Wr0ng-Pass"}
+        )
+    output = json_logs.getvalue()
+    for secret in ("Hunter2-secret", "r-123", "Pl41n-Secret", "Wr0ng-Pass"):
+        assert secret not in output
+    careless = next(json.loads(line) for line in output.splitlines() if '"careless"' in line)
+    assert careless["password"] == "[redacted]"
+    assert careless["user"] == "ann"
+
+
+async def test_unhandled_errors_are_logged_with_the_request_id(
+    build_client: BuildClient, json_logs: io.StringIO
+) -> None:
+    async with build_client() as (app, client):
+
+        @app.get("/explode")
+        async def explode() -> None:
+            raise RuntimeError("kaboom")
+
+        app.router.routes.insert(0, app.router.routes.pop())
+        response = await client.get("/explode", headers={"X-Request-ID": "req-500"})
+        assert response.status_code == 500
+    records = lines(json_logs)
+    error = next(r for r in records if r.get("event") == "unhandled error")
+    assert error["request_id"] == "req-500"
+    assert "kaboom" in str(error["exception"])
+    access = next(r for r in records if r.get("event") == "request")
+    assert access["status"] == 500

@@ -1,0 +1,103 @@
+from collections.abc import AsyncIterator
+
+import pytest
+from fastapi import Request
+
+from tests.conftest import BuildClient
+from tests.core.test_errors import assert_envelope
+from tests.factories import Factory
+
+
+async def test_gzip_above_1000_bytes_only(build_client: BuildClient) -> None:
+    async with build_client() as (app, client):
+        factory = Factory(client, app)
+        owner = await factory.account()
+        for n in range(10):
+            await factory.item(owner, title=f"A reasonably long item title number {n}")
+        big = await client.get("/api/v1/items/", headers={"Accept-Encoding": "gzip"})
+        assert big.headers["content-encoding"] == "gzip"
+        assert big.json()["total"] == 10  # httpx decompressed it
+        small = await client.get("/health", headers={"Accept-Encoding": "gzip"})
+        assert "content-encoding" not in small.headers
+
+
+async def test_unknown_host_is_refused_in_the_envelope(build_client: BuildClient) -> None:
+    async with build_client(allowed_hosts="api.example.com,*.example.org") as (_, client):
+        assert (await client.get("/health", headers={"Host": "api.example.com"})).status_code == 200
+        assert (
+            await client.get("/health", headers={"Host": "x.example.org:8443"})
+        ).status_code == 200
+        refused = await client.get("/health", headers={"Host": "evil.test"})
+        assert_envelope(refused, 400, "bad_request")
+
+
+async def test_cors_from_settings(build_client: BuildClient) -> None:
+    async with build_client(cors_origins="https://app.example.com") as (_, client):
+        preflight = await client.options(
+            "/api/v1/items/",
+            headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
+        )
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example.com"
+        other = await client.get("/health", headers={"Origin": "https://evil.test"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_declared_oversized_body_is_413_before_reading(build_client: BuildClient) -> None:
+    async with build_client(max_request_body_bytes=2048) as (_, client):
+        chunks_read = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal chunks_read
+            for _ in range(100):
+                chunks_read += 1
+                yield b"x" * 1024
+
+        response = await client.post(
+            "/api/v1/auth/register",
+            content=body(),
+            headers={"Content-Type": "application/json", "Content-Length": str(100 * 1024)},
+        )
+        assert_envelope(response, 413, "payload_too_large")
+        assert chunks_read < 100  # the server answered without taking the whole body
+
+
+async def test_streamed_body_is_cut_off_at_the_cap(build_client: BuildClient) -> None:
+    async with build_client(max_request_body_bytes=2048) as (_, client):
+        chunks_read = 0
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal chunks_read
+            for _ in range(100):
+                chunks_read += 1
+                yield b"x" * 1024
+
+        response = await client.post(  # no Content-Length: chunked
+            "/api/v1/auth/register", content=body(), headers={"Content-Type": "application/json"}
+        )
+        assert_envelope(response, 413, "payload_too_large")
+        assert chunks_read <= 4
+
+
+async def test_session_cookie_is_signed_with_the_stable_key(build_client: BuildClient) -> None:
+    async with build_client() as (app, client):
+
+        @app.get("/session-probe")
+        async def probe(request: Request) -> dict[str, int]:
+            request.session["visits"] = request.session.get("visits", 0) + 1
+            return {"visits": request.session["visits"]}
+
+        app.router.routes.insert(0, app.router.routes.pop())
+        first = await client.get("/session-probe")
+        cookie = first.cookies["app_session"]
+        assert "visits" not in cookie  # signed and encoded, not plain
+        assert (await client.get("/session-probe")).json() == {"visits": 2}
+        client.cookies.set("app_session", cookie[:-3] + "AAA")
+        assert (await client.get("/session-probe")).json() == {"visits": 1}  # tampered: ignored
+
+
+@pytest.mark.parametrize("path", ["/health", "/api/v1/nothing"])
+async def test_security_headers(build_client: BuildClient, path: str) -> None:
+    async with build_client() as (_, client):
+        response = await client.get(path)
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
