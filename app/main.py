@@ -26,6 +26,7 @@ from app.core.middleware import (
     SecurityHeadersMiddleware,
     TrustedHostMiddleware,
 )
+from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
 from app.core.redis import create_redis
 from app.core.request_context import RequestContextMiddleware
@@ -46,11 +47,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis = redis
     app.state.cache = RedisCache(redis) if redis is not None else MemoryCache()
     app.state.limiter = create_limiter(settings)
+    app.state.hub = create_hub(settings.redis_url)
     async with create_http_client() as http:
         app.state.http = http
         try:
             yield
         finally:
+            await app.state.hub.close()
             await app.state.limiter.close()
             await app.state.cache.close()
             if redis is not None:

@@ -1,11 +1,18 @@
+import asyncio
+import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
-from fastapi import Request
+import uvicorn
+from fastapi import Request, WebSocket
+from websockets.asyncio.client import connect
 
-from tests.conftest import BuildClient
+from app.main import create_app
+from tests.conftest import BuildClient, make_settings
 from tests.core.test_errors import assert_envelope
 from tests.factories import Factory
+from tests.servers import free_port
 
 
 async def test_gzip_above_1000_bytes_only(build_client: BuildClient) -> None:
@@ -101,3 +108,31 @@ async def test_security_headers(build_client: BuildClient, path: str) -> None:
         response = await client.get(path)
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["referrer-policy"] == "no-referrer"
+
+
+async def test_websockets_pass_through_the_whole_stack(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    shutil.copy(sqlite_template, tmp_path / "app.db")
+    settings = make_settings(tmp_path, allowed_hosts="127.0.0.1", max_request_body_bytes=1024)
+    app = create_app(settings)
+
+    @app.websocket("/ws/echo")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # the server's own startup, in this loop
+            assert not serving.done(), "server failed to start"
+            await asyncio.sleep(0.01)
+        async with connect(f"ws://127.0.0.1:{port}/ws/echo") as websocket:
+            await websocket.send("x" * 4096)  # over the HTTP body cap: not an HTTP body
+            assert await websocket.recv() == "x" * 4096
+    finally:
+        server.should_exit = True
+        await serving

@@ -1,0 +1,155 @@
+"""The hub: publish a message on a channel, and every subscriber in every process gets it.
+
+In embedded mode it is in-process fan-out. With Redis, each process holds one pub/sub
+connection (no socket timeout: it is idle most of the time) read by a background task that
+reconnects with backoff and re-subscribes by itself, and fans messages out to local
+subscribers. Pub/sub delivers at most once: a message published while a process is
+reconnecting is lost to it, so consumers that must not miss anything (notifications) read
+what they missed from the database after a reconnect; `reconnects` counts them for that.
+
+Each local subscriber has a bounded queue: a subscriber that stops reading loses its oldest
+messages instead of growing without end or holding up the others.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger("app.pubsub")
+QUEUE_SIZE = 256
+
+
+class Hub(Protocol):
+    reconnects: int
+
+    async def publish(self, channel: str, message: bytes) -> None: ...
+    def subscribe(self, channel: str) -> "Subscription": ...
+    async def close(self) -> None: ...
+
+
+class Subscription:
+    def __init__(self, hub: "_LocalFanout", channel: str) -> None:
+        self._hub = hub
+        self.channel = channel
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_SIZE)
+        self.dropped = 0
+
+    async def __aenter__(self) -> "Subscription":
+        await self._hub._attach(self)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self._hub._detach(self)
+
+    def offer(self, message: bytes) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()  # drop the oldest: a slow reader must not stall the hub
+            self.dropped += 1
+        self.queue.put_nowait(message)
+
+    async def get(self) -> bytes:
+        return await self.queue.get()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            yield await self.queue.get()
+
+
+class _LocalFanout:
+    def __init__(self) -> None:
+        self._subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self.reconnects = 0
+
+    def subscribe(self, channel: str) -> Subscription:
+        return Subscription(self, channel)
+
+    def _deliver(self, channel: str, message: bytes) -> None:
+        for subscription in tuple(self._subscribers.get(channel, ())):
+            subscription.offer(message)
+
+    async def _attach(self, subscription: Subscription) -> None:
+        self._subscribers[subscription.channel].add(subscription)
+
+    async def _detach(self, subscription: Subscription) -> None:
+        subscribers = self._subscribers.get(subscription.channel)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.channel]
+
+
+class InProcessHub(_LocalFanout):
+    async def publish(self, channel: str, message: bytes) -> None:
+        self._deliver(channel, message)
+
+    async def close(self) -> None:
+        self._subscribers.clear()
+
+
+class RedisHub(_LocalFanout):
+    def __init__(self, url: str, *, prefix: str = "hub:") -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._publisher = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        # The listener waits for messages indefinitely: a read timeout would only kill it.
+        self._listener_client = Redis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen_forever(), name="redis-hub-listener")
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._publisher.publish(self._prefix + channel, message)
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._listen_once()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.connected.clear()
+                logger.warning("hub lost Redis (%s); reconnecting in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self.reconnects += 1
+            else:
+                backoff = 0.1
+
+    async def _listen_once(self) -> None:
+        async with self._listener_client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            # A pattern subscription covers every channel, so joining a channel needs no
+            # round trip and nothing is missed between a subscriber arriving and SUBSCRIBE.
+            await pubsub.psubscribe(self._prefix + "*")
+            self.connected.set()
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None or message["type"] != "pmessage":
+                    continue
+                channel = message["channel"].decode().removeprefix(self._prefix)
+                self._deliver(channel, message["data"])
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._listener_client.aclose()
+        await self._publisher.aclose()
+        self._subscribers.clear()
+
+
+def create_hub(redis_url: str | None) -> Hub:
+    if redis_url is None:
+        return InProcessHub()
+    hub = RedisHub(redis_url)
+    hub.start()
+    return hub
