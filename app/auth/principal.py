@@ -39,11 +39,7 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
-        return self.role in (Role.ADMIN, Role.SUPERUSER)
-
-    @property
-    def is_superuser(self) -> bool:
-        return self.role == Role.SUPERUSER
+        return self.role.is_admin
 
 
 def _key(session_id: str) -> str:

@@ -35,16 +35,36 @@ class TokenPair:
     scopes: list[str]
 
 
-async def register(
-    *, session: AsyncSession, hasher: PasswordHasher, data: RegisterRequest, role: Role = Role.USER
-) -> User:
-    await _ensure_available(session=session, username=data.username, email=data.email)
-    user = User(
+async def register(*, session: AsyncSession, hasher: PasswordHasher, data: RegisterRequest) -> User:
+    return await _create_user(
+        session=session,
+        hasher=hasher,
         username=data.username,
         email=data.email,
-        hashed_password=await hasher.hash(data.password),
+        password=data.password,
         full_name=data.full_name,
+    )
+
+
+async def _create_user(
+    *,
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    username: str,
+    email: str,
+    password: str,
+    full_name: str | None = None,
+    role: Role = Role.USER,
+    is_verified: bool = False,
+) -> User:
+    await _ensure_available(session=session, username=username, email=email)
+    user = User(
+        username=username,
+        email=email,
+        hashed_password=await hasher.hash(password),
+        full_name=full_name,
         role=role,
+        is_verified=is_verified,
     )
     session.add(user)
     try:
@@ -294,14 +314,13 @@ async def ensure_superuser(
     fields = SuperuserFields.validate_python(
         {"username": username, "email": email, "password": password}
     )
-    await _ensure_available(session=session, username=fields.username, email=fields.email)
-    user = User(
+    user = await _create_user(
+        session=session,
+        hasher=hasher,
         username=fields.username,
         email=fields.email,
-        hashed_password=await hasher.hash(fields.password),
+        password=fields.password,
         role=Role.SUPERUSER,
         is_verified=True,
     )
-    session.add(user)
-    await session.commit()
     return user, True

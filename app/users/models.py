@@ -12,6 +12,10 @@ class Role(StrEnum):
     ADMIN = "admin"
     SUPERUSER = "superuser"
 
+    @property
+    def is_admin(self) -> bool:
+        return self in (Role.ADMIN, Role.SUPERUSER)
+
 
 class User(TimestampMixin, Base):
     __tablename__ = "users"
@@ -29,11 +33,7 @@ class User(TimestampMixin, Base):
 
     @property
     def is_admin(self) -> bool:
-        return self.role in (Role.ADMIN, Role.SUPERUSER)
-
-    @property
-    def is_superuser(self) -> bool:
-        return self.role == Role.SUPERUSER
+        return self.role.is_admin
 
 
 # Usernames keep the case they were typed in, but two can't differ only by case.
