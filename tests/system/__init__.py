@@ -1,0 +1,1 @@
+"""System tests: real `app api` processes on loopback, sharing PostgreSQL and Redis."""
