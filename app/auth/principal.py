@@ -10,7 +10,10 @@ live snapshot back over the tombstone. If the cache is lost (Redis restarted, or
 lookup falls back to the database, which still says revoked: nothing comes back to life.
 """
 
+import asyncio
 import json
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ from app.core.errors import Unauthorized
 from app.core.security import AccessClaims
 from app.users.models import Role, User
 
+logger = logging.getLogger("app.auth")
 SNAPSHOT_TTL_SECONDS = 60.0
 _REVOKED = b"revoked"
 
@@ -101,7 +105,27 @@ async def _load(*, session: AsyncSession, claims: AccessClaims) -> dict[str, obj
 async def mark_revoked(*, cache: Cache, session_ids: Iterable[str], ttl: float) -> None:
     """Tombstones for sessions already revoked in the database (call after the commit).
 
-    `ttl` must outlive the longest access token, after which the token is dead anyway.
+    `ttl` must outlive the longest access token, after which the token is dead anyway. If the
+    cache can't be written (Redis unreachable but not restarted, so old snapshots may still
+    be there when it returns), keep trying in the background until any snapshot written
+    before the revocation has expired by itself.
     """
-    for session_id in session_ids:
-        await cache.set(_key(session_id), _REVOKED, ttl)
+    failed = [sid for sid in session_ids if not await cache.set(_key(sid), _REVOKED, ttl)]
+    if failed:
+        task = asyncio.create_task(_retry_tombstones(cache, failed, ttl))
+        _retries.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(_retries.discard)
+
+
+_retries: set[asyncio.Task[None]] = set()
+
+
+async def _retry_tombstones(cache: Cache, session_ids: list[str], ttl: float) -> None:
+    deadline = time.monotonic() + SNAPSHOT_TTL_SECONDS
+    delay = 0.25
+    while session_ids and time.monotonic() < deadline:
+        await asyncio.sleep(delay)
+        session_ids = [sid for sid in session_ids if not await cache.set(_key(sid), _REVOKED, ttl)]
+        delay = min(delay * 2, 5.0)
+    if session_ids:
+        logger.error("revocation tombstones not written; snapshots have expired by now")

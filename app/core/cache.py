@@ -46,9 +46,9 @@ def _plain(value: object) -> object:
 
 class Cache(Protocol):
     async def get(self, key: str) -> bytes | None: ...
-    async def set(
+    async def set(  # True when stored (or, with only_if_new, when an entry was already there)
         self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False
-    ) -> None: ...
+    ) -> bool: ...
     async def delete(self, *keys: str) -> None: ...
     async def delete_prefix(self, prefix: str) -> int: ...
     async def get_versioned(self, namespace: str, key: str) -> tuple[int, bytes | None]: ...
@@ -82,13 +82,14 @@ class MemoryCache:
         self._entries.move_to_end(key)
         return value
 
-    async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> bool:
         if only_if_new and await self.get(key) is not None:
-            return
+            return True
         self._entries[key] = (time.monotonic() + ttl, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+        return True
 
     async def delete(self, *keys: str) -> None:
         for key in keys:
@@ -131,11 +132,13 @@ class RedisCache:
             return None
         return value if isinstance(value, bytes) or value is None else value.encode()
 
-    async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> None:
+    async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> bool:
         try:
             await self._redis.set(key, value, px=max(1, int(ttl * 1000)), nx=only_if_new)
         except RedisError as exc:
             logger.warning("cache set failed: %s", type(exc).__name__)
+            return False
+        return True
 
     async def delete(self, *keys: str) -> None:
         if not keys:

@@ -1,12 +1,15 @@
 """The per-session snapshot cache never outvotes the database on revocation."""
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from app.auth import principal as principals
 from app.auth.models import AuthSession
-from app.core.cache import Cache
+from app.core.cache import Cache, MemoryCache
 from tests.conftest import BuildClient
 from tests.factories import Factory
 
@@ -44,3 +47,29 @@ async def _session_keys(cache: Cache, app: FastAPI) -> AsyncIterator[str]:
             key = f"auth:session:{session_id}"
             if await cache.get(key) is not None:
                 yield key
+
+
+class FlakyCache(MemoryCache):
+    """A cache whose writes fail while `down` is set, like an unreachable Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> bool:
+        if self.down:
+            return False
+        return await super().set(key, value, ttl, only_if_new=only_if_new)
+
+
+async def test_tombstones_are_retried_until_the_cache_is_back() -> None:
+    cache = FlakyCache()
+    await cache.set("auth:session:s1", b'{"live": true}', ttl=60)  # a snapshot from before
+    cache.down = True
+    await principals.mark_revoked(cache=cache, session_ids=["s1"], ttl=60)
+    assert await cache.get("auth:session:s1") == b'{"live": true}'
+    cache.down = False  # the partition heals; the old snapshot is still there
+    deadline = time.monotonic() + 5
+    while await cache.get("auth:session:s1") != b"revoked":  # the retry lands by itself
+        assert time.monotonic() < deadline, "tombstone was never written"
+        await asyncio.sleep(0.05)
