@@ -1,8 +1,8 @@
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints
 
 from app.core.schemas import APIModel, CleanStr, InputModel
 from app.items.models import Currency
@@ -20,18 +20,13 @@ class ItemCreate(InputModel):
 
 
 class ItemUpdate(InputModel):
-    title: Title | None = None
-    description: Description | None = None
-    price: Price | None = None
-    currency: Currency | None = None
+    """Fields left out keep their value. Title, price and currency may be left out but not
+    set to null (the schema says so too: they are not nullable, just optional)."""
 
-    @field_validator("title", "price", "currency", mode="before")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        # Leaving a field out keeps it; sending null for a required field is a mistake.
-        if value is None:
-            raise ValueError("may be left out, but not set to null")
-        return value
+    title: Title = Field(default=None)  # type: ignore[assignment]
+    description: Description | None = None
+    price: Price = Field(default=None)  # type: ignore[assignment]
+    currency: Currency = Field(default=None)  # type: ignore[assignment]
 
 
 class ItemRead(APIModel):
