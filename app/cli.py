@@ -40,12 +40,13 @@ def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_l
     # Workers share their Prometheus samples through files; a fresh directory per run, so a
     # previous run's dead processes don't haunt the figures.
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if metrics_dir is None:
+    if metrics_dir is None and workers > 1:  # one process needs no files (and is faster)
         metrics_dir = tempfile.mkdtemp(prefix="app-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
     if not access_log:
         os.environ["ACCESS_LOG"] = "false"  # read by each worker's settings
+        get_settings.cache_clear()  # with one worker, uvicorn runs the app in this process
     configure_logging(settings)
     uvicorn.run(
         "app.main:serve_app",

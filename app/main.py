@@ -6,7 +6,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
@@ -21,6 +20,7 @@ from app.core.http import create_http_client
 from app.core.logging import configure_logging
 from app.core.middleware import (
     BodySizeLimitMiddleware,
+    GZipIfAcceptedMiddleware,
     MetricsMiddleware,
     RateLimitMiddleware,
     SecurityHeadersMiddleware,
@@ -66,7 +66,9 @@ def _middleware(settings: Settings) -> list[Middleware]:
     reach the access log; metrics see rate-limited requests; gzip only sees what is allowed."""
     stack = [
         Middleware(
-            RequestContextMiddleware, trusted_proxies=parse_networks(settings.trusted_proxies)
+            RequestContextMiddleware,
+            trusted_proxies=parse_networks(settings.trusted_proxies),
+            access_log=settings.access_log,
         ),
         Middleware(MetricsMiddleware),
     ]
@@ -76,7 +78,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
         )
     stack += [
         Middleware(SecurityHeadersMiddleware, hsts=settings.is_production),
-        Middleware(GZipMiddleware, minimum_size=1000),  # skips text/event-stream by itself
+        Middleware(GZipIfAcceptedMiddleware, minimum_size=1000),  # never text/event-stream
         Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts),
     ]
     if settings.cors_origins:

@@ -28,17 +28,17 @@ oauth2_scheme = OAuth2PasswordBearer(
 )
 
 
-def get_settings_from_app(request: Request) -> Settings:
+async def get_settings_from_app(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_hasher(request: Request) -> PasswordHasher:
+async def get_hasher(request: Request) -> PasswordHasher:
     hasher: PasswordHasher = request.app.state.hasher
     return hasher
 
 
-def get_cache(request: Request) -> Cache:
+async def get_cache(request: Request) -> Cache:
     cache: Cache = request.app.state.cache
     return cache
 
@@ -64,10 +64,11 @@ async def get_principal(
     token: BearerToken,
     settings: SettingsDep,
     cache: CacheDep,
-    session: SessionDep,
 ) -> Principal:
     claims = _decode(token, settings)
-    principal = await principals.resolve(cache=cache, session=session, claims=claims)
+    principal = await principals.resolve(
+        cache=cache, sessionmaker=request.app.state.sessionmaker, claims=claims
+    )
     set_user_id(request.scope, principal.id)
     missing = sorted(set(security_scopes.scopes) - principal.scopes)
     if missing:
@@ -110,16 +111,12 @@ async def get_current_user(
 
 
 async def get_optional_principal(
-    request: Request,
-    token: BearerToken,
-    settings: SettingsDep,
-    cache: CacheDep,
-    session: SessionDep,
+    request: Request, token: BearerToken, settings: SettingsDep, cache: CacheDep
 ) -> Principal | None:
     """The caller on public endpoints: anonymous is fine, a bad token is still refused."""
     if not token:
         return None
-    principal = await get_principal(SecurityScopes(), request, token, settings, cache, session)
+    principal = await get_principal(SecurityScopes(), request, token, settings, cache)
     return await get_active_principal(principal)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.models import AuthSession
 from app.core.cache import Cache
@@ -50,14 +50,18 @@ def _key(session_id: str) -> str:
     return f"auth:session:{session_id}"
 
 
-async def resolve(*, cache: Cache, session: AsyncSession, claims: AccessClaims) -> Principal:
+async def resolve(
+    *, cache: Cache, sessionmaker: async_sessionmaker[AsyncSession], claims: AccessClaims
+) -> Principal:
+    """A database session is opened only on a cache miss: a hit costs no connection."""
     snapshot = await cache.get(_key(claims.session_id))
     if snapshot == _REVOKED:
         raise Unauthorized("Token has been revoked")
     if snapshot is not None:
         state = json.loads(snapshot)
     else:
-        state = await _load(session=session, claims=claims)
+        async with sessionmaker() as session:
+            state = await _load(session=session, claims=claims)
         await cache.set(
             _key(claims.session_id), json.dumps(state).encode(), SNAPSHOT_TTL_SECONDS,
             only_if_new=True,

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=19_456, ge=8_192)
     argon2_time_cost: int = Field(default=2, ge=1)
 
+    @field_validator("database_url", "redis_url", "sentry_dsn", "metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `REDIS_URL=` in a .env or compose file means "not set", not "a URL that is empty".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("cors_origins", "allowed_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

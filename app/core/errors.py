@@ -13,8 +13,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.request_context import REQUEST_ID_HEADER, request_id_of
 
-logger = structlog.stdlib.get_logger("app.errors")
-
 CODES_BY_STATUS = {
     400: "bad_request",
     401: "unauthorized",
@@ -172,7 +170,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     # This runs outside the request middleware (its log context is gone): name the request.
-    logger.error(
+    structlog.stdlib.get_logger("app.errors").error(
         "unhandled error",
         exc_info=exc,
         request_id=request_id_of(request.scope),

@@ -42,8 +42,9 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        # Not cached: a logger first used before this ran would keep the old processors.
-        cache_logger_on_first_use=False,
+        # A logger caches these processors at first use: configure before any logging, and
+        # get loggers per app or per call (not at import) where tests reconfigure.
+        cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],

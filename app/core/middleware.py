@@ -5,13 +5,14 @@ import time
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import CODES_BY_STATUS, error_response
 from app.core.metrics import IN_FLIGHT, LATENCY, REQUESTS
 from app.core.ratelimit import Policy, RateLimiter
-from app.core.request_context import client_ip_of, route_of
+from app.core.request_context import QUIET_PATHS, client_ip_of, route_of
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -65,11 +66,14 @@ class SecurityHeadersMiddleware:
 
 
 class MetricsMiddleware:
+    """Request counts, latencies and in-flight requests by route template. Probes and scrapes
+    are left out: they are not traffic, and they would dominate the series."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in QUIET_PATHS:
             await self.app(scope, receive, send)
             return
         status = 500
@@ -89,6 +93,22 @@ class MetricsMiddleware:
             route, method = route_of(scope), scope["method"]
             REQUESTS.labels(method, route, str(status)).inc()
             LATENCY.labels(method, route).observe(time.perf_counter() - started)
+
+
+class GZipIfAcceptedMiddleware(GZipMiddleware):
+    """GZip only for clients that accept it; everyone else goes straight through, at no cost.
+
+    An uncompressed answer without `Vary` is valid for every client, so skipping the wrapper
+    can't make a shared cache serve the wrong encoding.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"accept-encoding" and b"gzip" in value:
+                    await super().__call__(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 class RateLimitMiddleware:

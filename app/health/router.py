@@ -36,7 +36,7 @@ class Readiness(BaseModel):
     checks: dict[str, CheckResult]
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
 

@@ -1,7 +1,7 @@
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from app.auth.dependencies import CacheDep, ItemWriter, OptionalPrincipal
 from app.auth.permissions import Permission, has_permission
@@ -20,7 +20,7 @@ list_v2 = APIRouter(prefix="/items", tags=["items"])
 PriceBound = Annotated[Decimal | None, Query(ge=0, max_digits=14, decimal_places=2)]
 
 
-def item_filters(
+async def item_filters(
     search: SearchTerm = None,
     min_price: PriceBound = None,
     max_price: PriceBound = None,
@@ -44,7 +44,7 @@ async def create_item(
 
 @list_v1.get("/", response_model=Page[ItemRead])
 async def list_items(
-    session: SessionDep,
+    request: Request,
     cache: CacheDep,
     filters: Filters,
     page: PageNumber = 1,
@@ -53,21 +53,27 @@ async def list_items(
 ) -> Response:
     """The public listing, with search, price and owner filters."""
     body = await service.public_page_json(
-        cache=cache, session=session, filters=filters, page=page, per_page=per_page,
+        cache=cache,
+        sessionmaker=request.app.state.sessionmaker,
+        filters=filters,
+        page=page,
+        per_page=per_page,
         order_by=order_by,
-    )  # fmt: skip
+    )
     return Response(body, media_type="application/json")
 
 
 @router.get("/{item_id}", response_model=ItemRead)
 async def read_item(
-    item_id: PrimaryKey, viewer: OptionalPrincipal, session: SessionDep, cache: CacheDep
+    item_id: PrimaryKey, viewer: OptionalPrincipal, request: Request, cache: CacheDep
 ) -> Response | ItemRead:
     """One item; soft-deleted ones are 404 to all but admins."""
+    sessionmaker = request.app.state.sessionmaker
     if viewer is not None and viewer.is_admin:  # admins see deleted items: never cached
-        item = await service.get_visible(session=session, item_id=item_id, viewer=viewer)
-        return ItemRead.model_validate(item)
-    body = await service.public_item_json(cache=cache, session=session, item_id=item_id)
+        async with sessionmaker() as session:
+            item = await service.get_visible(session=session, item_id=item_id, viewer=viewer)
+            return ItemRead.model_validate(item)
+    body = await service.public_item_json(cache=cache, sessionmaker=sessionmaker, item_id=item_id)
     return Response(body, media_type="application/json")
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Literal
 
 from sqlalchemy import Select, delete, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.core.cache import Cache, cached
@@ -73,27 +73,31 @@ async def _commit_and_retire_cache(session: AsyncSession, cache: Cache) -> None:
     await cache.bump(CACHE_NAMESPACE)  # after the commit, so no reader caches the old state
 
 
-@cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS)
-async def public_item_json(*, cache: Cache, session: AsyncSession, item_id: int) -> bytes:
+# Cached reads take the sessionmaker, not a session: a cache hit opens no database session.
+@cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS, ignore=("sessionmaker",))
+async def public_item_json(
+    *, cache: Cache, sessionmaker: async_sessionmaker[AsyncSession], item_id: int
+) -> bytes:
     """The item as the public sees it, serialized; a miss (or 404) reads the database."""
-    item = await get_visible(session=session, item_id=item_id, viewer=None)
-    return ItemRead.model_validate(item).model_dump_json().encode()
+    async with sessionmaker() as session:
+        item = await get_visible(session=session, item_id=item_id, viewer=None)
+        return ItemRead.model_validate(item).model_dump_json().encode()
 
 
-@cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS)
+@cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS, ignore=("sessionmaker",))
 async def public_page_json(
     *,
     cache: Cache,
-    session: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
     filters: ItemFilters,
     page: int,
     per_page: int,
     order_by: ItemOrder,
 ) -> bytes:
-    items, total = await list_page(
-        session=session, filters=filters, page=page, per_page=per_page,
-        order_by=order_by,
-    )  # fmt: skip
+    async with sessionmaker() as session:
+        items, total = await list_page(
+            session=session, filters=filters, page=page, per_page=per_page, order_by=order_by
+        )
     listing = Page[ItemRead].build(
         [ItemRead.model_validate(i) for i in items], total=total, page=page, per_page=per_page
     )

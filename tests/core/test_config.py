@@ -55,3 +55,10 @@ def test_development_key_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert len(first) >= 64
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
     assert build(app_data_dir=tmp_path / "other").signing_key() != first
+
+
+def test_empty_urls_mean_unset() -> None:
+    settings = build(redis_url="", database_url=" ", sentry_dsn="")
+    assert settings.redis_url is None
+    assert settings.database_url is None
+    assert settings.sentry_dsn is None

@@ -98,3 +98,12 @@ async def test_unhandled_errors_are_logged_with_the_request_id(
     assert "kaboom" in str(error["exception"])
     access = next(r for r in records if r.get("event") == "request")
     assert access["status"] == 500
+
+
+async def test_access_log_can_be_switched_off(
+    build_client: BuildClient, json_logs: io.StringIO
+) -> None:
+    async with build_client(access_log=False) as (_, client):
+        assert (await client.get("/api/v1/items/")).status_code == 200
+        assert (await client.get("/nowhere")).status_code == 404
+    assert [r for r in lines(json_logs) if r.get("event") == "request"] == []
