@@ -9,6 +9,7 @@ from typing import IO, Any
 import structlog
 
 from app.core.config import Settings
+from app.core.request_context import REQUEST_ID, USER_ID
 
 # Keys whose values never reach a log line, whoever passes them.
 SECRET_KEYS = frozenset(
@@ -25,9 +26,22 @@ def redact_secrets(
     return event
 
 
+def add_request_context(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+        user_id = USER_ID.get()
+        if user_id is not None:
+            event.setdefault("user_id", user_id)
+    return event
+
+
 def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_request_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -46,9 +46,10 @@ async def send_error(
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
         self.app = app
-        self.headers = dict(SECURITY_HEADERS)
+        headers = dict(SECURITY_HEADERS)
         if hsts:  # only behind TLS: a browser would refuse plain HTTP for a year after
-            self.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+            headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        self.raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,9 +58,10 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.headers.items():
-                    headers.setdefault(name, value)
+                headers = list(message.get("headers", ()))
+                present = {name for name, _ in headers}  # a route may set its own
+                headers += [pair for pair in self.raw if pair[0] not in present]
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -181,7 +183,7 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         message_text = f"Request body is larger than {self.max_bytes} bytes"
-        declared = Headers(scope=scope).get("content-length")
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await send_error(scope, receive, send, status=413, message=message_text)
             return
