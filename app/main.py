@@ -30,7 +30,7 @@ from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
 from app.core.redis import create_redis
 from app.core.request_context import RequestContextMiddleware
-from app.core.security import PasswordHasher
+from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
 from app.health.router import ops_router
 from app.health.router import router as health_router
@@ -43,6 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.hasher = PasswordHasher.from_settings(settings)
+    app.state.token_verifier = AccessTokenVerifier(settings)
     redis = create_redis(settings)
     app.state.redis = redis
     app.state.cache = RedisCache(redis) if redis is not None else MemoryCache()

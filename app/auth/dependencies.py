@@ -19,7 +19,7 @@ from app.core.db import SessionDep
 from app.core.errors import Forbidden, Unauthorized
 from app.core.limits import enforce, policies_of
 from app.core.request_context import client_ip_of, set_user_id
-from app.core.security import AccessClaims, InvalidToken, PasswordHasher, decode_access_token
+from app.core.security import AccessClaims, AccessTokenVerifier, InvalidToken, PasswordHasher
 from app.users.models import User
 
 TOKEN_URL = "/api/v1/auth/token"
@@ -49,25 +49,25 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-def _decode(token: str | None, settings: Settings) -> AccessClaims:
+def _decode(token: str | None, request: Request) -> AccessClaims:
     if not token:
         raise Unauthorized("Not authenticated")
+    verifier: AccessTokenVerifier = request.app.state.token_verifier
     try:
-        return decode_access_token(settings, token)
+        return verifier.decode(token)
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from exc
 
 
 async def get_principal(
-    security_scopes: SecurityScopes,
-    request: Request,
-    token: BearerToken,
-    settings: SettingsDep,
-    cache: CacheDep,
+    security_scopes: SecurityScopes, request: Request, token: BearerToken
 ) -> Principal:
-    claims = _decode(token, settings)
+    # App state is read directly rather than through more dependencies: this runs on every
+    # authenticated request, and each dependency costs FastAPI real work to solve.
+    state = request.app.state
+    claims = _decode(token, request)
     principal = await principals.resolve(
-        cache=cache, sessionmaker=request.app.state.sessionmaker, claims=claims
+        cache=state.cache, sessionmaker=state.sessionmaker, claims=claims
     )
     set_user_id(request.scope, principal.id)
     missing = sorted(set(security_scopes.scopes) - principal.scopes)
@@ -110,13 +110,11 @@ async def get_current_user(
     return user
 
 
-async def get_optional_principal(
-    request: Request, token: BearerToken, settings: SettingsDep, cache: CacheDep
-) -> Principal | None:
+async def get_optional_principal(request: Request, token: BearerToken) -> Principal | None:
     """The caller on public endpoints: anonymous is fine, a bad token is still refused."""
     if not token:
         return None
-    principal = await get_principal(SecurityScopes(), request, token, settings, cache)
+    principal = await get_principal(SecurityScopes(), request, token)
     return await get_active_principal(principal)
 
 

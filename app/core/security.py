@@ -3,6 +3,7 @@
 import hashlib
 import secrets
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -129,3 +130,29 @@ def new_opaque_token() -> str:
 def hash_opaque_token(token: str) -> str:
     """Refresh tokens are stored only as SHA-256: high-entropy, so no slow hash is needed."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AccessTokenVerifier:
+    """Decodes access tokens, remembering the ones already verified.
+
+    A token's signature and claims can't change, so a token seen before needs only its expiry
+    checked again: this saves the HMAC and JSON work on every request after a client's first.
+    Bounded, so a flood of distinct tokens can't grow it without end.
+    """
+
+    def __init__(self, settings: Settings, *, max_entries: int = 10_000) -> None:
+        self._settings = settings
+        self._verified: OrderedDict[str, AccessClaims] = OrderedDict()
+        self._max_entries = max_entries
+
+    def decode(self, token: str) -> AccessClaims:
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = decode_access_token(self._settings, token)
+            self._verified[token] = claims
+            if len(self._verified) > self._max_entries:
+                self._verified.popitem(last=False)
+        if claims.expires_at <= datetime.now(UTC):
+            self._verified.pop(token, None)
+            raise InvalidToken("Token has expired")
+        return claims

@@ -3,13 +3,22 @@
 import base64
 import json
 import time
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 
-from tests.conftest import TEST_SECRET
+from app.core.security import (
+    AccessClaims,
+    AccessTokenVerifier,
+    InvalidToken,
+    create_access_token,
+)
+from tests.conftest import TEST_SECRET, make_settings
 from tests.core.test_errors import assert_envelope
 from tests.factories import Factory
 
@@ -114,3 +123,22 @@ async def test_missing_scope_is_403_naming_it(client: httpx.AsyncClient, factory
     )
     error = assert_envelope(response, 403, "forbidden")
     assert error["message"] == "Missing scope: items:write"
+
+
+def test_verifier_remembers_tokens_but_still_checks_expiry(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, access_token_expire_minutes=1)
+    verifier = AccessTokenVerifier(settings, max_entries=2)
+    token, _ = create_access_token(settings, user_id=7, session_id="s" * 32, scopes=["profile"])
+    first = verifier.decode(token)
+    assert verifier.decode(token) is first  # remembered: no second HMAC and parse
+    with pytest.raises(InvalidToken):
+        verifier.decode(token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
+    expired = AccessClaims(
+        **{**asdict(first), "expires_at": datetime.now(UTC) - timedelta(seconds=1)}
+    )
+    verifier._verified[token] = expired  # as if the clock had moved past its expiry
+    with pytest.raises(InvalidToken, match="expired"):
+        verifier.decode(token)
+    for n in range(5):  # bounded
+        verifier.decode(create_access_token(settings, user_id=n, session_id="s" * 32, scopes=[])[0])
+    assert len(verifier._verified) == 2
