@@ -15,6 +15,8 @@ def init_sentry(settings: Settings) -> bool:
         dsn=settings.sentry_dsn.get_secret_value(),
         environment=settings.environment,
         traces_sample_rate=settings.sentry_traces_sample_rate,
-        send_default_pii=False,  # no user emails, IPs or cookies leave the service
+        # No user identity, request bodies or local variables (they hold passwords and tokens)
+        # leave the service; the SDK still scrubs its default denylist from what remains.
+        data_collection={"user_info": False, "http_bodies": [], "stack_frame_variables": False},
     )
     return True

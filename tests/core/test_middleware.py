@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import Request, WebSocket
+from fastapi.responses import StreamingResponse
 from websockets.asyncio.client import connect
 
 from app.main import create_app
@@ -126,3 +127,21 @@ async def test_websockets_pass_through_the_whole_stack(
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_event_streams_are_never_gzipped(build_client: BuildClient) -> None:
+    async with build_client() as (app, client):
+
+        @app.get("/events-probe")
+        async def events() -> StreamingResponse:
+            async def stream() -> AsyncIterator[bytes]:
+                for n in range(50):
+                    yield f"data: {'x' * 40} {n}\n\n".encode()
+
+            return StreamingResponse(stream(), media_type="text/event-stream")
+
+        app.router.routes.insert(0, app.router.routes.pop())
+        response = await client.get("/events-probe", headers={"Accept-Encoding": "gzip"})
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert "content-encoding" not in response.headers  # a proxy would buffer gzip chunks
+        assert response.text.count("data:") == 50
