@@ -38,3 +38,18 @@ def test_dsn_turns_sentry_on_without_personal_data(tmp_path: Path) -> None:
     assert report["environment"] == "test"
     assert report["collection"]["user_info"] is False
     assert report["collection"]["stack_frame_variables"] is False
+
+
+def test_dsn_without_the_sdk_refuses_to_start(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, sentry_dsn="http://public@127.0.0.1:9/1")
+    code = "import sys; sys.modules['sentry_sdk'] = None\n" + (
+        "from app.core.config import Settings\nfrom app.core.sentry import init_sentry\n"
+        "init_sentry(Settings(_env_file=None))"
+    )
+    env = {**os.environ, "SENTRY_DSN": settings.sentry_dsn.get_secret_value()}  # type: ignore[union-attr]
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "uv sync --extra sentry" in result.stderr
