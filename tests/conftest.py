@@ -22,7 +22,7 @@ from app.core.db import Base
 from app.core.migrate import upgrade_to_head
 from app.main import create_app
 from tests.factories import Factory
-from tests.servers import PostgresServer, RedisServer, ServerUnavailable, require_server
+from tests.servers import PostgresServer, RedisServer, running
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs512-0123456789abcdefgh"
 
@@ -46,28 +46,14 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        require_server(f"PostgreSQL server binaries are not available: {exc}")
-    try:
+    with running(PostgresServer(), "PostgreSQL") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        require_server(f"redis-server is not available: {exc}")
-    try:
+    with running(RedisServer(), "redis-server") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ present but the server does not come up.  Use ``require_server`` to turn
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -26,9 +27,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, NoReturn, Self
+from typing import IO, NoReturn, Protocol, Self, TypeVar
 from urllib.parse import quote
 
 import pytest
@@ -56,12 +58,33 @@ _START_TIMEOUT = 60.0
 _PORT_ATTEMPTS = 3
 
 
+class _Server(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
 class ServerUnavailable(Exception):
     """The server binaries (or the user to run them as) are not on this machine."""
 
 
 class ServerStartError(RuntimeError):
     """The binaries exist but the server failed to start; the message has the log tail."""
+
+
+@contextlib.contextmanager
+def running(server: ServerT, what: str) -> Iterator[ServerT]:
+    """Start a server for a fixture or a test, or skip (fail under CI=true) if it's not here."""
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        require_server(f"{what} is not available: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def require_server(reason: str) -> NoReturn:
@@ -82,7 +105,7 @@ def free_port() -> int:
         return port
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError as exc:
@@ -205,13 +228,13 @@ class PostgresServer:
             )
         except subprocess.TimeoutExpired as exc:
             raise ServerStartError(
-                f"{what} timed out after {timeout:.0f}s\n--- server log ---\n{_tail(self.log_file)}"
+                f"{what} timed out after {timeout:.0f}s\n--- server log ---\n{tail(self.log_file)}"
             ) from exc
         if proc.returncode != 0:
             raise ServerStartError(
                 f"{what} failed (exit {proc.returncode}): {' '.join(argv)}\n"
                 f"--- output ---\n{(proc.stdout + proc.stderr).strip()}\n"
-                f"--- server log ---\n{_tail(self.log_file)}"
+                f"--- server log ---\n{tail(self.log_file)}"
             )
 
     def start(self) -> None:
@@ -455,14 +478,14 @@ class RedisServer:
             if self._proc.poll() is not None:
                 raise ServerStartError(
                     f"redis-server exited with {self._proc.returncode}\n"
-                    f"--- server log ---\n{_tail(self.log_file)}"
+                    f"--- server log ---\n{tail(self.log_file)}"
                 )
             if self._ping():
                 return
             time.sleep(0.05)
         raise ServerStartError(
             f"redis-server did not answer PING within {_START_TIMEOUT:.0f}s\n"
-            f"--- server log ---\n{_tail(self.log_file)}"
+            f"--- server log ---\n{tail(self.log_file)}"
         )
 
     def _ping(self) -> bool:

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from app.core.pubsub import QUEUE_SIZE, Hub, RedisHub, create_hub
-from tests.servers import RedisServer, ServerUnavailable, require_server
+from tests.servers import RedisServer, running
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -58,11 +58,11 @@ async def test_a_slow_subscriber_loses_its_oldest_not_the_others(hubs: tuple[Hub
 
 
 async def test_redis_hub_reconnects_by_itself() -> None:
-    server = RedisServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        require_server(str(exc))
+    with running(RedisServer(), "redis-server") as server:
+        await _reconnect_scenario(server)
+
+
+async def _reconnect_scenario(server: RedisServer) -> None:
     hub = create_hub(server.url)
     assert isinstance(hub, RedisHub)
     try:
@@ -77,4 +77,3 @@ async def test_redis_hub_reconnects_by_itself() -> None:
             assert await asyncio.wait_for(subscription.get(), 5) == b"after"
     finally:
         await hub.close()
-        server.stop()

@@ -29,7 +29,7 @@ import redis
 
 from app.core.config import Settings
 from tests.conftest import TEST_SECRET
-from tests.servers import PostgresServer, RedisServer, free_port
+from tests.servers import PostgresServer, RedisServer, free_port, tail
 
 APP = str(Path(sys.executable).parent / "app")
 HOST = "127.0.0.1"
@@ -81,14 +81,6 @@ def fresh_redis_db(server: RedisServer, db: int) -> str:
     return url
 
 
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<could not read {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:]) or "<empty>"
-
-
 # -- processes -----------------------------------------------------------------------------
 
 
@@ -119,8 +111,8 @@ class ApiProcess:
         state = "running" if self.proc.poll() is None else f"exit code {self.proc.returncode}"
         return (
             f"API process {self.name!r} (pid {self.proc.pid}, port {self.port}, {state})\n"
-            f"--- stdout ({self.stdout}) ---\n{_tail(self.stdout)}\n"
-            f"--- stderr ({self.stderr}) ---\n{_tail(self.stderr)}"
+            f"--- stdout ({self.stdout}) ---\n{tail(self.stdout)}\n"
+            f"--- stderr ({self.stderr}) ---\n{tail(self.stderr)}"
         )
 
     def wait_ready(self, deadline: float) -> bool:
@@ -128,7 +120,7 @@ class ApiProcess:
         while True:
             if self.proc.poll() is not None:
                 _RUNNING.remove(self)  # reported here, not again at teardown
-                if "address already in use" in _tail(self.stderr).lower():
+                if "address already in use" in tail(self.stderr).lower():
                     return False
                 raise AssertionError(f"API process died while starting\n{self.describe()}")
             if self._all_workers_started():

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import RedisServer, ServerUnavailable, require_server
+from tests.servers import RedisServer, running
 from tests.system.conftest import (
     ApiFleet,
     ApiSpec,
@@ -39,15 +39,8 @@ RECOVERY_DEADLINE_SECONDS = 15.0
 @pytest.fixture
 def doomed_redis() -> Iterator[RedisServer]:
     """A Redis of this test's own: it is killed and revived, which the shared one must not be."""
-    server = RedisServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        require_server(f"redis-server is not available: {exc}")
-    try:
+    with running(RedisServer(), "redis-server") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def readiness(client: httpx.Client) -> tuple[int, dict[str, object]]:
