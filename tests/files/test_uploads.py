@@ -418,3 +418,15 @@ async def test_a_failed_row_removes_its_object(
     monkeypatch.undo()
     assert await rows(app) == []
     assert await stored_objects(app) == []
+
+
+@BOTH_STORAGES
+async def test_readiness_reports_storage(client: httpx.AsyncClient, app: FastAPI) -> None:
+    ready = (await client.get("/health/ready")).json()
+    assert ready["checks"]["storage"]["status"] == "ok"
+    if app.state.settings.storage_backend == "s3":
+        app.state.storage.bucket = "no-such-bucket"
+        degraded = await client.get("/health/ready")
+        assert degraded.status_code == 200
+        assert degraded.json()["status"] == "degraded"
+        assert degraded.json()["checks"]["storage"]["status"] == "down"
