@@ -233,11 +233,12 @@ def purge_files(
         float, typer.Option(min=0, help="Only what was unlinked or written before this")
     ] = 24.0,
 ) -> None:
-    """Remove unlinked files (soft-deleted item images) and objects that have no row."""
+    """Remove unlinked files (soft-deleted item images), objects without a row, stale temp files."""
     settings = _settings()
     report = asyncio.run(_purge_files(settings, older_than_hours))
     console.print(
-        f"Removed {report.unlinked_rows} unlinked files and {report.orphan_objects} orphan objects."
+        f"Removed {report.unlinked_rows} unlinked files, {report.orphan_objects} orphan objects"
+        f" and {report.temp_files} stale temp files."
     )
 
 

@@ -4,6 +4,7 @@ Keys are made by the server (`new_key`), never taken from a client, so no name a
 can reach a path. Every blocking call (file I/O, boto3) runs in a worker thread.
 """
 
+import contextlib
 import errno
 import os
 import re
@@ -69,6 +70,9 @@ class Storage(Protocol):
 
     async def check(self) -> None:
         """Raise StorageUnavailable if the backend can't be reached."""
+
+    async def remove_stale_temp_files(self, cutoff: datetime) -> int:
+        """Spooled uploads a killed process left behind (a live upload removes its own)."""
 
     async def close(self) -> None: ...
 
@@ -163,8 +167,22 @@ class LocalStorage:
         except OSError as exc:
             raise StorageUnavailable() from exc
 
+    async def remove_stale_temp_files(self, cutoff: datetime) -> int:
+        return await anyio.to_thread.run_sync(_remove_older_files, self.temp_dir, cutoff)
+
     async def close(self) -> None:
         return None
+
+
+def _remove_older_files(directory: Path, cutoff: datetime) -> int:
+    removed = 0
+    if directory.is_dir():
+        for path in directory.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # removed by its upload meanwhile
+                if datetime.fromtimestamp(path.stat().st_mtime, UTC) < cutoff:
+                    path.unlink()
+                    removed += 1
+    return removed
 
 
 def storage_error_for(exc: OSError) -> AppError:
@@ -258,6 +276,9 @@ class S3Storage:
 
     async def check(self) -> None:
         await self._call("head_bucket", Bucket=self.bucket)
+
+    async def remove_stale_temp_files(self, cutoff: datetime) -> int:
+        return await anyio.to_thread.run_sync(_remove_older_files, self.temp_dir, cutoff)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self.client.close)

@@ -196,14 +196,16 @@ async def _chunks(first: bytes, rest: AsyncIterator[bytes] | None) -> AsyncItera
 class PurgeReport:
     unlinked_rows: int
     orphan_objects: int
+    temp_files: int
 
 
 async def purge_orphans(
     *, session: AsyncSession, storage: Storage, older_than: timedelta
 ) -> PurgeReport:
-    """Remove files unlinked before the cutoff (row, then object), and objects that have no row
-    and are older than the cutoff (an upload that died between object and row). The cutoff
-    keeps an upload in flight, whose row is not committed yet, out of reach."""
+    """Remove files unlinked before the cutoff (row, then object), objects that have no row
+    and are older than the cutoff (an upload that died between object and row, or rows gone
+    with a hard-deleted item or user), and stale temp files. The cutoff keeps an upload in
+    flight, whose row is not committed yet, out of reach."""
     cutoff = utcnow() - older_than
     unlinked = 0
     while True:
@@ -232,7 +234,8 @@ async def purge_orphans(
             orphans += await _delete_rowless(session, storage, candidates)
             candidates = []
     orphans += await _delete_rowless(session, storage, candidates)
-    return PurgeReport(unlinked_rows=unlinked, orphan_objects=orphans)
+    temp_files = await storage.remove_stale_temp_files(cutoff)
+    return PurgeReport(unlinked_rows=unlinked, orphan_objects=orphans, temp_files=temp_files)
 
 
 async def _delete_rowless(session: AsyncSession, storage: Storage, keys: list[str]) -> int:

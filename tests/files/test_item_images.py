@@ -8,7 +8,7 @@ import httpx
 from fastapi import FastAPI
 
 from app.core.storage import LocalStorage, new_key
-from app.files.service import purge_orphans
+from app.files.service import PurgeReport, purge_orphans
 from app.users.models import Role
 from tests.core.test_errors import assert_envelope
 from tests.factories import Factory
@@ -44,7 +44,7 @@ async def test_owner_attaches_images_to_an_item(
 
 @BOTH_STORAGES
 async def test_deleted_items_lose_their_images_and_the_purge_removes_them(
-    client: httpx.AsyncClient, factory: Factory, app: FastAPI
+    client: httpx.AsyncClient, factory: Factory, app: FastAPI, tmp_path: Path
 ) -> None:
     owner = await factory.account()
     item, kept = await factory.item(owner), await factory.item(owner)
@@ -62,16 +62,27 @@ async def test_deleted_items_lose_their_images_and_the_purge_removes_them(
     assert len(await stored_objects(app)) == 2  # unlinked, not yet purged
 
     storage = app.state.storage
-    orphan = storage.temp_path()
+    orphan = tmp_path / "orphan"
     orphan.write_bytes(b"left by a crash between object and row")
     await storage.put(new_key(), orphan, content_type="image/png")
+
+    stale_temp = storage.temp_path()
+    stale_temp.write_bytes(b"spooled by a process that was killed")
+    hard = await factory.item(owner)  # a hard delete takes the rows with it: orphan objects
+    await client.post(f"/api/v1/items/{hard['id']}/images", files={"file": ("h.png", PNG)},
+                      headers=owner.headers)  # fmt: skip
+    admin = await factory.account(Role.ADMIN)
+    gone_hard = await client.delete(f"/api/v1/items/{hard['id']}?hard=true", headers=admin.headers)
+    assert gone_hard.status_code == 204
+    assert len(await rows(app)) == 2
 
     async with app.state.sessionmaker() as session:
         hour = timedelta(hours=1)
         recent = await purge_orphans(session=session, storage=storage, older_than=hour)
-        assert (recent.unlinked_rows, recent.orphan_objects) == (0, 0)  # too recent to touch
+        assert recent == PurgeReport(0, 0, 0)  # too recent to touch
         report = await purge_orphans(session=session, storage=storage, older_than=timedelta(0))
-    assert (report.unlinked_rows, report.orphan_objects) == (1, 1)
+    assert report == PurgeReport(unlinked_rows=1, orphan_objects=2, temp_files=1)
+    assert not stale_temp.exists()
     remaining = await rows(app)
     assert [r.id for r in remaining] == [kept_image["id"]]
     assert await stored_objects(app) == [remaining[0].key]
