@@ -99,11 +99,12 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
 
 
 def login(base: str) -> tuple[int, dict[str, str]]:
-    user = {"username": "bench", "email": "bench@example.com", "password": PASSWORD,
+    name = f"bench{os.getpid()}x{int(time.time())}"  # a given database may hold earlier runs
+    user = {"username": name, "email": f"{name}@example.com", "password": PASSWORD,
             "password_confirm": PASSWORD}  # fmt: skip
     created = httpx.post(f"{base}/api/v1/auth/register", json=user).json()
     token = httpx.post(
-        f"{base}/api/v1/auth/token", data={"username": "bench", "password": PASSWORD}
+        f"{base}/api/v1/auth/token", data={"username": name, "password": PASSWORD}
     ).json()["access_token"]
     return int(created["id"]), {"Authorization": f"Bearer {token}"}
 
