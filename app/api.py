@@ -4,6 +4,8 @@ from fastapi import APIRouter
 
 from app.auth.router import router as auth_router
 from app.core.errors import ERROR_RESPONSES
+from app.exports.router import router as exports_router
+from app.files import router as files
 from app.items import router as items
 from app.users.router import router as users_router
 
@@ -12,6 +14,9 @@ api_v1.include_router(auth_router)
 api_v1.include_router(users_router)
 api_v1.include_router(items.list_v1)
 api_v1.include_router(items.router)
+api_v1.include_router(files.item_images)
+api_v1.include_router(files.router)
+api_v1.include_router(exports_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

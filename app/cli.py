@@ -8,7 +8,7 @@ import shutil
 import sys
 import tempfile
 from decimal import Decimal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
@@ -20,6 +20,9 @@ from app import models  # noqa: F401 - registers every table
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.migrate import upgrade_to_head
+
+if TYPE_CHECKING:
+    from app.files.service import PurgeReport
 
 cli = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -222,6 +225,40 @@ async def _seed(settings: Settings, user_count: int, item_count: int) -> None:
                     progress.advance(task)
                 await session.commit()
     finally:
+        await engine.dispose()
+
+
+@cli.command("purge-files")
+def purge_files(
+    older_than_hours: Annotated[
+        float, typer.Option(min=0, help="Only what was unlinked or written before this")
+    ] = 24.0,
+) -> None:
+    """Remove unlinked files (soft-deleted item images), objects without a row, stale temp files."""
+    settings = _settings()
+    report = asyncio.run(_purge_files(settings, older_than_hours))
+    console.print(
+        f"Removed {report.unlinked_rows} unlinked files, {report.orphan_objects} orphan objects"
+        f" and {report.temp_files} stale temp files."
+    )
+
+
+async def _purge_files(settings: Settings, older_than_hours: float) -> "PurgeReport":
+    from datetime import timedelta
+
+    from app.core.db import create_engine, create_sessionmaker
+    from app.core.storage import create_storage
+    from app.files.service import purge_orphans
+
+    engine = create_engine(settings)
+    storage = create_storage(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await purge_orphans(
+                session=session, storage=storage, older_than=timedelta(hours=older_than_hours)
+            )
+    finally:
+        await storage.close()
         await engine.dispose()
 
 

@@ -32,6 +32,8 @@ from app.core.redis import create_redis
 from app.core.request_context import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
+from app.core.storage import create_storage
+from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
 from app.health.router import ops_router
 from app.health.router import router as health_router
 
@@ -49,11 +51,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.cache = RedisCache(redis) if redis is not None else MemoryCache()
     app.state.limiter = create_limiter(settings)
     app.state.hub = create_hub(settings.redis_url)
+    app.state.storage = create_storage(settings)
     async with create_http_client() as http:
         app.state.http = http
         try:
             yield
         finally:
+            await app.state.storage.close()
             await app.state.hub.close()
             await app.state.limiter.close()
             await app.state.cache.close()
@@ -101,7 +105,14 @@ def _middleware(settings: Settings) -> list[Middleware]:
             https_only=settings.is_production,
             same_site="lax",
         ),
-        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes),
+        Middleware(
+            BodySizeLimitMiddleware,
+            max_bytes=settings.max_request_body_bytes,
+            path_limits=[
+                (path, settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
+                for path in UPLOAD_PATHS
+            ],
+        ),
     ]
     return stack
 

@@ -1,7 +1,8 @@
 """Imports every domain's models so that Base.metadata is complete (Alembic, test schemas)."""
 
 from app.auth import models as auth_models
+from app.files import models as files_models
 from app.items import models as items_models
 from app.users import models as users_models
 
-__all__ = ["auth_models", "items_models", "users_models"]
+__all__ = ["auth_models", "files_models", "items_models", "users_models"]

@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     session_cookie_name: str = "app_session"
 
+    # Files (FILES-1..3). Uploads have their own cap, checked while the file arrives.
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_local_dir: Path | None = None  # default: APP_DATA_DIR/uploads
+    storage_s3_bucket: str | None = None
+    storage_s3_endpoint_url: str | None = None
+    storage_s3_region: str = "us-east-1"
+    # Usually left unset: boto3 then reads AWS_* variables, its config files or instance roles.
+    storage_s3_access_key_id: str | None = None
+    storage_s3_secret_access_key: SecretStr | None = None
+    presigned_url_expire_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    export_batch_size: int = Field(default=1000, ge=1, le=100_000)
+
     redis_url: str | None = None
     redis_max_connections: int = Field(default=100, ge=1)
     cache_ttl_seconds: float = Field(default=60, gt=0)
@@ -106,6 +119,16 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("unsafe production settings: " + "; ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> "Settings":
+        if self.storage_backend == "s3" and not self.storage_s3_bucket:
+            raise ValueError("STORAGE_BACKEND=s3 needs STORAGE_S3_BUCKET")
+        return self
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.storage_local_dir or self.app_data_dir / "uploads"
 
     @property
     def json_logs(self) -> bool:

@@ -23,9 +23,11 @@ CODES_BY_STATUS = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    416: "range_not_satisfiable",
     429: "rate_limited",
     500: "internal_error",
     503: "service_unavailable",
+    507: "insufficient_storage",
     504: "gateway_timeout",
 }
 

@@ -1,7 +1,9 @@
 """Pure-ASGI middleware. Each passes through scope types it doesn't handle, and answers its
 own refusals in the error envelope."""
 
+import re
 import time
+from collections.abc import Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -172,19 +174,33 @@ class TrustedHostMiddleware:
 
 class BodySizeLimitMiddleware:
     """Caps request bodies while they arrive: a declared length over the cap is refused before
-    reading, and a chunked body is cut off the moment it passes the cap."""
+    reading, and a chunked body is cut off the moment it passes the cap.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    `path_limits` gives some paths (uploads) their own cap instead of the global one: the cap is
+    decided here, before routing, so it goes by path; the handler then checks the finer rule
+    (the file's own size) while it reads."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, path_limits: Sequence[tuple[str, int]] = ()
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = [(re.compile(pattern), limit) for pattern, limit in path_limits]
+
+    def _limit_for(self, path: str) -> int:
+        for pattern, limit in self.path_limits:
+            if pattern.match(path):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message_text = f"Request body is larger than {self.max_bytes} bytes"
+        max_bytes = self._limit_for(scope["path"])
+        message_text = f"Request body is larger than {max_bytes} bytes"
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await send_error(scope, receive, send, status=413, message=message_text)
             return
         received = 0
@@ -194,7 +210,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # FastAPI passes HTTPExceptions from body reading through untouched.
                     raise HTTPException(status_code=413, detail=message_text)
             return message

@@ -84,10 +84,13 @@ async def readiness(
 ) -> Readiness:
     """Readiness: each dependency's state and latency; 503 when a required one is down.
 
-    Redis is optional: without it, reads and logins that need no limiter keep working, so
-    its loss makes the service `degraded`, not unavailable.
+    Redis and file storage are optional: without them, reads and logins that need no limiter
+    keep working, so their loss makes the service `degraded`, not unavailable.
     """
-    probes = [("database", _database_probe(engine), True)]
+    probes = [
+        ("database", _database_probe(engine), True),
+        ("storage", request.app.state.storage.check, False),
+    ]
     redis: Redis | None = request.app.state.redis
     if redis is not None:
         probes.append(("redis", redis.ping, False))

@@ -14,6 +14,7 @@ from app.core.cache import Cache, cached
 from app.core.db import utcnow
 from app.core.pagination import order_clauses, paginate
 from app.core.schemas import Page
+from app.files import service as files_service
 from app.items.errors import InvalidCursor, ItemNotFound
 from app.items.models import Currency, Item
 from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
@@ -159,6 +160,7 @@ async def update(*, session: AsyncSession, cache: Cache, item: Item, data: ItemU
 async def soft_delete(*, session: AsyncSession, cache: Cache, item: Item) -> None:
     if item.deleted_at is None:
         item.deleted_at = utcnow()
+        await files_service.unlink_item_files(session=session, item_id=item.id)
         await _commit_and_retire_cache(session, cache)
 
 

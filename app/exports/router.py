@@ -1,0 +1,66 @@
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, SettingsDep
+from app.exports import service
+from app.exports.service import AnySelect, ExportFormat
+from app.files.safety import content_disposition
+
+router = APIRouter(prefix="/exports", tags=["exports"])
+
+FormatParam = Annotated[
+    ExportFormat | None, Query(alias="format", description="Default: by Accept, else csv")
+]
+AcceptHeader = Annotated[str | None, Header(alias="accept", include_in_schema=False)]
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/csv": {}, "application/x-ndjson": {}},
+        "description": "Rows streamed as they are read",
+    }
+}
+
+
+def _export(
+    request: Request, statement: AnySelect, name: str, chosen: ExportFormat, batch: int
+) -> StreamingResponse:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    chunks = service.stream_export(
+        sessionmaker=request.app.state.sessionmaker, statement=statement,
+        export_format=chosen, batch_size=batch,
+    )  # fmt: skip
+    return StreamingResponse(
+        chunks,
+        media_type=service.MEDIA_TYPES[chosen],
+        headers={"Content-Disposition": content_disposition(f"{name}-{stamp}.{chosen}")},
+    )
+
+
+@router.get("/items", response_class=StreamingResponse, responses=_STREAM)
+async def export_items(
+    request: Request,
+    owner: CurrentPrincipal,
+    settings: SettingsDep,
+    export_format: FormatParam = None,
+    accept: AcceptHeader = None,
+) -> StreamingResponse:
+    """Your items (not deleted) as CSV or NDJSON, streamed."""
+    chosen = service.choose_format(export_format, accept)
+    return _export(
+        request, service.items_query(owner.id), "items", chosen, settings.export_batch_size
+    )
+
+
+@router.get("/users", response_class=StreamingResponse, responses=_STREAM)
+async def export_users(
+    request: Request,
+    admin: AdminPrincipal,
+    settings: SettingsDep,
+    export_format: FormatParam = None,
+    accept: AcceptHeader = None,
+) -> StreamingResponse:
+    """Every user as CSV or NDJSON, streamed (admin)."""
+    chosen = service.choose_format(export_format, accept)
+    return _export(request, service.users_query(), "users", chosen, settings.export_batch_size)

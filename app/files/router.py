@@ -1,0 +1,155 @@
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from app.auth.dependencies import CurrentPrincipal, SettingsDep
+from app.core.db import SessionDep
+from app.files import service
+from app.files.dependencies import ReadableFile, StorageDep
+from app.files.safety import IMAGE_EXTENSIONS, content_disposition
+from app.files.schemas import FileRead, PresignedURL
+from app.items.dependencies import OwnedItem
+
+router = APIRouter(prefix="/files", tags=["files"])
+item_images = APIRouter(prefix="/items", tags=["items"])
+
+# Upload routes get their own body cap (MAX_UPLOAD_BYTES plus room for the multipart framing)
+# in BodySizeLimitMiddleware instead of the global one; the handler counts the file's bytes.
+UPLOAD_PATHS = (r"^/api/v\d+/files/?$", r"^/api/v\d+/items/[^/]+/images/?$")
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+_MULTIPART_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+_UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The file is over MAX_UPLOAD_BYTES"},
+    415: {"description": "Extension not allowed, or content not matching it"},
+    503: {"description": "Storage unavailable"},
+    507: {"description": "Storage full"},
+}
+_CONTENT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/octet-stream": {}}, "description": "The whole file"},
+    206: {"description": "The requested range"},
+    304: {"description": "Not modified (If-None-Match)"},
+    416: {"description": "Range not satisfiable"},
+}
+
+
+@router.post(
+    "",
+    response_model=FileRead,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_MULTIPART_BODY,
+    responses=_UPLOAD_ERRORS,
+)
+async def upload_file(
+    request: Request,
+    owner: CurrentPrincipal,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> FileRead:
+    """Upload one file (multipart field `file`), streamed to storage as it arrives."""
+    row = await service.upload(
+        session=session, storage=storage, body=request.stream(),
+        content_type=request.headers.get("content-type"), max_bytes=settings.max_upload_bytes,
+        owner_id=owner.id,
+    )  # fmt: skip
+    return FileRead.model_validate(row)
+
+
+@router.get("/{file_id}", response_model=FileRead)
+async def read_file(row: ReadableFile) -> FileRead:
+    """A file's metadata (owner or admin)."""
+    return FileRead.model_validate(row)
+
+
+@router.get("/{file_id}/content", response_class=StreamingResponse, responses=_CONTENT)
+async def download_file(
+    row: ReadableFile,
+    storage: StorageDep,
+    range_header: Annotated[str | None, Header(alias="range")] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The file's bytes (owner or admin), with ranges, ETag and a safe download name."""
+    etag = service.etag_of(row)
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": content_disposition(row.filename),
+        "Cache-Control": "private, no-cache",
+    }
+    if service.etag_matches(if_none_match, etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    byte_range = service.parse_range(range_header, row.size)
+    chunks = await service.open_content(storage=storage, row=row, byte_range=byte_range)
+    headers["Content-Length"] = str(byte_range.end - byte_range.start + 1 if row.size else 0)
+    if byte_range.partial:
+        headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{row.size}"
+    return StreamingResponse(
+        chunks,
+        status_code=206 if byte_range.partial else 200,
+        media_type=row.content_type,
+        headers=headers,
+    )
+
+
+@router.get("/{file_id}/url", response_model=PresignedURL)
+async def presign_file(
+    row: ReadableFile, storage: StorageDep, settings: SettingsDep
+) -> PresignedURL:
+    """A short-lived URL straight to the object (S3 storage only; 409 on local storage)."""
+    expires = settings.presigned_url_expire_seconds
+    url = await storage.presign(
+        row.key, expires=expires, filename_header=content_disposition(row.filename),
+        content_type=row.content_type,
+    )  # fmt: skip
+    return PresignedURL(url=url, expires_in=expires)
+
+
+@router.delete("/{file_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_file(row: ReadableFile, session: SessionDep, storage: StorageDep) -> None:
+    """Delete a file: its row, then its object (owner or admin)."""
+    await service.delete_file(session=session, storage=storage, row=row)
+
+
+@item_images.post(
+    "/{item_id}/images",
+    response_model=FileRead,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_MULTIPART_BODY,
+    responses=_UPLOAD_ERRORS,
+)
+async def upload_item_image(
+    request: Request,
+    item: OwnedItem,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> FileRead:
+    """Attach an image (png, jpeg, gif, webp) to an item (owner or admin)."""
+    row = await service.upload(
+        session=session, storage=storage, body=request.stream(),
+        content_type=request.headers.get("content-type"), max_bytes=settings.max_upload_bytes,
+        owner_id=item.owner_id, item_id=item.id, allowed=IMAGE_EXTENSIONS,
+    )  # fmt: skip
+    return FileRead.model_validate(row)
+
+
+@item_images.get("/{item_id}/images", response_model=list[FileRead])
+async def list_item_images(item: OwnedItem, session: SessionDep) -> list[FileRead]:
+    """An item's images (owner or admin)."""
+    rows = await service.list_for_item(session=session, item_id=item.id)
+    return [FileRead.model_validate(r) for r in rows]

@@ -1,0 +1,252 @@
+import logging
+import re
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.principal import Principal
+from app.core.db import utcnow
+from app.core.storage import Storage, StorageUnavailable, new_key, storage_error_for
+from app.files.errors import FileNotFound, RangeNotSatisfiable, UnsupportedFileType
+from app.files.models import StoredFile
+from app.files.safety import (
+    ALLOWED_EXTENSIONS,
+    content_type_for,
+    extension_of,
+    sanitize_filename,
+)
+from app.files.upload import receive_file
+
+logger = logging.getLogger("app.files")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+async def upload(
+    *,
+    session: AsyncSession,
+    storage: Storage,
+    body: AsyncIterator[bytes],
+    content_type: str | None,
+    max_bytes: int,
+    owner_id: int,
+    item_id: int | None = None,
+    allowed: Collection[str] = ALLOWED_EXTENSIONS,
+) -> StoredFile:
+    """Spool, check, store the object, then write the row; on any failure undo what was done."""
+    temp = storage.temp_path()
+    key = new_key()
+    stored = False
+    try:
+        try:
+            received = await receive_file(
+                body, content_type=content_type, max_bytes=max_bytes, target=temp
+            )
+        except OSError as exc:
+            raise storage_error_for(exc) from exc
+        filename, stored_type = _accepted(received.raw_filename, received.head, allowed)
+        await storage.put(key, temp, content_type=stored_type)
+        stored = True
+        row = StoredFile(
+            key=key, filename=filename, content_type=stored_type, size=received.size,
+            sha256=received.sha256, owner_id=owner_id, item_id=item_id,
+        )  # fmt: skip
+        session.add(row)
+        await session.commit()
+    except BaseException:
+        if stored:  # the row never made it: don't leave its object behind
+            with anyio.CancelScope(shield=True):
+                await _delete_quietly(storage, key)
+        raise
+    else:
+        return row
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+
+
+def _accepted(raw_filename: str, head: bytes, allowed: Collection[str]) -> tuple[str, str]:
+    """The safe display name and the content type, if the extension is allowed and the magic
+    bytes agree with it (the client's Content-Type is never believed)."""
+    filename = sanitize_filename(raw_filename)
+    extension = extension_of(filename)
+    if extension not in allowed:
+        accepted = ", ".join(sorted(allowed))
+        raise UnsupportedFileType(f"Files of type .{extension} are not accepted ({accepted})")
+    stored_type = content_type_for(extension, head)
+    if stored_type is None:
+        raise UnsupportedFileType(f"The content is not a .{extension} file")
+    return filename, stored_type
+
+
+async def _delete_quietly(storage: Storage, key: str) -> None:
+    try:
+        await storage.delete(key)
+    except Exception:
+        logger.warning("object %s left behind; purge_orphans will remove it", key, exc_info=True)
+
+
+async def get_readable(*, session: AsyncSession, file_id: int, viewer: Principal) -> StoredFile:
+    """The file, if the viewer owns it or is an admin; 404 otherwise (its existence is private)."""
+    row = await session.get(StoredFile, file_id)
+    if row is None or row.deleted_at is not None:
+        raise FileNotFound(file_id)
+    if row.owner_id != viewer.id and not viewer.is_admin:
+        raise FileNotFound(file_id)
+    return row
+
+
+async def list_for_item(*, session: AsyncSession, item_id: int) -> Sequence[StoredFile]:
+    statement = (
+        select(StoredFile)
+        .where(StoredFile.item_id == item_id, StoredFile.deleted_at.is_(None))
+        .order_by(StoredFile.id)
+    )
+    return (await session.execute(statement)).scalars().all()
+
+
+async def delete_file(*, session: AsyncSession, storage: Storage, row: StoredFile) -> None:
+    """The row goes first: a row must never point at a missing object, an object without a
+    row is only an orphan for the purge."""
+    key = row.key
+    await session.execute(delete(StoredFile).where(StoredFile.id == row.id))
+    await session.commit()
+    await _delete_quietly(storage, key)
+
+
+async def unlink_item_files(*, session: AsyncSession, item_id: int) -> None:
+    """Mark an item's images as gone (the caller commits); the purge removes them later."""
+    await session.execute(
+        update(StoredFile)
+        .where(StoredFile.item_id == item_id, StoredFile.deleted_at.is_(None))
+        .values(deleted_at=utcnow())
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+    partial: bool
+
+
+def parse_range(header: str | None, size: int) -> ByteRange:
+    """One `bytes=` range; several ranges are answered whole (allowed by RFC 9110)."""
+    whole = ByteRange(0, size - 1, partial=False)
+    if header is None:
+        return whole
+    header = header.strip()
+    if "," in header and header.startswith("bytes="):
+        return whole
+    match = _RANGE.match(header)
+    if match is None or match.groups() == ("", ""):
+        raise RangeNotSatisfiable(size)
+    first, last = match.groups()
+    if first == "":  # the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise RangeNotSatisfiable(size)
+        return ByteRange(max(0, size - length), size - 1, partial=True)
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        raise RangeNotSatisfiable(size)
+    return ByteRange(start, end, partial=True)
+
+
+def etag_of(row: StoredFile) -> str:
+    return f'"{row.sha256}"'
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in candidates or etag in candidates
+
+
+async def open_content(
+    *, storage: Storage, row: StoredFile, byte_range: ByteRange
+) -> AsyncIterator[bytes]:
+    """The object's bytes, with the first chunk already read: a storage failure becomes an
+    error answer here, before any header is sent, not a cut-off body."""
+    if row.size == 0:
+        return _chunks(b"", None)
+    chunks = storage.stream(row.key, byte_range.start, byte_range.end)
+    try:
+        first = await anext(chunks)
+    except (FileNotFoundError, StopAsyncIteration) as exc:
+        logger.exception("object %s of file %s is missing", row.key, row.id)
+        raise StorageUnavailable() from exc
+    return _chunks(first, chunks)
+
+
+async def _chunks(first: bytes, rest: AsyncIterator[bytes] | None) -> AsyncIterator[bytes]:
+    yield first
+    if rest is not None:
+        async for chunk in rest:
+            yield chunk
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    unlinked_rows: int
+    orphan_objects: int
+    temp_files: int
+
+
+async def purge_orphans(
+    *, session: AsyncSession, storage: Storage, older_than: timedelta
+) -> PurgeReport:
+    """Remove files unlinked before the cutoff (row, then object), objects that have no row
+    and are older than the cutoff (an upload that died between object and row, or rows gone
+    with a hard-deleted item or user), and stale temp files. The cutoff keeps an upload in
+    flight, whose row is not committed yet, out of reach."""
+    cutoff = utcnow() - older_than
+    unlinked = 0
+    while True:
+        batch = (
+            await session.execute(
+                select(StoredFile.id, StoredFile.key)
+                .where(StoredFile.deleted_at < cutoff)
+                .order_by(StoredFile.id)
+                .limit(500)
+            )
+        ).all()
+        if not batch:
+            break
+        await session.execute(delete(StoredFile).where(StoredFile.id.in_([r.id for r in batch])))
+        await session.commit()
+        for row in batch:
+            await _delete_quietly(storage, row.key)
+        unlinked += len(batch)
+
+    orphans = 0
+    candidates: list[str] = []
+    async for stored in storage.list_keys():
+        if stored.modified_at < cutoff:
+            candidates.append(stored.key)
+        if len(candidates) >= 500:
+            orphans += await _delete_rowless(session, storage, candidates)
+            candidates = []
+    orphans += await _delete_rowless(session, storage, candidates)
+    temp_files = await storage.remove_stale_temp_files(cutoff)
+    return PurgeReport(unlinked_rows=unlinked, orphan_objects=orphans, temp_files=temp_files)
+
+
+async def _delete_rowless(session: AsyncSession, storage: Storage, keys: list[str]) -> int:
+    if not keys:
+        return 0
+    known = set(
+        (await session.execute(select(StoredFile.key).where(StoredFile.key.in_(keys))))
+        .scalars()
+        .all()
+    )
+    missing = [key for key in keys if key not in known]
+    for key in missing:
+        await _delete_quietly(storage, key)
+    return len(missing)
