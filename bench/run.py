@@ -2,13 +2,22 @@
 
 What one run measures, over loopback only, with wrk (2 threads, bounded duration/connections):
 
-* the ceiling: `GET /health` of a bare FastAPI app (bench/bare_app.py) served like `app api`
-  serves the service (one uvicorn process, httptools, uvloop, no access log);
-* the service in embedded mode, on a fresh database (SQLite in a temp dir, or --database-url)
-  seeded with 50 users and 2000 items: health, one item, /users/me, a page of items, item
-  creation and login (Argon2, so on fewer connections);
+* the ceiling: `GET /health` of a bare FastAPI app (bench/bare_app.py) served with the options
+  `app api` passes to uvicorn (one process, httptools, uvloop, no uvicorn access log or server
+  header, no proxy headers);
+* the service, once per mode: "memory" (embedded: rate limits, cache and auth snapshots in
+  process memory) and "redis" (REDIS_URL set, against a throwaway redis-server this script
+  starts), on one fresh database (SQLite in a temp dir, or --database-url) seeded with 50 users
+  and 2000 items: health through the whole middleware stack with the access log on (the
+  production configuration) and again under `--no-access-log`, one item anonymous and with a
+  token (both cache hits after the first request), /users/me, a page of items, item creation
+  and login (Argon2, so on fewer connections). Rate limits stay on, raised out of reach;
 * a login flood: light `GET /health` traffic while logins run flat out, next to the same light
   traffic alone. It shows whether password hashing starves the event loop.
+
+Each mode measures the ceiling first and again after its endpoints (`ceiling_drift`: how much
+the machine changed meanwhile), and every wrk run records the 1-minute load average and the CPU
+the rest of the machine used during it (`other_cpu_cores`), so busy-machine figures say so.
 
 Why ratios: absolute figures depend on the machine and on whatever else runs on it, and shared
 runners and laptops are noisy. The ceiling is measured in the same run, on the same machine,
@@ -17,9 +26,11 @@ compare between runs and machines; the absolute numbers are context.
 
 A benchmark of errors is worthless: each endpoint is requested once first and must answer its
 expected status (wrk itself counts 3xx as success), then wrk's non-2xx/3xx count and socket
-errors are reported per endpoint and listed under "problems" (exit status 1 if any).
+errors are reported per endpoint and listed under "problems" (exit status 1 if any). Targets
+(`TARGETS`) are reported as met or not; missing one does not change the exit status.
 
-    uv run python bench/run.py [--duration 5] [--connections 32] [--only health,login]
+    uv run python bench/run.py [--duration 5] [--connections 32] [--mode memory|redis|both]
+                               [--only health,item_read_auth,login]
 
 JSON goes to stdout and bench/results/latest.json; progress goes to stderr.
 """
@@ -31,6 +42,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -39,6 +51,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -49,12 +62,18 @@ import httpx
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 LUA_SCRIPT = BENCH_DIR / "request.lua"
+BARE_APP = BENCH_DIR / "bare_app.py"
 RESULTS_FILE = BENCH_DIR / "results" / "latest.json"
 
 HOST = "127.0.0.1"
 SECRET_KEY = "bench-only-signing-key-not-a-secret-0123456789ab"  # 48 characters
 DEMO_USER = "demo0"
 DEMO_PASSWORD = "Demo-password-1"  # what `app seed` gives every demo user
+# Limits out of reach, but still checked on every request as in production: without this,
+# the default 600/minute per client address turns a run into 429s within a second.
+NO_LIMIT = "100000000/minute"
+RATE_LIMITS = ("RATE_LIMIT_DEFAULT", "RATE_LIMIT_LOGIN", "RATE_LIMIT_LOGIN_ACCOUNT",
+               "RATE_LIMIT_REGISTER", "RATE_LIMIT_PASSWORD_RESET")  # fmt: skip
 SEED_USERS = 50
 SEED_ITEMS = 2000
 
@@ -67,15 +86,46 @@ SETUP_TIMEOUT_S = 600  # migrate, seed
 READY_TIMEOUT_S = 60
 READY_POLL_S = 0.1
 STOP_TIMEOUT_S = 10
-LOG_TAIL_LINES = 40
+LOG_NOTABLE_LINES = 40  # log lines above INFO (or not JSON) kept in the report
+ACCESS_LOG_WAIT_S = 2.0  # how long an access log line may take to reach the log file
 
 FORM = "application/x-www-form-urlencoded"
 ITEM_BODY = json.dumps({"title": "bench", "price": "9.99", "currency": "USD"})
 LOGIN_BODY = urlencode({"username": DEMO_USER, "password": DEMO_PASSWORD})
 
-ENDPOINTS = ("health", "item_read", "users_me", "items_list", "item_create", "login")
+ENDPOINTS = (
+    "health",  # through every middleware, access log on: the production configuration
+    "health_no_access_log",  # the same on a second service started with --no-access-log
+    "item_read",
+    "item_read_auth",  # the same item with a token: an item and a token snapshot cache hit
+    "users_me",
+    "items_list",
+    "item_create",
+    "login",
+)
+QUIET_SERVICE_ENDPOINTS = frozenset({"health_no_access_log"})
 LOGIN_FLOOD = "login_flood"
 CHOICES = (*ENDPOINTS, LOGIN_FLOOD)
+MODES = ("memory", "redis")
+PACKAGES = ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "redis")  # versions noted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Goal:
+    """A figure the service is held to: an endpoint's requests/sec over the ceiling's."""
+
+    endpoint: str
+    ratio: float
+    what: str
+
+
+# From the issue; tests assert them, the bench reports them (one entry per mode).
+TARGETS = {
+    "health_full_stack": Goal("health", 0.85, "GET /health, all middleware, access log on"),
+    "item_read_auth_cache_hit": Goal(
+        "item_read_auth", 0.5, "GET /api/v1/items/{id} with a token, item and token cached"
+    ),
+}
 
 
 class BenchError(Exception):
@@ -115,7 +165,9 @@ LOGIN = Target(
 def service_targets(item_id: int) -> dict[str, Target]:
     targets = {
         "health": HEALTH,
+        "health_no_access_log": HEALTH,
         "item_read": Target(f"/api/v1/items/{item_id}"),
+        "item_read_auth": Target(f"/api/v1/items/{item_id}", authorized=True),
         "users_me": Target("/api/v1/users/me", authorized=True),
         "items_list": Target("/api/v1/items/?per_page=20"),
         "item_create": Target(
@@ -155,6 +207,8 @@ class WrkResult:
     p99_ms: float
     non_2xx: int  # wrk's "Non-2xx or 3xx responses"
     socket_errors: dict[str, int]
+    loadavg_1m: float | None = None  # when wrk started; our own load counts in it too
+    other_cpu_cores: float | None = None  # CPU the rest of the machine took meanwhile
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -266,9 +320,78 @@ def finish_wrk(run: WrkRun) -> WrkResult:
 def run_wrk(label: str, base_url: str, target: Target, load: Load, token: str | None) -> WrkResult:
     connections = load.connections_for(target)
     progress(f"{label}: {target.method} {target.path}, {connections} connections, {load.duration}s")
-    return finish_wrk(
+    before = CpuSnapshot.take()
+    result = finish_wrk(
         start_wrk(base_url, target, duration=load.duration, connections=connections, token=token)
     )
+    return before.annotate(result)
+
+
+# --- How busy the machine was ------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Process groups of the servers this run started (each has its own, see `serving`); with our
+# own group and our reaped children (wrk), that is "us". Everything else is "the machine".
+OUR_GROUPS: set[int] = set()
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy since boot (all cores, /proc/stat)."""
+    with Path("/proc/stat").open() as stat:
+        fields = [int(n) for n in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def _our_cpu_seconds() -> float:
+    groups = OUR_GROUPS | {os.getpgrp()}
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+        if int(fields[2]) in groups:  # pgrp, field 5
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14, 15
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once waited for
+    return ticks / CLOCK_TICKS + reaped.ru_utime + reaped.ru_stime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    """Enough to tell, after a run, how much CPU other work on the machine took during it."""
+
+    wall: float
+    busy: float | None
+    ours: float | None
+    loadavg_1m: float
+
+    @classmethod
+    def take(cls) -> "CpuSnapshot":
+        busy: float | None = None
+        ours: float | None = None
+        with contextlib.suppress(OSError, ValueError, IndexError):  # no /proc: not Linux
+            busy, ours = _busy_cpu_seconds(), _our_cpu_seconds()
+        return cls(time.monotonic(), busy, ours, round(os.getloadavg()[0], 2))
+
+    def other_cores(self) -> float | None:
+        """Cores' worth of CPU used since this snapshot by processes that aren't ours."""
+        now = CpuSnapshot.take()
+        if (
+            self.busy is None or self.ours is None or now.busy is None or now.ours is None
+            or now.wall <= self.wall
+        ):  # fmt: skip
+            return None
+        other = (now.busy - self.busy) - (now.ours - self.ours)
+        return round(max(0.0, other) / (now.wall - self.wall), 2)
+
+    def annotate(self, result: WrkResult) -> WrkResult:
+        return dataclasses.replace(
+            result, loadavg_1m=self.loadavg_1m, other_cpu_cores=self.other_cores()
+        )
 
 
 # --- Processes -----------------------------------------------------------------------------
@@ -289,10 +412,40 @@ def free_port() -> int:
         return port
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+def log_tail(path: Path, lines: int = LOG_NOTABLE_LINES) -> list[str]:
     if not path.exists():
         return []
     return path.read_text(errors="replace").splitlines()[-lines:]
+
+
+def scan_service_log(path: Path) -> dict[str, Any]:
+    """The service logs JSON lines at INFO: count the access log, keep what is above INFO.
+
+    A line that is not JSON (a traceback printed around the logger, a warning from Python
+    itself) or whose level is above INFO deserves a look, and is kept.
+    """
+    lines = access = 0
+    notable: list[str] = []
+    if path.exists():
+        with path.open(errors="replace") as log:
+            for line in log:
+                lines += 1
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    event = None
+                if not isinstance(event, dict):
+                    notable.append(line.rstrip("\n"))
+                elif event.get("logger") == "app.access":
+                    access += 1
+                elif str(event.get("level", "")).lower() not in ("debug", "info"):
+                    notable.append(line.rstrip("\n"))
+    return {
+        "lines": lines,
+        "access_log_lines": access,
+        "notable_count": len(notable),
+        "notable": notable[:LOG_NOTABLE_LINES],
+    }
 
 
 def app_step(*args: str, env: dict[str, str], cwd: Path, log: Path) -> None:
@@ -347,11 +500,13 @@ def serving(
             command, env=env, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
+    OUR_GROUPS.add(process.pid)  # start_new_session: its pid is its process group
     try:
         yield Server(name, process, log, f"http://{HOST}:{port}")
     finally:
         progress(f"stopping {name}")
         stop(process)
+        OUR_GROUPS.discard(process.pid)
 
 
 def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> None:
@@ -379,46 +534,139 @@ def uv_command(*args: str) -> list[str]:
     return [uv, "run", "--project", str(ROOT), *args]
 
 
-def service_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
+def _without_service_settings(environ: dict[str, str]) -> dict[str, str]:
+    """The environment minus anything the service would read as a setting (case-insensitive,
+    as pydantic-settings reads them): a REDIS_URL or ACCESS_LOG in the caller's shell must not
+    change what is measured."""
+    from app.core.config import Settings  # the project's own list of settings
+
+    names = {name.upper() for name in Settings.model_fields}
+    names.add("PROMETHEUS_MULTIPROC_DIR")  # `app api` makes a fresh one when unset
+    return {k: v for k, v in environ.items() if k.upper() not in names}
+
+
+def service_env(data_dir: Path, database_url: str | None, redis_url: str | None) -> dict[str, str]:
+    # Memory mode leaves REDIS_URL unset: an empty one is "no Redis" to the cache and the
+    # limiter but a URL to the pub/sub hub, which then fails the startup.
+    redis = {"REDIS_URL": redis_url} if redis_url else {}
     return {
-        **os.environ,
+        **_without_service_settings(dict(os.environ)),
         "ENVIRONMENT": "development",
         "DEBUG": "false",
         "APP_DATA_DIR": str(data_dir),
         "DATABASE_URL": database_url or "",  # empty: SQLite in APP_DATA_DIR
+        **redis,
         "SECRET_KEY": SECRET_KEY,
-        "LOG_LEVEL": "warning",
+        # Production's logging: JSON lines at INFO, so the access log is really written.
+        "LOG_LEVEL": "info",
+        "LOG_FORMAT": "json",
+        "ACCESS_LOG": "true",  # `--no-access-log` overrides it
+        **dict.fromkeys(RATE_LIMITS, NO_LIMIT),
     }
 
 
-@contextlib.contextmanager
-def running_service(workdir: Path, database_url: str | None) -> Iterator[Server]:
-    """Migrate, seed, then `app api` on a free port: the service as deployed, one process."""
-    env = service_env(workdir / "data", database_url)
+def prepare_database(workdir: Path, database_url: str | None) -> None:
+    """Migrate and seed once: both modes run on the same data."""
+    env = service_env(workdir / "data", database_url, None)
     setup_log = workdir / "setup.log"
     app_step("migrate", env=env, cwd=workdir, log=setup_log)
     app_step("seed", "--users", str(SEED_USERS), "--items", str(SEED_ITEMS), env=env,
              cwd=workdir, log=setup_log)  # fmt: skip
+
+
+@contextlib.contextmanager
+def running_service(
+    name: str, workdir: Path, env: dict[str, str], *, access_log: bool
+) -> Iterator[Server]:
+    """`app api` on a free port: the service as deployed, one process."""
     port = free_port()
-    command = uv_command("app", "api", "--host", HOST, "--port", str(port), "--no-access-log")
-    with serving("service", command, port=port, env=env, cwd=workdir, log=workdir / "api.log") as s:
-        wait_ready(s)
-        yield s
+    command = uv_command("app", "api", "--host", HOST, "--port", str(port))
+    if not access_log:
+        command.append("--no-access-log")
+    log = workdir / f"{name.replace(' ', '-')}.log"
+    with serving(name, command, port=port, env=env, cwd=workdir, log=log) as server:
+        wait_ready(server)
+        yield server
 
 
 @contextlib.contextmanager
 def running_ceiling(workdir: Path) -> Iterator[Server]:
-    """bench/bare_app.py under the uvicorn options `app api` ends up with."""
+    """bench/bare_app.py under the uvicorn options `app api` uses (see bare_app.main)."""
     port = free_port()
-    command = uv_command(
-        "uvicorn", "bare_app:app", "--app-dir", str(BENCH_DIR), "--host", HOST,
-        "--port", str(port), "--workers", "1", "--http", "httptools", "--loop", "uvloop",
-        "--no-access-log", "--no-server-header", "--log-level", "warning",
-    )  # fmt: skip
+    command = uv_command("python", str(BARE_APP), "--host", HOST, "--port", str(port))
     log = workdir / "bare.log"
     with serving("ceiling", command, port=port, env=dict(os.environ), cwd=workdir, log=log) as s:
         wait_ready(s)
         yield s
+
+
+def redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_redis(workdir: Path) -> Iterator[str]:
+    """A throwaway redis-server on loopback, nothing persisted; yields its URL."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise BenchError("redis-server not found on PATH (Debian/Ubuntu: apt-get install redis)")
+    port = free_port()
+    data = workdir / "redis"
+    data.mkdir(exist_ok=True)
+    command = [redis_server, "--port", str(port), "--bind", HOST, "--save", "",
+               "--appendonly", "no", "--dir", str(data)]  # fmt: skip
+    log = workdir / "redis.log"
+    with serving("redis", command, port=port, env=dict(os.environ), cwd=workdir, log=log) as s:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not redis_ping(port):
+            code = s.process.poll()
+            if code is not None:
+                tail = "\n".join(log_tail(log))
+                raise BenchError(f"redis-server exited with {code} before it was ready:\n{tail}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"redis-server not answering PING after {READY_TIMEOUT_S}s")
+            time.sleep(READY_POLL_S)
+        yield f"redis://{HOST}:{port}/0"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Services:
+    """One mode's servers: the service as deployed, and (if asked for) one without access log."""
+
+    mode: str
+    redis_url: str | None
+    full: Server
+    quiet: Server | None
+
+    def for_endpoint(self, name: str) -> Server:
+        if name in QUIET_SERVICE_ENDPOINTS:
+            if self.quiet is None:
+                raise BenchError(f"{name} needs the --no-access-log service")
+            return self.quiet
+        return self.full
+
+
+@contextlib.contextmanager
+def running_mode(
+    mode: str, workdir: Path, database_url: str | None, only: Sequence[str]
+) -> Iterator[Services]:
+    """Redis (in redis mode), then the services; stopped in the reverse order."""
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(running_redis(workdir)) if mode == "redis" else None
+        env = service_env(workdir / "data", database_url, redis_url)
+        full = stack.enter_context(running_service(f"service {mode}", workdir, env,
+                                                   access_log=True))  # fmt: skip
+        quiet = None
+        if QUIET_SERVICE_ENDPOINTS & set(only):
+            quiet = stack.enter_context(
+                running_service(f"service {mode} no-access-log", workdir, env, access_log=False)
+            )
+        yield Services(mode, redis_url, full, quiet)
 
 
 # --- Preparing the requests ----------------------------------------------------------------
@@ -498,51 +746,146 @@ def login_flood(base_url: str, load: Load, token: str) -> Flood:
     alone = run_wrk("health alone", base_url, HEALTH, probe, token)
     connections = load.connections_for(LOGIN)
     progress(f"login flood on {connections} connections, /health probe beside it")
+    flood_started = CpuSnapshot.take()
     flood = start_wrk(
         base_url, LOGIN, duration=load.duration + 1, connections=connections, token=token
     )
     try:
+        probe_started = CpuSnapshot.take()
         during = finish_wrk(
             start_wrk(
                 base_url, HEALTH, duration=load.duration, connections=PROBE_CONNECTIONS,
                 token=token,
             )
         )  # fmt: skip
+        during = probe_started.annotate(during)
     except BaseException:
         flood.process.kill()
         flood.process.wait()
         raise
-    return Flood(alone, during, finish_wrk(flood))
+    return Flood(alone, during, flood_started.annotate(finish_wrk(flood)))
 
 
-def benchmark(
-    ceiling_server: Server, service: Server, load: Load, only: Sequence[str]
-) -> dict[str, Any]:
-    ceiling = run_wrk("ceiling", ceiling_server.base_url, HEALTH, load, None)
-    problems = ceiling.problems("ceiling")
-    with httpx.Client(base_url=service.base_url, timeout=30.0) as client:
-        token = get_token(client)
-        targets = service_targets(get_item_id(client))
-        for name in only:
-            if name in targets:
-                preflight(client, name, targets[name], token)
+def check_access_log_flag(services: Services, client: httpx.Client, path: str) -> dict[str, Any]:
+    """`--no-access-log` is what the second health figure is about: does it turn the log off?
+
+    One request to a route the access log does not skip, then count the lines it wrote.
+    """
+    assert services.quiet is not None
+    before = scan_service_log(services.quiet.log)["access_log_lines"]
+    _expect(client.get(path), 200, f"GET {path} on the --no-access-log service")
+    deadline = time.monotonic() + ACCESS_LOG_WAIT_S
+    written = 0
+    while time.monotonic() < deadline and not written:
+        time.sleep(0.1)
+        written = scan_service_log(services.quiet.log)["access_log_lines"] - before
+    return {"request": f"GET {path}", "access_log_lines_written": written, "effective": not written}
+
+
+def benchmark_mode(
+    ceiling_server: Server, services: Services, load: Load, only: Sequence[str]
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """One mode's figures, its problems (non-2xx, socket errors) and its warnings."""
+    mode = services.mode
+    started = CpuSnapshot.take()
+    ceiling = run_wrk(f"{mode}: ceiling", ceiling_server.base_url, HEALTH, load, None)
+    problems = ceiling.problems(f"{mode}.ceiling")
+    warnings: list[str] = []
     endpoints: dict[str, Any] = {}
-    for name in (n for n in ENDPOINTS if n in only):
-        result = run_wrk(name, service.base_url, targets[name], load, token)
-        problems += result.problems(name)
-        endpoints[name] = with_ratio(result, ceiling)
-    report: dict[str, Any] = {"ceiling": ceiling.as_dict(), "endpoints": endpoints}
+    names = [n for n in ENDPOINTS if n in only]
+    with contextlib.ExitStack() as stack:
+        clients = {
+            server.base_url: stack.enter_context(
+                httpx.Client(base_url=server.base_url, timeout=30.0)
+            )
+            for server in (services.full, services.quiet)
+            if server is not None
+        }
+        full = clients[services.full.base_url]
+        token = get_token(full)
+        targets = service_targets(get_item_id(full))
+        for name in names:  # all of them first: a wrong status stops the run before any load
+            client = clients[services.for_endpoint(name).base_url]
+            preflight(client, name, targets[name], token)
+        report: dict[str, Any] = {"redis_url": services.redis_url}
+        if services.quiet is not None:
+            quiet = clients[services.quiet.base_url]
+            check = check_access_log_flag(services, quiet, targets["item_read"].path)
+            report["no_access_log_check"] = check
+            if not check["effective"]:
+                warnings.append(
+                    f"{mode}: `app api --no-access-log` still writes the access log "
+                    f"({check['access_log_lines_written']} line(s) for one {check['request']}); "
+                    "health_no_access_log measures /health, which skips it anyway"
+                )
+        for name in names:
+            server = services.for_endpoint(name)
+            # Again just before the run: it warms the caches (an earlier run may have retired
+            # an entry: item_create bumps the items' generation).
+            preflight(clients[server.base_url], name, targets[name], token)
+            result = run_wrk(f"{mode}: {name}", server.base_url, targets[name], load, token)
+            problems += result.problems(f"{mode}.{name}")
+            endpoints[name] = with_ratio(result, ceiling)
+    # Again after the endpoints (before the flood, whose hashing may outlast it): how far the
+    # machine moved meanwhile. The ratios are only as good as this is small.
+    recheck = run_wrk(f"{mode}: ceiling again", ceiling_server.base_url, HEALTH, load, None)
+    problems += recheck.problems(f"{mode}.ceiling_recheck")
+    report |= {
+        "ceiling": ceiling.as_dict(),
+        "endpoints": endpoints,
+        "ceiling_recheck": recheck.as_dict(),
+        "ceiling_drift": round(recheck.rps / ceiling.rps - 1, 3) if ceiling.rps else None,
+    }
     if LOGIN_FLOOD in only:
-        flood = login_flood(service.base_url, load, token)
+        flood = login_flood(services.full.base_url, load, token)
         report[LOGIN_FLOOD] = flood.as_dict()
-        problems += flood.problems()
+        problems += [f"{mode}.{p}" for p in flood.problems()]
+    report["loadavg_1m"] = {"start": started.loadavg_1m, "end": round(os.getloadavg()[0], 2)}
+    report["other_cpu_cores_mean"] = started.other_cores()
+    report["service_logs"] = {
+        server.name: scan_service_log(server.log)
+        for server in (services.full, services.quiet)
+        if server is not None
+    }
+    for server_name, log in report["service_logs"].items():
+        if log["notable_count"]:
+            warnings.append(f"{mode}: {server_name} logged {log['notable_count']} line(s) "
+                            "above INFO (see service_logs)")  # fmt: skip
     report["problems"] = problems
-    return report
+    return report, problems, warnings
+
+
+def evaluate_targets(modes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each target in each mode that measured its endpoint: ratio, target, met."""
+    found: dict[str, Any] = {}
+    for mode, report in modes.items():
+        for name, goal in TARGETS.items():
+            endpoint = report["endpoints"].get(goal.endpoint)
+            if endpoint is None:
+                continue
+            ratio = endpoint["ratio_to_ceiling"]
+            found[f"{name}_{mode}"] = {
+                "what": goal.what,
+                "mode": mode,
+                "endpoint": goal.endpoint,
+                "ratio": ratio,
+                "target": goal.ratio,
+                "met": ratio is not None and ratio >= goal.ratio,
+                "ceiling_drift": report["ceiling_drift"],
+            }
+    return found
 
 
 def wrk_version() -> str:
     result = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     return (result.stdout or result.stderr).splitlines()[0].strip()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def machine() -> dict[str, Any]:
@@ -551,12 +894,14 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "wrk": wrk_version(),
+        "packages": {p: _version(p) for p in PACKAGES},
         "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 
-def settings(args: argparse.Namespace, only: Sequence[str]) -> dict[str, Any]:
+def settings(args: argparse.Namespace, modes: Sequence[str], only: Sequence[str]) -> dict[str, Any]:
     return {
+        "modes": list(modes),
         "duration": args.duration,
         "connections": args.connections,
         "threads": THREADS,
@@ -564,24 +909,39 @@ def settings(args: argparse.Namespace, only: Sequence[str]) -> dict[str, Any]:
         "probe_connections": PROBE_CONNECTIONS,
         "database": args.database_url.split(":", 1)[0] if args.database_url else "sqlite",
         "seed": {"users": SEED_USERS, "items": SEED_ITEMS},
+        "rate_limits": NO_LIMIT,
+        "service_logging": "LOG_LEVEL=info LOG_FORMAT=json",
         "only": list(only),
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, modes: Sequence[str]) -> dict[str, Any]:
     only = args.only or list(CHOICES)
     load = Load(duration=args.duration, connections=args.connections)
-    report: dict[str, Any] = {"machine": machine(), "settings": settings(args, only)}
+    report: dict[str, Any] = {"machine": machine(), "settings": settings(args, modes, only)}
+    results: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
-        with (
-            running_service(workdir, args.database_url) as service,
-            running_ceiling(workdir) as ceiling,
-        ):
-            report |= benchmark(ceiling, service, load, only)
-            # At LOG_LEVEL=warning with no access log, any line here deserves a look.
-            if tail := log_tail(service.log):
-                report["service_log_tail"] = tail
+        prepare_database(workdir, args.database_url)
+        with running_ceiling(workdir) as ceiling:
+            for mode in modes:
+                with running_mode(mode, workdir, args.database_url, only) as services:
+                    results[mode], found, noted = benchmark_mode(ceiling, services, load, only)
+                problems += found
+                warnings += noted
+    # The first mode's figures where they always were, so older results still compare.
+    first = results[modes[0]]
+    report["ceiling"] = first["ceiling"]
+    report["endpoints"] = first["endpoints"]
+    if LOGIN_FLOOD in first:
+        report[LOGIN_FLOOD] = first[LOGIN_FLOOD]
+    report["top_level_mode"] = modes[0]
+    report["modes"] = results
+    report["targets"] = evaluate_targets(results)
+    report["warnings"] = warnings
+    report["problems"] = problems
     return report
 
 
@@ -612,6 +972,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=_positive, default=32, help="wrk connections")
     parser.add_argument("--only", type=_names, help="comma-separated subset to run")
     parser.add_argument(
+        "--mode",
+        choices=(*MODES, "both"),
+        help="memory: rate limits, cache and auth snapshots in process; redis: in a throwaway "
+        "redis-server; default: both if redis-server is on PATH, else memory",
+    )
+    parser.add_argument(
         "--database-url",
         help="bench against this database (e.g. PostgreSQL) instead of a fresh SQLite; "
         "it gets migrated and seeded",
@@ -636,9 +1002,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         progress("wrk not found: install it first (Debian/Ubuntu: apt-get install wrk).")
         return 2
+    has_redis = shutil.which("redis-server") is not None
+    mode = args.mode or ("both" if has_redis else "memory")
+    if mode != "memory" and not has_redis:
+        progress("redis-server not found: install it (Debian/Ubuntu: apt-get install redis).")
+        return 2
+    if args.mode is None and not has_redis:
+        progress("redis-server not found: memory mode only")
+    modes = list(MODES) if mode == "both" else [mode]
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        report = run(args)
+        report = run(args, modes)
     except BenchError as exc:
         progress(f"failed: {exc}")
         return 2
@@ -646,6 +1020,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress("interrupted")
         return 130
     emit(report)
+    for name, target in report["targets"].items():
+        verdict = "met" if target["met"] else "MISSED"
+        progress(f"target {name}: {target['ratio']} (>= {target['target']}) {verdict}")
+    for warning in report["warnings"]:
+        progress(f"WARNING {warning}")
     for problem in report["problems"]:
         progress(f"PROBLEM {problem}")
     return 1 if report["problems"] else 0
