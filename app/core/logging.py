@@ -23,6 +23,7 @@ def redact_secrets(
 ) -> MutableMapping[str, Any]:
     for key in event.keys() & SECRET_KEYS:
         event[key] = "[redacted]"
+    event.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     return event
 
 
