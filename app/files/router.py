@@ -2,9 +2,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.dependencies import CurrentPrincipal, SettingsDep
+from app.core.config import Settings
 from app.core.db import SessionDep
+from app.core.storage import Storage
 from app.files import service
 from app.files.dependencies import ReadableFile, StorageDep
 from app.files.safety import IMAGE_EXTENSIONS, content_disposition
@@ -62,12 +65,7 @@ async def upload_file(
     settings: SettingsDep,
 ) -> FileRead:
     """Upload one file (multipart field `file`), streamed to storage as it arrives."""
-    row = await service.upload(
-        session=session, storage=storage, body=request.stream(),
-        content_type=request.headers.get("content-type"), max_bytes=settings.max_upload_bytes,
-        owner_id=owner.id,
-    )  # fmt: skip
-    return FileRead.model_validate(row)
+    return await _receive(request, session, storage, settings, owner_id=owner.id)
 
 
 @router.get("/{file_id}", response_model=FileRead)
@@ -140,11 +138,27 @@ async def upload_item_image(
     settings: SettingsDep,
 ) -> FileRead:
     """Attach an image (png, jpeg, gif, webp) to an item (owner or admin)."""
-    row = await service.upload(
-        session=session, storage=storage, body=request.stream(),
-        content_type=request.headers.get("content-type"), max_bytes=settings.max_upload_bytes,
+    return await _receive(
+        request, session, storage, settings,
         owner_id=item.owner_id, item_id=item.id, allowed=IMAGE_EXTENSIONS,
     )  # fmt: skip
+
+
+async def _receive(
+    request: Request,
+    session: AsyncSession,
+    storage: Storage,
+    settings: Settings,
+    **target: Any,
+) -> FileRead:
+    row = await service.upload(
+        session=session,
+        storage=storage,
+        body=request.stream(),
+        content_type=request.headers.get("content-type"),
+        max_bytes=settings.max_upload_bytes,
+        **target,
+    )
     return FileRead.model_validate(row)
 
 
