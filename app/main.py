@@ -66,7 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await engine.dispose()
 
 
-def _middleware(settings: Settings) -> list[Middleware]:
+def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
     """Outermost first. The request context wraps everything, so even errors carry the ID and
     reach the access log; metrics see rate-limited requests; gzip only sees what is allowed."""
     stack = [
@@ -78,9 +78,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
         Middleware(MetricsMiddleware),
     ]
     if settings.rate_limit_enabled:
-        stack.append(
-            Middleware(RateLimitMiddleware, policy=Policies.from_settings(settings).default)
-        )
+        stack.append(Middleware(RateLimitMiddleware, policy=policies.default))
     stack += [
         Middleware(SecurityHeadersMiddleware, hsts=settings.is_production),
         Middleware(GZipIfAcceptedMiddleware, minimum_size=1000),  # never text/event-stream
@@ -119,6 +117,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    policies = Policies.from_settings(settings)
     init_sentry(settings)
     app = FastAPI(
         title="App API",
@@ -126,13 +125,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Accounts, users and items: the foundation of a production FastAPI service.",
         debug=settings.debug,
         lifespan=lifespan,
-        middleware=_middleware(settings),
+        middleware=_middleware(settings, policies),
         openapi_url="/openapi.json" if settings.show_docs else None,
         docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.rate_limit_policies = Policies.from_settings(settings)
+    app.state.rate_limit_policies = policies
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(ops_router)

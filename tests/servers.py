@@ -497,10 +497,13 @@ class RedisServer:
         except OSError:
             return False
 
-    def _terminate(self) -> None:
+    def _terminate(self, *, abruptly: bool = False) -> None:
         if self._proc is not None:
             if self._proc.poll() is None:
-                self._proc.terminate()
+                if abruptly:
+                    self._proc.kill()
+                else:
+                    self._proc.terminate()
                 try:
                     self._proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
@@ -526,13 +529,7 @@ class RedisServer:
 
     def kill(self) -> None:
         """Stop the process abruptly but keep the port, to simulate an outage."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._terminate(abruptly=True)
 
     def revive(self) -> None:
         """Start again on the same port after `kill` (empty: nothing was persisted)."""

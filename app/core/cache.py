@@ -111,8 +111,8 @@ class MemoryCache:
             await self.set(_versioned_key(namespace, generation, key), value, ttl)
 
     async def bump(self, namespace: str) -> None:
+        # Entries of older generations are unreachable now; the LRU bound evicts them.
         self._generations[namespace] = self._generations.get(namespace, 0) + 1
-        await self.delete_prefix(f"cache:{namespace}:")
 
     async def close(self) -> None:
         self._entries.clear()

@@ -61,7 +61,6 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
     redis_max_connections: int = Field(default=100, ge=1)
-    cache_ttl_seconds: float = Field(default=60, gt=0)
 
     rate_limit_enabled: bool = True
     rate_limit_default: str = "600/minute"
