@@ -62,7 +62,8 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        # Extras first, so the redaction below also covers `extra={...}` of stdlib loggers.
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,

@@ -107,3 +107,13 @@ async def test_access_log_can_be_switched_off(
         assert (await client.get("/api/v1/items/")).status_code == 200
         assert (await client.get("/nowhere")).status_code == 404
     assert [r for r in lines(json_logs) if r.get("event") == "request"] == []
+
+
+def test_stdlib_extras_are_redacted_too(json_logs: io.StringIO) -> None:
+    logging.getLogger("some.library").warning(
+        "login attempt", extra={"password": "Leaky-secret-9", "color_message": "\x1b[36mx"}
+    )
+    record = lines(json_logs)[-1]
+    assert record["password"] == "[redacted]"
+    assert "color_message" not in record
+    assert "Leaky-secret-9" not in json_logs.getvalue()
