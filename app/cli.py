@@ -70,13 +70,78 @@ def serve(
     host: Host = "127.0.0.1",
     port: Port = 8000,
     access_log: Annotated[bool, typer.Option(help="Log each request")] = True,
+    jobs: Annotated[bool, typer.Option(help="Also run a Celery worker and beat")] = True,
 ) -> None:
-    """The whole service on one machine (embedded mode): migrate, then serve."""
+    """The whole service on one machine: migrate, then the API, a worker and the scheduler."""
+    from app.jobs.processes import Child, Supervisor
+
     settings = _settings()
     console.print(f"Database: [bold]{_redacted(settings.sqlalchemy_url)}[/bold]")
+    console.print(f"Job broker: [bold]{_redacted(settings.broker_url)}[/bold]")
     upgrade_to_head(settings)
     _ensure_superuser_from_settings(settings)
-    _run_api(settings, host=host, port=port, workers=1, access_log=access_log)
+    children = (
+        [
+            Child("worker", ["worker"], stop_timeout=settings.job_time_limit_seconds + 5),
+            Child("beat", ["beat"], stop_timeout=10),
+        ]
+        if jobs
+        else []
+    )
+    with Supervisor(children):
+        _run_api(settings, host=host, port=port, workers=1, access_log=access_log)
+
+
+@cli.command()
+def worker(
+    queues: Annotated[
+        str, typer.Option("-Q", "--queues", help="Comma-separated queues (default: all)")
+    ] = "",
+    concurrency: Annotated[
+        int | None, typer.Option("-c", "--concurrency", min=1, help="Processes (default: CPUs)")
+    ] = None,
+) -> None:
+    """A Celery worker for the given queues."""
+    from contextlib import nullcontext
+
+    from app.jobs.broker import BrokerBusy, requeue_invisible, worker_lock
+    from app.jobs.celery_app import QUEUES, make_celery
+
+    settings = _settings()
+    configure_logging(settings)
+    chosen = [name.strip() for name in queues.split(",") if name.strip()] or list(QUEUES)
+    unknown = set(chosen) - set(QUEUES)
+    if unknown:
+        console.print(f"[red]Unknown queues: {', '.join(sorted(unknown))}[/red]")
+        raise typer.Exit(2)
+    celery = make_celery(settings)
+    argv = ["worker", "-Q", ",".join(chosen), "--loglevel", settings.log_level.upper()]
+    if concurrency is not None:
+        argv += ["-c", str(concurrency)]
+    lock = worker_lock(settings.embedded_broker_path) if settings.embedded_broker else nullcontext()
+    try:
+        with lock:
+            if settings.embedded_broker:
+                # Mingle, gossip and remote control need broadcast, which SQLite can't carry.
+                argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+                requeued = requeue_invisible(settings.embedded_broker_path)
+                if requeued:
+                    console.print(f"Re-queued {requeued} message(s) left by a stopped worker.")
+            celery.worker_main(argv)
+    except BrokerBusy as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@cli.command()
+def beat() -> None:
+    """The Celery scheduler: sends the periodic maintenance tasks."""
+    from app.jobs.celery_app import make_celery
+
+    settings = _settings()
+    configure_logging(settings)
+    settings.app_data_dir.mkdir(parents=True, exist_ok=True)
+    make_celery(settings).Beat(loglevel=settings.log_level.upper()).run()
 
 
 @cli.command()

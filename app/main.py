@@ -36,6 +36,8 @@ from app.core.storage import create_storage
 from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
 from app.health.router import ops_router
 from app.health.router import router as health_router
+from app.jobs.celery_app import make_celery
+from app.jobs.service import Jobs
 
 
 @asynccontextmanager
@@ -52,12 +54,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.limiter = create_limiter(settings)
     app.state.hub = create_hub(settings.redis_url)
     app.state.storage = create_storage(settings)
+    celery = make_celery(settings)
+    app.state.jobs = Jobs(celery)
     async with create_http_client() as http:
         app.state.http = http
         try:
             yield
         finally:
             await app.state.storage.close()
+            celery.close()  # its broker connections and pools
             await app.state.hub.close()
             await app.state.limiter.close()
             await app.state.cache.close()

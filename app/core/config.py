@@ -17,6 +17,8 @@ WEAK_SECRETS = frozenset(
     {"changeme", "change-me", "secret", "secret-key", "your-secret-key", "dev", "development"}
 )
 MIN_SECRET_LENGTH = 32
+# kombu's SQLAlchemy transport, subclassed in app.jobs.broker (registered under this alias).
+_EMBEDDED_BROKER_SCHEME = "appsqla+sqlite:///"
 
 
 class Settings(BaseSettings):
@@ -69,6 +71,21 @@ class Settings(BaseSettings):
     rate_limit_register: str = "5/minute"
     rate_limit_password_reset: str = "5/hour"
 
+    # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
+    # SQLite file under APP_DATA_DIR); unset results: Redis with a Redis broker, else SQLite.
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+    # Soft limit raises inside the task (it can clean up); the hard limit kills the process.
+    job_soft_time_limit_seconds: int = Field(default=300, ge=1)
+    job_time_limit_seconds: int = Field(default=360, ge=1)
+    # A Redis-broker message not acknowledged within this is delivered again: it must exceed
+    # the longest task, or a slow task would run twice.
+    celery_visibility_timeout_seconds: int = Field(default=3600, ge=1)
+    celery_result_expires_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
+    # How often the embedded broker's worker looks for new messages (it cannot be woken).
+    celery_embedded_poll_seconds: float = Field(default=0.1, gt=0, le=5)
+
     metrics_token: SecretStr | None = None
     sentry_dsn: SecretStr | None = None
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
@@ -88,7 +105,15 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(default=19_456, ge=8_192)
     argon2_time_cost: int = Field(default=2, ge=1)
 
-    @field_validator("database_url", "redis_url", "sentry_dsn", "metrics_token", mode="before")
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "sentry_dsn",
+        "metrics_token",
+        "celery_broker_url",
+        "celery_result_backend",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `REDIS_URL=` in a .env or compose file means "not set", not "a URL that is empty".
@@ -124,6 +149,43 @@ class Settings(BaseSettings):
         if self.storage_backend == "s3" and not self.storage_s3_bucket:
             raise ValueError("STORAGE_BACKEND=s3 needs STORAGE_S3_BUCKET")
         return self
+
+    @model_validator(mode="after")
+    def _job_limits_are_ordered(self) -> "Settings":
+        if not (
+            self.job_soft_time_limit_seconds
+            < self.job_time_limit_seconds
+            < self.celery_visibility_timeout_seconds
+        ):
+            raise ValueError(
+                "need JOB_SOFT_TIME_LIMIT_SECONDS < JOB_TIME_LIMIT_SECONDS"
+                " < CELERY_VISIBILITY_TIMEOUT_SECONDS, or tasks would be delivered twice"
+            )
+        return self
+
+    @property
+    def broker_url(self) -> str:
+        return (
+            self.celery_broker_url
+            or self.redis_url
+            or _EMBEDDED_BROKER_SCHEME + str(self.embedded_broker_path)
+        )
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith(_EMBEDDED_BROKER_SCHEME)
+
+    @property
+    def embedded_broker_path(self) -> Path:
+        return (self.app_data_dir / "celery-broker.sqlite").resolve()
+
+    @property
+    def result_backend_url(self) -> str:
+        if self.celery_result_backend:
+            return self.celery_result_backend
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"db+sqlite:///{(self.app_data_dir / 'celery-results.sqlite').resolve()}"
 
     @property
     def uploads_dir(self) -> Path:

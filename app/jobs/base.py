@@ -1,0 +1,158 @@
+"""The base of every task: its row kept current, the request ID in its logs, progress,
+cancellation at checkpoints, and errors shown to the owner only when they are safe to show.
+
+    @job("app.images.process")
+    def process_image(task: JobTask, image_id: int) -> dict[str, Any]:
+        return task.run(_process(task, image_id))   # a coroutine on the worker's loop
+"""
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, cast
+
+from billiard.einfo import ExceptionInfo
+from celery import Task, shared_task
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+
+from app.core.request_context import REQUEST_ID
+from app.jobs import service
+from app.jobs.celery_app import AppCelery
+from app.jobs.errors import Cancelled, JobError
+from app.jobs.models import JobState
+from app.jobs.runtime import WorkerRuntime, discard_runtime, get_runtime
+
+logger = logging.getLogger("app.jobs")
+T = TypeVar("T")
+INTERNAL_ERROR = "The task failed because of an internal error."
+
+
+def safe_error(exc: BaseException) -> str:
+    if isinstance(exc, JobError):
+        return str(exc)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "The task took too long and was stopped."
+    return INTERNAL_ERROR
+
+
+class JobTask(Task):  # type: ignore[misc]  # celery is untyped
+    # Whether a row in `jobs` follows this task. Off for high-volume internal tasks (one per
+    # campaign recipient), whose progress lives with their parent.
+    tracked = True
+
+    @property
+    def runtime(self) -> WorkerRuntime:
+        celery = cast(AppCelery, self.app)
+        return get_runtime(celery, celery.settings)
+
+    def run_async(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.runtime.run(coroutine)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        token = REQUEST_ID.set(self.request.get("request_id") or self.request.id)
+        try:
+            if self.tracked and self.request.id and not self._start():
+                logger.info("task %s[%s] was cancelled before it ran", self.name, self.request.id)
+                raise Ignore()
+            return super().__call__(*args, **kwargs)
+        finally:
+            REQUEST_ID.reset(token)
+
+    def _start(self) -> bool:
+        async def start() -> bool:
+            async with self.runtime.sessionmaker() as session:
+                owner = self.request.get("owner_id")
+                return await service.mark_started(session, self.request.id, self.name, owner)
+
+        return self.run_async(start())
+
+    def progress(self, current: int, total: int, status: str) -> None:
+        """PROGRESS with current/total/status; raises Cancelled if the owner cancelled."""
+        meta = {"current": current, "total": total, "status": status}
+        self.update_state(state="PROGRESS", meta=meta)
+        if not (self.tracked and self.request.id):
+            return
+
+        async def record() -> bool:
+            async with self.runtime.sessionmaker() as session:
+                return await service.mark_progress(session, self.request.id, meta)
+
+        if self.run_async(record()):
+            raise Cancelled()
+
+    def check_cancelled(self) -> None:
+        if not (self.tracked and self.request.id):
+            return
+
+        async def check() -> bool:
+            async with self.runtime.sessionmaker() as session:
+                return await service.is_cancel_requested(session, self.request.id)
+
+        if self.run_async(check()):
+            raise Cancelled()
+
+    def _finish(
+        self, task_id: str, state: JobState, *, result: Any = None, error: str | None = None
+    ) -> None:
+        if not self.tracked:
+            return
+        stored = (
+            result if isinstance(result, dict) else None if result is None else {"value": result}
+        )
+
+        async def finish() -> None:
+            async with self.runtime.sessionmaker() as session:
+                job = await service.mark_finished(
+                    session, task_id, state, result=stored, error=error
+                )
+                if job is not None:
+                    await self.on_finished(job.owner_id, task_id, state, stored, error)
+
+        try:
+            self.run_async(finish())
+        except Exception:
+            logger.exception("could not record the end of task %s[%s]", self.name, task_id)
+
+    async def on_finished(
+        self,
+        owner_id: int | None,
+        task_id: str,
+        state: JobState,
+        result: dict[str, Any] | None,
+        error: str | None,
+    ) -> None:
+        """Hook for what follows a task's end (its owner's notification)."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        self._finish(task_id, JobState.SUCCESS, result=retval)
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo
+    ) -> None:
+        logger.warning("task %s[%s] will be retried: %r", self.name, task_id, exc)
+        self._finish(task_id, JobState.RETRY, error=safe_error(exc))
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: ExceptionInfo
+    ) -> None:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            discard_runtime()  # the limit may have struck inside the loop's own code
+        if isinstance(exc, Cancelled):
+            logger.info("task %s[%s] cancelled", self.name, task_id)
+            self._finish(task_id, JobState.REVOKED, error="Cancelled.")
+            return
+        if not isinstance(exc, JobError):
+            logger.error("task %s[%s] failed", self.name, task_id, exc_info=einfo.exc_info)
+        self._finish(task_id, JobState.FAILURE, error=safe_error(exc))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def job(name: str, **options: Any) -> Callable[[F], F]:
+    """Declare a task: bound (its first argument is the JobTask), on JobTask, named."""
+
+    def decorate(function: F) -> F:
+        task = shared_task(name=name, bind=True, base=JobTask, **options)(function)
+        return cast(F, task)
+
+    return decorate

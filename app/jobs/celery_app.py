@@ -1,0 +1,88 @@
+"""The one Celery app: configuration, queues, routes and the beat schedule (JOBS-1, JOBS-9).
+
+`make_celery(settings)` builds it; the API keeps one in `app.state.jobs` to send tasks by
+name (it never imports task bodies), and `app worker` / `app beat` run one. The embedded and
+Redis brokers differ only in the URLs and transport options below: the tasks are the same.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from kombu.entity import Queue
+
+from app.core.config import Settings
+from app.jobs import broker
+
+QUEUES = ("default", "email", "images", "reports", "maintenance")
+
+# Task names are "app.<area>.<action>"; the area picks the queue, so a slow report never
+# waits behind a campaign, and workers can be split per queue (`app worker -Q images`).
+ROUTES: dict[str, dict[str, str]] = {
+    "app.email.*": {"queue": "email"},
+    "app.campaigns.*": {"queue": "email"},
+    "app.images.*": {"queue": "images"},
+    "app.reports.*": {"queue": "reports"},
+    "app.maintenance.*": {"queue": "maintenance"},
+}
+
+# Modules holding task bodies, imported by workers only.
+TASK_MODULES = ["app.jobs.tasks"]
+
+# What beat sends, and when (UTC).
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+
+
+class AppCelery(Celery):
+    settings: Settings
+
+
+def make_celery(settings: Settings) -> AppCelery:
+    broker.register()
+    celery = AppCelery("app", set_as_current=False)
+    celery.settings = settings
+    transport_options: dict[str, Any] = (
+        {"polling_interval": settings.celery_embedded_poll_seconds}
+        if settings.embedded_broker
+        # A message not acknowledged in time goes back to the queue; late acks make that the
+        # re-queue on a lost worker, so it must outlast the longest task.
+        else {"visibility_timeout": settings.celery_visibility_timeout_seconds}
+    )
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend_url,
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        # The database result backend shares SQLite's locking with the pool processes.
+        database_engine_options={"connect_args": {"timeout": 30}},
+        database_create_tables_at_setup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="default",
+        task_routes=ROUTES,
+        task_track_started=True,
+        # A task is acknowledged when it ends, not when it starts, and a pool process that
+        # dies mid-task puts its message back: nothing is lost to a crash (tasks are
+        # idempotent for that reason).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # one message per process: no task waits behind another
+        task_soft_time_limit=settings.job_soft_time_limit_seconds,
+        task_time_limit=settings.job_time_limit_seconds,
+        result_expires=timedelta(seconds=settings.celery_result_expires_seconds),
+        result_extended=True,
+        worker_concurrency=settings.celery_worker_concurrency,
+        worker_hijack_root_logger=False,  # our structlog setup stays in charge
+        worker_send_task_events=False,
+        # Remote control (revoke, inspect) needs broadcast, which the SQLite broker lacks.
+        worker_enable_remote_control=not settings.embedded_broker,
+        beat_schedule=BEAT_SCHEDULE,
+        beat_schedule_filename=str(settings.app_data_dir / "celerybeat-schedule"),
+        include=TASK_MODULES,
+    )
+    return celery

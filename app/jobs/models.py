@@ -1,0 +1,45 @@
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, BigIntPK, str_enum, utcnow
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    PROGRESS = "PROGRESS"
+    RETRY = "RETRY"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    REVOKED = "REVOKED"  # cancelled
+
+
+FINISHED = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
+
+
+class Job(Base):
+    """A Celery task as its owner sees it. The row is written in the same transaction as the
+    work it belongs to, before the message is sent; the worker keeps it current. Reading state
+    from here (not the result backend) gives owner checks and listing on either broker."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the Celery task id
+    name: Mapped[str] = mapped_column(String(100))
+    owner_id: Mapped[int | None] = mapped_column(
+        BigIntPK, ForeignKey("users.id", ondelete="CASCADE")
+    )
+    state: Mapped[JobState] = mapped_column(str_enum(JobState), default=JobState.PENDING)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)  # safe to show the owner: no internals
+    attempts: Mapped[int] = mapped_column(default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

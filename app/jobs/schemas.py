@@ -1,0 +1,45 @@
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Path
+from pydantic import BaseModel
+
+from app.core.schemas import APIModel
+from app.jobs.models import JobState
+
+TaskId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=36,
+        pattern=r"^[0-9a-fA-F-]{1,36}$",
+        description="The task ID returned when the task was started",
+    ),
+]
+
+
+class Progress(BaseModel):
+    current: int
+    total: int
+    status: str
+
+
+class TaskRead(APIModel):
+    id: str
+    name: str
+    state: JobState
+    progress: Progress | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskAccepted(APIModel):
+    """What a route that starts a task answers (202): poll `status_url` for its state."""
+
+    task_id: str
+    state: JobState
+    status_url: str

@@ -1,0 +1,168 @@
+"""Jobs: enqueue after the commit, keep each job's row current, and show it to its owner."""
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import utcnow
+from app.core.errors import NotFound, ServiceUnavailable
+from app.core.request_context import REQUEST_ID
+from app.jobs.models import FINISHED, Job, JobState
+
+logger = logging.getLogger("app.jobs")
+
+
+@dataclass(frozen=True)
+class Jobs:
+    """Sends tasks. The same object serves the API (app.state.jobs) and the worker."""
+
+    celery: Celery
+
+    async def enqueue(
+        self,
+        session: AsyncSession,
+        name: str,
+        *args: Any,
+        owner_id: int | None = None,
+        countdown: float | None = None,
+    ) -> Job:
+        """Record the job, commit it with whatever else the session holds, then send it.
+
+        Sending after the commit means a worker never sees an ID whose rows are not there
+        yet. If the broker is down the job is marked failed and the caller gets a 503: the
+        committed work stays, and anything that must still happen (an outbox row) is found
+        again by the maintenance sweep.
+        """
+        job = Job(id=str(uuid.uuid4()), name=name, owner_id=owner_id, state=JobState.PENDING)
+        session.add(job)
+        await session.commit()
+        try:
+            await self.send(name, *args, task_id=job.id, countdown=countdown)
+        except Exception as exc:
+            logger.exception("could not queue task %s", name, extra={"task_id": job.id})
+            job.state, job.error, job.finished_at = (
+                JobState.FAILURE, "The task could not be queued.", utcnow()
+            )  # fmt: skip
+            await session.commit()
+            raise ServiceUnavailable("The job queue is unavailable; try again later.") from exc
+        return job
+
+    async def send(
+        self, name: str, *args: Any, task_id: str | None = None, countdown: float | None = None
+    ) -> str:
+        """Send without a row (internal work). Publishing blocks on I/O: off the event loop."""
+        task_id = task_id or str(uuid.uuid4())
+        send = partial(
+            self.celery.send_task,
+            name,
+            args=list(args),
+            task_id=task_id,
+            countdown=countdown,
+            headers={"request_id": REQUEST_ID.get()},
+        )
+        await anyio.to_thread.run_sync(send)
+        return task_id
+
+
+# -- read by the API -------------------------------------------------------------------------
+
+
+async def get_visible(session: AsyncSession, job_id: str, *, user_id: int, is_admin: bool) -> Job:
+    """The job, if the caller owns it or is an admin; anyone else is told it does not exist."""
+    job = await session.get(Job, job_id)
+    if job is None or not (is_admin or job.owner_id == user_id):
+        raise NotFound(f"Task {job_id} not found")
+    return job
+
+
+async def list_owned(
+    session: AsyncSession, *, owner_id: int, offset: int, limit: int, name: str | None = None
+) -> tuple[Sequence[Job], int]:
+    where = [Job.owner_id == owner_id]
+    if name is not None:
+        where.append(Job.name == name)
+    total = (
+        await session.execute(select(func.count()).select_from(Job).where(*where))
+    ).scalar_one()
+    rows = await session.execute(
+        select(Job)
+        .where(*where)
+        .order_by(Job.created_at.desc(), Job.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return rows.scalars().all(), total
+
+
+async def request_cancel(session: AsyncSession, job: Job) -> Job:
+    """Cancel: a job not started yet never runs; a running one stops at its next checkpoint."""
+    if job.state in FINISHED:
+        return job
+    job.cancel_requested = True
+    if job.state == JobState.PENDING:
+        job.state, job.finished_at, job.error = JobState.REVOKED, utcnow(), "Cancelled."
+    await session.commit()
+    return job
+
+
+# -- written by the worker -------------------------------------------------------------------
+
+
+async def mark_started(session: AsyncSession, job_id: str, name: str, owner_id: int | None) -> bool:
+    """STARTED, creating the row for tasks sent without one (beat). False: it was cancelled."""
+    job = await session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        job = Job(id=job_id, name=name, owner_id=owner_id)
+        session.add(job)
+    if job.cancel_requested:
+        job.state = JobState.REVOKED
+        job.finished_at = job.finished_at or utcnow()
+        await session.commit()
+        return False
+    job.state, job.started_at, job.attempts = JobState.STARTED, utcnow(), job.attempts + 1
+    job.error = None
+    await session.commit()
+    return True
+
+
+async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
+    """Record progress; returns whether the owner asked to cancel meanwhile."""
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_([JobState.STARTED, JobState.PROGRESS]))
+        .values(state=JobState.PROGRESS, progress=progress)
+    )
+    cancel = (await session.execute(select(Job.cancel_requested).where(Job.id == job_id))).scalar()
+    await session.commit()
+    return bool(cancel)
+
+
+async def is_cancel_requested(session: AsyncSession, job_id: str) -> bool:
+    cancel = (await session.execute(select(Job.cancel_requested).where(Job.id == job_id))).scalar()
+    return bool(cancel)
+
+
+async def mark_finished(
+    session: AsyncSession,
+    job_id: str,
+    state: JobState,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> Job | None:
+    values: dict[str, Any] = {"state": state, "error": error}
+    if state in FINISHED:
+        values["finished_at"] = utcnow()
+    if result is not None:
+        values["result"] = result
+    await session.execute(update(Job).where(Job.id == job_id).values(**values))
+    await session.commit()
+    return await session.get(Job, job_id)
