@@ -1,0 +1,134 @@
+"""A real worker per test module and broker: embedded (SQLite broker, SQLite database) and
+Redis (a real redis-server broker, PostgreSQL database). Tests in a module share the worker
+and its database (data is made unique per test by the factory), and each test gets its own
+in-process API app on the same settings.
+
+A module adds settings for both sides (SMTP, time limits) by overriding `jobs_overrides`.
+"""
+
+import re
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from fastapi import FastAPI
+
+from app.core.config import Settings
+from app.jobs.models import FINISHED
+from app.main import create_app
+from tests.conftest import TEST_SECRET, make_settings
+from tests.factories import Factory
+from tests.servers import PostgresServer, RedisServer
+from tests.workers import WorkerProcess
+
+BROKER_REDIS_DB = 7  # away from the logical databases other tests flush
+TASK_DEADLINE_SECONDS = 60.0
+
+
+@dataclass
+class JobsStack:
+    broker: str
+    settings: Settings
+    values: dict[str, str]  # the same settings, as the worker's environment
+    worker: WorkerProcess
+
+
+@pytest.fixture(scope="module")
+def jobs_overrides() -> dict[str, str]:
+    return {}
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def jobs_stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_template: Path,
+    jobs_overrides: dict[str, str],
+) -> Iterator[JobsStack]:
+    data_dir = tmp_path_factory.mktemp(f"jobs-{request.param}")
+    values = {
+        "ENVIRONMENT": "test",
+        "SECRET_KEY": TEST_SECRET,
+        "APP_DATA_DIR": str(data_dir),
+        "LOG_LEVEL": "INFO",
+        "RATE_LIMIT_DEFAULT": "100000/minute",
+        "RATE_LIMIT_LOGIN": "100000/minute",
+        "RATE_LIMIT_LOGIN_ACCOUNT": "100000/minute",
+        "RATE_LIMIT_REGISTER": "100000/minute",
+    }
+    if request.param == "embedded":
+        shutil.copy(sqlite_template, data_dir / "app.db")
+    else:
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        name = "jobs_" + re.sub(r"\W", "_", request.node.name.lower())[:40]
+        values["DATABASE_URL"] = postgres.create_database(name)
+        broker = f"redis://127.0.0.1:{redis_server.port}/{BROKER_REDIS_DB}"
+        with redis.Redis.from_url(broker) as client:
+            client.flushdb()
+        values["CELERY_BROKER_URL"] = broker
+    values.update(jobs_overrides)
+    settings = make_settings(
+        data_dir,
+        values.get("DATABASE_URL"),
+        **{key.lower(): value for key, value in values.items() if key != "DATABASE_URL"},
+    )
+    if request.param == "redis":
+        from app.core.migrate import upgrade_to_head
+
+        upgrade_to_head(settings)
+    worker = WorkerProcess(values, data_dir / "worker.log")
+    worker.start()
+    try:
+        yield JobsStack(request.param, settings, values, worker)
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+async def jobs_app(jobs_stack: JobsStack) -> AsyncIterator[FastAPI]:
+    application = create_app(jobs_stack.settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def jobs_client(jobs_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=jobs_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+def jobs_factory(jobs_client: httpx.AsyncClient, jobs_app: FastAPI) -> Factory:
+    return Factory(jobs_client, jobs_app)
+
+
+async def wait_for_task(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    task_id: str,
+    *,
+    until: frozenset[str] = frozenset(FINISHED),
+    deadline: float = TASK_DEADLINE_SECONDS,
+    stack: JobsStack | None = None,
+) -> dict[str, Any]:
+    """Poll the task API until the task reaches one of `until` (finished, by default)."""
+    import anyio
+
+    body: dict[str, Any] = {}
+    with anyio.move_on_after(deadline):
+        while True:
+            response = await client.get(f"/api/v1/tasks/{task_id}", headers=headers)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            if body["state"] in until:
+                return body
+            await anyio.sleep(0.05)
+    log = stack.worker.tail() if stack is not None else ""
+    raise AssertionError(f"task {task_id} still {body.get('state')} after {deadline}s\n{log}")

@@ -1,0 +1,118 @@
+"""The task API against a real worker: owners see their tasks, nobody else does (JOBS-7)."""
+
+import anyio
+import httpx
+from fastapi import FastAPI
+
+from app.core.request_context import REQUEST_ID
+from app.jobs.models import Job
+from app.users.models import Role
+from tests.factories import Factory
+from tests.jobs.conftest import JobsStack, wait_for_task
+
+
+async def _enqueue(
+    app: FastAPI, owner_id: int, *args: object, countdown: float | None = None
+) -> str:
+    async with app.state.sessionmaker() as session:
+        job: Job = await app.state.jobs.enqueue(
+            session, "app.noop", *args, owner_id=owner_id, countdown=countdown
+        )
+        return job.id
+
+
+async def test_owner_sees_a_task_run_to_success(
+    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_client: httpx.AsyncClient, jobs_factory: Factory
+) -> None:
+    owner = await jobs_factory.account()
+    task_id = await _enqueue(jobs_app, owner.id, {"n": 1})
+
+    body = await wait_for_task(jobs_client, owner.headers, task_id, stack=jobs_stack)
+
+    assert body["state"] == "SUCCESS"
+    assert body["result"] == {"echo": {"n": 1}}
+    assert body["name"] == "app.noop"
+    assert body["started_at"] is not None
+    assert body["finished_at"] >= body["started_at"]
+    listed = (await jobs_client.get("/api/v1/tasks/", headers=owner.headers)).json()
+    assert [task["id"] for task in listed["items"]] == [task_id]
+
+
+async def test_another_users_task_is_not_found_but_an_admin_sees_it(
+    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_client: httpx.AsyncClient, jobs_factory: Factory
+) -> None:
+    owner = await jobs_factory.account()
+    stranger = await jobs_factory.account()
+    admin = await jobs_factory.account(Role.ADMIN)
+    task_id = await _enqueue(jobs_app, owner.id)
+    await wait_for_task(jobs_client, owner.headers, task_id, stack=jobs_stack)
+
+    for method in ("GET", "DELETE"):
+        response = await jobs_client.request(
+            method, f"/api/v1/tasks/{task_id}", headers=stranger.headers
+        )
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "not_found"
+    listed = (await jobs_client.get("/api/v1/tasks/", headers=stranger.headers)).json()
+    assert listed["total"] == 0
+    seen = await jobs_client.get(f"/api/v1/tasks/{task_id}", headers=admin.headers)
+    assert seen.status_code == 200
+    assert seen.json()["state"] == "SUCCESS"
+    anonymous = await jobs_client.get(f"/api/v1/tasks/{task_id}")
+    assert anonymous.status_code == 401
+
+
+async def test_a_cancelled_task_never_runs(
+    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_client: httpx.AsyncClient, jobs_factory: Factory
+) -> None:
+    owner = await jobs_factory.account()
+    cancelled = await _enqueue(jobs_app, owner.id, countdown=1.0)
+    response = await jobs_client.delete(f"/api/v1/tasks/{cancelled}", headers=owner.headers)
+    assert response.status_code == 202
+    assert response.json()["state"] == "REVOKED"
+    # A later task finishing means the worker has reached (and skipped) the cancelled one.
+    later = await _enqueue(jobs_app, owner.id, countdown=1.5)
+    await wait_for_task(jobs_client, owner.headers, later, stack=jobs_stack)
+
+    body = (await jobs_client.get(f"/api/v1/tasks/{cancelled}", headers=owner.headers)).json()
+    assert body["state"] == "REVOKED"
+    assert body["started_at"] is None
+    assert body["cancel_requested"] is True
+    again = await jobs_client.delete(f"/api/v1/tasks/{cancelled}", headers=owner.headers)
+    assert again.status_code == 202  # idempotent
+
+
+async def test_the_request_id_reaches_the_tasks_logs(
+    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_client: httpx.AsyncClient, jobs_factory: Factory
+) -> None:
+    owner = await jobs_factory.account()
+    token = REQUEST_ID.set("req-trace-4242")
+    try:
+        task_id = await _enqueue(jobs_app, owner.id)
+    finally:
+        REQUEST_ID.reset(token)
+    await wait_for_task(jobs_client, owner.headers, task_id, stack=jobs_stack)
+
+    with anyio.fail_after(10):
+        while True:
+            lines = [
+                line
+                for line in jobs_stack.worker.tail(400).splitlines()
+                if "noop ran" in line and task_id in line
+            ]
+            if lines:
+                break
+            await anyio.sleep(0.05)
+    assert "req-trace-4242" in lines[0]
+
+
+async def test_malformed_task_ids_are_refused(
+    jobs_client: httpx.AsyncClient, jobs_factory: Factory
+) -> None:
+    owner = await jobs_factory.account()
+    response = await jobs_client.get("/api/v1/tasks/not a task!", headers=owner.headers)
+    assert response.status_code == 422
+    missing = await jobs_client.get(
+        "/api/v1/tasks/00000000-0000-0000-0000-000000000000", headers=owner.headers
+    )
+    assert missing.status_code == 404
