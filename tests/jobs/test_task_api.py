@@ -116,3 +116,16 @@ async def test_malformed_task_ids_are_refused(
         "/api/v1/tasks/00000000-0000-0000-0000-000000000000", headers=owner.headers
     )
     assert missing.status_code == 404
+
+
+async def test_a_task_sent_without_a_row_gets_one_when_it_runs(
+    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_client: httpx.AsyncClient, jobs_factory: Factory
+) -> None:
+    """What beat sends has no row yet: the worker records it, visible to admins."""
+    admin = await jobs_factory.account(Role.ADMIN)
+    task_id = await jobs_app.state.jobs.send("app.noop", "from beat")
+
+    body = await wait_for_task(jobs_client, admin.headers, task_id, stack=jobs_stack)
+
+    assert body["state"] == "SUCCESS"
+    assert body["result"] == {"echo": "from beat"}
