@@ -51,9 +51,12 @@ async function login(event) {
 }
 
 async function loadHistory(name) {
+  const headers = { Authorization: "Bearer " + token };
+  const rooms = await (await fetch("/api/v1/chat/rooms", { headers })).json();
+  if (!rooms.some((known) => known.name === name)) return; // new: created when we join
   const response = await fetch(`/api/v1/chat/rooms/${encodeURIComponent(name)}/messages?limit=50`,
-    { headers: { Authorization: "Bearer " + token } });
-  if (!response.ok) return; // a new room: it is created when we join
+    { headers });
+  if (!response.ok) return;
   const page = await response.json();
   page.items.reverse().forEach(showMessage);
 }
