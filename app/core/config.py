@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     ws_send_queue_size: int = Field(default=256, ge=1)
     ws_max_connections_per_user: int = Field(default=10, ge=1)
     chat_message_max_length: int = Field(default=4000, ge=1)
+    chat_presence_max_members: int = Field(default=100, ge=0)  # per process (see chat.py)
     rate_limit_chat_message: str = "30/10 seconds"
     notification_relay_interval_seconds: float = Field(default=0.5, gt=0)
     # How long a stopping process gives its WebSockets and SSE streams to close (1001).

@@ -92,11 +92,20 @@ async def chat_socket(websocket: WebSocket, room: str) -> None:
             )
             await publish(stored.model_dump_json().encode())
 
-    async def joined() -> None:
-        await publish(_event("join", chat_room.name, author))
+    # Presence in a big room would cost N frames per arrival, N² to fill it: there, only the
+    # newcomer hears its own join (its sign that it is in), and nobody hears leaves.
+    def presence_is_broadcast() -> bool:
+        return rt.manager.members(channel) <= rt.settings.chat_presence_max_members
+
+    async def joined(subscriber: Subscriber) -> None:
+        if presence_is_broadcast():
+            await publish(_event("join", chat_room.name, author))
+        else:
+            subscriber.offer(None, _event("join", chat_room.name, author).decode())
 
     async def left() -> None:
-        await publish(_event("leave", chat_room.name, author))
+        if presence_is_broadcast():
+            await publish(_event("leave", chat_room.name, author))
 
     await ws.serve(
         websocket,

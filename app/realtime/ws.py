@@ -236,7 +236,7 @@ async def serve(
     channels: Sequence[str],
     on_frame: FrameHandler,
     missed: MissedFrames | None = None,
-    on_open: Callable[[], Awaitable[None]] | None = None,
+    on_open: Callable[[Subscriber], Awaitable[None]] | None = None,
     on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     subscriber = Subscriber(auth.principal.id, rt.settings.ws_send_queue_size)
@@ -262,7 +262,7 @@ async def serve(
         subscriber.release(sent)
         tasks = [asyncio.create_task(connection.write()), asyncio.create_task(connection.read())]
         if on_open is not None:
-            await on_open()
+            await on_open(subscriber)
         await subscriber.closed.wait()
     finally:
         for channel in channels:
