@@ -8,6 +8,8 @@ from app.exports.router import router as exports_router
 from app.files import router as files
 from app.items import router as items
 from app.jobs.router import router as tasks_router
+from app.realtime import router as realtime
+from app.realtime import sse
 from app.users.router import router as users_router
 
 api_v1 = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
@@ -19,6 +21,9 @@ api_v1.include_router(files.item_images)
 api_v1.include_router(files.router)
 api_v1.include_router(exports_router)
 api_v1.include_router(tasks_router)
+api_v1.include_router(realtime.chat_router)
+api_v1.include_router(sse.router)  # before /notifications/{id}/...: nothing shadows /stream
+api_v1.include_router(realtime.notifications_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

@@ -62,6 +62,13 @@ def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_l
         proxy_headers=False,  # X-Forwarded-For is believed only from TRUSTED_PROXIES, by us
         server_header=False,
         timeout_graceful_shutdown=30,
+        # WebSockets (RT-5): a frame cap far below uvicorn's 16 MiB, protocol pings that close
+        # dead peers, and no per-message compression: chat frames are small, and compressing
+        # each one once per client costs CPU and a zlib context (~100 KiB) per connection.
+        ws_max_size=settings.ws_max_message_bytes,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_timeout_seconds,
+        ws_per_message_deflate=False,
     )
 
 

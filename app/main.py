@@ -32,12 +32,15 @@ from app.core.redis import create_redis
 from app.core.request_context import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
+from app.core.shutdown import install_drain_on_signal
 from app.core.storage import create_storage
 from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
 from app.health.router import ops_router
 from app.health.router import router as health_router
 from app.jobs.celery_app import make_celery
 from app.jobs.service import Jobs
+from app.realtime import chat, notifications, page
+from app.realtime.runtime import start_realtime
 
 
 @asynccontextmanager
@@ -56,11 +59,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.storage = create_storage(settings)
     celery = make_celery(settings)
     app.state.jobs = Jobs(celery)
+    realtime = await start_realtime(
+        settings=settings,
+        hub=app.state.hub,
+        sessionmaker=app.state.sessionmaker,
+        limiter=app.state.limiter,
+        message_policy=app.state.rate_limit_policies.chat_message,
+    )
+    app.state.realtime = realtime
+    uninstall_drain = (
+        install_drain_on_signal(realtime.drain) if app.state.handle_signals else lambda: None
+    )
     async with create_http_client() as http:
         app.state.http = http
         try:
             yield
         finally:
+            uninstall_drain()
+            await realtime.close()
             await app.state.storage.close()
             celery.close()  # its broker connections and pools
             await app.state.hub.close()
@@ -120,7 +136,9 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
     return stack
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, handle_signals: bool = False) -> FastAPI:
+    """`handle_signals`: close WebSockets (1001) and SSE streams on SIGINT/SIGTERM before the
+    server does (see core/shutdown.py); for a server process, not for an app under test."""
     settings = settings or get_settings()
     policies = Policies.from_settings(settings)
     init_sentry(settings)
@@ -137,11 +155,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.rate_limit_policies = policies
+    app.state.handle_signals = handle_signals
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(ops_router)
     app.include_router(api_v1)
     app.include_router(api_v2)
+    app.include_router(chat.router)
+    app.include_router(notifications.router)
+    app.include_router(page.router)
     if settings.show_docs:
         install_docs(app)
     return app
@@ -151,4 +173,4 @@ def serve_app() -> FastAPI:
     """What uvicorn runs in each worker process: logging set up, settings from the env."""
     settings = get_settings()
     configure_logging(settings)
-    return create_app(settings)
+    return create_app(settings, handle_signals=True)

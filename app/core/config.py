@@ -85,6 +85,22 @@ class Settings(BaseSettings):
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
     # How often the embedded broker's worker looks for new messages (it cannot be woken).
     celery_embedded_poll_seconds: float = Field(default=0.1, gt=0, le=5)
+    # Realtime (RT-1..5). Browsers may open WebSockets from any page (Starlette's CORS does
+    # not cover them), so the Origin is checked against CORS_ORIGINS, these, and our own host.
+    ws_allowed_origins: CommaList = []
+    ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)  # uvicorn's default: 16 MiB
+    ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    ws_ping_timeout_seconds: float = Field(default=20.0, gt=0)
+    ws_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    ws_auth_timeout_seconds: float = Field(default=10.0, gt=0)
+    ws_send_queue_size: int = Field(default=256, ge=1)
+    ws_max_connections_per_user: int = Field(default=10, ge=1)
+    chat_message_max_length: int = Field(default=4000, ge=1)
+    chat_presence_max_members: int = Field(default=100, ge=0)  # per process (see chat.py)
+    rate_limit_chat_message: str = "30/10 seconds"
+    notification_relay_interval_seconds: float = Field(default=0.5, gt=0)
+    # How long a stopping process gives its WebSockets and SSE streams to close (1001).
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0)
 
     metrics_token: SecretStr | None = None
     sentry_dsn: SecretStr | None = None
@@ -119,7 +135,9 @@ class Settings(BaseSettings):
         # `REDIS_URL=` in a .env or compose file means "not set", not "a URL that is empty".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cors_origins", "allowed_hosts", "trusted_proxies", mode="before")
+    @field_validator(
+        "cors_origins", "allowed_hosts", "trusted_proxies", "ws_allowed_origins", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -2,6 +2,7 @@
 development. Every line of a request carries its request ID (and the user, once known)."""
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import IO, Any
@@ -16,6 +17,21 @@ SECRET_KEYS = frozenset(
     {"password", "new_password", "current_password", "token", "access_token", "refresh_token",
      "authorization", "cookie", "secret", "secret_key", "api_key"}
 )  # fmt: skip
+
+
+# uvicorn logs each WebSocket handshake with its query string, where a client may have put
+# its token (RT-1 accepts one there as a last resort).
+_QUERY_SECRET = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']*", re.IGNORECASE)
+
+
+class ScrubQuerySecrets(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn"):
+            message = record.getMessage()
+            scrubbed = _QUERY_SECRET.sub(r"\1[redacted]", message)
+            if scrubbed != message:
+                record.msg, record.args = scrubbed, None
+        return True
 
 
 def redact_secrets(
@@ -72,6 +88,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(ScrubQuerySecrets())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(settings.log_level.upper())

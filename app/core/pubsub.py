@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 logger = logging.getLogger("app.pubsub")
 QUEUE_SIZE = 256
+HUB_PREFIX = "hub:"  # Redis channel prefix: every API process and publisher agree on it
 
 
 class Hub(Protocol):
@@ -93,7 +94,7 @@ class InProcessHub(_LocalFanout):
 
 
 class RedisHub(_LocalFanout):
-    def __init__(self, url: str, *, prefix: str = "hub:") -> None:
+    def __init__(self, url: str, *, prefix: str = HUB_PREFIX) -> None:
         super().__init__()
         self._prefix = prefix
         self._publisher = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
@@ -145,6 +146,33 @@ class RedisHub(_LocalFanout):
         await self._listener_client.aclose()
         await self._publisher.aclose()
         self._subscribers.clear()
+
+
+class Publisher(Protocol):
+    """What a process that only sends (a Celery worker, a script) needs of the hub."""
+
+    async def publish(self, channel: str, message: bytes) -> None: ...
+    async def close(self) -> None: ...
+
+
+class RedisPublisher:
+    """Publishes into the API processes' hubs from a process that has no hub of its own."""
+
+    def __init__(self, url: str, *, prefix: str = HUB_PREFIX) -> None:
+        self._prefix = prefix
+        self._client = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        await self._client.publish(self._prefix + channel, message)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def create_publisher(redis_url: str | None) -> Publisher | None:
+    """A publisher for another process, or None in embedded mode: there the API's in-process
+    hub can't be reached from outside, and the API relays what it finds in the database."""
+    return RedisPublisher(redis_url) if redis_url is not None else None
 
 
 def create_hub(redis_url: str | None) -> Hub:

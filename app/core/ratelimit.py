@@ -112,6 +112,7 @@ class Policies:
     login_account: Policy
     register: Policy
     password_reset: Policy
+    chat_message: Policy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Policies":
@@ -125,4 +126,5 @@ class Policies:
             password_reset=Policy.parse(
                 "password_reset", settings.rate_limit_password_reset, fail_closed=True
             ),
+            chat_message=Policy.parse("chat_message", settings.rate_limit_chat_message),
         )

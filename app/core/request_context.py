@@ -85,9 +85,17 @@ class RequestContextMiddleware:
         status = 500  # what the client gets if the app dies before answering
         request_id_bytes = request_id.encode("latin-1")
 
+        close_code: int | None = None
+
         async def send_with_context(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
+            nonlocal status, close_code
+            if message["type"] == "websocket.accept":
+                status = 101
+            elif message["type"] == "websocket.close":
+                close_code = message.get("code", 1000)
+                if status != 101:  # refused before the handshake: the client got a 403
+                    status = 403
+            elif message["type"] == "http.response.start":
                 status = message["status"]
                 elapsed = f"{(time.perf_counter() - started) * 1000:.2f}ms".encode()
                 # Raw header pairs: parsing them into a Headers object costs more than this.
@@ -107,6 +115,17 @@ class RequestContextMiddleware:
                     method=scope["method"],
                     route=route_of(scope),
                     status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    client=scope[_CLIENT_KEY],
+                    user_id=scope.get(_USER_KEY),
+                )
+            elif scope["type"] == "websocket" and self.access_log:
+                # Once the socket ends: how long it lived and how it closed (client gone: None).
+                self.logger.info(
+                    "websocket",
+                    route=route_of(scope),
+                    status=status,
+                    close_code=close_code,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                     client=scope[_CLIENT_KEY],
                     user_id=scope.get(_USER_KEY),

@@ -24,6 +24,7 @@ from app.jobs.runtime import WorkerRuntime, discard_runtime, get_runtime
 logger = logging.getLogger("app.jobs")
 T = TypeVar("T")
 INTERNAL_ERROR = "The task failed because of an internal error."
+NOTIFIED_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE})
 
 
 def safe_error(exc: BaseException) -> str:
@@ -38,6 +39,7 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
     # Whether a row in `jobs` follows this task. Off for high-volume internal tasks (one per
     # campaign recipient), whose progress lives with their parent.
     tracked = True
+    title = "Your task"  # how notifications name it: "Image processing finished"
 
     @property
     def runtime(self) -> WorkerRuntime:
@@ -120,7 +122,20 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
         result: dict[str, Any] | None,
         error: str | None,
     ) -> None:
-        """Hook for what follows a task's end (its owner's notification)."""
+        """Tell the owner their task is done (RT-2): stored, then pushed to their sockets."""
+        if owner_id is None or state not in NOTIFIED_STATES:
+            return
+        succeeded = state == JobState.SUCCESS
+        async with self.runtime.sessionmaker() as session:
+            await self.runtime.notifications.send_to_user(
+                session,
+                owner_id,
+                kind="job.succeeded" if succeeded else "job.failed",
+                title=f"{self.title} {'finished' if succeeded else 'failed'}",
+                body="" if succeeded else (error or ""),
+                data={"task_id": task_id, "name": self.name, "state": state.value,
+                      "result": result, "status_url": f"/api/v1/tasks/{task_id}"},
+            )  # fmt: skip
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         self._finish(task_id, JobState.SUCCESS, result=retval)

@@ -19,8 +19,10 @@ from app import models  # noqa: F401 - every table, for foreign keys between dom
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.http import create_http_client
+from app.core.pubsub import create_publisher
 from app.core.storage import Storage, create_storage
 from app.jobs.service import Jobs
+from app.realtime.service import NotificationService
 
 T = TypeVar("T")
 
@@ -34,6 +36,7 @@ class WorkerRuntime:
     sessionmaker: async_sessionmaker[AsyncSession] = field(init=False)
     storage: Storage = field(init=False)
     jobs: Jobs = field(init=False)
+    notifications: NotificationService = field(init=False)
     _http: httpx.AsyncClient | None = None
 
     def __post_init__(self) -> None:
@@ -41,6 +44,10 @@ class WorkerRuntime:
         self.sessionmaker = create_sessionmaker(self.engine)
         self.storage = create_storage(self.settings)
         self.jobs = Jobs(self.celery)
+        # With Redis, notifications reach every API process; in embedded mode the API relays
+        # them from the database (app/realtime/relay.py), so there is nothing to publish to.
+        self._publisher = create_publisher(self.settings.redis_url)
+        self.notifications = NotificationService(self._publisher)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
@@ -57,6 +64,8 @@ class WorkerRuntime:
             if self._http is not None:
                 await self._http.aclose()
             await self.storage.close()
+            if self._publisher is not None:
+                await self._publisher.close()
             await self.engine.dispose()
 
         self.run(close())

@@ -75,6 +75,9 @@ SESSION_ENDING_OPERATIONS = frozenset(
         "PATCH /api/v1/users/{user_id}",
     }
 )
+# A stream that never ends by design (SSE): the in-process transport waits for the end of a
+# body, so it would hang here. tests/realtime covers it over real sockets.
+ENDLESS_OPERATIONS = frozenset({"GET /api/v1/notifications/stream"})
 # Path parameters that name rows. Generated ids nearly always miss (404), so some examples use
 # ids of rows that exist (seeded, or created by earlier examples): updates and deletes run.
 ID_PARAMETERS = {"user_id": "users", "item_id": "items"}
@@ -281,6 +284,8 @@ def test_openapi(fuzzer: Fuzzer, app: FastAPI, subtests: pytest.Subtests) -> Non
                     raise result.err()
                 continue
             operation = result.ok()
+            if operation.label in ENDLESS_OPERATIONS:
+                continue
             with subtests.test(msg=operation.label):
                 fuzzer.fuzz(operation)
     finally:

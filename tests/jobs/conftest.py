@@ -72,6 +72,7 @@ def jobs_stack(
         with redis.Redis.from_url(broker) as client:
             client.flushdb()
         values["CELERY_BROKER_URL"] = broker
+        values["REDIS_URL"] = broker  # distributed mode: the hub, limits and cache there too
     values.update(jobs_overrides)
     settings = make_settings(
         data_dir,

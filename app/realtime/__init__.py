@@ -1,0 +1,1 @@
+"""Real time: chat rooms and notifications over WebSockets and SSE, fanned out by the hub."""

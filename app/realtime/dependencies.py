@@ -1,0 +1,49 @@
+"""Load-or-raise dependencies for the realtime REST routes."""
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import SecurityScopes
+
+from app.auth.dependencies import BearerToken, CurrentPrincipal, get_active_principal, get_principal
+from app.auth.permissions import Scope
+from app.auth.principal import Principal
+from app.core.db import SessionDep
+from app.realtime import service
+from app.realtime.models import ChatRoom
+from app.realtime.runtime import Realtime
+from app.realtime.schemas import ROOM_NAME_PATTERN
+
+RoomName = Annotated[str, Path(pattern=ROOM_NAME_PATTERN, description="Room name")]
+
+
+async def readable_room(
+    room: RoomName, principal: CurrentPrincipal, session: SessionDep
+) -> ChatRoom:
+    return await service.readable_room(session=session, name=room, principal=principal)
+
+
+async def stream_principal(
+    request: Request,
+    bearer: BearerToken,
+    token: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="For EventSource, which can't send headers (never logged); "
+            "prefer the Authorization header",
+        ),
+    ] = None,
+) -> Principal:
+    principal = await get_principal(SecurityScopes([Scope.PROFILE]), request, bearer or token)
+    return await get_active_principal(principal)
+
+
+async def get_realtime(request: Request) -> Realtime:
+    rt: Realtime = request.app.state.realtime
+    return rt
+
+
+ReadableRoom = Annotated[ChatRoom, Depends(readable_room)]
+StreamPrincipal = Annotated[Principal, Depends(stream_principal)]
+RealtimeDep = Annotated[Realtime, Depends(get_realtime)]

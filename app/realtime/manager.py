@@ -1,0 +1,208 @@
+"""Local delivery: one hub subscription per channel per process, fanned out to subscribers.
+
+A subscriber is one client (a WebSocket or an SSE stream) with a bounded buffer of frames to
+send. Fan-out never waits on a client: a frame goes into each buffer without blocking, and a
+client whose buffer is full is too slow to follow and is closed (1013, "try again later")
+rather than buffered without end or allowed to hold up the others. It reconnects and catches
+up from the database.
+
+Frames travel as the exact text clients receive, so a message costs one JSON decode per
+process (to read its id for de-duplication), not one per client.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter, deque
+
+from app.core.pubsub import Hub, Subscription
+
+logger = logging.getLogger("app.realtime")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+
+Frame = tuple[int | None, str]  # (id for de-duplication, or None for events; the text)
+
+
+class TooManyConnections(Exception):
+    """The user already has as many live connections as one process allows."""
+
+
+class ShuttingDown(Exception):
+    """The process is stopping: new connections are refused."""
+
+
+class Subscriber:
+    __slots__ = ("_frames", "_held", "_ready", "close_code", "close_reason", "closed", "limit",
+                 "user_id")  # fmt: skip
+
+    def __init__(self, user_id: int, limit: int) -> None:
+        self.user_id = user_id
+        self.limit = limit
+        self._frames: deque[Frame] = deque()
+        self._ready = asyncio.Event()
+        self._held: list[Frame] | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed = asyncio.Event()
+
+    def offer(self, frame_id: int | None, text: str) -> None:
+        """Queue a live frame without waiting; a full buffer closes the subscriber."""
+        if self.close_code is not None:
+            return
+        buffer = self._held if self._held is not None else self._frames
+        if len(buffer) >= self.limit:
+            self.close(CLOSE_TRY_AGAIN_LATER, "too slow: send queue full")
+            return
+        buffer.append((frame_id, text))
+        self._ready.set()
+
+    def hold(self) -> None:
+        """Keep live frames aside while the missed ones are read from the database."""
+        self._held = []
+
+    def put_missed(self, frame_id: int, text: str) -> None:
+        """A frame read from the database: its own bound (the catch-up limit), not the live one."""
+        self._frames.append((frame_id, text))
+        self._ready.set()
+
+    def release(self, already_sent: set[int]) -> None:
+        """Live frames held during catch-up follow it, minus those the catch-up had."""
+        held, self._held = self._held or [], None
+        for frame_id, text in held:
+            if frame_id is None or frame_id not in already_sent:
+                self.offer(frame_id, text)
+
+    async def next(self) -> Frame | None:
+        """The next frame to send, or None once the subscriber is closed."""
+        while not self._frames:
+            if self.close_code is not None:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        if self.close_code is not None:
+            return None
+        return self._frames.popleft()
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self._frames.clear()
+            self._ready.set()
+            self.closed.set()
+
+
+class _Channel:
+    __slots__ = ("members", "subscription", "task")
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self.members: set[Subscriber] = set()
+        self.task: asyncio.Task[None] | None = None
+
+
+class ConnectionManager:
+    def __init__(self, hub: Hub, *, max_per_user: int) -> None:
+        self.hub = hub
+        self.max_per_user = max_per_user
+        self.stopping = asyncio.Event()
+        self._channels: dict[str, _Channel] = {}
+        self._per_user: Counter[int] = Counter()
+        self._subscribers: set[Subscriber] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    @property
+    def count(self) -> int:
+        return len(self._subscribers)
+
+    def register(self, subscriber: Subscriber) -> None:
+        if self.stopping.is_set():
+            raise ShuttingDown()
+        if self._per_user[subscriber.user_id] >= self.max_per_user:
+            raise TooManyConnections()
+        self._per_user[subscriber.user_id] += 1
+        self._subscribers.add(subscriber)
+        self._empty.clear()
+
+    def unregister(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.discard(subscriber)
+            self._per_user[subscriber.user_id] -= 1
+            if self._per_user[subscriber.user_id] <= 0:
+                del self._per_user[subscriber.user_id]
+        if not self._subscribers:
+            self._empty.set()
+
+    async def join(self, subscriber: Subscriber, channel: str) -> None:
+        existing = self._channels.get(channel)
+        if existing is None:
+            # Attached before anything is read from the database, so nothing published after
+            # the catch-up query can fall between the two.
+            subscription = self.hub.subscribe(channel)
+            existing = self._channels[channel] = _Channel(subscription)
+            await subscription.__aenter__()
+            existing.task = asyncio.create_task(self._pump(existing), name=f"pump {channel}")
+        existing.members.add(subscriber)
+
+    def leave(self, subscriber: Subscriber, channel: str) -> None:
+        existing = self._channels.get(channel)
+        if existing is None:
+            return
+        existing.members.discard(subscriber)
+        if not existing.members:
+            del self._channels[channel]
+            if existing.task is not None:
+                existing.task.cancel()
+
+    def members(self, channel: str) -> int:
+        existing = self._channels.get(channel)
+        return len(existing.members) if existing is not None else 0
+
+    async def _pump(self, channel: _Channel) -> None:
+        try:
+            while True:
+                raw = await channel.subscription.get()
+                text = raw.decode()
+                frame_id = _frame_id(text)
+                for member in tuple(channel.members):
+                    member.offer(frame_id, text)
+        finally:
+            await channel.subscription.__aexit__(None, None, None)
+
+    def stop(self) -> None:
+        """Close every subscriber with 1001 and refuse new ones (graceful shutdown)."""
+        self.stopping.set()
+        for subscriber in tuple(self._subscribers):
+            subscriber.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def wait_empty(self, within: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._empty.wait()
+        return self._empty.is_set()
+
+    async def close(self) -> None:
+        self.stop()
+        tasks = [c.task for c in self._channels.values() if c.task is not None]
+        self._channels.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _frame_id(text: str) -> int | None:
+    """Stored messages and notifications carry their row id; events (join, typing) do not."""
+    try:
+        value = json.loads(text).get("id")
+    except (ValueError, AttributeError):
+        logger.warning("hub frame is not a JSON object; delivered as is")
+        return None
+    return value if isinstance(value, int) else None

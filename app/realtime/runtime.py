@@ -1,0 +1,77 @@
+"""What the realtime endpoints share in one process, opened and closed by the lifespan."""
+
+import asyncio
+import logging
+import weakref
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.pubsub import Hub
+from app.core.ratelimit import Policy, RateLimiter
+from app.realtime.manager import ConnectionManager
+from app.realtime.relay import NotificationRelay
+from app.realtime.service import NotificationService
+
+logger = logging.getLogger("app.realtime")
+
+
+@dataclass(slots=True)
+class Realtime:
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    limiter: RateLimiter
+    message_policy: Policy
+    manager: ConnectionManager
+    notifier: NotificationService
+    relay: NotificationRelay | None
+    _room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def room_lock(self, room: str) -> asyncio.Lock:
+        """Held from a message's insert to its publish, so that in one process a room's live
+        order is its id order (the order of history). Kept while a connection holds it."""
+        lock = self._room_locks.get(room)
+        if lock is None:
+            lock = self._room_locks[room] = asyncio.Lock()
+        return lock
+
+    async def drain(self) -> None:
+        """Graceful shutdown: close every WebSocket with 1001 and end every SSE stream, then
+        give them a moment to say goodbye before the server closes the connections itself."""
+        self.manager.stop()
+        if not await self.manager.wait_empty(self.settings.shutdown_drain_seconds):
+            logger.warning("%d realtime connections still open at shutdown", self.manager.count)
+
+    async def close(self) -> None:
+        if self.relay is not None:
+            await self.relay.close()
+        await self.manager.close()
+
+
+async def start_realtime(
+    *,
+    settings: Settings,
+    hub: Hub,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    limiter: RateLimiter,
+    message_policy: Policy,
+) -> Realtime:
+    relay = None
+    if settings.redis_url is None:
+        relay = NotificationRelay(
+            sessionmaker, hub, interval=settings.notification_relay_interval_seconds
+        )
+        relay.start()
+    notifier = NotificationService(hub, on_published=relay.note_published if relay else None)
+    return Realtime(
+        settings=settings,
+        sessionmaker=sessionmaker,
+        limiter=limiter,
+        message_policy=message_policy,
+        manager=ConnectionManager(hub, max_per_user=settings.ws_max_connections_per_user),
+        notifier=notifier,
+        relay=relay,
+    )

@@ -1,0 +1,317 @@
+"""Realtime benchmark: WebSocket fan-out latency and memory per idle connection (RT-1, RT-3).
+
+What one run measures, over loopback only, every step bounded by a timeout:
+
+* `one_process`: N clients (default 1000) in one chat room on one `app api` process
+  (embedded mode: SQLite, in-process hub). One more client sends a message per round and the
+  round ends when all N have received it: the figure is the time from send to receipt by the
+  last of them (p50, p99, max over the rounds). Each message is stored in the database before
+  it is published, as in production.
+* `two_processes`: the same with N/2 clients on each of two processes sharing Redis (a
+  throwaway `redis-server` on a free port) and the database; the sender is on the first.
+* `memory`: the API process's RSS before the N clients connect and once they sit idle in the
+  room, divided by N (kernel socket buffers are not in RSS).
+
+The clients run in this one Python process (uvloop), so on a small machine they compete with
+the server for CPU: the figures are an upper bound on what the server alone costs.
+
+    uv run python bench/realtime.py [--clients 1000] [--rounds 50]
+
+JSON goes to stdout; progress to stderr.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvloop
+from websockets.asyncio.client import ClientConnection, connect
+
+APP = str(Path(sys.executable).parent / "app")
+HOST = "127.0.0.1"
+PASSWORD = "Bench-password-1"
+ROOM = "bench"
+START_DEADLINE = 60.0
+ROUND_DEADLINE = 30.0
+CONNECT_BATCH = 50
+
+
+def progress(message: str) -> None:
+    print(f"[realtime bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        while True:
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://{HOST}:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def service_env(data_dir: Path, clients: int, redis_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
+    limit = "100000000/minute"
+    env.update(
+        ENVIRONMENT="development",
+        SECRET_KEY="bench-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
+        APP_DATA_DIR=str(data_dir),
+        LOG_LEVEL="WARNING",
+        RATE_LIMIT_DEFAULT=limit, RATE_LIMIT_LOGIN=limit, RATE_LIMIT_LOGIN_ACCOUNT=limit,
+        RATE_LIMIT_REGISTER=limit, RATE_LIMIT_CHAT_MESSAGE=limit,
+        WS_MAX_CONNECTIONS_PER_USER=str(clients + 10),
+    )  # fmt: skip
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env
+
+
+def start_api(env: dict[str, str], workdir: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = (workdir / f"{name}.log").open("wb")
+    proc = subprocess.Popen(
+        [APP, "api", "--host", HOST, "--port", str(port), "--no-access-log"],
+        env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + START_DEADLINE
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{name} did not start; see {workdir / (name + '.log')}")
+        time.sleep(0.05)
+
+
+def stop_api(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def token_for(url: str, username: str) -> str:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD,
+                "password_confirm": PASSWORD}  # fmt: skip
+        client.post("/api/v1/auth/register", json=body)
+        response = client.post(
+            "/api/v1/auth/token", data={"username": username, "password": PASSWORD}
+        )
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
+
+
+class Listener:
+    """One idle client in the room: records when each round's message arrives."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.joined = asyncio.Event()  # any join received: the server has subscribed it
+        self.waiting: dict[str, asyncio.Event] = {}
+        self.ws: ClientConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self, ws: ClientConnection) -> None:
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["type"] == "message":
+                content = frame["content"]
+                self.arrived[content] = time.perf_counter()
+                event = self.waiting.get(content)
+                if event is not None:
+                    event.set()
+            elif frame["type"] == "join":
+                self.joined.set()
+
+
+async def connect_all(urls: list[str], token: str, count: int) -> list[Listener]:
+    listeners: list[Listener] = []
+
+    async def one(url: str) -> Listener:
+        listener = Listener()
+        ws = await connect(
+            url.replace("http", "ws", 1) + f"/ws/chat/{ROOM}",
+            subprotocols=["bearer", token],  # type: ignore[list-item]
+            open_timeout=30, ping_interval=None, max_queue=None,
+        )  # fmt: skip
+        listener.ws = ws
+        listener.task = asyncio.create_task(listener.run(ws))
+        return listener
+
+    for start in range(0, count, CONNECT_BATCH):
+        batch = [one(urls[n % len(urls)]) for n in range(start, min(count, start + CONNECT_BATCH))]
+        listeners += await asyncio.gather(*batch)
+    async with asyncio.timeout(ROUND_DEADLINE * 2):
+        await asyncio.gather(*(listener.joined.wait() for listener in listeners))
+    return listeners
+
+
+async def fanout(urls: list[str], clients: int, rounds: int) -> dict[str, Any]:
+    listener_token = token_for(urls[0], "listener")
+    sender_token = token_for(urls[0], "sender")
+    started = time.perf_counter()
+    listeners = await connect_all(urls, listener_token, clients)
+    connect_seconds = time.perf_counter() - started
+    sender = await connect(
+        urls[0].replace("http", "ws", 1) + f"/ws/chat/{ROOM}",
+        subprotocols=["bearer", sender_token],  # type: ignore[list-item]
+        open_timeout=30, ping_interval=None, max_queue=None,
+    )  # fmt: skip
+    latencies: list[float] = []
+    try:
+        for n in range(-1, rounds):  # round -1 only warms up
+            content = f"round-{n}"
+            events = []
+            for listener in listeners:
+                event = listener.waiting[content] = asyncio.Event()
+                if content in listener.arrived:
+                    event.set()
+                events.append(event)
+            sent = time.perf_counter()
+            await sender.send(json.dumps({"type": "message", "content": content}))
+            async with asyncio.timeout(ROUND_DEADLINE):
+                await asyncio.gather(*(event.wait() for event in events))
+            last = max(listener.arrived[content] for listener in listeners)
+            if n >= 0:
+                latencies.append((last - sent) * 1000)
+    finally:
+        await sender.close()
+        for listener in listeners:
+            assert listener.ws is not None
+            await listener.ws.close()
+        await asyncio.gather(*(lst.task for lst in listeners if lst.task), return_exceptions=True)
+    ordered = sorted(latencies)
+    return {
+        "clients": clients,
+        "processes": len(urls),
+        "rounds": rounds,
+        "connect_seconds": round(connect_seconds, 2),
+        "send_to_all_received_ms": {
+            "p50": round(statistics.median(ordered), 2),
+            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+            "max": round(ordered[-1], 2),
+            "mean": round(statistics.fmean(ordered), 2),
+        },
+    }
+
+
+async def idle_memory(url: str, pid: int, clients: int) -> dict[str, Any]:
+    token = token_for(url, "idler")
+    before = rss_kib(pid)
+    listeners = await connect_all([url], token, clients)
+    await asyncio.sleep(1.0)  # let the join storm's buffers settle: RSS is what stays
+    after = rss_kib(pid)
+    for listener in listeners:
+        assert listener.ws is not None
+        await listener.ws.close()
+    await asyncio.gather(*(lst.task for lst in listeners if lst.task), return_exceptions=True)
+    return {
+        "clients": clients,
+        "rss_before_kib": before,
+        "rss_idle_kib": after,
+        "kib_per_idle_connection": round((after - before) / clients, 2),
+    }
+
+
+def migrate(env: dict[str, str], workdir: Path) -> None:
+    subprocess.run([APP, "migrate"], env=env, cwd=workdir, check=True, timeout=120,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=50)
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_1m": os.getloadavg()[0],
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-realtime-") as tmp:
+        workdir = Path(tmp)
+        progress(f"one process, {args.clients} clients")
+        env = service_env(workdir / "one", args.clients, None)
+        migrate(env, workdir)
+        proc, url = start_api(env, workdir, "one")
+        try:
+            results["memory"] = uvloop.run(idle_memory(url, proc.pid, args.clients))
+            results["one_process"] = uvloop.run(fanout([url], args.clients, args.rounds))
+        finally:
+            stop_api(proc)
+        progress(f"two processes and Redis, {args.clients} clients")
+        with redis_server(workdir) as redis_url:
+            env = service_env(workdir / "two", args.clients, redis_url)
+            migrate(env, workdir)
+            first, url_a = start_api(env, workdir, "two-a")
+            try:
+                second, url_b = start_api(env, workdir, "two-b")
+                try:
+                    results["two_processes"] = uvloop.run(
+                        fanout([url_a, url_b], args.clients, args.rounds)
+                    )
+                finally:
+                    stop_api(second)
+            finally:
+                stop_api(first)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
