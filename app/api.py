@@ -2,12 +2,14 @@
 
 from fastapi import APIRouter
 
+from app.admin.router import router as admin_router
 from app.auth.router import router as auth_router
 from app.core.errors import ERROR_RESPONSES
 from app.exports.router import router as exports_router
 from app.files import router as files
 from app.items import router as items
 from app.jobs.router import router as tasks_router
+from app.reports.router import router as reports_router
 from app.users.router import router as users_router
 
 api_v1 = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
@@ -19,6 +21,8 @@ api_v1.include_router(files.item_images)
 api_v1.include_router(files.router)
 api_v1.include_router(exports_router)
 api_v1.include_router(tasks_router)
+api_v1.include_router(reports_router)
+api_v1.include_router(admin_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)
