@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter
 
+from app.admin.router import router as admin_router
 from app.auth.router import router as auth_router
 from app.core.errors import ERROR_RESPONSES
 from app.exports.router import router as exports_router
@@ -10,6 +11,7 @@ from app.items import router as items
 from app.jobs.router import router as tasks_router
 from app.realtime import router as realtime
 from app.realtime import sse
+from app.reports.router import router as reports_router
 from app.users.router import router as users_router
 
 api_v1 = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
@@ -24,6 +26,8 @@ api_v1.include_router(tasks_router)
 api_v1.include_router(realtime.chat_router)
 api_v1.include_router(sse.router)  # before /notifications/{id}/...: nothing shadows /stream
 api_v1.include_router(realtime.notifications_router)
+api_v1.include_router(reports_router)
+api_v1.include_router(admin_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

@@ -10,6 +10,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.api import api_v1, api_v2
+from app.core.background import TaskManager
 from app.core.cache import MemoryCache, RedisCache
 from app.core.client_ip import parse_networks
 from app.core.config import Settings, get_settings
@@ -37,6 +38,7 @@ from app.core.storage import create_storage
 from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
 from app.health.router import ops_router
 from app.health.router import router as health_router
+from app.jobs import monitor as job_monitor
 from app.jobs.celery_app import make_celery
 from app.jobs.service import Jobs
 from app.realtime import chat, notifications, page
@@ -70,13 +72,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     uninstall_drain = (
         install_drain_on_signal(realtime.drain) if app.state.handle_signals else lambda: None
     )
+    background = app.state.background = TaskManager()
     async with create_http_client() as http:
         app.state.http = http
+        background.spawn(
+            "job-metrics",
+            lambda: job_monitor.run(settings=settings, sessionmaker=app.state.sessionmaker),
+        )
         try:
             yield
         finally:
             uninstall_drain()
             await realtime.close()
+            await background.shutdown(grace=5.0)  # first: its tasks use what closes below
             await app.state.storage.close()
             celery.close()  # its broker connections and pools
             await app.state.hub.close()

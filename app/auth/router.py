@@ -1,8 +1,8 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Header, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Header, Response, status
 
-from app.auth import service
+from app.auth import events, service
 from app.auth.dependencies import (
     CacheDep,
     CurrentPrincipal,
@@ -44,9 +44,12 @@ def _token_response(pair: service.TokenPair, response: Response) -> TokenRespons
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(limit_register)],
 )
-async def register(data: RegisterRequest, session: SessionDep, hasher: HasherDep) -> UserPrivate:
+async def register(
+    data: RegisterRequest, session: SessionDep, hasher: HasherDep, background: BackgroundTasks
+) -> UserPrivate:
     """Create an account."""
     user = await service.register(session=session, hasher=hasher, data=data)
+    background.add_task(events.user_signed_up, user_id=user.id)  # after the response is sent
     return UserPrivate.model_validate(user)
 
 

@@ -102,6 +102,20 @@ class Settings(BaseSettings):
     # How long a stopping process gives its WebSockets and SSE streams to close (1001).
     shutdown_drain_seconds: float = Field(default=5.0, ge=0)
 
+    # Maintenance (JOBS-6). Beat sends a heartbeat this often; readiness calls the jobs side
+    # stale (and the service degraded) when the last one is older than the threshold, which
+    # must leave room for a busy maintenance queue.
+    heartbeat_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    heartbeat_stale_seconds: float = Field(default=120.0, gt=0)
+    # Ended sessions (expired or revoked) and their refresh tokens are deleted this long after
+    # they end. Activity reports count logins from these rows, so reports reaching further back
+    # than the retention (plus the refresh lifetime) see fewer sessions.
+    auth_session_retention_days: float = Field(default=90.0, ge=0)
+    # Unlinked files, row-less objects and temp files older than this go in the daily purge.
+    purge_files_older_than_hours: float = Field(default=24.0, ge=0)
+    # How often each API process refreshes its job gauges (queue depth, jobs per state).
+    job_metrics_refresh_seconds: float = Field(default=15.0, gt=0)
+
     metrics_token: SecretStr | None = None
     sentry_dsn: SecretStr | None = None
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)

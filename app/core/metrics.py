@@ -36,6 +36,20 @@ RATE_LIMIT_BACKEND_ERRORS = Counter(
     ["policy"],
 )
 
+SIGNUPS = Counter("user_signups_total", "Accounts created")
+# Job gauges are read from the broker and the database by every API process alike; the most
+# recent reading of a live process is the truth, not their sum.
+JOB_QUEUE_DEPTH = Gauge(
+    "jobs_queue_depth",
+    "Messages waiting in a job queue",
+    ["queue"],
+    multiprocess_mode="livemostrecent",
+)
+JOBS_BY_STATE = Gauge(
+    "jobs_by_state", "Jobs per state, from the jobs table", ["state"],
+    multiprocess_mode="livemostrecent",
+)  # fmt: skip
+
 
 def render() -> tuple[bytes, str]:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

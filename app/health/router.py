@@ -2,17 +2,20 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core import metrics
 from app.core.config import Settings
 from app.core.errors import NotFound, Unauthorized
 from app.core.redis import Redis
+from app.jobs import heartbeat
+from app.jobs.heartbeat import HeartbeatStatus
 
 router = APIRouter(prefix="/health", tags=["health"])
 ops_router = APIRouter(tags=["operations"])
@@ -31,9 +34,19 @@ class CheckResult(BaseModel):
     error: str | None = None
 
 
+class JobsHeartbeat(BaseModel):
+    """The last heartbeat beat sent and a worker stored: `stale` means no worker or no beat is
+    running (jobs queue up unprocessed), `unknown` that none was ever seen."""
+
+    status: HeartbeatStatus
+    last_heartbeat: datetime | None = None
+    age_seconds: float | None = None
+
+
 class Readiness(BaseModel):
     status: Literal["ok", "degraded", "unavailable"]
     checks: dict[str, CheckResult]
+    jobs: JobsHeartbeat
 
 
 async def get_engine(request: Request) -> AsyncEngine:
@@ -70,6 +83,19 @@ def _database_probe(engine: AsyncEngine) -> Callable[[], Awaitable[object]]:
     return probe
 
 
+async def _jobs_heartbeat(request: Request) -> JobsHeartbeat:
+    settings: Settings = request.app.state.settings
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), sessionmaker() as session:
+            state = await heartbeat.read(session, stale_after=settings.heartbeat_stale_seconds)
+    except Exception:  # the database check reports why; here it only means "can't tell"
+        return JobsHeartbeat(status="unknown")
+    return JobsHeartbeat(
+        status=state.status, last_heartbeat=state.last_heartbeat, age_seconds=state.age_seconds
+    )
+
+
 def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
@@ -85,7 +111,8 @@ async def readiness(
     """Readiness: each dependency's state and latency; 503 when a required one is down.
 
     Redis and file storage are optional: without them, reads and logins that need no limiter
-    keep working, so their loss makes the service `degraded`, not unavailable.
+    keep working, so their loss makes the service `degraded`, not unavailable. So does a stale
+    jobs heartbeat: the API still serves, only background work waits.
     """
     probes = [
         ("database", _database_probe(engine), True),
@@ -94,16 +121,19 @@ async def readiness(
     redis: Redis | None = request.app.state.redis
     if redis is not None:
         probes.append(("redis", redis.ping, False))
-    results = await asyncio.gather(*(_check(probe, required=req) for _, probe, req in probes))
+    jobs_heartbeat, results = await asyncio.gather(
+        _jobs_heartbeat(request),
+        asyncio.gather(*(_check(probe, required=req) for _, probe, req in probes)),
+    )
     checks = {name: result for (name, _, _), result in zip(probes, results, strict=True)}
     if any(c.status == "down" and c.required for c in checks.values()):
         status: Literal["ok", "degraded", "unavailable"] = "unavailable"
         response.status_code = 503
-    elif any(c.status == "down" for c in checks.values()):
+    elif any(c.status == "down" for c in checks.values()) or jobs_heartbeat.status == "stale":
         status = "degraded"
     else:
         status = "ok"
-    return Readiness(status=status, checks=checks)
+    return Readiness(status=status, checks=checks, jobs=jobs_heartbeat)
 
 
 @ops_router.get("/metrics", include_in_schema=False)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu.entity import Queue
 
 from app.core.config import Settings
@@ -27,10 +28,28 @@ ROUTES: dict[str, dict[str, str]] = {
 }
 
 # Modules holding task bodies, imported by workers only.
-TASK_MODULES = ["app.jobs.tasks"]
+TASK_MODULES = ["app.jobs.tasks", "app.jobs.reports", "app.jobs.maintenance"]
 
-# What beat sends, and when (UTC).
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+# What beat sends, and when (UTC). The heartbeat's interval is a setting: see make_celery.
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "purge-sessions": {"task": "app.maintenance.purge_sessions", "schedule": crontab(minute=7)},
+    "purge-files": {
+        "task": "app.maintenance.purge_files",
+        "schedule": crontab(hour=3, minute=17),
+    },
+    "daily-report": {"task": "app.reports.daily", "schedule": crontab(hour=0, minute=30)},
+}
+
+
+def _heartbeat_entry(settings: Settings) -> dict[str, Any]:
+    interval = settings.heartbeat_interval_seconds
+    # A heartbeat not delivered within one interval says nothing any more: expire it, so a
+    # worker coming back after an outage doesn't chew through a backlog of them.
+    return {
+        "task": "app.maintenance.heartbeat",
+        "schedule": timedelta(seconds=interval),
+        "options": {"expires": interval},
+    }
 
 
 class AppCelery(Celery):
@@ -81,7 +100,7 @@ def make_celery(settings: Settings) -> AppCelery:
         worker_send_task_events=False,
         # Remote control (revoke, inspect) needs broadcast, which the SQLite broker lacks.
         worker_enable_remote_control=not settings.embedded_broker,
-        beat_schedule=BEAT_SCHEDULE,
+        beat_schedule={**BEAT_SCHEDULE, "heartbeat": _heartbeat_entry(settings)},
         beat_schedule_filename=str(settings.app_data_dir / "celerybeat-schedule"),
         include=TASK_MODULES,
     )

@@ -43,3 +43,14 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+class Heartbeat(Base):
+    """The last sign of life of a periodic sender (beat → worker), readable by every API
+    process: readiness tells a stopped worker or scheduler from a healthy one."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    beat_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(255))  # host and pid of the worker

@@ -120,6 +120,7 @@ async def mark_started(session: AsyncSession, job_id: str, name: str, owner_id: 
     """STARTED, creating the row for tasks sent without one (beat). False: it was cancelled."""
     job = await session.get(Job, job_id, with_for_update=True)
     if job is None:
+        # Column defaults apply at flush; the counters below are read before that.
         job = Job(id=job_id, name=name, owner_id=owner_id, attempts=0, cancel_requested=False)
         session.add(job)
     if job.cancel_requested:

@@ -1,0 +1,45 @@
+"""Operations for admins: this API process's in-process background tasks (JOBS-8).
+
+Each API process has its own tasks: with several processes, the answer is the one process
+that served the request (Celery jobs, which every process sees, are under /tasks).
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+
+from app.admin.schemas import BackgroundTaskId, BackgroundTaskRead
+from app.auth.dependencies import AdminPrincipal
+from app.core.background import TaskManager
+from app.core.errors import NotFound
+
+router = APIRouter(prefix="/admin/background-tasks", tags=["admin"])
+
+
+async def get_task_manager(request: Request) -> TaskManager:
+    manager: TaskManager = request.app.state.background
+    return manager
+
+
+TaskManagerDep = Annotated[TaskManager, Depends(get_task_manager)]
+
+
+@router.get("", response_model=list[BackgroundTaskRead])
+async def list_background_tasks(
+    _admin: AdminPrincipal, manager: TaskManagerDep
+) -> list[BackgroundTaskRead]:
+    """Running and recently finished in-process tasks of this API process, newest first."""
+    return [BackgroundTaskRead.model_validate(info) for info in manager.list()]
+
+
+@router.delete(
+    "/{task_id}", response_model=BackgroundTaskRead, status_code=status.HTTP_202_ACCEPTED
+)
+async def cancel_background_task(
+    task_id: BackgroundTaskId, _admin: AdminPrincipal, manager: TaskManagerDep
+) -> BackgroundTaskRead:
+    """Cancel a running task (a finished one is answered as it is)."""
+    info = await manager.cancel(task_id)
+    if info is None:
+        raise NotFound(f"Background task {task_id} not found")
+    return BackgroundTaskRead.model_validate(info)

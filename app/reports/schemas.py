@@ -1,0 +1,55 @@
+from datetime import date, timedelta
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from app.core.db import utcnow
+from app.core.schemas import APIModel, InputModel
+
+# One report covers at most a year (a leap year included): bounds the work of one task.
+MAX_REPORT_DAYS = 366
+
+
+class ReportRequest(InputModel):
+    start: date = Field(description="First day (UTC), inclusive")
+    end: date = Field(description="Last day (UTC), inclusive; not after today")
+
+    @model_validator(mode="after")
+    def _bounded_past_range(self) -> Self:
+        today = utcnow().date()
+        if self.start > self.end:
+            raise ValueError("start must not be after end")
+        if self.end > today:
+            raise ValueError("end must not be after today (UTC): the future has no activity")
+        if (self.end - self.start) >= timedelta(days=MAX_REPORT_DAYS):
+            raise ValueError(f"a report covers at most {MAX_REPORT_DAYS} days")
+        return self
+
+
+class DayActivity(APIModel):
+    day: date
+    signups: int
+    active_users: int  # distinct users who started a session that day
+    sessions: int  # logins (each login starts one session)
+    items_created: int
+    files_stored: int  # uploads, image variants and generated reports alike
+
+
+class ActivitySummary(APIModel):
+    start: date
+    end: date
+    days: int
+    signups: int
+    active_users: int  # distinct over the whole range, not the sum of the days
+    sessions: int
+    items_created: int
+    files_stored: int
+    users_at_end: int  # accounts created up to the end of the range
+
+
+class ReportFile(APIModel):
+    file_id: int
+    format: str
+    filename: str
+    download_url: str
+    size: int

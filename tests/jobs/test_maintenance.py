@@ -1,0 +1,212 @@
+"""JOBS-6 against a real worker on both brokers: a real `app beat` sends the heartbeat that
+readiness reads; the purge tasks run by name, as beat sends them."""
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from app.auth.models import AuthSession, RefreshToken
+from app.core.db import utcnow
+from app.core.storage import new_key
+from app.files.models import StoredFile
+from app.jobs.models import FINISHED, Job
+from tests.factories import Factory
+from tests.jobs.conftest import TASK_DEADLINE_SECONDS, JobsStack
+from tests.workers import APP, STOP_DEADLINE_SECONDS, subprocess_env
+
+STALE_AFTER_SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def jobs_overrides() -> dict[str, str]:
+    return {
+        "HEARTBEAT_INTERVAL_SECONDS": "1",
+        "HEARTBEAT_STALE_SECONDS": str(STALE_AFTER_SECONDS),
+    }
+
+
+class BeatProcess:
+    """`app beat` as deployed, in its own process group, logging to a file."""
+
+    def __init__(self, stack: JobsStack) -> None:
+        self.log_file = stack.settings.app_data_dir / "beat.log"
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [APP, "beat"],
+                env=subprocess_env(stack.values),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_DEADLINE_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def tail(self) -> str:
+        return self.log_file.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def beat(jobs_stack: JobsStack) -> Iterator[BeatProcess]:
+    process = BeatProcess(jobs_stack)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def _readiness(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_beat_heartbeat_shows_in_readiness_and_goes_stale_without_beat(
+    jobs_stack: JobsStack, jobs_client: httpx.AsyncClient, beat: BeatProcess
+) -> None:
+    started = utcnow()
+    body: dict[str, Any] = {}
+    with anyio.move_on_after(30):
+        while True:
+            body = await _readiness(jobs_client)
+            last = body["jobs"]["last_heartbeat"]
+            if body["jobs"]["status"] == "ok" and last and last > started.isoformat():
+                break
+            await anyio.sleep(0.1)
+    assert body["jobs"]["status"] == "ok", (body, beat.tail(), jobs_stack.worker.tail())
+    assert body["status"] == "ok"
+    assert 0 <= body["jobs"]["age_seconds"] <= STALE_AFTER_SECONDS
+
+    beat.stop()
+    with anyio.move_on_after(STALE_AFTER_SECONDS + 10):
+        while (body := await _readiness(jobs_client))["jobs"]["status"] != "stale":
+            await anyio.sleep(0.1)
+    assert body["jobs"]["status"] == "stale", body
+    assert body["jobs"]["age_seconds"] > STALE_AFTER_SECONDS
+    assert body["status"] == "degraded"  # the API still serves: 200, not 503
+    assert body["checks"]["database"]["status"] == "ok"
+
+
+async def _run(app: FastAPI, stack: JobsStack, name: str) -> Job:
+    """Send by name without a row, as beat does; the task makes its row when it starts."""
+    task_id = await app.state.jobs.send(name)
+    with anyio.move_on_after(TASK_DEADLINE_SECONDS):
+        while True:
+            async with app.state.sessionmaker() as session:
+                job = await session.get(Job, task_id)
+            if job is not None and job.state in FINISHED:
+                return job
+            await anyio.sleep(0.05)
+    raise AssertionError(f"{name} did not finish\n{stack.worker.tail()}")
+
+
+async def test_purge_sessions_removes_ended_sessions_and_their_refresh_tokens(
+    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_factory: Factory
+) -> None:
+    user = await jobs_factory.account()
+    now = utcnow()
+    long_ago = now - timedelta(days=jobs_stack.settings.auth_session_retention_days + 1)
+    sessions = {
+        "expired": {"expires_at": long_ago},
+        "revoked": {"expires_at": now + timedelta(days=1), "revoked_at": long_ago},
+        "recently_ended": {"expires_at": now - timedelta(hours=1)},  # kept for a while
+        "live": {"expires_at": now + timedelta(days=1)},
+    }
+    ids = {name: uuid.uuid4().hex for name in sessions}
+    async with jobs_app.state.sessionmaker() as session:
+        for name, values in sessions.items():
+            session.add(
+                AuthSession(id=ids[name], user_id=user.id, scopes="", created_at=long_ago, **values)
+            )
+            session.add(
+                RefreshToken(
+                    session_id=ids[name],
+                    token_hash=uuid.uuid4().hex * 2,
+                    expires_at=values["expires_at"],
+                )
+            )
+        await session.commit()
+
+    job = await _run(jobs_app, jobs_stack, "app.maintenance.purge_sessions")
+
+    assert job.state == "SUCCESS", job.error
+    assert job.result is not None
+    assert job.result["sessions"] >= 2
+    async with jobs_app.state.sessionmaker() as session:
+        left = set((await session.execute(select(AuthSession.id))).scalars())
+        tokens = set((await session.execute(select(RefreshToken.session_id))).scalars())
+    assert ids["expired"] not in left
+    assert ids["revoked"] not in left
+    assert {ids["live"], ids["recently_ended"]} <= left
+    assert ids["expired"] not in tokens  # cascaded on both databases
+    assert ids["live"] in tokens
+    # The user's own login is untouched: their token still works.
+    me = await jobs_factory.client.get("/api/v1/users/me", headers=user.headers)
+    assert me.status_code == 200
+
+
+async def test_purge_files_removes_unlinked_rows_orphans_and_stale_temp_files(
+    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_factory: Factory
+) -> None:
+    user = await jobs_factory.account()
+    storage_dir = jobs_stack.settings.uploads_dir
+    old = time.time() - (jobs_stack.settings.purge_files_older_than_hours + 1) * 3600
+    orphan, unlinked, kept = new_key(), new_key(), new_key()
+    for key in (orphan, unlinked, kept):
+        path = storage_dir / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (old, old))
+    temp = storage_dir / ".tmp" / uuid.uuid4().hex
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    temp.write_bytes(b"partial upload")
+    os.utime(temp, (old, old))
+    async with jobs_app.state.sessionmaker() as session:
+        for key, deleted_at in ((unlinked, utcnow() - timedelta(days=2)), (kept, None)):
+            session.add(
+                StoredFile(
+                    key=key,
+                    filename="a.png",
+                    content_type="image/png",
+                    size=1,
+                    sha256="0" * 64,
+                    owner_id=user.id,
+                    deleted_at=deleted_at,
+                )
+            )
+        await session.commit()
+
+    job = await _run(jobs_app, jobs_stack, "app.maintenance.purge_files")
+
+    assert job.state == "SUCCESS", job.error
+    assert job.result is not None
+    assert job.result["unlinked_rows"] >= 1
+    assert job.result["orphan_objects"] >= 1
+    assert job.result["temp_files"] >= 1
+    assert not (storage_dir / orphan).exists()
+    assert not (storage_dir / unlinked).exists()
+    assert not temp.exists()
+    assert (storage_dir / kept).exists()
+    async with jobs_app.state.sessionmaker() as session:
+        keys = set((await session.execute(select(StoredFile.key))).scalars())
+    assert kept in keys
+    assert unlinked not in keys
