@@ -6,6 +6,7 @@ from app.auth.router import router as auth_router
 from app.core.errors import ERROR_RESPONSES
 from app.exports.router import router as exports_router
 from app.files import router as files
+from app.images.router import router as images_router
 from app.items import router as items
 from app.jobs.router import router as tasks_router
 from app.users.router import router as users_router
@@ -19,6 +20,7 @@ api_v1.include_router(files.item_images)
 api_v1.include_router(files.router)
 api_v1.include_router(exports_router)
 api_v1.include_router(tasks_router)
+api_v1.include_router(images_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

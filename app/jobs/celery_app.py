@@ -27,7 +27,7 @@ ROUTES: dict[str, dict[str, str]] = {
 }
 
 # Modules holding task bodies, imported by workers only.
-TASK_MODULES = ["app.jobs.tasks"]
+TASK_MODULES = ["app.jobs.tasks", "app.jobs.images"]
 
 # What beat sends, and when (UTC).
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
