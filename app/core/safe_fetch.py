@@ -78,8 +78,10 @@ def address_class(ip: IPAddress) -> str | None:
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
             reason = address_class(embedded)
-            if reason is not None or ip.ipv4_mapped is not None:
-                return reason  # a mapped address is exactly its IPv4 address
+            if reason is not None or ip.sixtofour is None:
+                # Mapped and NAT64 addresses are exactly their IPv4 address (ipaddress calls
+                # the NAT64 prefix reserved, but DNS64 networks reach every IPv4 site by it).
+                return reason
     checks = (
         (ip.is_loopback, "loopback"),
         (ip.is_link_local, "link-local"),
