@@ -28,7 +28,9 @@ def image_bytes(
 def open_image(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
-        return image.copy()
+        copy = image.copy()
+        copy.format = image.format  # the copy is detached from the file, format included
+        return copy
 
 
 @dataclass
