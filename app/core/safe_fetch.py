@@ -142,9 +142,11 @@ async def resolve(url: httpx.URL, allowed: Collection[IPNetwork]) -> Target:
     if ip is not None:
         addresses = [ip]
     else:
+        # The IDNA form; the resolver also reads forms like 2130706433 or 127.1, which is why
+        # what it returns is vetted, not the text of the URL.
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
-                url.host, port, type=socket.SOCK_STREAM
+                url.raw_host.decode("ascii"), port, type=socket.SOCK_STREAM
             )
         except (socket.gaierror, UnicodeError) as exc:
             raise FetchFailed("The host name could not be resolved.") from exc
@@ -167,7 +169,7 @@ def pinned_request(target: Target) -> httpx.Request:
         # Raw bytes only: a decompressed body could be far larger than the bytes we counted.
         "Accept-Encoding": "identity",
     }
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
     return httpx.Request(
         "GET", url.copy_with(host=str(target.ip)), headers=headers, extensions=extensions
     )
@@ -201,7 +203,9 @@ async def _fetch(
     for _hop in range(MAX_REDIRECTS + 1):
         target = await resolve(current, allowed_networks)
         try:
-            response = await client.send(pinned_request(target), stream=True)
+            response = await client.send(
+                pinned_request(target), stream=True, follow_redirects=False
+            )
         except httpx.TransportError as exc:
             raise FetchFailed("The URL could not be reached.") from exc
         try:

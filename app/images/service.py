@@ -155,8 +155,11 @@ async def store_output(
         row = (await session.execute(select(StoredFile).where(StoredFile.key == key))).scalar()
         if row is None:
             temp = runtime.storage.temp_path()
-            temp.write_bytes(encoded.data)
-            await runtime.storage.put(key, temp, content_type=encoded.content_type)
+            try:
+                temp.write_bytes(encoded.data)  # this loop serves one task: blocking is fine
+                await runtime.storage.put(key, temp, content_type=encoded.content_type)
+            finally:
+                temp.unlink(missing_ok=True)  # the S3 backend leaves it where it was
             row = _output_row(job, variant, encoded, key)
             session.add(row)
             try:

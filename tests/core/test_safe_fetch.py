@@ -115,6 +115,11 @@ def test_the_request_goes_to_the_vetted_address_and_speaks_to_the_named_host() -
     assert request.headers["host"] == "images.example.com:8443"
     assert request.extensions["sni_hostname"] == "images.example.com"  # SNI and certificate
     assert request.headers["connection"] == "close"  # no pooled reuse across hostnames
+    idn_url = httpx.URL("https://bücher.example/")
+    idn = pinned_request(Target(idn_url, ipaddress.ip_address("203.0.113.8")))
+    assert idn.extensions["sni_hostname"] == "xn--bcher-kva.example"
+    assert idn.headers["host"] == "xn--bcher-kva.example"
+    assert idn.url.host == "203.0.113.8"
     v6 = pinned_request(Target(httpx.URL("http://h.example/"), ipaddress.ip_address("2001:db8::1")))
     assert v6.url.host == "2001:db8::1"
     assert "sni_hostname" not in v6.extensions
@@ -160,6 +165,9 @@ async def test_an_allowed_network_serves_an_image(
         ("http://10.0.0.1/image.png", "private"),
         ("http://[::ffff:127.0.0.1]:{port}/image.png", "loopback"),
         ("http://0.0.0.0:{port}/image.png", "unspecified"),
+        ("http://2130706433:{port}/image.png", "loopback"),  # 127.0.0.1 as one number
+        ("http://0x7f000001:{port}/image.png", "loopback"),
+        ("http://127.1:{port}/image.png", "loopback"),
     ],
 )
 async def test_internal_addresses_are_refused_before_connecting(
