@@ -7,6 +7,7 @@ from app.auth.router import router as auth_router
 from app.core.errors import ERROR_RESPONSES
 from app.exports.router import router as exports_router
 from app.files import router as files
+from app.images.router import router as images_router
 from app.items import router as items
 from app.jobs.router import router as tasks_router
 from app.realtime import router as realtime
@@ -28,6 +29,7 @@ api_v1.include_router(sse.router)  # before /notifications/{id}/...: nothing sha
 api_v1.include_router(realtime.notifications_router)
 api_v1.include_router(reports_router)
 api_v1.include_router(admin_router)
+api_v1.include_router(images_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

@@ -1,5 +1,6 @@
 """Typed settings from the environment and `.env`; nothing set means embedded mode."""
 
+import ipaddress
 import os
 import secrets
 from functools import lru_cache
@@ -60,6 +61,15 @@ class Settings(BaseSettings):
     storage_s3_secret_access_key: SecretStr | None = None
     presigned_url_expire_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     export_batch_size: int = Field(default=1000, ge=1, le=100_000)
+
+    # Images (JOBS-4, ITEMS-4). Pillow refuses images above this many pixels (decompression
+    # bombs); every step of a pipeline stays under it too. Pillow's own default is ~89M.
+    image_max_pixels: int = Field(default=40_000_000, ge=1024)
+    image_max_source_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    image_fetch_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # URL sources may only resolve to public addresses; these CIDRs open an intranet range
+    # (cloud metadata addresses stay refused whatever is listed here).
+    ssrf_allowed_networks: CommaList = []
 
     redis_url: str | None = None
     redis_max_connections: int = Field(default=100, ge=1)
@@ -150,7 +160,12 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
-        "cors_origins", "allowed_hosts", "trusted_proxies", "ws_allowed_origins", mode="before"
+        "cors_origins",
+        "allowed_hosts",
+        "trusted_proxies",
+        "ws_allowed_origins",
+        "ssrf_allowed_networks",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:
@@ -175,6 +190,13 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("unsafe production settings: " + "; ".join(problems))
         return self
+
+    @field_validator("ssrf_allowed_networks")
+    @classmethod
+    def _networks_are_cidrs(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad entry
+        return value
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> "Settings":

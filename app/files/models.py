@@ -24,6 +24,16 @@ class StoredFile(Base):
     item_id: Mapped[int | None] = mapped_column(
         BigIntPK, ForeignKey("items.id", ondelete="CASCADE"), index=True
     )
+    # An image made from another file (JOBS-4): its source and the variant's name. Derived
+    # files go with their source (cascade; the orphan purge takes their objects).
+    source_file_id: Mapped[int | None] = mapped_column(
+        BigIntPK, ForeignKey("files.id", ondelete="CASCADE"), index=True
+    )
+    variant: Mapped[str | None] = mapped_column(String(32))
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    # The task making this file's variants (item images), for the owner to follow.
+    variants_task_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # Set when the link goes (its item was soft-deleted); the purge removes object and row.
     deleted_at: Mapped[datetime | None] = mapped_column(index=True)

@@ -10,9 +10,12 @@ from app.core.db import SessionDep
 from app.core.storage import Storage
 from app.files import service
 from app.files.dependencies import ReadableFile, StorageDep
+from app.files.models import StoredFile
 from app.files.safety import IMAGE_EXTENSIONS, content_disposition
 from app.files.schemas import FileRead, PresignedURL
+from app.images import service as images_service
 from app.items.dependencies import OwnedItem
+from app.jobs.dependencies import JobsDep
 
 router = APIRouter(prefix="/files", tags=["files"])
 item_images = APIRouter(prefix="/items", tags=["items"])
@@ -69,9 +72,10 @@ async def upload_file(
 
 
 @router.get("/{file_id}", response_model=FileRead)
-async def read_file(row: ReadableFile) -> FileRead:
-    """A file's metadata (owner or admin)."""
-    return FileRead.model_validate(row)
+async def read_file(row: ReadableFile, session: SessionDep) -> FileRead:
+    """A file's metadata (owner or admin), with the images made from it."""
+    variants = await service.variants_of(session=session, file_ids=[row.id])
+    return service.file_read(row, variants[row.id])
 
 
 @router.get("/{file_id}/content", response_class=StreamingResponse, responses=_CONTENT)
@@ -136,12 +140,16 @@ async def upload_item_image(
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
+    jobs: JobsDep,
 ) -> FileRead:
-    """Attach an image (png, jpeg, gif, webp) to an item (owner or admin)."""
-    return await _receive(
+    """Attach an image (png, jpeg, gif, webp) to an item (owner or admin); its variants
+    (thumbnail, medium) are made in the background: follow `variants_task_id`."""
+    row = await _store(
         request, session, storage, settings,
         owner_id=item.owner_id, item_id=item.id, allowed=IMAGE_EXTENSIONS,
     )  # fmt: skip
+    await images_service.enqueue_item_variants(session=session, jobs=jobs, row=row)
+    return service.file_read(row)
 
 
 async def _receive(
@@ -151,7 +159,17 @@ async def _receive(
     settings: Settings,
     **target: Any,
 ) -> FileRead:
-    row = await service.upload(
+    return FileRead.model_validate(await _store(request, session, storage, settings, **target))
+
+
+async def _store(
+    request: Request,
+    session: AsyncSession,
+    storage: Storage,
+    settings: Settings,
+    **target: Any,
+) -> StoredFile:
+    return await service.upload(
         session=session,
         storage=storage,
         body=request.stream(),
@@ -159,11 +177,11 @@ async def _receive(
         max_bytes=settings.max_upload_bytes,
         **target,
     )
-    return FileRead.model_validate(row)
 
 
 @item_images.get("/{item_id}/images", response_model=list[FileRead])
 async def list_item_images(item: OwnedItem, session: SessionDep) -> list[FileRead]:
-    """An item's images (owner or admin)."""
+    """An item's images (owner or admin), each with its variants once they are ready."""
     rows = await service.list_for_item(session=session, item_id=item.id)
-    return [FileRead.model_validate(r) for r in rows]
+    variants = await service.variants_of(session=session, file_ids=[row.id for row in rows])
+    return [service.file_read(row, variants[row.id]) for row in rows]

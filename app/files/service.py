@@ -20,6 +20,7 @@ from app.files.safety import (
     extension_of,
     sanitize_filename,
 )
+from app.files.schemas import FileRead, VariantRead
 from app.files.upload import receive_file
 
 logger = logging.getLogger("app.files")
@@ -101,21 +102,68 @@ async def get_readable(*, session: AsyncSession, file_id: int, viewer: Principal
 
 
 async def list_for_item(*, session: AsyncSession, item_id: int) -> Sequence[StoredFile]:
+    """The item's uploaded images; their variants (same item) are listed under each."""
     statement = (
         select(StoredFile)
-        .where(StoredFile.item_id == item_id, StoredFile.deleted_at.is_(None))
+        .where(
+            StoredFile.item_id == item_id,
+            StoredFile.source_file_id.is_(None),
+            StoredFile.deleted_at.is_(None),
+        )
         .order_by(StoredFile.id)
     )
     return (await session.execute(statement)).scalars().all()
 
 
+def download_url(file_id: int) -> str:
+    return f"/api/v1/files/{file_id}/content"
+
+
+async def variants_of(
+    *, session: AsyncSession, file_ids: Collection[int]
+) -> dict[int, list[StoredFile]]:
+    """The images made from each of `file_ids` (JOBS-4), oldest first."""
+    found: dict[int, list[StoredFile]] = {file_id: [] for file_id in file_ids}
+    if not found:
+        return found
+    rows = await session.execute(
+        select(StoredFile)
+        .where(StoredFile.source_file_id.in_(found), StoredFile.deleted_at.is_(None))
+        .order_by(StoredFile.id)
+    )
+    for row in rows.scalars():
+        found[row.source_file_id or 0].append(row)
+    return found
+
+
+def file_read(row: StoredFile, variants: Sequence[StoredFile] = ()) -> FileRead:
+    read = FileRead.model_validate(row)
+    read.variants = [
+        VariantRead(
+            file_id=v.id,
+            variant=v.variant or "",
+            width=v.width,
+            height=v.height,
+            content_type=v.content_type,
+            size=v.size,
+            download_url=download_url(v.id),
+        )
+        for v in variants
+    ]
+    return read
+
+
 async def delete_file(*, session: AsyncSession, storage: Storage, row: StoredFile) -> None:
     """The row goes first: a row must never point at a missing object, an object without a
     row is only an orphan for the purge."""
-    key = row.key
+    keys = [row.key] + [
+        v.key for v in (await variants_of(session=session, file_ids=[row.id]))[row.id]
+    ]
+    # Derived images go with their source (the foreign key cascades).
     await session.execute(delete(StoredFile).where(StoredFile.id == row.id))
     await session.commit()
-    await _delete_quietly(storage, key)
+    for key in keys:
+        await _delete_quietly(storage, key)
 
 
 async def unlink_item_files(*, session: AsyncSession, item_id: int) -> None:

@@ -28,7 +28,12 @@ ROUTES: dict[str, dict[str, str]] = {
 }
 
 # Modules holding task bodies, imported by workers only.
-TASK_MODULES = ["app.jobs.tasks", "app.jobs.reports", "app.jobs.maintenance"]
+TASK_MODULES = [
+    "app.jobs.tasks",
+    "app.jobs.images",
+    "app.jobs.reports",
+    "app.jobs.maintenance",
+]
 
 # What beat sends, and when (UTC). The heartbeat's interval is a setting: see make_celery.
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
