@@ -15,6 +15,7 @@ from kombu.entity import Queue
 from app.core.config import Settings
 from app.jobs import broker
 
+PUBLISH_TIMEOUT_SECONDS = 2.0
 QUEUES = ("default", "email", "images", "reports", "maintenance")
 
 # Task names are "app.<area>.<action>"; the area picks the queue, so a slow report never
@@ -76,7 +77,18 @@ def make_celery(settings: Settings) -> AppCelery:
         broker_url=settings.broker_url,
         result_backend=settings.result_backend_url,
         broker_transport_options=transport_options,
-        result_backend_transport_options=transport_options,
+        # Sending a task subscribes to its result on a Redis backend; with Redis down, kombu's
+        # default (20 retries a second apart) would hold the request for 20 s before the 503.
+        result_backend_transport_options={
+            **transport_options,
+            "retry_policy": {"timeout": PUBLISH_TIMEOUT_SECONDS},
+        },
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         broker_connection_retry_on_startup=True,
         # The database result backend shares SQLite's locking with the pool processes.
         database_engine_options={"connect_args": {"timeout": 30}},
