@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
@@ -89,6 +89,13 @@ async def list_owned(
     where = [Job.owner_id == owner_id]
     if name is not None:
         where.append(Job.name == name)
+    return await list_jobs(session, where, offset=offset, limit=limit)
+
+
+async def list_jobs(
+    session: AsyncSession, where: Sequence[ColumnElement[bool]], *, offset: int, limit: int
+) -> tuple[Sequence[Job], int]:
+    """A page of jobs matching `where`, newest first, and how many match in all."""
     total = (
         await session.execute(select(func.count()).select_from(Job).where(*where))
     ).scalar_one()

@@ -7,7 +7,6 @@ by day happens in SQL, so the cost is one small result per table whatever the ro
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +15,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from app.auth.models import AuthSession
 from app.files.models import StoredFile
 from app.items.models import Item
+from app.jobs import service as jobs_service
 from app.jobs.models import Job
 from app.reports.schemas import ActivitySummary, DayActivity
 from app.users.models import Role, User
@@ -113,15 +113,6 @@ async def list_report_jobs(
     session: AsyncSession, *, offset: int, limit: int
 ) -> tuple[Sequence[Job], int]:
     """Every report task, whoever started it (admins only see this list)."""
-    where: list[Any] = [Job.name.in_(REPORT_TASKS)]
-    total = (
-        await session.execute(select(func.count()).select_from(Job).where(*where))
-    ).scalar_one()
-    rows = await session.execute(
-        select(Job)
-        .where(*where)
-        .order_by(Job.created_at.desc(), Job.id)
-        .offset(offset)
-        .limit(limit)
+    return await jobs_service.list_jobs(
+        session, [Job.name.in_(REPORT_TASKS)], offset=offset, limit=limit
     )
-    return rows.scalars().all(), total

@@ -20,8 +20,7 @@ from fastapi import FastAPI
 
 from app.core.config import Settings
 from app.jobs.models import FINISHED
-from app.main import create_app
-from tests.conftest import TEST_SECRET, make_settings
+from tests.conftest import TEST_SECRET, asgi_client, make_settings, started_app
 from tests.factories import Factory
 from tests.servers import PostgresServer, RedisServer
 from tests.workers import WorkerProcess
@@ -93,15 +92,13 @@ def jobs_stack(
 
 @pytest.fixture
 async def jobs_app(jobs_stack: JobsStack) -> AsyncIterator[FastAPI]:
-    application = create_app(jobs_stack.settings)
-    async with application.router.lifespan_context(application):
+    async with started_app(jobs_stack.settings) as application:
         yield application
 
 
 @pytest.fixture
 async def jobs_client(jobs_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=jobs_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with asgi_client(jobs_app) as http:
         yield http
 
 
