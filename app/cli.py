@@ -95,6 +95,7 @@ def serve(
         if jobs
         else []
     )
+    configure_logging(settings)  # the supervisor logs the children's starts and stops
     with Supervisor(children):
         _run_api(settings, host=host, port=port, workers=1, access_log=access_log)
 

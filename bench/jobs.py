@@ -105,7 +105,7 @@ async def measure(settings: Settings, tasks: int, burst: int) -> dict[str, Any]:
 
 
 def run_broker(broker: str, workdir: Path, args: argparse.Namespace, redis_url: str | None) -> Any:
-    data_dir = workdir / broker
+    data_dir = workdir / f"{broker}-data"
     data_dir.mkdir()
     values = {"ENVIRONMENT": "test", "SECRET_KEY": SECRET, "APP_DATA_DIR": str(data_dir),
               "LOG_LEVEL": "INFO"}  # fmt: skip

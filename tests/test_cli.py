@@ -1,6 +1,7 @@
 """The `app` command as a user runs it: real subprocesses, real ports."""
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -116,6 +117,28 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             process.kill()
             raise
         assert process.returncode == 0, output
+        # The worker and beat it started are gone with it: Ctrl-C stops all of it.
+        children = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)\)", output)]
+        assert len(children) == 2, output
+        for pid in children:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+def test_serve_runs_a_worker_that_sends_the_welcome_mail(served: tuple[str, Path]) -> None:
+    """No SMTP configured: the worker child writes the mail to the outbox directory."""
+    base, data_dir = served
+    with httpx.Client(base_url=base) as client:
+        body = {"username": "mailed", "email": "mailed@example.com",
+                "password": "Cli-password-1", "password_confirm": "Cli-password-1"}  # fmt: skip
+        assert client.post("/api/v1/auth/register", json=body).status_code == 201
+    outbox = data_dir / "outbox"
+    deadline = time.monotonic() + 60
+    while not list(outbox.glob("*.eml")):
+        assert time.monotonic() < deadline, "no welcome mail from the worker"
+        time.sleep(0.1)  # waiting for the worker's file, bounded by the deadline
+    mail = next(outbox.glob("*.eml")).read_text()
+    assert "To: mailed@example.com" in mail
 
 
 def test_serve_migrates_and_answers(served: tuple[str, Path]) -> None:
