@@ -66,7 +66,7 @@ async def measure(settings: Settings, tasks: int, burst: int) -> dict[str, Any]:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"task {task_id} never started")
-                await asyncio.sleep(0.002)  # polling the row; the figure is the row's timestamp
+                await asyncio.sleep(0.005)  # polling the row; the figure is the row's timestamp
         began = time.monotonic()
         ids = [await jobs.send("app.noop") for _ in range(burst)]
         deadline = time.monotonic() + DEADLINE_S
@@ -82,7 +82,7 @@ async def measure(settings: Settings, tasks: int, burst: int) -> dict[str, Any]:
             if done == burst:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {done}/{burst} burst tasks finished")
+                break  # reported as incomplete: a figure, not a crash
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - began
     finally:
@@ -98,8 +98,9 @@ async def measure(settings: Settings, tasks: int, burst: int) -> dict[str, Any]:
         },
         "burst": {
             "tasks": burst,
+            "finished": done,  # below `tasks` only if the deadline passed
             "seconds": round(elapsed, 2),
-            "per_second": round(burst / elapsed),
+            "per_second": round(done / elapsed),
         },
     }
 
