@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from app.auth.router import router as auth_router
 from app.core.errors import ERROR_RESPONSES
+from app.email.router import campaigns_router, email_router
 from app.exports.router import router as exports_router
 from app.files import router as files
 from app.items import router as items
@@ -19,6 +20,8 @@ api_v1.include_router(files.item_images)
 api_v1.include_router(files.router)
 api_v1.include_router(exports_router)
 api_v1.include_router(tasks_router)
+api_v1.include_router(email_router)
+api_v1.include_router(campaigns_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

@@ -1,5 +1,6 @@
 """The app factory and its lifespan. Importing this module connects to nothing."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.api import api_v1, api_v2
+from app.auth.pages import router as pages_router
 from app.core.cache import MemoryCache, RedisCache
 from app.core.client_ip import parse_networks
 from app.core.config import Settings, get_settings
@@ -39,10 +41,17 @@ from app.health.router import router as health_router
 from app.jobs.celery_app import make_celery
 from app.jobs.service import Jobs
 
+logger = logging.getLogger("app")
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    if settings.is_production and settings.smtp_host is None:
+        logger.warning(
+            "SMTP_HOST is not set: mail (password resets included) goes to %s, not to people",
+            settings.outbox_dir,
+        )
     engine = create_engine(settings)
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
@@ -142,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(api_v1)
     app.include_router(api_v2)
+    app.include_router(pages_router)
     if settings.show_docs:
         install_docs(app)
     return app

@@ -27,10 +27,13 @@ ROUTES: dict[str, dict[str, str]] = {
 }
 
 # Modules holding task bodies, imported by workers only.
-TASK_MODULES = ["app.jobs.tasks"]
+TASK_MODULES = ["app.jobs.tasks", "app.jobs.email"]
 
 # What beat sends, and when (UTC).
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # Mail whose enqueue was lost, or whose sender died, goes out within minutes.
+    "email-sweep-outbox": {"task": "app.email.sweep_outbox", "schedule": 120.0},
+}
 
 
 class AppCelery(Celery):
