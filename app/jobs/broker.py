@@ -71,9 +71,9 @@ class Channel(kombu_sqla.Channel):
         event.listen(engine, "connect", _pragmas)
         return engine
 
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         with self._lock:
-            super()._put(queue, message, **kwargs)
+            return super()._put(queue, payload, **kwargs)
 
     def _get(self, queue: str, timeout: Any = None) -> dict[str, Any]:
         with self._lock:

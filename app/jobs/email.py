@@ -20,7 +20,7 @@ SWEEP_BATCH = 1000
 def backoff_seconds(attempt: int, *, factor: float, maximum: float) -> float:
     """Exponential backoff with jitter: the n-th retry waits between half and all of
     min(maximum, factor * 2**(n-1)), so retries spread out instead of arriving together."""
-    ceiling = min(maximum, factor * 2 ** (attempt - 1))
+    ceiling = min(maximum, factor * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not for security
 
 
