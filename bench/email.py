@@ -60,7 +60,7 @@ def run(broker: str, count: int, deadline: float, redis_url: str | None) -> dict
     try:
         values = {
             "ENVIRONMENT": "test", "SECRET_KEY": SECRET, "APP_DATA_DIR": str(base),
-            "LOG_LEVEL": "WARNING", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
+            "LOG_LEVEL": "INFO", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp.port),
             "SMTP_SECURITY": "none",
         }  # fmt: skip
         if redis_url is not None:

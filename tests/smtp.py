@@ -223,6 +223,9 @@ def start_smtp_server(directory: Path, *, tls: bool = True) -> SmtpServer:
             "auth_require_tls": True,
             "auth_exclude_mechanism": ["PLAIN"],  # so the client speaks AUTH LOGIN
         }
-    controller = Controller(sink, hostname="127.0.0.1", port=port, **options)
+    # A fixed name: aiosmtpd otherwise resolves its FQDN (DNS) on every connection.
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=port, server_hostname="sink.test", **options
+    )
     controller.start()
     return SmtpServer(sink, controller, port, ca)
