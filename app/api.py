@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from app.admin.router import router as admin_router
 from app.auth.router import router as auth_router
 from app.core.errors import ERROR_RESPONSES
+from app.email.router import campaigns_router, email_router
 from app.exports.router import router as exports_router
 from app.files import router as files
 from app.images.router import router as images_router
@@ -30,6 +31,8 @@ api_v1.include_router(realtime.notifications_router)
 api_v1.include_router(reports_router)
 api_v1.include_router(admin_router)
 api_v1.include_router(images_router)
+api_v1.include_router(email_router)
+api_v1.include_router(campaigns_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

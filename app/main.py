@@ -1,5 +1,6 @@
 """The app factory and its lifespan. Importing this module connects to nothing."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.api import api_v1, api_v2
+from app.auth.pages import router as pages_router
 from app.core.background import TaskManager
 from app.core.cache import MemoryCache, RedisCache
 from app.core.client_ip import parse_networks
@@ -44,10 +46,17 @@ from app.jobs.service import Jobs
 from app.realtime import chat, notifications, page
 from app.realtime.runtime import start_realtime
 
+logger = logging.getLogger("app")
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    if settings.is_production and settings.smtp_host is None:
+        logger.warning(
+            "SMTP_HOST is not set: mail (password resets included) goes to %s, not to people",
+            settings.outbox_dir,
+        )
     engine = create_engine(settings)
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
@@ -172,6 +181,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     app.include_router(chat.router)
     app.include_router(notifications.router)
     app.include_router(page.router)
+    app.include_router(pages_router)
     if settings.show_docs:
         install_docs(app)
     return app

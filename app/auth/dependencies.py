@@ -131,6 +131,25 @@ async def limit_register(request: Request, response: Response) -> None:
     await enforce(request, response, policies_of(request).register, client_ip_of(request.scope))
 
 
+async def limit_password_reset(request: Request, response: Response) -> None:
+    """Per client and per target address: nobody can flood one inbox from many clients."""
+    policy = policies_of(request).password_reset
+    await enforce(request, response, policy, client_ip_of(request.scope))
+    try:
+        body = await request.json()  # FastAPI has read (and cached) the body already
+    except ValueError:
+        return  # the route answers 422
+    if isinstance(body, dict) and isinstance(body.get("email"), str):
+        await enforce(request, response, policy, "email:" + body["email"].lower())
+
+
+async def limit_verification(
+    request: Request, response: Response, principal: Annotated[Principal, Security(get_principal)]
+) -> None:
+    """Verification links go to the caller's own inbox; the reset policy bounds them too."""
+    await enforce(request, response, policies_of(request).password_reset, f"verify:{principal.id}")
+
+
 def require_permission(permission: Permission) -> object:
     """A dependency for finer rules than scopes: 403 names the missing permission."""
 

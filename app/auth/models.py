@@ -1,9 +1,10 @@
 from datetime import datetime
+from enum import StrEnum
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Base, BigIntPK, utcnow
+from app.core.db import Base, BigIntPK, str_enum, utcnow
 
 
 class AuthSession(Base):
@@ -38,3 +39,23 @@ class RefreshToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class TokenPurpose(StrEnum):
+    VERIFY_EMAIL = "verify_email"
+    RESET_PASSWORD = "reset_password"
+
+
+class ActionToken(Base):
+    """A single-use, expiring token sent by email (AUTH-9), stored only as its SHA-256."""
+
+    __tablename__ = "action_tokens"
+    __table_args__ = (Index("ix_action_tokens_user_id_purpose", "user_id", "purpose"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[TokenPurpose] = mapped_column(str_enum(TokenPurpose))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]  # also set when a newer token of the purpose replaces it

@@ -133,3 +133,10 @@ async def _retry_tombstones(cache: Cache, session_ids: list[str], ttl: float) ->
         delay = min(delay * 2, 5.0)
     if session_ids:
         logger.error("revocation tombstones not written; snapshots have expired by now")
+
+
+async def forget(*, cache: Cache, session_ids: Iterable[str]) -> None:
+    """Drop live snapshots after a change they hold (email verified): the next request
+    reloads from the database. Tombstones are never dropped this way: callers pass live
+    sessions only."""
+    await cache.delete(*(_key(sid) for sid in session_ids))

@@ -1,8 +1,8 @@
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Form, Header, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Header, Request, Response, status
 
-from app.auth import events, service
+from app.auth import events, service, verification
 from app.auth.dependencies import (
     CacheDep,
     CurrentPrincipal,
@@ -10,17 +10,25 @@ from app.auth.dependencies import (
     HasherDep,
     SettingsDep,
     limit_login,
+    limit_password_reset,
     limit_register,
+    limit_verification,
 )
 from app.auth.schemas import (
+    Accepted,
     ChangePasswordRequest,
     LoginForm,
     LogoutRequest,
+    PasswordResetConfirm,
+    PasswordResetRequest,
     RefreshRequest,
     RegisterRequest,
     TokenResponse,
+    VerifyEmailRequest,
 )
 from app.core.db import SessionDep
+from app.email import service as outbox
+from app.jobs.dependencies import JobsDep
 from app.users.schemas import UserPrivate
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -45,11 +53,21 @@ def _token_response(pair: service.TokenPair, response: Response) -> TokenRespons
     dependencies=[Depends(limit_register)],
 )
 async def register(
-    data: RegisterRequest, session: SessionDep, hasher: HasherDep, background: BackgroundTasks
+    data: RegisterRequest,
+    session: SessionDep,
+    hasher: HasherDep,
+    settings: SettingsDep,
+    jobs: JobsDep,
+    background: BackgroundTasks,
 ) -> UserPrivate:
-    """Create an account."""
-    user = await service.register(session=session, hasher=hasher, data=data)
-    background.add_task(events.user_signed_up, user_id=user.id)  # after the response is sent
+    """Create an account; a welcome email is queued."""
+    user, welcome_email_id = await service.register(
+        session=session, hasher=hasher, settings=settings, data=data
+    )
+    # After the answer has gone: sign-up never waits on the broker (the outbox sweep sends
+    # the welcome mail if this is lost), and the analytics event may be lost.
+    background.add_task(outbox.dispatch, jobs, [welcome_email_id])
+    background.add_task(events.user_signed_up, user_id=user.id)
     return UserPrivate.model_validate(user)
 
 
@@ -136,5 +154,75 @@ async def change_password(
         user=user,
         current_session_id=principal.session_id,
         current_password=data.current_password,
+        new_password=data.new_password,
+    )
+
+
+RESET_ACCEPTED = "If an account has this address, a reset link is on its way."
+
+
+@router.post(
+    "/verify/request",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(limit_verification)],
+)
+async def request_verification(
+    user: CurrentUser, session: SessionDep, settings: SettingsDep, jobs: JobsDep
+) -> Accepted:
+    """Email a verification link to the caller's address (409 if already verified)."""
+    await verification.request_verification(
+        session=session, settings=settings, jobs=jobs, user=user
+    )
+    return Accepted(detail="A verification link is on its way.")
+
+
+@router.post("/verify", status_code=status.HTTP_200_OK, response_model=Accepted)
+async def verify_email(data: VerifyEmailRequest, session: SessionDep, cache: CacheDep) -> Accepted:
+    """Spend a verification token: the account's email address is verified."""
+    await verification.verify_email(session=session, cache=cache, token=data.token)
+    return Accepted(detail="Your email address is verified.")
+
+
+@router.post(
+    "/password-reset/request",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(limit_password_reset)],
+)
+async def request_password_reset(
+    data: PasswordResetRequest,
+    request: Request,
+    background: BackgroundTasks,
+    settings: SettingsDep,
+    jobs: JobsDep,
+) -> Accepted:
+    """Always 202: whether the address has an account is never revealed, not even by timing
+    (the lookup and the mail happen after the answer)."""
+    background.add_task(
+        verification.request_password_reset,
+        sessionmaker=request.app.state.sessionmaker,
+        settings=settings,
+        jobs=jobs,
+        address=data.email,
+    )
+    return Accepted(detail=RESET_ACCEPTED)
+
+
+@router.post("/password-reset", status_code=status.HTTP_204_NO_CONTENT)
+async def reset_password(
+    data: PasswordResetConfirm,
+    session: SessionDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    hasher: HasherDep,
+) -> None:
+    """Spend a reset token: new password, and every session of the account ends."""
+    await verification.reset_password(
+        session=session,
+        cache=cache,
+        settings=settings,
+        hasher=hasher,
+        token=data.token,
         new_password=data.new_password,
     )

@@ -116,3 +116,22 @@ class _SuperuserFields(BaseModel):
 
 
 SuperuserFields = TypeAdapter(_SuperuserFields)
+
+
+class VerifyEmailRequest(InputModel):
+    token: OpaqueToken
+
+
+class PasswordResetRequest(InputModel):
+    email: Email
+
+
+class PasswordResetConfirm(InputModel):
+    token: OpaqueToken
+    new_password: Password
+
+
+class Accepted(BaseModel):
+    """A request taken; what follows happens by email."""
+
+    detail: str

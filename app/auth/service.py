@@ -24,6 +24,7 @@ from app.core.security import (
     hash_opaque_token,
     new_opaque_token,
 )
+from app.email import service as outbox
 from app.users.models import Role, User
 
 
@@ -35,15 +36,22 @@ class TokenPair:
     scopes: list[str]
 
 
-async def register(*, session: AsyncSession, hasher: PasswordHasher, data: RegisterRequest) -> User:
-    return await _create_user(
+async def register(
+    *, session: AsyncSession, hasher: PasswordHasher, settings: Settings, data: RegisterRequest
+) -> tuple[User, int]:
+    """The account and its welcome mail's row, in one commit; the caller dispatches the mail
+    (a broker failure must not fail sign-up: the outbox sweep sends it later)."""
+    user, welcome_email_id = await _create_user(
         session=session,
         hasher=hasher,
         username=data.username,
         email=data.email,
         password=data.password,
         full_name=data.full_name,
+        welcome=settings,
     )
+    assert welcome_email_id is not None
+    return user, welcome_email_id
 
 
 async def _create_user(
@@ -56,7 +64,9 @@ async def _create_user(
     full_name: str | None = None,
     role: Role = Role.USER,
     is_verified: bool = False,
-) -> User:
+    welcome: Settings | None = None,
+) -> tuple[User, int | None]:
+    """The new user, and the id of its welcome mail's row when `welcome` is given."""
     await _ensure_available(session=session, username=username, email=email)
     user = User(
         username=username,
@@ -67,12 +77,24 @@ async def _create_user(
         is_verified=is_verified,
     )
     session.add(user)
+    welcome_email = None
     try:
+        if welcome is not None:
+            await session.flush()  # the user's id, for the mail's row
+            welcome_email = outbox.queue(
+                session,
+                welcome,
+                recipient=user.email,
+                subject=f"Welcome to {welcome.app_name}",
+                template="welcome",
+                context={"name": user.full_name or user.username, "username": user.username},
+                user_id=user.id,
+            )
         await session.commit()
     except IntegrityError as exc:  # lost a race with a concurrent registration
         await session.rollback()
         raise Conflict("Username or email is already registered") from exc
-    return user
+    return user, welcome_email.id if welcome_email is not None else None
 
 
 async def _ensure_available(*, session: AsyncSession, username: str, email: str) -> None:
@@ -314,7 +336,7 @@ async def ensure_superuser(
     fields = SuperuserFields.validate_python(
         {"username": username, "email": email, "password": password}
     )
-    user = await _create_user(
+    user, _ = await _create_user(
         session=session,
         hasher=hasher,
         username=fields.username,

@@ -126,6 +126,34 @@ class Settings(BaseSettings):
     # How often each API process refreshes its job gauges (queue depth, jobs per state).
     job_metrics_refresh_seconds: float = Field(default=15.0, gt=0)
 
+    # Email (JOBS-2). Without SMTP_HOST, mail is written to APP_DATA_DIR/outbox as .eml files
+    # and logged (embedded mode; production warns at start). With it, mail goes out by SMTP:
+    # "starttls" upgrades a plain connection (port 587), "tls" is implicit TLS (port 465),
+    # "none" is plain text (a local relay or a test sink only).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: Path | None = None  # trust a private CA (else the system's roots)
+    smtp_timeout_seconds: float = Field(default=30, gt=0, le=300)
+    email_from: str = "App <noreply@localhost>"
+    # Links in mails point here: {base}/verify-email?token=..., {base}/reset-password?token=...
+    public_base_url: str = "http://127.0.0.1:8000"
+    # Transient SMTP failures (4xx, connection errors) are retried with exponential backoff
+    # and jitter, at most this many times; then the mail is recorded as failed.
+    email_max_retries: int = Field(default=6, ge=0, le=50)
+    email_retry_backoff_seconds: float = Field(default=10, gt=0)
+    email_retry_backoff_max_seconds: float = Field(default=600, gt=0)
+    # A claimed mail is someone's to send for this long; after it, a crashed sender's mail is
+    # claimed again (the conditional commit keeps a slow live sender from sending it twice).
+    email_lease_seconds: int = Field(default=120, ge=1)
+    # The sweep re-sends mail still pending this long after it was due (an enqueue lost
+    # between the commit and the broker).
+    email_sweep_after_seconds: int = Field(default=300, ge=1)
+    email_verify_token_expire_minutes: int = Field(default=24 * 60, ge=1)
+    password_reset_token_expire_minutes: int = Field(default=60, ge=1, le=24 * 60)
+
     metrics_token: SecretStr | None = None
     sentry_dsn: SecretStr | None = None
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
@@ -152,6 +180,10 @@ class Settings(BaseSettings):
         "metrics_token",
         "celery_broker_url",
         "celery_result_backend",
+        "smtp_host",
+        "smtp_username",
+        "smtp_password",
+        "smtp_ca_file",
         mode="before",
     )
     @classmethod
@@ -240,6 +272,10 @@ class Settings(BaseSettings):
         if self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
         return f"db+sqlite:///{(self.app_data_dir / 'celery-results.sqlite').resolve()}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.app_data_dir / "outbox"
 
     @property
     def uploads_dir(self) -> Path:

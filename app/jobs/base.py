@@ -164,10 +164,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def job(name: str, **options: Any) -> Callable[[F], F]:
-    """Declare a task: bound (its first argument is the JobTask), on JobTask, named."""
+    """Declare a task: bound (its first argument is the JobTask), on JobTask (or `base=`, a
+    subclass), named."""
 
     def decorate(function: F) -> F:
-        task = shared_task(name=name, bind=True, base=JobTask, **options)(function)
+        options.setdefault("base", JobTask)
+        task = shared_task(name=name, bind=True, **options)(function)
         return cast(F, task)
 
     return decorate

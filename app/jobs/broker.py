@@ -11,6 +11,7 @@ broker serves one worker node at a time (`worker_lock`), which is what embedded 
 import fcntl
 import os
 import sqlite3
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -43,6 +44,10 @@ class Channel(kombu_sqla.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rows: dict[str, int] = {}  # delivery tag -> row id, for messages held here
+        # The channel's one SQLAlchemy session is used by the consumer loop (_get) and by the
+        # worker's pool result thread (acks): unguarded, a busy worker dies with "session in
+        # 'prepared' state". Reentrant, because _restore goes through _put.
+        self._lock = threading.RLock()
 
     # One engine per process: a worker forks its pool processes, and a SQLite connection must
     # never cross a fork (kombu caches engines per URL only).
@@ -66,7 +71,15 @@ class Channel(kombu_sqla.Channel):
         event.listen(engine, "connect", _pragmas)
         return engine
 
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        with self._lock:
+            return super()._put(queue, payload, **kwargs)
+
     def _get(self, queue: str, timeout: Any = None) -> dict[str, Any]:
+        with self._lock:
+            return self._get_locked(queue)
+
+    def _get_locked(self, queue: str) -> dict[str, Any]:
         # kombu's own _get, plus remembering which row carries the message.
         obj = self._get_or_create(queue)
         self.session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
@@ -95,16 +108,19 @@ class Channel(kombu_sqla.Channel):
             self.session.commit()
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
-        super().basic_ack(delivery_tag, multiple=multiple)
-        self._forget(delivery_tag)
+        with self._lock:
+            super().basic_ack(delivery_tag, multiple=multiple)
+            self._forget(delivery_tag)
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        super().basic_reject(delivery_tag, requeue=requeue)  # a requeue goes through _restore
-        self._forget(delivery_tag)
+        with self._lock:
+            super().basic_reject(delivery_tag, requeue=requeue)  # a requeue: via _restore
+            self._forget(delivery_tag)
 
     def _restore(self, message: Any) -> None:
-        super()._restore(message)  # stored again as a new, visible row
-        self._forget(message.delivery_tag)
+        with self._lock:
+            super()._restore(message)  # stored again as a new, visible row
+            self._forget(message.delivery_tag)
 
 
 class Transport(kombu_sqla.Transport):

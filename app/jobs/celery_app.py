@@ -34,6 +34,7 @@ TASK_MODULES = [
     "app.jobs.images",
     "app.jobs.reports",
     "app.jobs.maintenance",
+    "app.jobs.email",
 ]
 
 # What beat sends, and when (UTC). The heartbeat's interval is a setting: see make_celery.
@@ -44,6 +45,8 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": crontab(hour=3, minute=17),
     },
     "daily-report": {"task": "app.reports.daily", "schedule": crontab(hour=0, minute=30)},
+    # Mail whose enqueue was lost, or whose sender died, goes out within minutes.
+    "email-sweep-outbox": {"task": "app.email.sweep_outbox", "schedule": 120.0},
 }
 
 

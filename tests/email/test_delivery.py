@@ -1,0 +1,112 @@
+"""Delivery without a worker: the outbox file, and SMTP refusals, against a real aiosmtpd."""
+
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+
+import pytest
+
+from app.core.config import Settings
+from app.email import delivery
+from tests.conftest import make_settings
+from tests.smtp import SmtpServer, start_smtp_server
+
+
+@pytest.fixture
+def plain_smtp(tmp_path: Path) -> Iterator[SmtpServer]:
+    server = start_smtp_server(tmp_path, tls=False)
+    try:
+        yield server
+    finally:
+        server.controller.stop()
+
+
+def _outgoing(settings: Settings, recipient: str = "bob@example.com") -> delivery.Outgoing:
+    return delivery.Outgoing(
+        email_id=7,
+        recipient=recipient,
+        subject="Reset your password",
+        message_id=delivery.new_message_id(settings),
+        template="reset",
+        context={
+            "name": "Bob",
+            "link": "https://x.test/reset-password?token=t0k",
+            "expires_minutes": 5,
+        },
+    )
+
+
+def test_embedded_mode_writes_the_whole_message_to_the_outbox(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, email_from="App <noreply@app.test>")
+    outgoing = _outgoing(settings)
+    path = delivery.write_outbox_file(
+        settings.outbox_dir, 7, delivery.build_message(outgoing, settings)
+    )
+
+    assert path == tmp_path / "outbox" / "7.eml"
+    message = message_from_bytes(path.read_bytes(), policy=default)
+    assert message["To"] == "bob@example.com"
+    assert message["Message-ID"] == outgoing.message_id
+    assert message["Message-ID"].endswith("@app.test>")
+    assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
+    assert "token=t0k" in message.get_body(("plain",)).get_content()
+    assert list((tmp_path / "outbox").iterdir()) == [path]  # no temp file left
+
+
+def test_starttls_is_required_when_configured(tmp_path: Path, plain_smtp: SmtpServer) -> None:
+    settings = make_settings(
+        tmp_path, smtp_host="127.0.0.1", smtp_port=plain_smtp.port, smtp_security="starttls"
+    )
+    outgoing = _outgoing(settings)
+    committed: list[bool] = []
+
+    with pytest.raises(delivery.DeliveryError, match="STARTTLS") as caught:
+        delivery.send_smtp(settings, outgoing, delivery.build_message(outgoing, settings),
+                           lambda: committed.append(True) or True)  # fmt: skip
+
+    assert not caught.value.permanent
+    assert committed == []  # nothing was marked sent
+    assert plain_smtp.sink.count() == 0
+
+
+def test_a_lost_claim_never_finishes_the_message(tmp_path: Path, plain_smtp: SmtpServer) -> None:
+    settings = make_settings(
+        tmp_path, smtp_host="127.0.0.1", smtp_port=plain_smtp.port, smtp_security="none"
+    )
+    outgoing = _outgoing(settings)
+
+    with pytest.raises(delivery.ClaimLost):
+        delivery.send_smtp(
+            settings, outgoing, delivery.build_message(outgoing, settings), lambda: False
+        )
+
+    assert plain_smtp.sink.count() == 0  # the server dropped the unfinished DATA
+    delivery.send_smtp(settings, outgoing, delivery.build_message(outgoing, settings), lambda: True)
+    assert plain_smtp.sink.count() == 1
+
+
+def test_a_refused_recipient_is_a_permanent_failure(tmp_path: Path, plain_smtp: SmtpServer) -> None:
+    settings = make_settings(
+        tmp_path, smtp_host="127.0.0.1", smtp_port=plain_smtp.port, smtp_security="none"
+    )
+    outgoing = _outgoing(settings, "reject-me@example.com")
+    with pytest.raises(delivery.DeliveryError, match="550") as caught:
+        delivery.send_smtp(
+            settings, outgoing, delivery.build_message(outgoing, settings), lambda: True
+        )
+    assert caught.value.permanent
+
+
+def test_dots_at_line_starts_survive_the_trip(tmp_path: Path, plain_smtp: SmtpServer) -> None:
+    settings = make_settings(
+        tmp_path, smtp_host="127.0.0.1", smtp_port=plain_smtp.port, smtp_security="none"
+    )
+    outgoing = delivery.Outgoing(
+        email_id=8, recipient="dots@example.com", subject="Dots", message_id="<d@x>",
+        template="campaign", context={"body_text": "line\n.\n..two", "body_html": None},
+    )  # fmt: skip
+    delivery.send_smtp(settings, outgoing, delivery.build_message(outgoing, settings), lambda: True)
+    [received] = plain_smtp.sink.to("dots@example.com")
+    body = received.message.get_body(("plain",)).get_content()
+    assert body.startswith("line\r\n.\r\n..two\r\n")  # dot-stuffed on the wire, undone
