@@ -65,12 +65,13 @@ async def test_job_gauges_show_waiting_messages_and_job_states(
                 if (
                     sample(text, "jobs_queue_depth", {"queue": "default"}) == 3
                     and sample(text, "jobs_queue_depth", {"queue": "images"}) == 1
+                    and sample(text, "jobs_queue_depth", {"queue": "email"}) == 1
                     and sample(text, "jobs_by_state", {"state": "PENDING"}) == 3
                 ):
                     break
                 await anyio.sleep(0.05)
         assert sample(text, "jobs_queue_depth", {"queue": "default"}) == 3, shared_state
         assert sample(text, "jobs_queue_depth", {"queue": "images"}) == 1
-        assert sample(text, "jobs_queue_depth", {"queue": "email"}) == 0
+        assert sample(text, "jobs_queue_depth", {"queue": "email"}) == 1  # the welcome mail
         assert sample(text, "jobs_by_state", {"state": "PENDING"}) == 3
         assert sample(text, "jobs_by_state", {"state": "SUCCESS"}) == 0
