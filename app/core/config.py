@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     auth_session_retention_days: float = Field(default=90.0, ge=0)
     # Unlinked files, row-less objects and temp files older than this go in the daily purge.
     purge_files_older_than_hours: float = Field(default=24.0, ge=0)
+    # Finished job rows (the task API's history, reports' listing) are deleted this long after
+    # they finish; files they produced stay with their owners.
+    job_retention_days: float = Field(default=30.0, ge=0)
     # How often each API process refreshes its job gauges (queue depth, jobs per state).
     job_metrics_refresh_seconds: float = Field(default=15.0, gt=0)
 

@@ -44,6 +44,7 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "app.maintenance.purge_files",
         "schedule": crontab(hour=3, minute=17),
     },
+    "purge-jobs": {"task": "app.maintenance.purge_jobs", "schedule": crontab(hour=3, minute=47)},
     "daily-report": {"task": "app.reports.daily", "schedule": crontab(hour=0, minute=30)},
     # Mail whose enqueue was lost, or whose sender died, goes out within minutes.
     "email-sweep-outbox": {"task": "app.email.sweep_outbox", "schedule": 120.0},

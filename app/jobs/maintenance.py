@@ -17,6 +17,7 @@ from app.core.db import utcnow
 from app.files.service import purge_orphans
 from app.jobs import heartbeat as heartbeats
 from app.jobs.base import JobTask, job
+from app.jobs.models import FINISHED, Job
 
 logger = logging.getLogger("app.jobs.maintenance")
 
@@ -76,3 +77,22 @@ def purge_files(task: JobTask) -> dict[str, Any]:
     result = task.run_async(purge())
     logger.info("purged files: %s", result)
     return result
+
+
+@job("app.maintenance.purge_jobs")
+def purge_jobs(task: JobTask) -> dict[str, Any]:
+    """Job rows finished before the retention cutoff. Unfinished rows stay whatever their
+    age: a task still queued or running must remain visible to its owner (and cancellable)."""
+
+    async def purge() -> int:
+        cutoff = utcnow() - timedelta(days=task.runtime.settings.job_retention_days)
+        async with task.runtime.sessionmaker() as session:
+            result = await session.execute(
+                delete(Job).where(Job.state.in_(FINISHED), Job.finished_at < cutoff)
+            )
+            await session.commit()
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    jobs = task.run_async(purge())
+    logger.info("purged %d finished jobs", jobs)
+    return {"jobs": jobs}

@@ -20,7 +20,7 @@ from app.auth.models import AuthSession, RefreshToken
 from app.core.db import utcnow
 from app.core.storage import new_key
 from app.files.models import StoredFile
-from app.jobs.models import FINISHED, Job
+from app.jobs.models import FINISHED, Job, JobState
 from tests.factories import Factory
 from tests.jobs.conftest import TASK_DEADLINE_SECONDS, JobsStack
 from tests.workers import APP, STOP_DEADLINE_SECONDS, subprocess_env
@@ -210,3 +210,47 @@ async def test_purge_files_removes_unlinked_rows_orphans_and_stale_temp_files(
         keys = set((await session.execute(select(StoredFile.key))).scalars())
     assert kept in keys
     assert unlinked not in keys
+
+
+async def test_purge_jobs_removes_only_rows_finished_before_the_retention(
+    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_factory: Factory
+) -> None:
+    user = await jobs_factory.account()
+    now = utcnow()
+    long_ago = now - timedelta(days=jobs_stack.settings.job_retention_days + 1)
+    rows = {
+        "old_success": (JobState.SUCCESS, long_ago),
+        "old_failure": (JobState.FAILURE, long_ago),
+        "old_revoked": (JobState.REVOKED, long_ago),
+        "recent_success": (JobState.SUCCESS, now - timedelta(hours=1)),
+        "old_but_pending": (JobState.PENDING, None),  # still queued: its owner must see it
+        "old_but_running": (JobState.STARTED, None),
+    }
+    ids = {name: str(uuid.uuid4()) for name in rows}
+    async with jobs_app.state.sessionmaker() as session:
+        for name, (state, finished_at) in rows.items():
+            session.add(
+                Job(
+                    id=ids[name],
+                    name="app.noop",
+                    owner_id=user.id,
+                    state=state,
+                    created_at=long_ago,
+                    finished_at=finished_at,
+                )
+            )
+        await session.commit()
+
+    job = await _run(jobs_app, jobs_stack, "app.maintenance.purge_jobs")
+
+    assert job.state == "SUCCESS", job.error
+    assert job.result is not None
+    assert job.result["jobs"] >= 3
+    async with jobs_app.state.sessionmaker() as session:
+        left = set((await session.execute(select(Job.id))).scalars())
+    assert not {ids["old_success"], ids["old_failure"], ids["old_revoked"]} & left
+    assert {ids["recent_success"], ids["old_but_pending"], ids["old_but_running"]} <= left
+    assert job.id in left  # the purge's own row was not finished when it ran
+    listed = await jobs_factory.client.get("/api/v1/tasks/", headers=user.headers)
+    assert listed.status_code == 200
+    assert ids["old_success"] not in {t["id"] for t in listed.json()["items"]}

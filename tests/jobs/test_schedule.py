@@ -1,0 +1,23 @@
+"""The beat schedule names only tasks a worker has, on the queues their names route to."""
+
+import importlib
+from pathlib import Path
+
+from app.jobs.celery_app import TASK_MODULES, make_celery
+from tests.conftest import make_settings
+
+
+def test_every_scheduled_task_exists_and_routes_off_the_default_queue(tmp_path: Path) -> None:
+    celery = make_celery(make_settings(tmp_path))
+    for module in TASK_MODULES:
+        importlib.import_module(module)  # registers the bodies, as `app worker` does
+    celery.loader.import_default_modules()
+    schedule = celery.conf.beat_schedule
+    assert {"heartbeat", "purge-sessions", "purge-files", "purge-jobs", "daily-report"} <= set(
+        schedule
+    )
+    router = celery.amqp.router  # the routing send_task applies
+    for entry in schedule.values():
+        assert entry["task"] in celery.tasks, entry["task"]
+        queue = router.route({}, entry["task"])["queue"].name
+        assert queue != "default", (entry["task"], queue)
