@@ -73,6 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     realtime = await start_realtime(
         settings=settings,
         hub=app.state.hub,
+        redis=redis,
         sessionmaker=app.state.sessionmaker,
         limiter=app.state.limiter,
         message_policy=app.state.rate_limit_policies.chat_message,

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     ws_auth_timeout_seconds: float = Field(default=10.0, gt=0)
     ws_send_queue_size: int = Field(default=256, ge=1)
     ws_max_connections_per_user: int = Field(default=10, ge=1)
+    # With Redis the cap holds across processes: each connection holds a lease renewed a few
+    # times per this period; a crashed process's leases lapse after it.
+    ws_connection_lease_seconds: float = Field(default=60.0, ge=3)
     chat_message_max_length: int = Field(default=4000, ge=1)
     chat_presence_max_members: int = Field(default=100, ge=0)  # per process (see chat.py)
     rate_limit_chat_message: str = "30/10 seconds"

@@ -17,6 +17,7 @@ import logging
 from collections import Counter, deque
 
 from app.core.pubsub import Hub, Subscription
+from app.realtime.leases import ConnectionLeases
 
 logger = logging.getLogger("app.realtime")
 
@@ -31,7 +32,8 @@ Frame = tuple[int | None, str]  # (id for de-duplication, or None for events; th
 
 
 class TooManyConnections(Exception):
-    """The user already has as many live connections as one process allows."""
+    """The user already has as many live connections as allowed (in this process, or in all
+    of them when Redis holds the leases)."""
 
 
 class ShuttingDown(Exception):
@@ -39,8 +41,8 @@ class ShuttingDown(Exception):
 
 
 class Subscriber:
-    __slots__ = ("_frames", "_held", "_ready", "close_code", "close_reason", "closed", "limit",
-                 "user_id")  # fmt: skip
+    __slots__ = ("_frames", "_held", "_ready", "close_code", "close_reason", "closed", "lease",
+                 "limit", "user_id")  # fmt: skip
 
     def __init__(self, user_id: int, limit: int) -> None:
         self.user_id = user_id
@@ -51,6 +53,7 @@ class Subscriber:
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed = asyncio.Event()
+        self.lease: str | None = None
 
     def offer(self, frame_id: int | None, text: str) -> None:
         """Queue a live frame without waiting; a full buffer closes the subscriber."""
@@ -109,9 +112,12 @@ class _Channel:
 
 
 class ConnectionManager:
-    def __init__(self, hub: Hub, *, max_per_user: int) -> None:
+    def __init__(
+        self, hub: Hub, *, max_per_user: int, leases: ConnectionLeases | None = None
+    ) -> None:
         self.hub = hub
         self.max_per_user = max_per_user
+        self.leases = leases
         self.stopping = asyncio.Event()
         self._channels: dict[str, _Channel] = {}
         self._per_user: Counter[int] = Counter()
@@ -122,6 +128,17 @@ class ConnectionManager:
     @property
     def count(self) -> int:
         return len(self._subscribers)
+
+    async def admit(self, subscriber: Subscriber) -> None:
+        """Register, within this process's cap and then, with Redis, the cluster's."""
+        self.register(subscriber)
+        if self.leases is None:
+            return
+        lease = await self.leases.acquire(subscriber.user_id, self.max_per_user)
+        if lease is None:
+            self.unregister(subscriber)
+            raise TooManyConnections()
+        subscriber.lease = lease or None  # "": admitted without one while Redis is down
 
     def register(self, subscriber: Subscriber) -> None:
         if self.stopping.is_set():
@@ -135,6 +152,9 @@ class ConnectionManager:
     def unregister(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:
             self._subscribers.discard(subscriber)
+            if subscriber.lease is not None and self.leases is not None:
+                self.leases.release(subscriber.user_id, subscriber.lease)
+                subscriber.lease = None
             self._per_user[subscriber.user_id] -= 1
             if self._per_user[subscriber.user_id] <= 0:
                 del self._per_user[subscriber.user_id]

@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.pubsub import Hub
 from app.core.ratelimit import Policy, RateLimiter
+from app.core.redis import Redis
+from app.realtime.leases import ConnectionLeases
 from app.realtime.manager import ConnectionManager
 from app.realtime.relay import NotificationRelay
 from app.realtime.service import NotificationService
@@ -49,12 +51,15 @@ class Realtime:
         if self.relay is not None:
             await self.relay.close()
         await self.manager.close()
+        if self.manager.leases is not None:
+            await self.manager.leases.close()
 
 
 async def start_realtime(
     *,
     settings: Settings,
     hub: Hub,
+    redis: Redis | None,
     sessionmaker: async_sessionmaker[AsyncSession],
     limiter: RateLimiter,
     message_policy: Policy,
@@ -65,13 +70,19 @@ async def start_realtime(
             sessionmaker, hub, interval=settings.notification_relay_interval_seconds
         )
         relay.start()
+    leases = None
+    if redis is not None:
+        leases = ConnectionLeases(redis, lease_seconds=settings.ws_connection_lease_seconds)
+        leases.start()
     notifier = NotificationService(hub, on_published=relay.note_published if relay else None)
     return Realtime(
         settings=settings,
         sessionmaker=sessionmaker,
         limiter=limiter,
         message_policy=message_policy,
-        manager=ConnectionManager(hub, max_per_user=settings.ws_max_connections_per_user),
+        manager=ConnectionManager(
+            hub, max_per_user=settings.ws_max_connections_per_user, leases=leases
+        ),
         notifier=notifier,
         relay=relay,
     )

@@ -38,7 +38,7 @@ async def notification_stream(
     rt: Realtime = request.app.state.realtime
     subscriber = Subscriber(principal.id, rt.settings.ws_send_queue_size)
     try:
-        rt.manager.register(subscriber)
+        await rt.manager.admit(subscriber)
     except (TooManyConnections, ShuttingDown) as exc:
         reason = "too_many_connections" if isinstance(exc, TooManyConnections) else "shutting_down"
         yield ServerSentEvent(event="error", data={"code": reason}, retry=RETRY_MILLISECONDS * 5)

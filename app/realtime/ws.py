@@ -241,7 +241,7 @@ async def serve(
 ) -> None:
     subscriber = Subscriber(auth.principal.id, rt.settings.ws_send_queue_size)
     try:
-        rt.manager.register(subscriber)
+        await rt.manager.admit(subscriber)
     except TooManyConnections:
         await close(websocket, CLOSE_POLICY, "too many connections for this user")
         return

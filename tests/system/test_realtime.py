@@ -5,6 +5,7 @@ SIGTERM and SIGINT (OPS-7), and no token from a query string in the logs (RT-1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
@@ -34,6 +36,7 @@ from tests.system.conftest import (
 pytestmark = pytest.mark.postgres
 
 FANOUT_DB = 4
+CAP_DB = 5
 DEADLINE = 15.0
 
 
@@ -114,6 +117,50 @@ async def test_a_client_of_process_a_receives_what_a_client_of_b_sends(
             f"/api/v1/chat/rooms/{room}/messages", headers={"Authorization": f"Bearer {bob}"}
         )
     assert [m["content"] for m in response.json()["items"]] == ["from A", "from B"]
+
+
+async def test_the_per_user_cap_holds_across_processes(
+    system_database: str, redis_server: RedisServer, fleet: ApiFleet, tmp_path: Path
+) -> None:
+    """Two connections on A use up a cap of 2: a third on B is refused (1008), and once one
+    on A closes, B admits it. Each process alone would have allowed 2."""
+    redis_url = fresh_redis_db(redis_server, CAP_DB)
+    env = api_env(
+        tmp_path / "data",
+        database_url=system_database,
+        redis_url=redis_url,
+        WS_MAX_CONNECTIONS_PER_USER="2",
+    )
+    a, b = fleet.start(ApiSpec("A", env), ApiSpec("B", env))
+    user_id, token = account(a)
+    bearer: list[str] = ["bearer", token]
+    async with (
+        connect(ws_url(a, "/ws/chat/cap"), subprotocols=bearer) as first,  # type: ignore[arg-type]
+        connect(ws_url(a, "/ws/notifications"), subprotocols=bearer) as second,  # type: ignore[arg-type]
+    ):
+        while (await next_of(first, "join"))["user"]["id"] != user_id:  # type: ignore[index]
+            pass
+        await second.send('{"type": "ping"}')
+        await next_of(second, "pong")
+        async with connect(ws_url(b, "/ws/chat/cap"), subprotocols=bearer) as third:  # type: ignore[arg-type]
+            async with asyncio.timeout(DEADLINE):
+                await third.wait_closed()
+            assert third.protocol.close_rcvd is not None
+            assert third.protocol.close_rcvd.code == 1008
+        await second.close()
+        # The lease goes back in A's next round, without waiting on Redis in the close.
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                async with connect(ws_url(b, "/ws/chat/cap"), subprotocols=bearer) as again:  # type: ignore[arg-type]
+                    joined = None
+                    with contextlib.suppress(ConnectionClosed):
+                        joined = await next_of(again, "join")
+                    if joined is not None:
+                        assert joined["user"]["id"] == user_id  # type: ignore[index]
+                        break
+                    assert again.protocol.close_rcvd is not None
+                    assert again.protocol.close_rcvd.code == 1008  # A has not released yet
+                await asyncio.sleep(0.05)  # polling A's release, bounded by the timeout
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
