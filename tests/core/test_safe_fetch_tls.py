@@ -17,7 +17,6 @@ SAN: if it named 127.0.0.1, a fetch that checked the certificate against the pin
 pass too, and the hostname check would go untested.
 """
 
-import datetime
 import socket
 import ssl
 import threading
@@ -30,12 +29,9 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from app.core.safe_fetch import FetchFailed, parse_networks, safe_fetch
+from tests.certs import make_ca
 
 # "localhost" is loopback, which safe_fetch refuses unless a test opens it; both families,
 # because which one localhost resolves to (and which safe_fetch picks) depends on the machine.
@@ -53,97 +49,14 @@ class Pki:
     other_key: Path
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _write_cert(cert: x509.Certificate, path: Path) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A CA and two leaves it signs. The extensions are the ones OpenSSL's strict mode (the
-    default from Python 3.13) insists on, so the certificates stay valid on newer Pythons."""
+    """A CA and two leaves it signs, each for a DNS name only (no IP SAN: see above)."""
     directory = tmp_path_factory.mktemp("pki")
-    now = datetime.datetime.now(datetime.UTC)
-    validity = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=1))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("safe_fetch test CA"))
-        .issuer_name(_name("safe_fetch test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(validity[0])
-        .not_valid_after(validity[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    _write_cert(ca, directory / "ca.pem")
-
-    def leaf(dns_name: str, stem: str) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(dns_name))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(validity[0])
-            .not_valid_after(validity[1])
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            # A DNS name only, no IP SAN: see the module docstring.
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        _write_cert(cert, directory / f"{stem}.pem")
-        _write_key(key, directory / f"{stem}.key")
-
-    leaf("localhost", "localhost")
-    leaf("other.invalid", "other")
-    return Pki(
-        ca_cert=directory / "ca.pem",
-        localhost_cert=directory / "localhost.pem",
-        localhost_key=directory / "localhost.key",
-        other_cert=directory / "other.pem",
-        other_key=directory / "other.key",
-    )
+    authority = make_ca(directory, "safe_fetch test CA")
+    localhost_cert, localhost_key = authority.issue(directory, "localhost", dns_names=["localhost"])
+    other_cert, other_key = authority.issue(directory, "other", dns_names=["other.invalid"])
+    return Pki(authority.path, localhost_cert, localhost_key, other_cert, other_key)
 
 
 @dataclass
