@@ -70,6 +70,7 @@ class ConnectionLeases:
         self._held: dict[str, int] = {}  # lease -> user id
         self._released: list[tuple[int, str]] = []
         self._wake = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -101,11 +102,15 @@ class ConnectionLeases:
             self._wake.set()
 
     async def _maintain(self) -> None:
-        while True:
+        # The flag, not only the cancel, ends the loop: under load a cancel that lands inside
+        # redis-py's own timeouts was seen to be lost, and the loop kept renewing after close.
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._renew_every):
                     await self._wake.wait()
             self._wake.clear()
+            if self._closing:
+                return  # close() runs the last round itself
             try:
                 await self._round()
             except RedisError as exc:
@@ -129,8 +134,10 @@ class ConnectionLeases:
 
     async def close(self) -> None:
         """Stop renewing and give back what is still held (a graceful stop has drained)."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
+            self._task.cancel()  # don't wait for a round in progress
             await asyncio.gather(self._task, return_exceptions=True)
         for lease, user_id in list(self._held.items()):
             self.release(user_id, lease)

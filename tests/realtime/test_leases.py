@@ -2,8 +2,12 @@
 stand for two API processes sharing it."""
 
 import asyncio
+import socket
+import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -12,6 +16,7 @@ from app.realtime.leases import KEY_PREFIX, ConnectionLeases
 from tests.servers import free_port
 
 LIMIT = 2
+ROOT = Path(__file__).resolve().parents[2]
 USER = 7
 
 
@@ -58,31 +63,68 @@ async def test_the_cap_holds_across_processes_and_a_release_frees_a_slot(redis: 
     assert await redis.zcard(f"{KEY_PREFIX}{USER}") == 0
 
 
-async def test_leases_are_renewed_while_held_and_lapse_when_a_process_dies(
-    redis: Redis,
+# Another API process, as far as leases go: takes one lease, prints it, renews until killed.
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from redis.asyncio import Redis
+    from app.realtime.leases import ConnectionLeases
+
+    async def main() -> None:
+        leases = ConnectionLeases(Redis.from_url(sys.argv[1]), lease_seconds=float(sys.argv[2]))
+        leases.start()
+        print(await leases.acquire(int(sys.argv[3]), int(sys.argv[4])), flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_leases_are_renewed_while_held_and_lapse_when_a_process_is_killed(
+    redis: Redis, redis_url: str
 ) -> None:
     lease_seconds = 0.6
     alive = process(redis, lease_seconds)
-    dying = process(redis, lease_seconds)
     other = process(redis, lease_seconds)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, redis_url, str(lease_seconds), str(USER), str(LIMIT),
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
     try:
         assert await alive.acquire(USER, LIMIT)
-        assert await dying.acquire(USER, LIMIT)
-        # Held for several lease times: renewal keeps both slots taken.
+        assert holder.stdout is not None
+        async with asyncio.timeout(30):
+            held = (await holder.stdout.readline()).decode().strip()
+        assert held.startswith(socket.gethostname()), held
+        # Held for several lease times: both processes' renewals keep both slots taken.
         deadline = time.monotonic() + 4 * lease_seconds
         while time.monotonic() < deadline:
             assert await other.acquire(USER, LIMIT) is None
             await asyncio.sleep(0.1)
-        # SIGKILL, as far as Redis can tell: renewal stops and nothing is released.
-        assert dying._task is not None
-        dying._task.cancel()
-        started = time.monotonic()
-        await eventually_acquire(other, within=5 * lease_seconds)
-        assert time.monotonic() - started <= 3 * lease_seconds
+
+        holder.kill()  # SIGKILL: no release, no goodbye
+        await holder.wait()
+        await eventually_acquire(other, within=10)
+        assert await redis.zscore(f"{KEY_PREFIX}{USER}", held) is None
         assert await other.acquire(USER, LIMIT) is None  # alive's lease is still renewed
     finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
         await alive.close()
         await other.close()
+
+
+async def test_close_stops_renewing_and_gives_every_lease_back(redis: Redis) -> None:
+    leases = process(redis, lease_seconds=0.6)
+    assert await leases.acquire(USER, LIMIT)
+    assert await leases.acquire(USER, LIMIT)
+    async with asyncio.timeout(5):
+        await leases.close()
+    assert leases._task is not None
+    assert leases._task.done()
+    assert await redis.zcard(f"{KEY_PREFIX}{USER}") == 0
 
 
 async def test_without_redis_a_connection_is_admitted_without_a_lease() -> None:
