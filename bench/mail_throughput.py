@@ -1,6 +1,6 @@
 """Emails per second through `app worker -c 2` to a local SMTP sink; prints JSON.
 
-    uv run python bench/email.py [--emails N] [--deadline S]
+    uv run python bench/mail_throughput.py [--emails N] [--deadline S]
 
 For each broker (embedded SQLite; Redis when `redis-server` is installed) it migrates a fresh
 SQLite database under a temp dir, writes N outbox rows, starts a real worker with two
