@@ -83,9 +83,6 @@ class TaskManager:
         for key in finished[: max(0, len(self._infos) - self._history)]:
             del self._infos[key]
 
-    def get(self, task_id: str) -> TaskInfo | None:
-        return self._infos.get(task_id)
-
     def list(self) -> list[TaskInfo]:
         """Newest first."""
         return list(reversed(self._infos.values()))

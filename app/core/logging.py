@@ -21,7 +21,9 @@ SECRET_KEYS = frozenset(
 
 # uvicorn logs each WebSocket handshake with its query string, where a client may have put
 # its token (RT-1 accepts one there as a last resort).
-_QUERY_SECRET = re.compile(r"([?&](?:token|access_token)=)[^&\s\"']*", re.IGNORECASE)
+_QUERY_SECRET = re.compile(
+    rf"([?&](?:{'|'.join(map(re.escape, sorted(SECRET_KEYS)))})=)[^&\s\"']*", re.IGNORECASE
+)
 
 
 class ScrubQuerySecrets(logging.Filter):

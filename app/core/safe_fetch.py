@@ -15,13 +15,14 @@ reused for another hostname on the same address.
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import httpx
 
+from app.core.client_ip import IPNetwork
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_REDIRECTS = 3
 MAX_URL_LENGTH = 2048
@@ -53,10 +54,6 @@ class FetchRefused(Exception):
 
 class FetchFailed(Exception):
     """The fetch was allowed but did not succeed (timeout, size, status); safe to show."""
-
-
-def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(value.strip(), strict=False) for value in values)
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

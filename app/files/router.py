@@ -68,7 +68,8 @@ async def upload_file(
     settings: SettingsDep,
 ) -> FileRead:
     """Upload one file (multipart field `file`), streamed to storage as it arrives."""
-    return await _receive(request, session, storage, settings, owner_id=owner.id)
+    row = await _store(request, session, storage, settings, owner_id=owner.id)
+    return service.file_read(row)
 
 
 @router.get("/{file_id}", response_model=FileRead)
@@ -150,16 +151,6 @@ async def upload_item_image(
     )  # fmt: skip
     await images_service.enqueue_item_variants(session=session, jobs=jobs, row=row)
     return service.file_read(row)
-
-
-async def _receive(
-    request: Request,
-    session: AsyncSession,
-    storage: Storage,
-    settings: Settings,
-    **target: Any,
-) -> FileRead:
-    return FileRead.model_validate(await _store(request, session, storage, settings, **target))
 
 
 async def _store(

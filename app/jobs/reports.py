@@ -8,6 +8,7 @@ import anyio.to_thread
 from sqlalchemy import update
 
 from app.core.db import utcnow
+from app.files.service import download_url
 from app.jobs.base import JobTask, job
 from app.jobs.errors import JobError
 from app.jobs.models import Job
@@ -15,7 +16,7 @@ from app.reports import output, service
 from app.reports.schemas import ReportFile
 
 logger = logging.getLogger("app.jobs.reports")
-STEPS = 3  # count, workbook, CSV
+STEPS = 1 + len(output.FORMATS)  # counting, then one per format
 
 
 @job("app.reports.activity")
@@ -77,7 +78,7 @@ def _build(task: JobTask, owner_id: int, start: date, end: date) -> dict[str, An
             temp.unlink(missing_ok=True)
         return ReportFile(
             file_id=row.id, format=fmt.name, filename=row.filename,
-            download_url=f"/api/v1/files/{row.id}/content", size=row.size,
+            download_url=download_url(row.id), size=row.size,
         )  # fmt: skip
 
     files: list[ReportFile] = []

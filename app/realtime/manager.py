@@ -192,7 +192,8 @@ class ConnectionManager:
                 raw = await channel.subscription.get()
                 text = raw.decode()
                 frame_id = _frame_id(text)
-                for member in tuple(channel.members):
+                # No copy of the set: offer() never awaits and never leaves a channel.
+                for member in channel.members:
                     member.offer(frame_id, text)
         finally:
             await channel.subscription.__aexit__(None, None, None)

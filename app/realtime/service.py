@@ -142,13 +142,7 @@ async def post_message(
     message = ChatMessage(room_id=room.id, user_id=author.id, content=content)
     session.add(message)
     await session.commit()
-    return ChatMessageRead(
-        id=message.id,
-        room=room.name,
-        user=author,
-        content=message.content,
-        created_at=message.created_at,
-    )
+    return _message_read(room, message, author.username)
 
 
 def _message_rows(room: ChatRoom) -> Any:

@@ -47,10 +47,15 @@ def test_embedded_mode_writes_the_whole_message_to_the_outbox(tmp_path: Path) ->
     assert path == tmp_path / "outbox" / "7.eml"
     message = message_from_bytes(path.read_bytes(), policy=default)
     assert message["To"] == "bob@example.com"
+    assert message["From"] == "App <noreply@app.test>"
+    assert message["Subject"] == outgoing.subject
+    assert message["Date"] is not None
     assert message["Message-ID"] == outgoing.message_id
     assert message["Message-ID"].endswith("@app.test>")
+    assert message.get_content_type() == "multipart/alternative"
     assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
     assert "token=t0k" in message.get_body(("plain",)).get_content()
+    assert "token=t0k" in message.get_body(("html",)).get_content()
     assert list((tmp_path / "outbox").iterdir()) == [path]  # no temp file left
 
 

@@ -59,8 +59,10 @@ async def test_the_cap_holds_across_processes_and_a_release_frees_a_slot(redis: 
     finally:
         await a.close()
         await b.close()
-    # A graceful close gives back every lease it held.
+    # A graceful close gives back every lease it held, for every user (the leases last a
+    # minute here: only an explicit release can have emptied the sets).
     assert await redis.zcard(f"{KEY_PREFIX}{USER}") == 0
+    assert await redis.zcard(f"{KEY_PREFIX}{USER + 1}") == 0
 
 
 # Another API process, as far as leases go: takes one lease, prints it, renews until killed.
@@ -117,14 +119,18 @@ async def test_leases_are_renewed_while_held_and_lapse_when_a_process_is_killed(
 
 
 async def test_close_stops_renewing_and_gives_every_lease_back(redis: Redis) -> None:
-    leases = process(redis, lease_seconds=0.6)
+    # A minute-long lease: the sets can only be empty after close if close released them.
+    leases = process(redis, lease_seconds=60)
     assert await leases.acquire(USER, LIMIT)
     assert await leases.acquire(USER, LIMIT)
+    assert await leases.acquire(USER + 1, LIMIT)
+    assert await redis.zcard(f"{KEY_PREFIX}{USER}") == 2
     async with asyncio.timeout(5):
         await leases.close()
     assert leases._task is not None
     assert leases._task.done()
     assert await redis.zcard(f"{KEY_PREFIX}{USER}") == 0
+    assert await redis.zcard(f"{KEY_PREFIX}{USER + 1}") == 0
 
 
 async def test_without_redis_a_connection_is_admitted_without_a_lease() -> None:
