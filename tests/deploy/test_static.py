@@ -470,3 +470,59 @@ def test_nginx_accepts_the_config(tmp_path: Path, nginx_conf: list[Directive]) -
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+
+def test_container_redis_config(tmp_path: Path) -> None:
+    """deploy/redis/redis.conf on top of deploy/redis.conf, run for real: it listens beyond
+    loopback, wants the password, keeps an append-only file and never evicts.
+
+    In a private network namespace (only its own loopback), so "all interfaces" is nothing
+    but that loopback; and a private PID namespace whose first process is killed with the
+    unshare process, which takes the server with it whatever happens to the test.
+    """
+    redis_server, redis_cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if redis_server is None or redis_cli is None:
+        require_server("redis-server is not installed (apt-get install redis-server)")
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        require_server("a private network namespace needs root and unshare")
+    container_conf = (ROOT / "deploy" / "redis" / "redis.conf").read_text()
+    assert "include /usr/local/etc/redis/base.conf" in container_conf
+    assert "dir /data" in container_conf
+    conf = tmp_path / "redis.conf"
+    conf.write_text(
+        container_conf.replace(
+            "/usr/local/etc/redis/base.conf", str(ROOT / "deploy" / "redis.conf")
+        ).replace("dir /data", f"dir {tmp_path}")
+    )
+    # The server runs in the namespace's shell; the probes answer one line each.
+    script = """
+        ip link set lo up || exit 90
+        "$1" "$3" --requirepass "$4" --daemonize no >"$5" 2>&1 & server=$!
+        trap 'kill $server; wait $server' EXIT
+        i=0
+        until "$2" ping >/dev/null 2>&1; do
+            i=$((i + 1)); [ $i -lt 100 ] || exit 91; sleep 0.05
+        done
+        "$2" ping 2>&1 | head -1
+        for key in bind appendonly maxmemory-policy; do
+            REDISCLI_AUTH="$4" "$2" config get $key | tail -1
+        done
+    """
+    result = subprocess.run(
+        ["unshare", "--net", "--pid", "--fork", "--kill-child", "sh", "-c", script, "sh",
+         redis_server, redis_cli, str(conf), "probe-password", str(tmp_path / "redis.log")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + (tmp_path / "redis.log").read_text()
+    noauth, bind, appendonly, policy = result.stdout.splitlines()
+    assert noauth.startswith("NOAUTH"), "the container's Redis must require the password"
+    assert bind == "0.0.0.0"
+    assert appendonly == "yes", "the broker's queued jobs must survive a restart"
+    assert policy == "noeviction"
+    assert (tmp_path / "appendonlydir").is_dir()
