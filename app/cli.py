@@ -110,10 +110,7 @@ def worker(
     ] = None,
 ) -> None:
     """A Celery worker for the given queues."""
-    from contextlib import nullcontext
-
-    from app.jobs.broker import BrokerBusy, requeue_invisible, worker_lock
-    from app.jobs.celery_app import QUEUES, make_celery
+    from app.jobs.celery_app import QUEUES
 
     settings = _settings()
     configure_logging(settings)
@@ -122,34 +119,28 @@ def worker(
     if unknown:
         console.print(f"[red]Unknown queues: {', '.join(sorted(unknown))}[/red]")
         raise typer.Exit(2)
-    celery = make_celery(settings)
+    # The app of `celery -A app.worker`: on the embedded broker its worker_init handler takes
+    # the broker's lock and re-queues what a stopped worker left (exit 2 if the lock is held).
+    from app.worker import celery
+
     argv = ["worker", "-Q", ",".join(chosen), "--loglevel", settings.log_level.upper()]
     if concurrency is not None:
         argv += ["-c", str(concurrency)]
-    lock = worker_lock(settings.embedded_broker_path) if settings.embedded_broker else nullcontext()
-    try:
-        with lock:
-            if settings.embedded_broker:
-                # Mingle, gossip and remote control need broadcast, which SQLite can't carry.
-                argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
-                requeued = requeue_invisible(settings.embedded_broker_path)
-                if requeued:
-                    console.print(f"Re-queued {requeued} message(s) left by a stopped worker.")
-            celery.worker_main(argv)
-    except BrokerBusy as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    if settings.embedded_broker:
+        # Mingle, gossip and remote control need broadcast, which SQLite can't carry.
+        argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    celery.worker_main(argv)
 
 
 @cli.command()
 def beat() -> None:
     """The Celery scheduler: sends the periodic maintenance tasks."""
-    from app.jobs.celery_app import make_celery
-
     settings = _settings()
     configure_logging(settings)
     settings.app_data_dir.mkdir(parents=True, exist_ok=True)
-    make_celery(settings).Beat(loglevel=settings.log_level.upper()).run()
+    from app.worker import celery  # the app of `celery -A app.worker beat`
+
+    celery.Beat(loglevel=settings.log_level.upper()).run()
 
 
 @cli.command()

@@ -131,6 +131,13 @@ class Settings(BaseSettings):
     job_retention_days: float = Field(default=30.0, ge=0)
     # How often each API process refreshes its job gauges (queue depth, jobs per state).
     job_metrics_refresh_seconds: float = Field(default=15.0, gt=0)
+    # A file a worker touches from its consumer's event loop, and beat on every scheduler tick,
+    # at least this often: a container probe checks its age (unset: no file is kept).
+    liveness_file: Path | None = None
+    liveness_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # How long `app api|serve|worker|beat|migrate` wait for DATABASE_URL / REDIS_URL to answer
+    # before giving up with one line and exit status 3 (a stack starting all at once).
+    startup_timeout_seconds: float = Field(default=30.0, ge=0)
 
     # Email (JOBS-2). Without SMTP_HOST, mail is written to APP_DATA_DIR/outbox as .eml files
     # and logged (embedded mode; production warns at start). With it, mail goes out by SMTP:
@@ -190,6 +197,7 @@ class Settings(BaseSettings):
         "smtp_username",
         "smtp_password",
         "smtp_ca_file",
+        "liveness_file",
         mode="before",
     )
     @classmethod
