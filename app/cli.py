@@ -39,6 +39,18 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _reachable(settings: Settings) -> Settings:
+    """Wait (STARTUP_TIMEOUT_SECONDS at most) for the configured database and Redis, or exit 3."""
+    from app.core.startup import Unreachable, wait_for_dependencies
+
+    try:
+        asyncio.run(wait_for_dependencies(settings))
+    except Unreachable as exc:
+        typer.echo(str(exc), err=True)  # one line, unwrapped (rich would fold it)
+        raise typer.Exit(3) from None
+    return settings
+
+
 def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_log: bool) -> None:
     # Workers share their Prometheus samples through files; a fresh directory per run, so a
     # previous run's dead processes don't haunt the figures.
@@ -82,7 +94,7 @@ def serve(
     """The whole service on one machine: migrate, then the API, a worker and the scheduler."""
     from app.jobs.processes import Child, Supervisor
 
-    settings = _settings()
+    settings = _reachable(_settings())
     console.print(f"Database: [bold]{_redacted(settings.sqlalchemy_url)}[/bold]")
     console.print(f"Job broker: [bold]{_redacted(settings.broker_url)}[/bold]")
     upgrade_to_head(settings)
@@ -112,7 +124,7 @@ def worker(
     """A Celery worker for the given queues."""
     from app.jobs.celery_app import QUEUES
 
-    settings = _settings()
+    settings = _reachable(_settings())
     configure_logging(settings)
     chosen = [name.strip() for name in queues.split(",") if name.strip()] or list(QUEUES)
     unknown = set(chosen) - set(QUEUES)
@@ -135,7 +147,7 @@ def worker(
 @cli.command()
 def beat() -> None:
     """The Celery scheduler: sends the periodic maintenance tasks."""
-    settings = _settings()
+    settings = _reachable(_settings())
     configure_logging(settings)
     settings.app_data_dir.mkdir(parents=True, exist_ok=True)
     from app.worker import celery  # the app of `celery -A app.worker beat`
@@ -147,17 +159,19 @@ def beat() -> None:
 def api(
     host: Host = "127.0.0.1",
     port: Port = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, envvar="WEB_CONCURRENCY", help="Worker processes")
+    ] = 1,
     access_log: Annotated[bool, typer.Option(help="Log each request")] = True,
 ) -> None:
     """The API only (distributed mode). Does not migrate: run `app migrate` before a rollout."""
-    _run_api(_settings(), host=host, port=port, workers=workers, access_log=access_log)
+    _run_api(_reachable(_settings()), host=host, port=port, workers=workers, access_log=access_log)
 
 
 @cli.command()
 def migrate() -> None:
     """Apply database migrations, then create the superuser from settings if configured."""
-    settings = _settings()
+    settings = _reachable(_settings())
     upgrade_to_head(settings)
     _ensure_superuser_from_settings(settings)
     console.print("[green]Database is at the latest revision.[/green]")
