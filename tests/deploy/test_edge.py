@@ -1,0 +1,395 @@
+"""The production nginx config, unchanged, in front of two real API processes: the edge layer
+of issue 11 without a container engine.
+
+Topology (tests/deploy/netns.py): namespaces edge (nginx), api1 and api2 (`app api` on :8000)
+and jobs (worker and beat) on a private bridge; PostgreSQL and Redis on the bridge's host
+address. /etc/netns/<edge>/hosts names api1/api2 and /etc/netns/<edge>/nginx stands for
+/etc/nginx, so deploy/nginx is used as shipped. The test process is the client, in the host
+namespace, talking TLS to the edge's address as `app.test` (a certificate from a throwaway CA).
+
+One stack for the module; the tests that break something (kill, stop, partition) come last
+and put back what they broke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from app.cli import _ensure_superuser_from_settings as ensure_superuser
+from app.core.config import Settings
+from app.core.errors import ErrorResponse
+from app.core.migrate import upgrade_to_head
+from app.realtime.leases import KEY_PREFIX
+from tests.certs import make_ca
+from tests.conftest import TEST_SECRET
+from tests.deploy.netns import (
+    BridgedPostgres,
+    BridgedRedis,
+    Daemon,
+    Namespace,
+    Topology,
+    require_root_and_tools,
+    run,
+    wait_for,
+)
+from tests.servers import ServerUnavailable, require_server
+from tests.workers import subprocess_env
+
+pytestmark = pytest.mark.postgres
+
+APP = str(Path(sys.executable).parent / "app")
+NGINX = shutil.which("nginx") or "nginx"
+REPO = Path(__file__).resolve().parents[2]
+NGINX_DIR = REPO / "deploy" / "nginx"
+HOSTNAME = "app.test"
+PUBLISHED_PORT = 8443  # DNATed to 443 inside the edge, like a port published by an engine
+API_PORT = 8000
+PASSWORD = "Edge-password-1"
+ADMIN = "edgeadmin"
+GENEROUS = "100000/minute"
+RESET_LIMIT = 4  # RATE_LIMIT_PASSWORD_RESET per client address, for the shared-limit test
+START_DEADLINE = 60.0
+DEADLINE = 15.0
+UPLOAD_BYTES = 27 * 1024 * 1024
+SECURITY_HEADERS = (
+    "strict-transport-security",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+)
+
+
+# -- clients -------------------------------------------------------------------------------
+
+
+class _ToEdge(httpx.HTTPTransport):
+    """Connect to the edge's address while the URL, Host and SNI say app.test: a resolver
+    that knows one name, without touching the machine's /etc/hosts."""
+
+    def __init__(self, edge: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.edge = edge
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions = {**request.extensions, "sni_hostname": request.url.host}
+        request.url = request.url.copy_with(host=self.edge)
+        return super().handle_request(request)
+
+
+class _AsyncToEdge(httpx.AsyncHTTPTransport):
+    def __init__(self, edge: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.edge = edge
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions = {**request.extensions, "sni_hostname": request.url.host}
+        request.url = request.url.copy_with(host=self.edge)
+        return await super().handle_async_request(request)
+
+
+@dataclass
+class Stack:
+    topo: Topology
+    edge: Namespace
+    api_ns: dict[str, Namespace]
+    apis: dict[str, Daemon]
+    api_env: dict[str, dict[str, str]]
+    nginx: Daemon
+    worker: Daemon
+    beat: Daemon
+    tls: ssl.SSLContext
+    redis_url: str  # loopback, for the test's own look-ups
+    admin_token: str = ""
+
+    @property
+    def base(self) -> str:
+        return f"https://{HOSTNAME}"
+
+    def client(self, *, port: int = 443, local_address: str | None = None) -> httpx.Client:
+        base = self.base if port == 443 else f"{self.base}:{port}"
+        transport = _ToEdge(
+            self.edge.address, verify=self.tls, http2=True, local_address=local_address
+        )
+        return httpx.Client(base_url=base, transport=transport, timeout=DEADLINE)
+
+    def async_client(self) -> httpx.AsyncClient:
+        transport = _AsyncToEdge(self.edge.address, verify=self.tls, http2=True)
+        return httpx.AsyncClient(base_url=self.base, transport=transport, timeout=DEADLINE)
+
+    def websocket(self, path: str, token: str) -> Any:
+        """A WebSocket through the edge as a browser on https://app.test would open it."""
+        return connect(
+            f"wss://{HOSTNAME}{path}",
+            host=self.edge.address,
+            port=443,
+            ssl=self.tls,
+            server_hostname=HOSTNAME,
+            origin=f"https://{HOSTNAME}",  # type: ignore[arg-type]
+            subprotocols=["bearer", token],  # type: ignore[list-item]
+            open_timeout=DEADLINE,
+        )
+
+    def start_api(self, name: str) -> Daemon:
+        daemon = self.topo.daemon(
+            name,
+            f"{name}-{len(self.topo.daemons)}",
+            [APP, "api", "--host", "0.0.0.0", "--port", str(API_PORT)],  # noqa: S104 - in its netns
+            self.api_env[name],
+        )
+        self.apis[name] = daemon
+        return daemon
+
+    def wait_api(self, name: str, deadline: float) -> None:
+        daemon, address = self.apis[name], self.api_ns[name].address
+
+        def ready() -> bool:
+            if not daemon.alive():
+                raise AssertionError(f"API {name} died while starting\n{daemon.describe()}")
+            with contextlib.suppress(httpx.TransportError):
+                url = f"http://{address}:{API_PORT}/health"
+                return httpx.get(url, headers={"Host": HOSTNAME}, timeout=1).status_code == 200
+            return False
+
+        wait_for(ready, timeout=deadline - time.monotonic(), what=f"API {name} ready")
+
+    def restart_api(self, name: str) -> None:
+        """A fresh process in the same namespace, served through nginx again before returning
+        (nginx may have marked the dead one failed for a while)."""
+        old = self.apis[name]
+        old.stop(signal.SIGKILL)
+        self.start_api(name)
+        self.wait_api(name, time.monotonic() + START_DEADLINE)
+        with self.client() as client:
+
+            def served_by_it() -> bool:
+                before = len(access_lines(self.apis[name]))
+                client.get("/api/v1/users/me", headers=bearer(self.admin_token))
+                return len(access_lines(self.apis[name])) > before
+
+            wait_for(served_by_it, timeout=DEADLINE, what=f"nginx sends to {name} again")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def log_events(daemon: Daemon) -> list[dict[str, Any]]:
+    events = []
+    for line in daemon.text().splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+    return events
+
+
+def access_lines(daemon: Daemon) -> list[dict[str, Any]]:
+    return [e for e in log_events(daemon) if e.get("event") in ("request", "websocket")]
+
+
+def account(client: httpx.Client, prefix: str = "edge") -> tuple[int, str]:
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD,
+            "password_confirm": PASSWORD}  # fmt: skip
+    registered = client.post("/api/v1/auth/register", json=body)
+    assert registered.status_code == 201, registered.text
+    return int(registered.json()["id"]), login(client, name)
+
+
+def login(client: httpx.Client, username: str) -> str:
+    response = client.post(
+        "/api/v1/auth/token", data={"username": username, "password": PASSWORD}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def setting_seconds(name: str) -> float:
+    """A duration directive of the shipped config (the first one found), in seconds."""
+    for path in (NGINX_DIR / "proxy_params.conf", NGINX_DIR / "nginx.conf"):
+        found = re.search(rf"^\s*{name}\s+(\d+)(ms|s)?\s*;", path.read_text(), re.MULTILINE)
+        if found:
+            value = float(found.group(1))
+            return value / 1000 if found.group(2) == "ms" else value
+    raise AssertionError(f"{name} is not set in deploy/nginx")
+
+
+# -- the stack -----------------------------------------------------------------------------
+
+
+def _nginx_etc(topo: Topology, tmp: Path) -> None:
+    """/etc/hosts and /etc/nginx as the edge namespace sees them."""
+    etc = topo.etc_dir("edge")
+    hosts = ["127.0.0.1 localhost"]
+    hosts += [f"{topo.namespaces[n].address} {n}" for n in ("api1", "api2")]
+    (etc / "hosts").write_text("\n".join(hosts) + "\n")
+    shutil.copytree(NGINX_DIR, etc / "nginx")
+    ca = make_ca(tmp, "edge test CA")
+    cert, key = ca.issue(tmp, "tls", dns_names=[HOSTNAME])
+    (etc / "nginx" / "certs").mkdir(exist_ok=True)
+    shutil.copy(cert, etc / "nginx" / "certs" / "tls.crt")
+    shutil.copy(key, etc / "nginx" / "certs" / "tls.key")
+    shutil.copy(ca.path, tmp / "trusted-ca.pem")
+
+
+def _settings_env(
+    data_dir: Path, database_url: str, redis_url: str, edge: str, **extra: str
+) -> dict[str, str]:
+    return subprocess_env(
+        {
+            "ENVIRONMENT": "production",
+            "SECRET_KEY": TEST_SECRET,
+            "APP_DATA_DIR": str(data_dir),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "TRUSTED_PROXIES": edge,
+            "ALLOWED_HOSTS": HOSTNAME,
+            "LOG_FORMAT": "json",
+            "RATE_LIMIT_DEFAULT": GENEROUS,
+            "RATE_LIMIT_LOGIN": GENEROUS,
+            "RATE_LIMIT_LOGIN_ACCOUNT": GENEROUS,
+            "RATE_LIMIT_REGISTER": GENEROUS,
+            "RATE_LIMIT_PASSWORD_RESET": f"{RESET_LIMIT}/hour",
+            "PASSWORD_HASH_CONCURRENCY": "1",
+            "SHUTDOWN_DRAIN_SECONDS": "3",
+            **extra,
+        }
+    )
+
+
+def _migrate(database_url: str, data_dir: Path) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        secret_key=TEST_SECRET,
+        app_data_dir=data_dir,
+        database_url=database_url,
+        first_superuser_username=ADMIN,
+        first_superuser_email=f"{ADMIN}@example.com",
+        first_superuser_password=PASSWORD,
+    )
+    upgrade_to_head(settings)
+    ensure_superuser(settings)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_root_and_tools()
+    tmp = tmp_path_factory.mktemp("edge")
+    topo = Topology(tmp)
+    t0 = time.monotonic()
+    T = lambda what: print(f"{time.monotonic() - t0:6.2f} {what}", flush=True)  # noqa
+    pg: BridgedPostgres | None = None
+    rds: BridgedRedis | None = None
+    try:
+        topo.up(["edge", "api1", "api2", "jobs"])
+        pg = BridgedPostgres(topo.host_address, str(topo.network))
+        rds = BridgedRedis(topo.host_address)
+        try:
+            pg.start()
+            rds.start()
+        except ServerUnavailable as exc:
+            require_server(f"PostgreSQL/Redis not available: {exc}")
+        T("servers")
+        pg.create_database("edge")
+        database_url, redis_url = pg.bridged_url("edge"), rds.bridged_url()
+        edge = topo.namespaces["edge"].address
+
+        envs = {
+            role: _settings_env(tmp / role, database_url, redis_url, edge)
+            for role in ("api1", "api2", "worker", "beat")
+        }
+        _nginx_etc(topo, tmp)
+        edge_ns = topo.namespaces["edge"]
+        checked = run(edge_ns.argv(NGINX, "-t"), check=False)
+        assert checked.returncode == 0, f"nginx -t in the edge namespace:\n{checked.stderr}"
+        # A port published by an engine: clients use :8443, nginx listens on 443.
+        run(edge_ns.argv("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport",
+                         str(PUBLISHED_PORT), "-j", "REDIRECT", "--to-ports", "443"))  # fmt: skip
+        nginx = topo.daemon(
+            "edge",
+            "nginx",
+            [NGINX, "-g", f"pid {tmp / 'nginx.pid'}; daemon off;"],
+            {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        tls = ssl.create_default_context(cafile=str(tmp / "trusted-ca.pem"))
+        s = Stack(
+            topo=topo,
+            edge=edge_ns,
+            api_ns={n: topo.namespaces[n] for n in ("api1", "api2")},
+            apis={},
+            api_env={n: envs[n] for n in ("api1", "api2")},
+            nginx=nginx,
+            worker=topo.daemon("jobs", "worker", [APP, "worker", "-c", "1"], envs["worker"]),
+            beat=topo.daemon("jobs", "beat", [APP, "beat"], envs["beat"]),
+            tls=tls,
+            redis_url=rds.loopback_url(),
+        )
+        s.start_api("api1")
+        s.start_api("api2")
+        # Cold starts of four Python processes take most of the budget: migrate meanwhile
+        # (in this process, already warm), as the one-shot `migrate` service would. Nothing
+        # is ready before the database is migrated.
+        _migrate(pg.url("edge"), tmp / "migrate")
+        T("migrated")
+        deadline = time.monotonic() + START_DEADLINE
+        s.start_api("api1")
+        s.start_api("api2")
+        s.wait_api("api1", deadline)
+        s.wait_api("api2", deadline)
+        T("apis")
+
+        def edge_listens() -> bool:
+            assert nginx.alive(), nginx.describe()
+            with contextlib.suppress(OSError), socket.create_connection((edge, 443), 0.5):
+                return True
+            return False
+
+        wait_for(edge_listens, timeout=DEADLINE, what="nginx listening")
+        wait_for(
+            lambda: " ready." in s.worker.text() or not s.worker.alive(),
+            timeout=deadline - time.monotonic(),
+            what="worker ready",
+        )
+        assert s.worker.alive(), s.worker.describe()
+        T("worker")
+        with s.client() as client:
+            s.admin_token = login(client, ADMIN)
+        yield s
+    finally:
+        problems = topo.down()
+        for server in (rds, pg):
+            if server is not None:
+                server.stop()
+        assert not problems, problems
+
+
+# -- through the edge ----------------------------------------------------------------------
+
+
+def test_register_login_and_me_over_http2(stack: Stack) -> None:
+    with stack.client() as client:
+        user_id, token = account(client)
+        me = client.get("/api/v1/users/me", headers=bearer(token))
+    assert me.status_code == 200, me.text
+    assert me.json()["id"] == user_id
+    assert me.http_version == "HTTP/2"
