@@ -226,6 +226,14 @@ class Topology:
         run(["ip", "-n", name, "link", "set", "lo", "up"])
         self.namespaces[role] = Namespace(name, address, veth)
 
+    def add_host_address(self, index: int) -> str:
+        """One more address of the host on the bridge: a second client, with its own IP."""
+        address = str(self.network[index])
+        run(["ip", "addr", "add", f"{address}/24", "dev", self.bridge])
+        self._did(f"address {address}", lambda: run(["ip", "addr", "del", f"{address}/24",
+                                                     "dev", self.bridge], check=False))  # fmt: skip
+        return address
+
     def etc_dir(self, role: str) -> Path:
         """/etc/netns/<ns>: what `ip netns exec` bind-mounts over /etc entries in there."""
         path = NETNS_ETC / self.namespaces[role].name

@@ -118,23 +118,30 @@ class Stack:
     nginx: Daemon
     worker: Daemon
     beat: Daemon
-    tls: ssl.SSLContext
+    ca_file: Path
     redis_url: str  # loopback, for the test's own look-ups
     admin_token: str = ""
+
+    def tls(self) -> ssl.SSLContext:
+        """A context per client: httpx sets ALPN (h2) on the one it is given, and a WebSocket
+        client offered h2 by nginx would then get HTTP/2 frames back."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def base(self) -> str:
         return f"https://{HOSTNAME}"
 
-    def client(self, *, port: int = 443, local_address: str | None = None) -> httpx.Client:
+    def client(
+        self, *, port: int = 443, local_address: str | None = None, http2: bool = True
+    ) -> httpx.Client:
         base = self.base if port == 443 else f"{self.base}:{port}"
         transport = _ToEdge(
-            self.edge.address, verify=self.tls, http2=True, local_address=local_address
+            self.edge.address, verify=self.tls(), http2=http2, local_address=local_address
         )
         return httpx.Client(base_url=base, transport=transport, timeout=DEADLINE)
 
     def async_client(self) -> httpx.AsyncClient:
-        transport = _AsyncToEdge(self.edge.address, verify=self.tls, http2=True)
+        transport = _AsyncToEdge(self.edge.address, verify=self.tls(), http2=True)
         return httpx.AsyncClient(base_url=self.base, transport=transport, timeout=DEADLINE)
 
     def websocket(self, path: str, token: str) -> Any:
@@ -143,7 +150,7 @@ class Stack:
             f"wss://{HOSTNAME}{path}",
             host=self.edge.address,
             port=443,
-            ssl=self.tls,
+            ssl=self.tls(),
             server_hostname=HOSTNAME,
             origin=f"https://{HOSTNAME}",  # type: ignore[arg-type]
             subprotocols=["bearer", token],  # type: ignore[list-item]
@@ -224,6 +231,36 @@ def login(client: httpx.Client, username: str) -> str:
     return str(response.json()["access_token"])
 
 
+def _access_line(stack: Stack, request_id: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def logged() -> bool:
+        found[:] = [
+            line
+            for api in stack.apis.values()
+            for line in access_lines(api)
+            if line.get("request_id") == request_id
+        ]
+        return bool(found)
+
+    wait_for(logged, timeout=5, what=f"access log line of {request_id}")
+    return found[0]
+
+
+async def next_of(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            frame: dict[str, Any] = json.loads(await ws.recv())
+            if frame["type"] == kind:
+                return frame
+
+
+async def joined(ws: ClientConnection, user_id: int) -> None:
+    """Our own join frame: the sign that the connection is subscribed to the room."""
+    while (await next_of(ws, "join"))["user"]["id"] != user_id:
+        pass
+
+
 def setting_seconds(name: str) -> float:
     """A duration directive of the shipped config (the first one found), in seconds."""
     for path in (NGINX_DIR / "proxy_params.conf", NGINX_DIR / "nginx.conf"):
@@ -272,6 +309,7 @@ def _settings_env(
             "RATE_LIMIT_PASSWORD_RESET": f"{RESET_LIMIT}/hour",
             "PASSWORD_HASH_CONCURRENCY": "1",
             "SHUTDOWN_DRAIN_SECONDS": "3",
+            "PYTHONUNBUFFERED": "1",  # log lines are read while the processes run
             **extra,
         }
     )
@@ -331,7 +369,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             [NGINX, "-g", f"pid {tmp / 'nginx.pid'}; daemon off;"],
             {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
-        tls = ssl.create_default_context(cafile=str(tmp / "trusted-ca.pem"))
         s = Stack(
             topo=topo,
             edge=edge_ns,
@@ -341,9 +378,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             nginx=nginx,
             worker=topo.daemon("jobs", "worker", [APP, "worker", "-c", "1"], envs["worker"]),
             beat=topo.daemon("jobs", "beat", [APP, "beat"], envs["beat"]),
-            tls=tls,
+            ca_file=tmp / "trusted-ca.pem",
             redis_url=rds.loopback_url(),
         )
+        deadline = time.monotonic() + START_DEADLINE
         s.start_api("api1")
         s.start_api("api2")
         # Cold starts of four Python processes take most of the budget: migrate meanwhile
@@ -351,9 +389,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # is ready before the database is migrated.
         _migrate(pg.url("edge"), tmp / "migrate")
         T("migrated")
-        deadline = time.monotonic() + START_DEADLINE
-        s.start_api("api1")
-        s.start_api("api2")
         s.wait_api("api1", deadline)
         s.wait_api("api2", deadline)
         T("apis")
@@ -393,3 +428,234 @@ def test_register_login_and_me_over_http2(stack: Stack) -> None:
     assert me.status_code == 200, me.text
     assert me.json()["id"] == user_id
     assert me.http_version == "HTTP/2"
+
+
+def test_plain_http_is_redirected_to_https_with_308(stack: Stack) -> None:
+    with httpx.Client(transport=_ToEdge(stack.edge.address), timeout=DEADLINE) as client:
+        response = client.get(f"http://{HOSTNAME}/api/v1/users/me?page=2")
+    assert response.status_code == 308
+    assert response.headers["location"] == f"https://{HOSTNAME}/api/v1/users/me?page=2"
+
+
+def test_a_trailing_slash_redirect_stays_https_with_its_port(stack: Stack) -> None:
+    """Through a published port (8443 -> 443): the app must build the redirect from
+    X-Forwarded-Proto and X-Forwarded-Host, not from its own view of the request."""
+    with stack.client(port=PUBLISHED_PORT) as client:
+        response = client.get("/api/v1/tasks", headers=bearer(stack.admin_token))
+    assert response.status_code in (307, 308), response.text
+    assert response.headers["location"] == f"https://{HOSTNAME}:{PUBLISHED_PORT}/api/v1/tasks/"
+
+
+def test_each_security_header_once_and_metrics_hidden(stack: Stack) -> None:
+    with stack.client() as client:
+        answers = [
+            client.get("/api/v1/users/me", headers=bearer(stack.admin_token)),
+            client.get("/api/v1/no-such-route"),
+            client.get("/health"),
+        ]
+        metrics = client.get("/metrics")
+    for response in answers:
+        for name in SECURITY_HEADERS:
+            values = response.headers.get_list(name)
+            assert len(values) == 1, (response.request.url.path, name, values)
+    assert metrics.status_code == 404, metrics.text[:200]
+    assert "http_requests" not in metrics.text
+
+
+def test_an_oversized_upload_gets_413_in_the_json_envelope(stack: Stack) -> None:
+    """nginx refuses it by its Content-Length, before the app sees a byte, and answers in the
+    app's own envelope. HTTP/1.1: httpx's HTTP/2 cannot read an answer before it has sent the
+    whole body, which nginx (rightly) stops accepting."""
+    headers = {**bearer(stack.admin_token), "Content-Type": "multipart/form-data; boundary=x"}
+    with stack.client(http2=False) as client:
+        response = client.post("/api/v1/files", content=b"\0" * UPLOAD_BYTES, headers=headers)
+    assert response.status_code == 413, response.text[:300]
+    assert response.headers["content-type"].split(";")[0] == "application/json"
+    error = ErrorResponse.model_validate(response.json()).error
+    assert (error.status, error.code) == (413, "payload_too_large")
+    assert error.path == "/api/v1/files"
+    assert len(response.headers.get_list("strict-transport-security")) == 1
+
+
+def test_a_forged_x_forwarded_for_is_ignored(stack: Stack) -> None:
+    """The edge overwrites X-Forwarded-For with its peer; the API trusts only the edge, so it
+    sees this client's address. X-Request-ID goes through both ways."""
+    request_id = f"edge-forged-{secrets.token_hex(4)}"
+    headers = {
+        **bearer(stack.admin_token),
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Real-IP": "203.0.113.7",
+        "X-Request-ID": request_id,
+    }
+    with stack.client() as client:
+        response = client.get("/api/v1/users/me", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == request_id
+    line = _access_line(stack, request_id)
+    assert line["client"] == stack.topo.host_address, line
+
+
+def test_both_apis_serve_and_upstream_connections_are_reused(stack: Stack) -> None:
+    requests = 40
+    opened_before = sum(ns.passive_opens() for ns in stack.api_ns.values())
+    served_before = {name: len(access_lines(api)) for name, api in stack.apis.items()}
+    with stack.client() as client:
+        for _ in range(requests):
+            response = client.get("/api/v1/users/me", headers=bearer(stack.admin_token))
+            assert response.status_code == 200, response.text
+
+    def served() -> dict[str, int]:
+        return {n: len(access_lines(a)) - served_before[n] for n, a in stack.apis.items()}
+
+    wait_for(lambda: sum(served().values()) >= requests, timeout=5, what="access log lines")
+    assert all(count > 0 for count in served().values()), served()
+    # Accepted TCP connections in the API namespaces: the kernel's own count. Without
+    # upstream keep-alive it would be one per request.
+    opened = sum(ns.passive_opens() for ns in stack.api_ns.values()) - opened_before
+    assert opened <= 4, f"{opened} upstream connections for {requests} requests"
+
+
+def test_the_rate_limit_is_shared_by_both_apis(stack: Stack) -> None:
+    """RATE_LIMIT_PASSWORD_RESET is 4/hour per client address: 4 pass, then 429, although
+    nginx spreads the requests over two processes (each alone would allow 4). The client has
+    an address of its own, so no other test's bucket is touched."""
+    address = stack.topo.add_host_address(200)
+    left = 3600 - time.time() % 3600
+    if left < 10:  # fixed windows: a count straddling the hour would start over
+        time.sleep(left + 0.1)
+    with stack.client(local_address=address) as client:
+        statuses = [
+            client.post(
+                "/api/v1/auth/password-reset/request",
+                json={"email": f"nobody-{i}-{secrets.token_hex(3)}@example.com"},
+            ).status_code
+            for i in range(2 * RESET_LIMIT)
+        ]
+    assert statuses == [202] * RESET_LIMIT + [429] * RESET_LIMIT
+
+    def served_from(api: Daemon) -> int:
+        return sum(
+            1
+            for line in access_lines(api)
+            if line.get("route") == "/api/v1/auth/password-reset/request"
+            and line.get("client") == address
+        )
+
+    wait_for(
+        lambda: sum(served_from(a) for a in stack.apis.values()) >= 2 * RESET_LIMIT,
+        timeout=5,
+        what="access log lines",
+    )
+    assert all(served_from(api) > 0 for api in stack.apis.values())
+
+
+async def test_websocket_chat_both_ways_keeps_host_and_client_ip(stack: Stack) -> None:
+    """ALLOWED_HOSTS=app.test and the Origin check (Origin must match Host) refuse the
+    handshake unless nginx passes the Host on; the app logs the client's address."""
+    with stack.client() as client:
+        alice_id, alice = account(client)
+        bob_id, bob = account(client)
+    room = f"edge_{secrets.token_hex(4)}"
+    async with (
+        stack.websocket(f"/ws/chat/{room}", alice) as on_alice,
+        stack.websocket(f"/ws/chat/{room}", bob) as on_bob,
+    ):
+        await joined(on_alice, alice_id)
+        await joined(on_bob, bob_id)
+        await on_alice.send(json.dumps({"type": "message", "content": "from alice"}))
+        assert (await next_of(on_bob, "message"))["content"] == "from alice"
+        await on_bob.send(json.dumps({"type": "message", "content": "from bob"}))
+        assert (await next_of(on_alice, "message"))["content"] == "from alice"
+        assert (await next_of(on_alice, "message"))["content"] == "from bob"
+
+    def socket_lines() -> list[dict[str, Any]]:
+        return [
+            line
+            for api in stack.apis.values()
+            for line in access_lines(api)
+            if line["event"] == "websocket" and line.get("user_id") in (alice_id, bob_id)
+        ]
+
+    await asyncio.to_thread(
+        wait_for, lambda: len(socket_lines()) == 2, timeout=5, what="websocket log lines"
+    )
+    for line in socket_lines():
+        assert line["status"] == 101, line
+        assert line["client"] == stack.topo.host_address, line
+
+
+async def test_an_sse_event_arrives_within_a_second_of_its_publish(stack: Stack) -> None:
+    with stack.client() as client:
+        _, token = account(client)
+    title = f"edge {secrets.token_hex(4)}"
+    async with (
+        stack.async_client() as client,
+        client.stream(
+            "GET", "/api/v1/notifications/stream", headers=bearer(token)
+        ) as stream,
+    ):
+        assert stream.status_code == 200
+        lines = stream.aiter_lines()
+        async with asyncio.timeout(DEADLINE):
+            assert await anext(lines) == ": connected"
+        published = time.monotonic()
+        created = await client.post(
+            "/api/v1/notifications/broadcast",
+            json={"title": title},
+            headers=bearer(stack.admin_token),
+        )
+        assert created.status_code == 201, created.text
+        async with asyncio.timeout(DEADLINE):
+            async for line in lines:
+                if line.startswith("data:") and title in line:
+                    break
+        arrived = time.monotonic() - published
+    assert arrived < 1.0, f"the event took {arrived:.2f}s"
+
+
+def test_a_job_queued_through_the_edge_completes_on_the_worker(stack: Stack) -> None:
+    with stack.client() as client:
+        accepted = client.post("/api/v1/email/test", headers=bearer(stack.admin_token))
+        assert accepted.status_code == 202, accepted.text
+        status_url = accepted.json()["status_url"]
+
+        def finished() -> bool:
+            task = client.get(status_url, headers=bearer(stack.admin_token)).json()
+            return task["state"] in ("SUCCESS", "FAILURE", "REVOKED")
+
+        wait_for(finished, timeout=DEADLINE, what="the test mail's task", interval=0.1)
+        task = client.get(status_url, headers=bearer(stack.admin_token)).json()
+    assert task["state"] == "SUCCESS", task
+    assert task["id"] in stack.worker.text()  # it ran there, not in some other process
+
+
+# -- destructive, last: each puts back what it broke ---------------------------------------
+
+
+async def test_kill_9_of_one_api_under_load_loses_no_idempotent_request(stack: Stack) -> None:
+    """nginx retries a GET that died with its upstream on the other one."""
+    total, concurrency, kill_at = 120, 8, 30
+    victim = stack.apis["api1"]
+    served_before = {name: len(access_lines(api)) for name, api in stack.apis.items()}
+    statuses: list[int] = []
+    gate = asyncio.Semaphore(concurrency)
+    try:
+        async with stack.async_client() as client:
+
+            async def one(index: int) -> None:
+                async with gate:
+                    if index == kill_at:
+                        victim.send(signal.SIGKILL)  # with kill_at - 1 .. requests in flight
+                    response = await client.get(
+                        "/api/v1/users/me", headers=bearer(stack.admin_token)
+                    )
+                    statuses.append(response.status_code)
+
+            async with asyncio.timeout(30):
+                await asyncio.gather(*(one(i) for i in range(total)))
+        assert await asyncio.to_thread(victim.wait, 5) == -signal.SIGKILL
+        assert statuses == [200] * total, sorted(set(statuses))
+        served = {n: len(access_lines(a)) - served_before[n] for n, a in stack.apis.items()}
+        assert served["api1"] > 0, served  # it did take part before it died
+    finally:
+        await asyncio.to_thread(stack.restart_api, "api1")
