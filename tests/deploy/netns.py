@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -60,6 +61,44 @@ def run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProce
             f"{' '.join(argv)} failed ({result.returncode}): {(result.stdout + result.stderr)}"
         )
     return result
+
+
+ROLE_PATTERN = re.compile(r"^(?:edge|api1|api2|jobs)-(\d+)$")
+BRIDGE_PATTERN = re.compile(r"^apptest(\d+)$")
+
+
+def _dead(pid: str) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def sweep_leftovers() -> list[str]:
+    """Remove what a run that was itself killed (SIGKILL, OOM) could not: namespaces, bridges,
+    /etc/netns folders and FORWARD rules named after a PID that no longer runs."""
+    removed: list[str] = []
+    for line in run(["ip", "netns", "list"]).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        found = ROLE_PATTERN.match(name)
+        if found and _dead(found.group(1)):
+            run(["ip", "netns", "del", name], check=False)
+            removed.append(f"netns {name}")
+    if NETNS_ETC.is_dir():
+        for path in NETNS_ETC.iterdir():
+            found = ROLE_PATTERN.match(path.name)
+            if found and _dead(found.group(1)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(str(path))
+    for line in run(["ip", "-o", "link", "show", "type", "bridge"]).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        found = BRIDGE_PATTERN.match(name)
+        if found and _dead(found.group(1)):
+            run(["ip", "link", "del", name], check=False)
+            removed.append(f"bridge {name}")
+    for rule in run(["iptables", "-w", "5", "-S", "FORWARD"]).stdout.splitlines():
+        found = re.search(r"-i (apptest(\d+)) -o \1 -j ACCEPT", rule)
+        if rule.startswith("-A ") and found and _dead(found.group(2)):
+            run(["iptables", "-w", "5", "-D", *rule.split()[1:]], check=False)
+            removed.append(f"iptables {rule}")
+    return removed
 
 
 def _free_subnet(start: int) -> ipaddress.IPv4Network:
@@ -142,17 +181,21 @@ class Daemon:
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int | None:
         """Signal, wait, then SIGKILL the whole group after a deadline. Idempotent."""
+        if self.alive():
+            self.send(sig)
+        return self.reap(time.monotonic() + STOP_DEADLINE_SECONDS)
+
+    def reap(self, deadline: float) -> int | None:
+        """Wait for an exit already asked for; SIGKILL the group at the deadline."""
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            self.send(sig)
-            try:
-                proc.wait(STOP_DEADLINE_SECONDS)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         # Children left in the group (a pool, a forked worker) go too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -252,9 +295,14 @@ class Topology:
     def down(self) -> list[str]:
         """Stop every daemon, then undo everything in reverse; the problems met, if any."""
         problems: list[str] = []
+        # All at once: each takes its own time to stop, and the module's budget is 60 s.
+        for daemon in self.daemons:
+            if daemon.alive():
+                daemon.send(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_DEADLINE_SECONDS
         for daemon in reversed(self.daemons):
             try:
-                daemon.stop()
+                daemon.reap(deadline)
             except Exception as exc:  # keep tearing down: a leftover is worse than a message
                 problems.append(f"stopping {daemon.name}: {exc}")
         while self._undo:

@@ -50,6 +50,7 @@ from tests.deploy.netns import (
     Topology,
     require_root_and_tools,
     run,
+    sweep_leftovers,
     wait_for,
 )
 from tests.servers import ServerUnavailable, require_server
@@ -317,7 +318,7 @@ def _settings_env(
 
 def _migrate(database_url: str, data_dir: Path) -> None:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         secret_key=TEST_SECRET,
         app_data_dir=data_dir,
         database_url=database_url,
@@ -332,10 +333,9 @@ def _migrate(database_url: str, data_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_root_and_tools()
+    sweep_leftovers()
     tmp = tmp_path_factory.mktemp("edge")
     topo = Topology(tmp)
-    t0 = time.monotonic()
-    T = lambda what: print(f"{time.monotonic() - t0:6.2f} {what}", flush=True)  # noqa
     pg: BridgedPostgres | None = None
     rds: BridgedRedis | None = None
     try:
@@ -347,7 +347,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             rds.start()
         except ServerUnavailable as exc:
             require_server(f"PostgreSQL/Redis not available: {exc}")
-        T("servers")
         pg.create_database("edge")
         database_url, redis_url = pg.bridged_url("edge"), rds.bridged_url()
         edge = topo.namespaces["edge"].address
@@ -388,10 +387,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # (in this process, already warm), as the one-shot `migrate` service would. Nothing
         # is ready before the database is migrated.
         _migrate(pg.url("edge"), tmp / "migrate")
-        T("migrated")
         s.wait_api("api1", deadline)
         s.wait_api("api2", deadline)
-        T("apis")
 
         def edge_listens() -> bool:
             assert nginx.alive(), nginx.describe()
@@ -400,13 +397,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             return False
 
         wait_for(edge_listens, timeout=DEADLINE, what="nginx listening")
+        # `ip netns exec` execs nginx: the PID we hold is the master's, the one we stop.
+        assert (tmp / "nginx.pid").read_text().strip() == str(nginx.pid)
         wait_for(
             lambda: " ready." in s.worker.text() or not s.worker.alive(),
             timeout=deadline - time.monotonic(),
             what="worker ready",
         )
         assert s.worker.alive(), s.worker.describe()
-        T("worker")
         with s.client() as client:
             s.admin_token = login(client, ADMIN)
         yield s
@@ -585,8 +583,8 @@ async def test_websocket_chat_both_ways_keeps_host_and_client_ip(stack: Stack) -
 
 
 async def test_an_sse_event_arrives_within_a_second_of_its_publish(stack: Stack) -> None:
-    with stack.client() as client:
-        _, token = account(client)
+    with stack.client() as setup:
+        _, token = account(setup)
     title = f"edge {secrets.token_hex(4)}"
     async with (
         stack.async_client() as client,
