@@ -762,8 +762,9 @@ async def test_a_partitioned_api_gives_bounded_errors_and_latency(stack: Stack) 
     than one connect timeout.
 
     Requests on an idle keep-alive connection to the partitioned API would instead wait for
-    proxy_read_timeout (nothing answers, nothing refuses): this test starts with no such
-    connection (checked), which is the case the connect timeout bounds."""
+    proxy_read_timeout (nothing answers, nothing refuses; 15 s in deploy/nginx, after which an
+    idempotent request is retried on api2): this test starts with no such connection
+    (checked), which is the case the connect timeout bounds."""
     connect_timeout = setting_seconds("proxy_connect_timeout")
     bound = connect_timeout + 1.5
     assert _established(stack, "api1") == 0
