@@ -1,0 +1,1 @@
+"""Background jobs machinery: the Celery app, task base, broker, job rows and their service."""
