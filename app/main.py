@@ -23,7 +23,6 @@ from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
-from app.core.http import create_http_client
 from app.core.logging import configure_logging
 from app.core.middleware import (
     BodySizeLimitMiddleware,
@@ -88,26 +87,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_drain_on_signal(realtime.drain) if app.state.handle_signals else lambda: None
     )
     background = app.state.background = TaskManager()
-    async with create_http_client() as http:
-        app.state.http = http
-        background.spawn(
-            "job-metrics",
-            lambda: job_monitor.run(settings=settings, sessionmaker=app.state.sessionmaker),
-        )
-        try:
-            yield
-        finally:
-            uninstall_drain()
-            await realtime.close()
-            await background.shutdown(grace=5.0)  # first: its tasks use what closes below
-            await app.state.storage.close()
-            celery.close()  # its broker connections and pools
-            await app.state.hub.close()
-            await app.state.limiter.close()
-            await app.state.cache.close()
-            if redis is not None:
-                await redis.aclose()
-            await engine.dispose()
+    background.spawn(
+        "job-metrics",
+        lambda: job_monitor.run(settings=settings, sessionmaker=app.state.sessionmaker),
+    )
+    try:
+        yield
+    finally:
+        uninstall_drain()
+        await realtime.close()
+        await background.shutdown(grace=5.0)  # first: its tasks use what closes below
+        await app.state.storage.close()
+        celery.close()  # its broker connections and pools
+        await app.state.hub.close()
+        await app.state.limiter.close()
+        await app.state.cache.close()
+        if redis is not None:
+            await redis.aclose()
+        await engine.dispose()
 
 
 def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:

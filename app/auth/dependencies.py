@@ -10,7 +10,7 @@ from fastapi import Depends, Form, Request, Response, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 
 from app.auth import principal as principals
-from app.auth.permissions import SCOPE_DESCRIPTIONS, Permission, Scope, has_permission
+from app.auth.permissions import SCOPE_DESCRIPTIONS, Scope
 from app.auth.principal import Principal
 from app.auth.schemas import LoginForm
 from app.core.cache import Cache
@@ -148,19 +148,6 @@ async def limit_verification(
 ) -> None:
     """Verification links go to the caller's own inbox; the reset policy bounds them too."""
     await enforce(request, response, policies_of(request).password_reset, f"verify:{principal.id}")
-
-
-def require_permission(permission: Permission) -> object:
-    """A dependency for finer rules than scopes: 403 names the missing permission."""
-
-    async def check(
-        principal: Annotated[Principal, Security(get_active_principal)],
-    ) -> Principal:
-        if not has_permission(principal, permission):
-            raise Forbidden(f"Missing permission: {permission}")
-        return principal
-
-    return Depends(check)
 
 
 CurrentPrincipal = Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])]

@@ -1,4 +1,4 @@
-"""The one outbound HTTP client: opened in the lifespan, shared, with timeouts and limits.
+"""The outbound HTTP client: timeouts and limits; the worker runtime opens one on first use.
 
 A slow or dead upstream ends in a 504 or 502 in the envelope, never a hung request."""
 

@@ -101,6 +101,3 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every outbound URL at INFO, query strings (and any keys in them) included.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-access_logger = structlog.stdlib.get_logger("app.access")

@@ -40,11 +40,6 @@ def set_user_id(scope: MutableMapping[str, Any], user_id: int) -> None:
     USER_ID.set(user_id)
 
 
-def user_id_of(scope: MutableMapping[str, Any]) -> int | None:
-    user_id = scope.get(_USER_KEY)
-    return int(user_id) if user_id is not None else None
-
-
 def client_ip_of(scope: MutableMapping[str, Any]) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"

@@ -8,7 +8,6 @@ import pytest
 
 from app.core.errors import AppError
 from app.core.http import UpstreamTimeout, UpstreamUnavailable, create_http_client, fetch
-from tests.conftest import BuildClient
 from tests.servers import free_port
 
 
@@ -44,9 +43,3 @@ async def test_unreachable_upstream_becomes_502() -> None:
     async with create_http_client(httpx.Timeout(1.0)) as client:
         with pytest.raises(UpstreamUnavailable):
             await fetch(client, "GET", f"http://127.0.0.1:{free_port()}/", upstream="Geocoder")
-
-
-async def test_app_shares_one_client(build_client: BuildClient) -> None:
-    async with build_client() as (app, _):
-        assert isinstance(app.state.http, httpx.AsyncClient)
-        assert app.state.http.timeout.connect == 3.0
