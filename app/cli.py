@@ -59,8 +59,11 @@ def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_l
         workers=workers,
         log_config=None,  # ours (structlog) is set up in each worker by serve_app
         access_log=False,  # the app writes its own access log, with request IDs
-        proxy_headers=False,  # X-Forwarded-For is believed only from TRUSTED_PROXIES, by us
+        # Forwarded headers are believed only from TRUSTED_PROXIES, by the app (app.core.proxy),
+        # whichever server runs it.
+        proxy_headers=False,
         server_header=False,
+        timeout_keep_alive=settings.http_keepalive_timeout_seconds,
         timeout_graceful_shutdown=30,
         # WebSockets (RT-5): a frame cap far below uvicorn's 16 MiB, protocol pings that close
         # dead peers, and no per-message compression: chat frames are small, and compressing
@@ -333,6 +336,14 @@ async def _purge_files(settings: Settings, older_than_hours: float) -> "PurgeRep
     finally:
         await storage.close()
         await engine.dispose()
+
+
+@cli.command("env-example")
+def env_example() -> None:
+    """Print .env.example: every setting, its default and what it does."""
+    from app.core.env_example import render
+
+    sys.stdout.write(render())
 
 
 def _redacted(url: str) -> str:

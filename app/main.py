@@ -14,7 +14,6 @@ from app.api import api_v1, api_v2
 from app.auth.pages import router as pages_router
 from app.core.background import TaskManager
 from app.core.cache import MemoryCache, RedisCache
-from app.core.client_ip import parse_networks
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.docs import install_docs
@@ -29,6 +28,7 @@ from app.core.middleware import (
     SecurityHeadersMiddleware,
     TrustedHostMiddleware,
 )
+from app.core.proxy import ForwardedHeadersMiddleware
 from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
 from app.core.redis import create_redis
@@ -106,14 +106,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
-    """Outermost first. The request context wraps everything, so even errors carry the ID and
-    reach the access log; metrics see rate-limited requests; gzip only sees what is allowed."""
-    stack = [
-        Middleware(
-            RequestContextMiddleware,
-            trusted_proxies=parse_networks(settings.trusted_proxies),
-            access_log=settings.access_log,
-        ),
+    """Outermost first. Forwarded headers first, so everything after sees the real client,
+    scheme and host; the request context wraps the rest, so even errors carry the ID and reach
+    the access log; metrics see rate-limited requests; gzip only sees what is allowed."""
+    stack = []
+    if settings.trusted_proxies:
+        stack.append(
+            Middleware(ForwardedHeadersMiddleware, trusted_proxies=settings.trusted_proxies)
+        )
+    stack += [
+        Middleware(RequestContextMiddleware, access_log=settings.access_log),
         Middleware(MetricsMiddleware),
     ]
     if settings.rate_limit_enabled:

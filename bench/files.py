@@ -190,7 +190,7 @@ def run_one(database_url: str | None, rows: int, upload_mb: int) -> dict[str, ob
     base = f"http://127.0.0.1:{port}"
     try:
         owner_id, headers = login(base)
-        settings = Settings(_env_file=None, app_data_dir=work, database_url=database_url)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, app_data_dir=work, database_url=database_url)
         started = time.perf_counter()
         asyncio.run(fill_items(settings.sqlalchemy_url, owner_id, rows))
         result: dict[str, object] = {"fill_seconds": round(time.perf_counter() - started, 1)}

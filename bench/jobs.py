@@ -112,7 +112,8 @@ def run_broker(broker: str, workdir: Path, args: argparse.Namespace, redis_url: 
               "LOG_LEVEL": "INFO"}  # fmt: skip
     if redis_url is not None:
         values["CELERY_BROKER_URL"] = redis_url
-    settings = Settings(_env_file=None, **{k.lower(): v for k, v in values.items()})  # type: ignore[call-arg]
+    fields: dict[str, Any] = {k.lower(): v for k, v in values.items()}
+    settings = Settings(_env_file=None, **fields)
     upgrade_to_head(settings)
     worker = WorkerProcess(values, data_dir / "worker.log", concurrency=2)
     worker.start()

@@ -9,6 +9,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +29,9 @@ TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs512-0123456789abcdefgh"
 
 
 def make_settings(data_dir: Path, database_url: str | None = None, **overrides: object) -> Settings:
-    values: dict[str, object] = {
+    # Any: each field checks its own value; `object` would also be matched against the typed
+    # BaseSettings keywords (_env_file, _case_sensitive...).
+    values: dict[str, Any] = {
         "environment": "test",
         "secret_key": TEST_SECRET,
         "app_data_dir": data_dir,
@@ -41,7 +44,7 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
         "rate_limit_register": "100000/minute",
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session")

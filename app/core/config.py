@@ -22,162 +22,272 @@ MIN_SECRET_LENGTH = 32
 _EMBEDDED_BROKER_SCHEME = "appsqla+sqlite:///"
 
 
+def _cores_but_one() -> int:
+    # A factory, not a value: .env.example must not depend on the machine that generates it.
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    # Each setting's docstring is its description: `app env-example` writes it into .env.example.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     environment: Environment = "development"
+    """development, test or production (production refuses unsafe settings)"""
     debug: bool = False
+    """FastAPI debug mode (tracebacks in responses); refused in production"""
     app_name: str = "app"
+    """the service's name in logs and metrics"""
     secret_key: SecretStr | None = None
+    """signs tokens and sessions; unset (not in production): generated into APP_DATA_DIR"""
     app_data_dir: Path = Path("./var")
+    """where the SQLite database, the generated key, the outbox and local uploads live"""
     database_url: str | None = None
+    """postgresql://... or any SQLAlchemy async URL; unset: SQLite in APP_DATA_DIR"""
     database_pool_size: int = Field(default=10, ge=1)
+    """database connections kept open per process"""
     database_max_overflow: int = Field(default=10, ge=0)
+    """connections opened beyond the pool under load, per process"""
 
     jwt_issuer: str = "app"
+    """the iss claim of tokens, checked on every token"""
     jwt_audience: str = "app-api"
+    """the aud claim of tokens, checked on every token"""
     access_token_expire_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    """access token lifetime"""
     refresh_token_expire_days: int = Field(default=14, ge=1, le=365)
+    """a login session's lifetime"""
     require_verified_email: bool = False
+    """item writes need a verified email"""
 
     cors_origins: CommaList = []
+    """comma-separated origins allowed by CORS; '*' with credentials is refused in production"""
     cors_allow_credentials: bool = True
+    """CORS responses allow credentials (cookies, Authorization)"""
     allowed_hosts: CommaList = ["*"]
-    # Proxies whose X-Forwarded-For is believed (IPs or CIDRs); anyone else could forge it.
+    """comma-separated hosts served (*.example.com allowed); others get 400, /health* excepted"""
     trusted_proxies: CommaList = []
+    """IPs/CIDRs of proxies (nginx, load balancer) whose X-Forwarded-For/-Proto/-Host we believe"""
     docs_enabled: bool | None = None
+    """serve /docs, /redoc and /openapi.json; unset: on, except in production"""
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """larger request bodies get 413 while they arrive (uploads have their own cap)"""
     session_cookie_name: str = "app_session"
+    """name of the signed session cookie"""
 
     # Files (FILES-1..3). Uploads have their own cap, checked while the file arrives.
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    """largest file an upload accepts; 413 the moment the file passes it"""
     storage_backend: Literal["local", "s3"] = "local"
+    """local (a directory) or s3 (any S3-compatible bucket)"""
     storage_local_dir: Path | None = None  # default: APP_DATA_DIR/uploads
+    """where local objects live; unset: APP_DATA_DIR/uploads"""
     storage_s3_bucket: str | None = None
+    """the bucket (required with STORAGE_BACKEND=s3)"""
     storage_s3_endpoint_url: str | None = None
+    """an S3 endpoint other than AWS (MinIO, Ceph, R2, ...)"""
     storage_s3_region: str = "us-east-1"
+    """the bucket's region"""
     # Usually left unset: boto3 then reads AWS_* variables, its config files or instance roles.
     storage_s3_access_key_id: str | None = None
+    """S3 key ID; usually unset: boto3 reads AWS_* variables, its config files or instance roles"""
     storage_s3_secret_access_key: SecretStr | None = None
+    """S3 secret key; usually unset, like STORAGE_S3_ACCESS_KEY_ID"""
     presigned_url_expire_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    """lifetime of GET /files/{id}/url links (S3 only)"""
     export_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    """rows fetched and encoded per batch in exports"""
 
     # Images (JOBS-4, ITEMS-4). Pillow refuses images above this many pixels (decompression
     # bombs); every step of a pipeline stays under it too. Pillow's own default is ~89M.
     image_max_pixels: int = Field(default=40_000_000, ge=1024)
+    """Pillow's decompression-bomb limit; larger sources or results fail the task"""
     image_max_source_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    """largest source image read from storage or fetched from a URL"""
     image_fetch_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    """the whole URL fetch of an image source (DNS, redirects, body)"""
     # URL sources may only resolve to public addresses; these CIDRs open an intranet range
     # (cloud metadata addresses stay refused whatever is listed here).
     ssrf_allowed_networks: CommaList = []
+    """CIDRs an image URL may reach although not public; cloud metadata addresses stay refused"""
 
     redis_url: str | None = None
+    """Redis for rate limits, cache, pub/sub and the job broker; unset: in-process state"""
     redis_max_connections: int = Field(default=100, ge=1)
+    """Redis connections per process"""
 
     rate_limit_enabled: bool = True
+    """the global per-client rate limit"""
     rate_limit_default: str = "600/minute"
+    """requests per client address, every route but /health* and /metrics"""
     rate_limit_login: str = "10/minute"
+    """login attempts per client address"""
     rate_limit_login_account: str = "5/minute"
+    """login attempts per account"""
     rate_limit_register: str = "5/minute"
+    """registrations per client address"""
     rate_limit_password_reset: str = "5/hour"
+    """password reset requests per client address"""
 
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
     # SQLite file under APP_DATA_DIR); unset results: Redis with a Redis broker, else SQLite.
     celery_broker_url: str | None = None
+    """where tasks are queued; unset: REDIS_URL, else a SQLite file in APP_DATA_DIR"""
     celery_result_backend: str | None = None
+    """Celery's result store; unset: the Redis broker, else SQLite in APP_DATA_DIR"""
     # Soft limit raises inside the task (it can clean up); the hard limit kills the process.
     job_soft_time_limit_seconds: int = Field(default=300, ge=1)
+    """a task is told to stop (an exception inside it) after this"""
     job_time_limit_seconds: int = Field(default=360, ge=1)
+    """a task's process is killed after this"""
     # A Redis-broker message not acknowledged within this is delivered again: it must exceed
     # the longest task, or a slow task would run twice.
     celery_visibility_timeout_seconds: int = Field(default=3600, ge=1)
+    """Redis broker: an unacknowledged task is delivered again after this"""
     celery_result_expires_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    """how long Celery keeps task results"""
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
+    """worker processes (app worker -c N overrides); unset: the CPU count"""
     # How often the embedded broker's worker looks for new messages (it cannot be woken).
     celery_embedded_poll_seconds: float = Field(default=0.1, gt=0, le=5)
+    """how often the embedded broker's worker looks for tasks"""
     # Realtime (RT-1..5). Browsers may open WebSockets from any page (Starlette's CORS does
     # not cover them), so the Origin is checked against CORS_ORIGINS, these, and our own host.
     ws_allowed_origins: CommaList = []
+    """origins allowed to open WebSockets besides CORS_ORIGINS and the service's own host"""
     ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)  # uvicorn's default: 16 MiB
+    """largest WebSocket frame; larger ones close the socket with 1009"""
     ws_ping_interval_seconds: float = Field(default=20.0, gt=0)
+    """interval of WebSocket protocol pings"""
     ws_ping_timeout_seconds: float = Field(default=20.0, gt=0)
+    """a peer that doesn't answer a ping within this is closed"""
     ws_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    """a WebSocket whose client sends nothing for this long is closed"""
     ws_auth_timeout_seconds: float = Field(default=10.0, gt=0)
+    """time to authenticate after connecting without a token (then 4401)"""
     ws_send_queue_size: int = Field(default=256, ge=1)
+    """frames buffered per WebSocket or SSE client; one that falls further behind is closed"""
     ws_max_connections_per_user: int = Field(default=10, ge=1)
+    """WebSockets and SSE streams per user; more are closed with 1008"""
     # With Redis the cap holds across processes: each connection holds a lease renewed a few
     # times per this period; a crashed process's leases lapse after it.
     ws_connection_lease_seconds: float = Field(default=60.0, ge=3)
+    """with Redis, how long a connection's slot outlives a dead process"""
     chat_message_max_length: int = Field(default=4000, ge=1)
+    """characters per chat message"""
     chat_presence_max_members: int = Field(default=100, ge=0)  # per process (see chat.py)
+    """above this many members of a room in one process, joins and leaves are not broadcast"""
     rate_limit_chat_message: str = "30/10 seconds"
+    """chat frames (messages, typing) per user"""
     notification_relay_interval_seconds: float = Field(default=0.5, gt=0)
+    """embedded mode: how often the API looks for notifications stored by other processes"""
     # How long a stopping process gives its WebSockets and SSE streams to close (1001).
     shutdown_drain_seconds: float = Field(default=5.0, ge=0)
+    """on SIGTERM/SIGINT, how long WebSockets (closed with 1001) and SSE streams get to finish"""
+    # uvicorn's timeout_keep_alive (its default: 5 s). It must exceed the keep-alive of the
+    # proxy's upstream connections (nginx `keepalive_timeout 60s`): else the app closes an idle
+    # connection just as the proxy reuses it, and the proxy answers 502.
+    http_keepalive_timeout_seconds: int = Field(default=75, ge=1)
+    """idle keep-alive connections close after this; keep it above the proxy's (nginx: 60)"""
 
     # Maintenance (JOBS-6). Beat sends a heartbeat this often; readiness calls the jobs side
     # stale (and the service degraded) when the last one is older than the threshold, which
     # must leave room for a busy maintenance queue.
     heartbeat_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """how often beat sends the maintenance heartbeat"""
     heartbeat_stale_seconds: float = Field(default=120.0, gt=0)
+    """readiness calls the jobs side stale (service degraded) past this heartbeat age"""
     # Ended sessions (expired or revoked) and their refresh tokens are deleted this long after
     # they end. Activity reports count logins from these rows, so reports reaching further back
     # than the retention (plus the refresh lifetime) see fewer sessions.
     auth_session_retention_days: float = Field(default=90.0, ge=0)
+    """ended sessions and their refresh tokens are purged this long after they end"""
     # Unlinked files, row-less objects and temp files older than this go in the daily purge.
     purge_files_older_than_hours: float = Field(default=24.0, ge=0)
+    """cutoff of the scheduled purge of unlinked files and temp files"""
     # Finished job rows (the task API's history, reports' listing) are deleted this long after
     # they finish; files they produced stay with their owners.
     job_retention_days: float = Field(default=30.0, ge=0)
+    """finished job rows are purged this long after they finish (their files stay)"""
     # How often each API process refreshes its job gauges (queue depth, jobs per state).
     job_metrics_refresh_seconds: float = Field(default=15.0, gt=0)
+    """how often each API process refreshes its job gauges"""
 
     # Email (JOBS-2). Without SMTP_HOST, mail is written to APP_DATA_DIR/outbox as .eml files
     # and logged (embedded mode; production warns at start). With it, mail goes out by SMTP:
     # "starttls" upgrades a plain connection (port 587), "tls" is implicit TLS (port 465),
     # "none" is plain text (a local relay or a test sink only).
     smtp_host: str | None = None
+    """the SMTP server; unset: mail goes to APP_DATA_DIR/outbox and the log"""
     smtp_port: int = Field(default=587, ge=1, le=65535)
+    """the SMTP server's port"""
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    """starttls (port 587), tls (implicit, port 465) or none (a local relay only)"""
     smtp_username: str | None = None
+    """SMTP login (after STARTTLS)"""
     smtp_password: SecretStr | None = None
+    """SMTP password"""
     smtp_ca_file: Path | None = None  # trust a private CA (else the system's roots)
+    """a PEM file of CAs to trust for SMTP; unset: the system's roots"""
     smtp_timeout_seconds: float = Field(default=30, gt=0, le=300)
+    """SMTP timeout per connection step"""
     email_from: str = "App <noreply@localhost>"
+    """From header and envelope sender; its domain goes into Message-IDs"""
     # Links in mails point here: {base}/verify-email?token=..., {base}/reset-password?token=...
     public_base_url: str = "http://127.0.0.1:8000"
+    """base of links in mail ({base}/verify-email?token=..., {base}/reset-password?token=...)"""
     # Transient SMTP failures (4xx, connection errors) are retried with exponential backoff
     # and jitter, at most this many times; then the mail is recorded as failed.
     email_max_retries: int = Field(default=6, ge=0, le=50)
+    """retries of a transient SMTP failure, with exponential backoff and jitter"""
     email_retry_backoff_seconds: float = Field(default=10, gt=0)
+    """base delay of the first mail retry"""
     email_retry_backoff_max_seconds: float = Field(default=600, gt=0)
+    """longest delay between mail retries"""
     # A claimed mail is someone's to send for this long; after it, a crashed sender's mail is
     # claimed again (the conditional commit keeps a slow live sender from sending it twice).
     email_lease_seconds: int = Field(default=120, ge=1)
+    """how long a claimed mail is its sender's before a crashed sender's mail is claimed again"""
     # The sweep re-sends mail still pending this long after it was due (an enqueue lost
     # between the commit and the broker).
     email_sweep_after_seconds: int = Field(default=300, ge=1)
+    """the outbox sweep re-sends mail pending this long past its due time"""
     email_verify_token_expire_minutes: int = Field(default=24 * 60, ge=1)
+    """lifetime of email verification links"""
     password_reset_token_expire_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    """lifetime of password reset links"""
 
     metrics_token: SecretStr | None = None
+    """production serves /metrics only with Authorization: Bearer <token>"""
     sentry_dsn: SecretStr | None = None
+    """report errors to Sentry (uv sync --extra sentry)"""
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
+    """share of requests traced by Sentry (0 to 1)"""
 
     first_superuser_username: str | None = None
+    """superuser created by serve, migrate and create-superuser if missing"""
     first_superuser_email: str | None = None
+    """that superuser's email"""
     first_superuser_password: SecretStr | None = None
+    """that superuser's password"""
 
     log_level: str = "INFO"
+    """log level (DEBUG, INFO, WARNING, ...)"""
     access_log: bool = True
+    """one log line per request (route template, status, duration, user, request ID)"""
     log_format: Literal["console", "json"] | None = None  # default: json in production
+    """json or console; unset: json in production, else console"""
     # Threads allowed to hash passwords at once. One core stays free for the event loop, so a
     # login flood slows logins down instead of every other request.
-    password_hash_concurrency: int = Field(default=max(1, (os.cpu_count() or 2) - 1), ge=1)
+    password_hash_concurrency: int = Field(default_factory=_cores_but_one, ge=1)
+    """password hashes computed at once; unset: CPU count - 1 (a core stays with the event loop)"""
     # Argon2id cost: OWASP's baseline (19 MiB, 2 passes, 1 lane), about 20 ms per hash on one
     # core. Raising these upgrades stored hashes at each user's next login.
     argon2_memory_kib: int = Field(default=19_456, ge=8_192)
+    """Argon2id memory cost (OWASP baseline); raising it rehashes at next login"""
     argon2_time_cost: int = Field(default=2, ge=1)
+    """Argon2id passes; raising it rehashes at next login"""
 
     @field_validator(
         "database_url",
@@ -229,7 +339,7 @@ class Settings(BaseSettings):
             raise ValueError("unsafe production settings: " + "; ".join(problems))
         return self
 
-    @field_validator("ssrf_allowed_networks")
+    @field_validator("ssrf_allowed_networks", "trusted_proxies")
     @classmethod
     def _networks_are_cidrs(cls, value: list[str]) -> list[str]:
         for network in value:

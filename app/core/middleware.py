@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import CODES_BY_STATUS, error_response
 from app.core.metrics import IN_FLIGHT, LATENCY, REQUESTS
+from app.core.proxy import parse_host
 from app.core.ratelimit import Policy, RateLimiter
 from app.core.request_context import QUIET_PATHS, client_ip_of, route_of
 
@@ -150,20 +151,33 @@ class RateLimitMiddleware:
 
 
 class TrustedHostMiddleware:
-    """Refuses requests for hosts we don't serve (Host header attacks, DNS rebinding)."""
+    """Refuses requests for hosts we don't serve (Host header attacks, DNS rebinding).
+
+    Health probes pass whatever the Host: orchestrators and image healthchecks call the pod IP or
+    127.0.0.1:8000, and they answer nothing a forged Host could abuse. IPv6 literals match with
+    or without brackets (`::1` and `[::1]` both allow `Host: [::1]:8000`)."""
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: list[str]) -> None:
         self.app = app
         self.allow_any = "*" in allowed_hosts
-        self.exact = {h.lower() for h in allowed_hosts if not h.startswith("*.")}
-        self.suffixes = tuple(h.lower()[1:] for h in allowed_hosts if h.startswith("*."))
+        hosts = [h.lower().removeprefix("[").removesuffix("]") for h in allowed_hosts]
+        self.exact = {h for h in hosts if not h.startswith("*.")}
+        self.suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.allow_any or scope["type"] not in ("http", "websocket"):
+        if (
+            self.allow_any
+            or scope["type"] not in ("http", "websocket")
+            or scope["path"] == "/health"
+            or scope["path"].startswith("/health/")
+        ):
             await self.app(scope, receive, send)
             return
-        host = Headers(scope=scope).get("host", "").split(":")[0].lower()
-        if host in self.exact or (self.suffixes and host.endswith(self.suffixes)):
+        parsed = parse_host(Headers(scope=scope).get("host", ""))
+        host = parsed.host if parsed is not None else None
+        if host is not None and (
+            host in self.exact or (self.suffixes and host.endswith(self.suffixes))
+        ):
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":

@@ -1,4 +1,6 @@
-"""The outermost middleware: request ID, client address, timing, log context, access log."""
+"""The request context, outside every middleware but the forwarded headers: request ID, timing,
+log context, access log. The client address is scope["client"], already taken from a trusted
+proxy's headers (app.core.proxy)."""
 
 import re
 import time
@@ -10,12 +12,9 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.client_ip import IPNetwork, client_ip
-
 REQUEST_ID_HEADER = "X-Request-ID"
 _SCOPE_KEY = "app.request_id"
 _USER_KEY = "app.user_id"
-_CLIENT_KEY = "app.client_ip"
 # A client may pass its own ID for tracing, but only a sane one: it goes into logs and headers.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Load balancer probes would drown the access log; their failures are still logged.
@@ -47,7 +46,8 @@ def user_id_of(scope: MutableMapping[str, Any]) -> int | None:
 
 
 def client_ip_of(scope: MutableMapping[str, Any]) -> str:
-    return str(scope.get(_CLIENT_KEY) or (scope.get("client") or ("unknown",))[0])
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def route_of(scope: Scope) -> str:
@@ -62,11 +62,8 @@ def route_of(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(
-        self, app: ASGIApp, *, trusted_proxies: tuple[IPNetwork, ...] = (), access_log: bool = True
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
-        self.trusted_proxies = trusted_proxies
         self.access_log = access_log
         self.logger = structlog.stdlib.get_logger("app.access")
 
@@ -78,7 +75,6 @@ class RequestContextMiddleware:
         if incoming is not None and _VALID_REQUEST_ID.match(incoming):
             scope[_SCOPE_KEY] = incoming
         request_id = request_id_of(scope)
-        scope[_CLIENT_KEY] = client_ip(scope, self.trusted_proxies)
         request_token = REQUEST_ID.set(request_id)
         user_token = USER_ID.set(None)
         started = time.perf_counter()
@@ -116,7 +112,7 @@ class RequestContextMiddleware:
                     route=route_of(scope),
                     status=status,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    client=scope[_CLIENT_KEY],
+                    client=client_ip_of(scope),
                     user_id=scope.get(_USER_KEY),
                 )
             elif scope["type"] == "websocket" and self.access_log:
@@ -127,7 +123,7 @@ class RequestContextMiddleware:
                     status=status,
                     close_code=close_code,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    client=scope[_CLIENT_KEY],
+                    client=client_ip_of(scope),
                     user_id=scope.get(_USER_KEY),
                 )
             REQUEST_ID.reset(request_token)

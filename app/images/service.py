@@ -9,7 +9,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.client_ip import parse_networks
 from app.core.config import Settings
 from app.core.errors import AppError, ServiceUnavailable
 from app.core.safe_fetch import (
@@ -17,6 +16,7 @@ from app.core.safe_fetch import (
     FetchRefused,
     check_url,
     literal_ip,
+    parse_networks,
     refusal,
     safe_fetch,
 )

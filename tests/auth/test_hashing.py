@@ -31,9 +31,9 @@ async def test_hashing_runs_off_the_event_loop() -> None:
     threads: list[int] = []
     original = hasher._hash.hash
 
-    def recording_hash(password: str) -> str:
+    def recording_hash(password: str | bytes, *, salt: bytes | None = None) -> str:
         threads.append(threading.get_ident())
-        return original(password)
+        return original(password, salt=salt)
 
     hasher._hash.hash = recording_hash  # type: ignore[method-assign]
     hashed = await hasher.hash("Some-password-1")

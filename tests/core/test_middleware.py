@@ -31,12 +31,49 @@ async def test_gzip_above_1000_bytes_only(build_client: BuildClient) -> None:
 
 async def test_unknown_host_is_refused_in_the_envelope(build_client: BuildClient) -> None:
     async with build_client(allowed_hosts="api.example.com,*.example.org") as (_, client):
-        assert (await client.get("/health", headers={"Host": "api.example.com"})).status_code == 200
-        assert (
-            await client.get("/health", headers={"Host": "x.example.org:8443"})
-        ).status_code == 200
-        refused = await client.get("/health", headers={"Host": "evil.test"})
+        path = "/api/v1/items/"  # not /health*: probes pass whatever the host
+        assert (await client.get(path, headers={"Host": "api.example.com"})).status_code == 200
+        assert (await client.get(path, headers={"Host": "x.example.org:8443"})).status_code == 200
+        refused = await client.get(path, headers={"Host": "evil.test"})
         assert_envelope(refused, 400, "bad_request")
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/ready"])
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "10.244.1.7", "[fd00::7]:8000", "evil.test"])
+async def test_health_answers_whatever_the_host(
+    build_client: BuildClient, path: str, host: str
+) -> None:
+    """Image healthchecks and orchestrators probe 127.0.0.1:8000 or the pod IP."""
+    async with build_client(allowed_hosts="api.example.com") as (_, client):
+        assert (await client.get(path, headers={"Host": host})).status_code == 200
+        refused = await client.get("/healthz", headers={"Host": host})  # only /health*
+        assert_envelope(refused, 400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "status"),
+    [
+        ("::1", "[::1]:8000", 200),  # as Starlette parses it: host ::1, port 8000
+        ("[::1]", "[::1]", 200),
+        ("::1", "[0:0::1]:8000", 400),  # the literal is compared, not the address
+        ("::1", "::1", 400),  # an IPv6 host must be bracketed
+        ("::1", "[::1", 400),
+        ("api.example.com", "api.example.com:8443", 200),
+        ("api.example.com", "API.example.com", 200),
+        ("api.example.com", "api.example.com:x", 400),
+        ("api.example.com", "api.example.com@evil.test", 400),
+        ("api.example.com", "", 400),
+    ],
+)
+async def test_host_is_parsed_as_starlette_does(
+    build_client: BuildClient, allowed: str, host: str, status: int
+) -> None:
+    async with build_client(allowed_hosts=allowed) as (_, client):
+        response = await client.get("/api/v1/items/", headers={"Host": host})
+        if status == 400:
+            assert_envelope(response, 400, "bad_request")
+        else:
+            assert response.status_code == status
 
 
 async def test_cors_from_settings(build_client: BuildClient) -> None:

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from app.core.client_ip import parse_networks
 from app.core.http import create_http_client
 from app.core.safe_fetch import (
     MAX_REDIRECTS,
@@ -15,6 +14,7 @@ from app.core.safe_fetch import (
     Target,
     address_class,
     check_url,
+    parse_networks,
     pinned_request,
     refusal,
     safe_fetch,

@@ -30,8 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.core.client_ip import parse_networks
-from app.core.safe_fetch import FetchFailed, safe_fetch
+from app.core.safe_fetch import FetchFailed, parse_networks, safe_fetch
 from tests.certs import make_ca
 
 # "localhost" is loopback, which safe_fetch refuses unless a test opens it; both families,

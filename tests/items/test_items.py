@@ -125,7 +125,7 @@ async def test_list_pages_filters_search_order(client: httpx.AsyncClient, factor
     ]:
         await factory.item(owner, title=title, price=price)  # fmt: skip
 
-    async def titles(**params: object) -> list[str]:
+    async def titles(**params: str | int) -> list[str]:
         response = await client.get("/api/v1/items/", params=params)
         assert response.status_code == 200, response.text
         return [i["title"] for i in response.json()["items"]]
@@ -158,7 +158,7 @@ async def test_list_pages_filters_search_order(client: httpx.AsyncClient, factor
      {"owner_id": "0"}, {"search": ""}, {"search": "x" * 101}],
 )  # fmt: skip
 async def test_list_rejects_bad_queries(
-    client: httpx.AsyncClient, params: dict[str, object]
+    client: httpx.AsyncClient, params: dict[str, str | int]
 ) -> None:
     assert_envelope(await client.get("/api/v1/items/", params=params), 422, "validation_error")
 
@@ -173,7 +173,7 @@ async def test_v2_cursor_pages_walk_everything_once(
     seen: list[int] = []
     cursor = None
     while True:
-        params: dict[str, object] = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {"limit": 3, **({"cursor": cursor} if cursor else {})}
         page = (await client.get("/api/v2/items/", params=params)).json()
         seen += [i["id"] for i in page["items"]]
         cursor = page["next_cursor"]

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.email.models import Email, EmailStatus
 from app.jobs.models import FINISHED, JobState
@@ -75,7 +76,7 @@ def _parts(message: EmailMessage) -> tuple[str, str]:
 
 def _token_from(message: EmailMessage, page: str) -> str:
     text, html = _parts(message)
-    links = re.findall(rf"{re.escape(BASE_URL)}{page}\?token=[\w\-]+", text)
+    links: list[str] = re.findall(rf"{re.escape(BASE_URL)}{page}\?token=[\w\-]+", text)
     assert len(links) == 1, text
     assert links[0] in html  # the same link in both parts
     token = parse_qs(urlsplit(links[0]).query)["token"][0]
@@ -198,7 +199,8 @@ async def _test_mail(client: httpx.AsyncClient, admin: Account, to: str) -> str:
 
 
 async def _outbox_row(app: FastAPI, recipient: str) -> Email:
-    async with app.state.sessionmaker() as session:
+    sessionmaker: async_sessionmaker[AsyncSession] = app.state.sessionmaker  # app.main sets it
+    async with sessionmaker() as session:
         return (
             await session.execute(select(Email).where(Email.recipient == recipient))
         ).scalar_one()

@@ -4,6 +4,7 @@ reach the API's in-process hub (the API relays from the database); on the Redis 
 worker publishes through Redis."""
 
 import asyncio
+from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection
@@ -43,6 +44,6 @@ async def test_a_finished_task_notifies_its_owner_on_ws_and_sse(jobs_stack: Jobs
         assert [n["id"] for n in listed.json()["items"]] == [on_ws["id"]]
 
 
-async def _notification(ws: ClientConnection) -> dict[str, object]:
+async def _notification(ws: ClientConnection) -> dict[str, Any]:
     async with asyncio.timeout(DEADLINE * 2):
         return await next_of(ws, "notification", timeout=DEADLINE * 2)

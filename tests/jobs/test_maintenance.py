@@ -112,7 +112,7 @@ async def _run(app: FastAPI, stack: JobsStack, name: str) -> Job:
     with anyio.move_on_after(TASK_DEADLINE_SECONDS):
         while True:
             async with app.state.sessionmaker() as session:
-                job = await session.get(Job, task_id)
+                job: Job | None = await session.get(Job, task_id)
             if job is not None and job.state in FINISHED:
                 return job
             await anyio.sleep(0.05)

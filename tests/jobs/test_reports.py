@@ -7,6 +7,7 @@ import re
 import uuid
 import zipfile
 from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
 
 import anyio
 import httpx
@@ -82,7 +83,7 @@ EXPECTED = {  # per day: sign-ups, active users, sessions, items created, files 
 
 async def _run_report(
     stack: JobsStack, client: httpx.AsyncClient, admin: Account, start: date, end: date
-) -> dict[str, object]:
+) -> dict[str, Any]:
     response = await client.post(
         "/api/v1/reports",
         json={"start": start.isoformat(), "end": end.isoformat()},
@@ -255,7 +256,7 @@ async def _wait_for_row(app: FastAPI, task_id: str, stack: JobsStack, attempts: 
     with anyio.move_on_after(TASK_DEADLINE_SECONDS):
         while True:
             async with app.state.sessionmaker() as session:
-                job = await session.get(Job, task_id)
+                job: Job | None = await session.get(Job, task_id)
             if job is not None and job.state in FINISHED and job.attempts >= attempts:
                 return job
             await anyio.sleep(0.05)

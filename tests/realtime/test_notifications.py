@@ -187,7 +187,7 @@ async def test_broadcast_reaches_everyone_and_read_state_is_per_user(live: LiveF
             assert await next_of(b, "notification") == sent
         own = await notify(server, alice.id, "private to alice")
 
-        async def listing(account: Account, **params: object) -> list[dict[str, object]]:
+        async def listing(account: Account, **params: str | int | bool) -> list[dict[str, object]]:
             response = await server.http.get(
                 "/api/v1/notifications", params=params, headers=account.headers
             )

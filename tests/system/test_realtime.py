@@ -94,7 +94,7 @@ async def test_a_client_of_process_a_receives_what_a_client_of_b_sends(
 
         # A worker-like process (this one: settings only, no hub) notifies alice via Redis.
         settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             secret_key=TEST_SECRET,
             database_url=system_database,
             redis_url=redis_url,

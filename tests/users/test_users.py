@@ -91,7 +91,7 @@ async def test_admin_list_pages_search_filters_and_order(
 ) -> None:
     admin = await make_users(factory)
 
-    async def page(**params: object) -> dict[str, object]:
+    async def page(**params: str | int | bool) -> dict[str, object]:
         response = await client.get("/api/v1/users/", headers=admin.headers, params=params)
         assert response.status_code == 200, response.text
         return dict(response.json())
