@@ -30,6 +30,6 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def admin_token(stack: Stack, client: httpx.Client) -> str:
-    """The superuser that `migrate` created from FIRST_SUPERUSER_* (login is rate limited:
-    once per session)."""
+    """The superuser .ci/containers created with `app create-superuser` (login is rate
+    limited: once per session)."""
     return login(client, stack.admin_user, stack.admin_password)
