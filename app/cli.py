@@ -39,6 +39,18 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _reachable(settings: Settings) -> Settings:
+    """Wait (STARTUP_TIMEOUT_SECONDS at most) for the configured database and Redis, or exit 3."""
+    from app.core.startup import Unreachable, wait_for_dependencies
+
+    try:
+        asyncio.run(wait_for_dependencies(settings))
+    except Unreachable as exc:
+        typer.echo(str(exc), err=True)  # one line, unwrapped (rich would fold it)
+        raise typer.Exit(3) from None
+    return settings
+
+
 def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_log: bool) -> None:
     # Workers share their Prometheus samples through files; a fresh directory per run, so a
     # previous run's dead processes don't haunt the figures.
@@ -85,7 +97,7 @@ def serve(
     """The whole service on one machine: migrate, then the API, a worker and the scheduler."""
     from app.jobs.processes import Child, Supervisor
 
-    settings = _settings()
+    settings = _reachable(_settings())
     console.print(f"Database: [bold]{_redacted(settings.sqlalchemy_url)}[/bold]")
     console.print(f"Job broker: [bold]{_redacted(settings.broker_url)}[/bold]")
     upgrade_to_head(settings)
@@ -113,63 +125,56 @@ def worker(
     ] = None,
 ) -> None:
     """A Celery worker for the given queues."""
-    from contextlib import nullcontext
+    from app.jobs.celery_app import QUEUES
 
-    from app.jobs.broker import BrokerBusy, requeue_invisible, worker_lock
-    from app.jobs.celery_app import QUEUES, make_celery
-
-    settings = _settings()
+    settings = _reachable(_settings())
     configure_logging(settings)
     chosen = [name.strip() for name in queues.split(",") if name.strip()] or list(QUEUES)
     unknown = set(chosen) - set(QUEUES)
     if unknown:
         console.print(f"[red]Unknown queues: {', '.join(sorted(unknown))}[/red]")
         raise typer.Exit(2)
-    celery = make_celery(settings)
+    # The app of `celery -A app.worker`: on the embedded broker its worker_init handler takes
+    # the broker's lock and re-queues what a stopped worker left (exit 2 if the lock is held).
+    from app.worker import celery
+
     argv = ["worker", "-Q", ",".join(chosen), "--loglevel", settings.log_level.upper()]
     if concurrency is not None:
         argv += ["-c", str(concurrency)]
-    lock = worker_lock(settings.embedded_broker_path) if settings.embedded_broker else nullcontext()
-    try:
-        with lock:
-            if settings.embedded_broker:
-                # Mingle, gossip and remote control need broadcast, which SQLite can't carry.
-                argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
-                requeued = requeue_invisible(settings.embedded_broker_path)
-                if requeued:
-                    console.print(f"Re-queued {requeued} message(s) left by a stopped worker.")
-            celery.worker_main(argv)
-    except BrokerBusy as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    if settings.embedded_broker:
+        # Mingle, gossip and remote control need broadcast, which SQLite can't carry.
+        argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    celery.worker_main(argv)
 
 
 @cli.command()
 def beat() -> None:
     """The Celery scheduler: sends the periodic maintenance tasks."""
-    from app.jobs.celery_app import make_celery
-
-    settings = _settings()
+    settings = _reachable(_settings())
     configure_logging(settings)
     settings.app_data_dir.mkdir(parents=True, exist_ok=True)
-    make_celery(settings).Beat(loglevel=settings.log_level.upper()).run()
+    from app.worker import celery  # the app of `celery -A app.worker beat`
+
+    celery.Beat(loglevel=settings.log_level.upper()).run()
 
 
 @cli.command()
 def api(
     host: Host = "127.0.0.1",
     port: Port = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    workers: Annotated[
+        int, typer.Option(min=1, envvar="WEB_CONCURRENCY", help="Worker processes")
+    ] = 1,
     access_log: Annotated[bool, typer.Option(help="Log each request")] = True,
 ) -> None:
     """The API only (distributed mode). Does not migrate: run `app migrate` before a rollout."""
-    _run_api(_settings(), host=host, port=port, workers=workers, access_log=access_log)
+    _run_api(_reachable(_settings()), host=host, port=port, workers=workers, access_log=access_log)
 
 
 @cli.command()
 def migrate() -> None:
     """Apply database migrations, then create the superuser from settings if configured."""
-    settings = _settings()
+    settings = _reachable(_settings())
     upgrade_to_head(settings)
     _ensure_superuser_from_settings(settings)
     console.print("[green]Database is at the latest revision.[/green]")

@@ -1,8 +1,13 @@
-"""The app factory and its lifespan. Importing this module connects to nothing."""
+"""The app factory and its lifespan. Importing this module connects to nothing.
+
+`app.main:app` is the ASGI app for the standard servers (`uvicorn app.main:app`, `fastapi run`,
+gunicorn's UvicornWorker): built on first access (PEP 562), so importing stays free of effects.
+"""
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -35,7 +40,7 @@ from app.core.redis import create_redis
 from app.core.request_context import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
-from app.core.shutdown import install_drain_on_signal
+from app.core.shutdown import exit_cleanly_on_sigterm, install_drain_on_signal
 from app.core.storage import create_storage
 from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
 from app.health.router import ops_router
@@ -194,4 +199,15 @@ def serve_app() -> FastAPI:
     """What uvicorn runs in each worker process: logging set up, settings from the env."""
     settings = get_settings()
     configure_logging(settings)
+    exit_cleanly_on_sigterm()
     return create_app(settings, handle_signals=True)
+
+
+_served_app = cache(serve_app)  # one app per process, however often a server looks it up
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app`: what `serve_app()` returns, made when a server first asks for it."""
+    if name == "app":
+        return _served_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -89,40 +89,84 @@ def test_production_refuses_a_weak_secret(tmp_path: Path) -> None:
     assert "SECRET_KEY" in result.stderr
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def start_serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`app serve` on a free port, its output in a file (read while it runs); waits for /health."""
     port = free_port()
-    process = subprocess.Popen(
-        [APP, "serve", "--port", str(port)], env=cli_env(tmp_path), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    log = data_dir / "serve.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [APP, "serve", "--port", str(port)], env=cli_env(data_dir), stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return process, base, log
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(f"serve did not come up:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
+def child_pids(log: Path) -> dict[str, int]:
+    found = re.findall(r"started (\w+) \(pid (\d+)\)", log.read_text())
+    return {name: int(pid) for name, pid in found}
+
+
+def stop_serve(process: subprocess.Popen[bytes], log: Path, sig: signal.Signals) -> None:
+    """Stop it as a terminal (SIGINT) or `docker stop`/systemd (SIGTERM) would: the parent exits
+    cleanly and nothing it started remains, pool processes included (each child leads its own
+    process group, so an empty group proves it)."""
+    children = child_pids(log)
+    process.send_signal(sig)
     try:
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(0.1)
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    output = log.read_text()
+    left = [pid for pid in children.values() if group_alive(pid)]
+    for pid in left:  # a failing run must not leave them behind either
+        os.killpg(pid, signal.SIGKILL)
+    assert not left, output
+    assert process.returncode == 0, output
+    assert "Traceback" not in output, output
+    assert sorted(children) == ["beat", "worker"], output
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    process, base, log = start_serve(tmp_path)
+    try:
         yield base, tmp_path
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
-        assert process.returncode == 0, output
-        # The worker and beat it started are gone with it: Ctrl-C stops all of it.
-        children = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)\)", output)]
-        assert len(children) == 2, output
-        for pid in children:
-            with pytest.raises(ProcessLookupError):
-                os.kill(pid, 0)
+        stop_serve(process, log, signal.SIGINT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_stops_its_worker_and_beat(tmp_path: Path, sig: signal.Signals) -> None:
+    process, _, log = start_serve(tmp_path)
+    deadline = time.monotonic() + 60
+    while len(children := child_pids(log)) < 2:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)  # waiting for the supervisor's log lines, bounded by the deadline
+    for pid in children.values():
+        os.kill(pid, 0)  # running now
+    stop_serve(process, log, sig)
 
 
 def test_serve_runs_a_worker_that_sends_the_welcome_mail(served: tuple[str, Path]) -> None:

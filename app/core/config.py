@@ -213,6 +213,16 @@ class Settings(BaseSettings):
     # How often each API process refreshes its job gauges (queue depth, jobs per state).
     job_metrics_refresh_seconds: float = Field(default=15.0, gt=0)
     """how often each API process refreshes its job gauges"""
+    # A file a worker touches from its consumer's event loop, and beat on every scheduler tick,
+    # at least this often: a container probe checks its age (unset: no file is kept).
+    liveness_file: Path | None = None
+    """worker/beat touch this file while alive (a container probe checks its age); unset: off"""
+    liveness_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """how often the liveness file is touched"""
+    # How long `app api|serve|worker|beat|migrate` wait for DATABASE_URL / REDIS_URL to answer
+    # before giving up with one line and exit status 3 (a stack starting all at once).
+    startup_timeout_seconds: float = Field(default=30.0, ge=0)
+    """how long commands wait for the database and Redis at start before exiting with status 3"""
 
     # Email (JOBS-2). Without SMTP_HOST, mail is written to APP_DATA_DIR/outbox as .eml files
     # and logged (embedded mode; production warns at start). With it, mail goes out by SMTP:
@@ -300,6 +310,7 @@ class Settings(BaseSettings):
         "smtp_username",
         "smtp_password",
         "smtp_ca_file",
+        "liveness_file",
         mode="before",
     )
     @classmethod

@@ -62,3 +62,29 @@ def install_drain_on_signal(drain: Callable[[], Awaitable[None]]) -> Callable[[]
                 signal.signal(sig, handler)
 
     return uninstall
+
+
+class Terminated(SystemExit):
+    """SIGTERM, turned into an orderly unwind that ends the process with status 0."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+
+def raise_terminated(_sig: int, _frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """A SIGTERM the server handled ends the process with status 0, not "killed by signal".
+
+    uvicorn (0.54) catches SIGTERM, shuts down gracefully, then restores the handler it found
+    and raises the signal again: with the default disposition the process then dies of it,
+    and `docker stop`, systemd or a test see "terminated by SIGTERM" after a clean shutdown.
+    Only the default disposition is replaced: a handler someone installed (the `app serve`
+    supervisor, a server's own) is left alone, so this never takes a signal from its owner.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, raise_terminated)

@@ -1,0 +1,62 @@
+"""The Celery app for Celery's own command line: `celery -A app.worker worker|beat|inspect|events`
+and Flower (`celery -A app.worker flower`).
+
+`app worker` and `app beat` run this same app, so both ways share everything: the settings
+from the environment, our logging (Celery's `setup_logging` signal), the task modules, the
+liveness file (a consumer bootstep and beat's scheduler, app/jobs/liveness.py).
+
+With the embedded (SQLite) broker a worker must be the only one on it and must first re-queue
+what a dead worker left invisible (app/jobs/broker.py). A `worker_init` handler does both for
+any worker started from this app, stock CLI included: it takes the broker's lock for the life
+of the process and re-queues; if another worker holds the lock it says so on stderr and exits
+with status 2 before consuming anything.
+"""
+
+import atexit
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+from celery import signals
+
+from app.core.config import Settings, get_settings
+from app.core.logging import configure_logging
+from app.jobs import liveness
+from app.jobs.broker import BrokerBusy, requeue_invisible, worker_lock
+from app.jobs.celery_app import AppCelery, make_celery
+
+
+def create_worker_celery(settings: Settings) -> AppCelery:
+    celery = make_celery(settings)
+    celery.conf.beat_scheduler = f"{liveness.__name__}:AppScheduler"
+    celery.steps["consumer"].add(liveness.ConsumerLiveness)
+    return celery
+
+
+celery = create_worker_celery(get_settings())
+
+_held = ExitStack()  # the embedded broker's lock, for as long as this worker process lives
+atexit.register(_held.close)
+
+
+def _setup_logging(**_: Any) -> None:
+    """A receiver here keeps Celery from configuring logging itself (worker and beat)."""
+    configure_logging(celery.settings)
+
+
+def _claim_embedded_broker(sender: Any = None, **_: Any) -> None:
+    settings = celery.settings
+    if sender is None or sender.app is not celery or not settings.embedded_broker:
+        return
+    try:
+        _held.enter_context(worker_lock(settings.embedded_broker_path))
+    except BrokerBusy as exc:
+        print(f"Refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    requeued = requeue_invisible(settings.embedded_broker_path)
+    if requeued:
+        print(f"Re-queued {requeued} message(s) left by a stopped worker.", file=sys.stderr)
+
+
+signals.setup_logging.connect(_setup_logging)
+signals.worker_init.connect(_claim_embedded_broker)
