@@ -92,3 +92,18 @@ def test_migrate_ran_once_and_succeeded(stack: Stack) -> None:
     state = stack.inspect("migrate")["State"]
     assert state["Status"] == "exited"
     assert state["ExitCode"] == 0
+
+
+def test_every_service_is_up_and_healthy(stack: Stack) -> None:
+    # `up --wait` checks this too; asserted here so that a stack which only became healthy
+    # by luck (or a compose that let an unhealthy one through) fails with the full picture.
+    services = [
+        json.loads(line)
+        for line in stack.compose("ps", "--all", "--format", "json").splitlines()
+        if line.strip()
+    ]
+    states = {s["Service"]: (s["State"], s.get("Health", ""), s.get("ExitCode")) for s in services}
+    assert states.pop("migrate")[::2] == ("exited", 0), states
+    for service, (state, health, _) in states.items():
+        assert (state, health) == ("running", "healthy"), (service, states)
+    assert {"db", "redis", "api1", "api2", "worker", "worker-media", "beat", "nginx"} <= set(states)
