@@ -1,6 +1,6 @@
 import httpx
 import pytest
-from asyncpg.exceptions import CannotConnectNowError, UniqueViolationError
+from asyncpg.exceptions import CannotConnectNowError, UniqueViolationError  # type: ignore[import-untyped]
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
