@@ -43,9 +43,12 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 # Then the project itself, as a regular (non-editable) install: the package, its migrations
 # and its static files end up in site-packages, so the image needs no source tree.
+# uv leaves its lock file in the environment world-writable (mode 0666): the only thing in
+# /opt/venv the app user could write. Nothing runs uv in the runtime image, so drop it.
 COPY . /src
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --locked --no-dev --no-editable
+    uv sync --locked --no-dev --no-editable \
+    && rm -f /opt/venv/.lock
 
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -1,5 +1,6 @@
 """The error family and the one place that turns any error into the envelope."""
 
+import socket
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -9,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.request_context import REQUEST_ID_HEADER, request_id_of
@@ -184,8 +186,60 @@ async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# SQLSTATE classes of a server that is away, not of a bad query: 08 connection exception,
+# 57P01-57P03 administrator/crash shutdown and "cannot connect now" (starting up or stopping).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# Seconds a client should wait before retrying while the database restarts.
+DATABASE_RETRY_AFTER = "5"
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Is this the database being down or restarting (worth a retry), rather than a bug?
+
+    Seen on a real stack while PostgreSQL restarts: asyncpg's CannotConnectNowError and
+    AdminShutdownError wrapped in SQLAlchemy's DBAPIError, a dropped pooled connection
+    (`connection_invalidated`), and, while the server is gone, a refused connection or an
+    unresolvable host name, which SQLAlchemy passes through unwrapped.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, ConnectionError | socket.gaierror):
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        raise exc  # a real bug: the 500 handler logs it with its traceback
+    structlog.stdlib.get_logger("app.errors").warning(
+        "database unavailable",
+        error=f"{type(exc).__name__}: {exc}"[:300],
+        request_id=request_id_of(request.scope),
+        method=request.method,
+        path=request.url.path,
+    )
+    return error_response(
+        request,
+        status=503,
+        code="service_unavailable",
+        message="The database is briefly unavailable; try again soon.",
+        headers={"Retry-After": DATABASE_RETRY_AFTER},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
+    # A database restart is a 503 with Retry-After, like a Redis outage, never a 500.
+    for unavailable in (DBAPIError, ConnectionError, socket.gaierror):
+        app.add_exception_handler(unavailable, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unhandled_error)

@@ -1,6 +1,12 @@
 import httpx
 import pytest
+from asyncpg.exceptions import CannotConnectNowError, UniqueViolationError  # type: ignore[import-untyped]
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.servers import free_port
 
 ENVELOPE_KEYS = {"status", "code", "message", "details", "request_id", "timestamp", "path"}
 
@@ -87,6 +93,47 @@ async def test_unhandled_error_is_500_without_internals(app: FastAPI) -> None:
     assert "hunter2" not in response.text
     assert "RuntimeError" not in response.text
     assert error["request_id"] == "trace-me-123"
+
+
+async def _get(app: FastAPI, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        return await http.get(path)
+
+
+async def test_database_gone_is_503_with_retry_after(app: FastAPI) -> None:
+    # Nothing listens on the port: what the app meets while PostgreSQL restarts (a refused
+    # connection, which SQLAlchemy passes through unwrapped). Seen as a 500 on the real stack.
+    engine = create_async_engine(f"postgresql+asyncpg://app:x@127.0.0.1:{free_port()}/app")
+
+    @app.get("/db-gone")
+    async def db_gone() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    response = await _get(app, "/db-gone")
+    await engine.dispose()
+    assert_envelope(response, 503, "service_unavailable")
+    assert response.headers["retry-after"] == "5"
+
+
+async def test_database_shutting_down_is_503(app: FastAPI) -> None:
+    @app.get("/db-stopping")
+    async def db_stopping() -> None:
+        # What asyncpg raises (SQLSTATE 57P03) and SQLAlchemy wraps while the server stops.
+        cause = CannotConnectNowError("the database system is shutting down")
+        raise DBAPIError("SELECT 1", None, cause) from cause
+
+    assert_envelope(await _get(app, "/db-stopping"), 503, "service_unavailable")
+
+
+async def test_other_database_errors_stay_500(app: FastAPI) -> None:
+    @app.get("/db-bug")
+    async def db_bug() -> None:
+        cause = UniqueViolationError("duplicate key value violates unique constraint")
+        raise DBAPIError("INSERT ...", None, cause) from cause
+
+    assert_envelope(await _get(app, "/db-bug"), 500, "internal_error")
 
 
 async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
