@@ -33,7 +33,7 @@ TASK_MODULES = [
     "app.auth.tasks",
     "app.files.tasks",
     "app.jobs.images",
-    "app.jobs.reports",
+    "app.reports.tasks",
     "app.jobs.email",
 ]
 
