@@ -32,7 +32,7 @@ TASK_MODULES = [
     "app.jobs.tasks",
     "app.auth.tasks",
     "app.files.tasks",
-    "app.jobs.images",
+    "app.images.tasks",
     "app.reports.tasks",
     "app.jobs.email",
 ]
