@@ -34,7 +34,7 @@ TASK_MODULES = [
     "app.files.tasks",
     "app.images.tasks",
     "app.reports.tasks",
-    "app.jobs.email",
+    "app.email.tasks",
 ]
 
 
