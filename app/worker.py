@@ -4,6 +4,7 @@ and Flower (`celery -A app.worker flower`).
 `app worker` and `app beat` run this same app, so both ways share everything: the settings
 from the environment, our logging (Celery's `setup_logging` signal), the task modules, the
 liveness file (a consumer bootstep and beat's scheduler, app/jobs/liveness.py).
+It is the worker's composition root: the one list of task modules is here.
 
 With the embedded (SQLite) broker a worker must be the only one on it and must first re-queue
 what a dead worker left invisible (app/jobs/broker.py). A `worker_init` handler does both for
@@ -25,9 +26,21 @@ from app.jobs import liveness
 from app.jobs.broker import BrokerBusy, requeue_invisible, worker_lock
 from app.jobs.celery_app import AppCelery, make_celery
 
+# Each domain's task bodies, imported by workers only (the API sends tasks by name). A domain
+# with background work adds its `tasks` module here, and nowhere else.
+TASK_MODULES = [
+    "app.jobs.tasks",
+    "app.auth.tasks",
+    "app.files.tasks",
+    "app.images.tasks",
+    "app.reports.tasks",
+    "app.email.tasks",
+]
+
 
 def create_worker_celery(settings: Settings) -> AppCelery:
     celery = make_celery(settings)
+    celery.conf.include = TASK_MODULES
     celery.conf.beat_scheduler = f"{liveness.__name__}:AppScheduler"
     celery.steps["consumer"].add(liveness.ConsumerLiveness)
     return celery

@@ -25,6 +25,9 @@ from app.main import create_app
 from tests.factories import Factory
 from tests.servers import PostgresServer, RedisServer, running
 
+# The real-worker fixtures (jobs_stack, jobs_app, jobs_client, jobs_factory), for any folder.
+pytest_plugins = ["tests.plugins.workers"]
+
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs512-0123456789abcdefgh"
 
 

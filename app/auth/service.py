@@ -2,9 +2,9 @@
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import Update, func, or_, select, update
+from sqlalchemy import Update, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -248,6 +248,18 @@ async def _revoke(session: AsyncSession, statement: Update, reason: str) -> list
         statement.values(revoked_at=utcnow(), revoked_reason=reason).returning(AuthSession.id)
     )
     return list(result.scalars().all())
+
+
+async def purge_ended_sessions(*, session: AsyncSession, ended_before: datetime) -> int:
+    """Delete sessions that ended (expired, or revoked) before the cutoff, with their refresh
+    tokens (by cascade); commits. Tokens of a deleted session are refused like revoked ones."""
+    result = await session.execute(
+        delete(AuthSession).where(
+            or_(AuthSession.expires_at < ended_before, AuthSession.revoked_at < ended_before)
+        )
+    )
+    await session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def publish_revocations(*, cache: Cache, settings: Settings, session_ids: list[str]) -> None:

@@ -26,7 +26,7 @@ from app.core.config import Settings
 
 logger = logging.getLogger("app.email")
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "jobs" / "templates" / "email"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 # Templates whose context holds a single-use link: cleared from the row once it is final.
 SENSITIVE_TEMPLATES = frozenset({"verify", "reset"})
 

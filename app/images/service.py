@@ -5,6 +5,7 @@ import hashlib
 import logging
 import uuid
 
+import httpx
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,7 @@ from app.core.safe_fetch import (
     refusal,
     safe_fetch,
 )
+from app.core.storage import Storage
 from app.files.errors import FileNotFound, UnsupportedFileType
 from app.files.models import StoredFile
 from app.files.service import download_url
@@ -27,7 +29,6 @@ from app.images.processing import CONTENT_TYPES, Encoded
 from app.images.schemas import ImageOutput, ProcessJob, ProcessRequest, Thumbnail, VariantSpec
 from app.jobs.errors import JobError
 from app.jobs.models import Job
-from app.jobs.runtime import WorkerRuntime
 from app.jobs.service import Jobs
 
 logger = logging.getLogger("app.images")
@@ -112,32 +113,36 @@ async def enqueue_item_variants(*, session: AsyncSession, jobs: Jobs, row: Store
 # -- the worker side ---------------------------------------------------------------------------
 
 
-async def read_source(runtime: WorkerRuntime, job: ProcessJob) -> bytes:
-    settings = runtime.settings
-    max_bytes = settings.image_max_source_bytes
-    if job.url is not None:
-        try:
-            return await safe_fetch(
-                runtime.http,
-                job.url,
-                max_bytes=max_bytes,
-                time_limit=settings.image_fetch_timeout_seconds,
-                allowed_content_types=CONTENT_TYPES,
-                allowed_networks=parse_networks(settings.ssrf_allowed_networks),
-            )
-        except (FetchRefused, FetchFailed) as exc:
-            raise JobError(str(exc)) from exc
+async def fetch_source(*, http: httpx.AsyncClient, settings: Settings, url: str) -> bytes:
+    """The source from a URL, vetted against SSRF on every hop; refusals are safe to show."""
+    try:
+        return await safe_fetch(
+            http,
+            url,
+            max_bytes=settings.image_max_source_bytes,
+            time_limit=settings.image_fetch_timeout_seconds,
+            allowed_content_types=CONTENT_TYPES,
+            allowed_networks=parse_networks(settings.ssrf_allowed_networks),
+        )
+    except (FetchRefused, FetchFailed) as exc:
+        raise JobError(str(exc)) from exc
+
+
+async def source_object(*, session: AsyncSession, job: ProcessJob, max_bytes: int) -> StoredFile:
+    """The stored source file, if it is still there, still the owner's, and of a usable size."""
     assert job.file_id is not None
-    async with runtime.sessionmaker() as session:
-        row = await session.get(StoredFile, job.file_id)
-        if row is None or row.deleted_at is not None or row.owner_id != job.owner_id:
-            raise JobError("The source file no longer exists.")
-        key, size = row.key, row.size
-    if size > max_bytes:
+    row = await session.get(StoredFile, job.file_id)
+    if row is None or row.deleted_at is not None or row.owner_id != job.owner_id:
+        raise JobError("The source file no longer exists.")
+    if row.size > max_bytes:
         raise JobError(f"The source file is larger than {max_bytes} bytes.")
-    if size == 0:
+    if row.size == 0:
         raise JobError("The source file is empty.")
-    return b"".join([chunk async for chunk in runtime.storage.stream(key, 0, size - 1)])
+    return row
+
+
+async def read_object(*, storage: Storage, key: str, size: int) -> bytes:
+    return b"".join([chunk async for chunk in storage.stream(key, 0, size - 1)])
 
 
 def output_key(task_id: str, variant: str) -> str:
@@ -147,32 +152,37 @@ def output_key(task_id: str, variant: str) -> str:
 
 
 async def store_output(
-    runtime: WorkerRuntime, job: ProcessJob, variant: str, encoded: Encoded, task_id: str
+    *,
+    session: AsyncSession,
+    storage: Storage,
+    job: ProcessJob,
+    variant: str,
+    encoded: Encoded,
+    task_id: str,
 ) -> ImageOutput:
     """Object first, then its row (as uploads do); idempotent by key."""
     key = output_key(task_id, variant)
-    async with runtime.sessionmaker() as session:
-        row = (await session.execute(select(StoredFile).where(StoredFile.key == key))).scalar()
-        if row is None:
-            temp = runtime.storage.temp_path()
-            try:
-                temp.write_bytes(encoded.data)  # this loop serves one task: blocking is fine
-                await runtime.storage.put(key, temp, content_type=encoded.content_type)
-            finally:
-                temp.unlink(missing_ok=True)  # the S3 backend leaves it where it was
-            row = _output_row(job, variant, encoded, key)
-            session.add(row)
-            try:
-                await session.commit()
-            except IntegrityError:  # a concurrent run of the same task got there first
-                await session.rollback()
-                row = (
-                    await session.execute(select(StoredFile).where(StoredFile.key == key))
-                ).scalar_one()
-        return ImageOutput(
-            file_id=row.id, variant=variant, width=encoded.width, height=encoded.height,
-            content_type=row.content_type, download_url=download_url(row.id),
-        )  # fmt: skip
+    row = (await session.execute(select(StoredFile).where(StoredFile.key == key))).scalar()
+    if row is None:
+        temp = storage.temp_path()
+        try:
+            temp.write_bytes(encoded.data)  # this loop serves one task: blocking is fine
+            await storage.put(key, temp, content_type=encoded.content_type)
+        finally:
+            temp.unlink(missing_ok=True)  # the S3 backend leaves it where it was
+        row = _output_row(job, variant, encoded, key)
+        session.add(row)
+        try:
+            await session.commit()
+        except IntegrityError:  # a concurrent run of the same task got there first
+            await session.rollback()
+            row = (
+                await session.execute(select(StoredFile).where(StoredFile.key == key))
+            ).scalar_one()
+    return ImageOutput(
+        file_id=row.id, variant=variant, width=encoded.width, height=encoded.height,
+        content_type=row.content_type, download_url=download_url(row.id),
+    )  # fmt: skip
 
 
 def _output_row(job: ProcessJob, variant: str, encoded: Encoded, key: str) -> StoredFile:

@@ -1,18 +1,26 @@
 """The base of every task: its row kept current, the request ID in its logs, progress,
 cancellation at checkpoints, and errors shown to the owner only when they are safe to show.
 
-    @job("app.images.process")
-    def process_image(task: JobTask, image_id: int) -> dict[str, Any]:
-        return task.run(_process(task, image_id))   # a coroutine on the worker's loop
+    @job("app.maintenance.purge_jobs")
+    def purge_jobs(task: JobTask) -> dict[str, Any]:
+        cutoff = utcnow() - timedelta(days=task.runtime.settings.job_retention_days)
+        jobs = task.in_session(
+            lambda session: service.purge_finished(session=session, finished_before=cutoff)
+        )
+        return {"jobs": jobs}
+
+A body is synchronous between its steps (progress checkpoints and SMTP run there); each step
+that needs the database is a coroutine handed a session of its own by `in_session`.
 """
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, cast
 
 from billiard.einfo import ExceptionInfo
 from celery import Task, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.request_context import REQUEST_ID
 from app.jobs import service
@@ -49,6 +57,16 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
     def run_async(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.runtime.run(coroutine)
 
+    def in_session(self, step: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run one step on the worker's loop, handed a session of its own: a step commits what
+        it changes, and its session is closed before the body goes on (say, to send mail)."""
+
+        async def run() -> T:
+            async with self.runtime.sessionmaker() as session:
+                return await step(session)
+
+        return self.run_async(run())
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         token = REQUEST_ID.set(self.request.get("request_id") or self.request.id)
         try:
@@ -60,12 +78,10 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             REQUEST_ID.reset(token)
 
     def _start(self) -> bool:
-        async def start() -> bool:
-            async with self.runtime.sessionmaker() as session:
-                owner = self.request.get("owner_id")
-                return await service.mark_started(session, self.request.id, self.name, owner)
-
-        return self.run_async(start())
+        owner = self.request.get("owner_id")
+        return self.in_session(
+            lambda session: service.mark_started(session, self.request.id, self.name, owner)
+        )
 
     def progress(self, current: int, total: int, status: str) -> None:
         """PROGRESS with current/total/status; raises Cancelled if the owner cancelled."""
@@ -74,22 +90,7 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
         if not (self.tracked and self.request.id):
             return
 
-        async def record() -> bool:
-            async with self.runtime.sessionmaker() as session:
-                return await service.mark_progress(session, self.request.id, meta)
-
-        if self.run_async(record()):
-            raise Cancelled()
-
-    def check_cancelled(self) -> None:
-        if not (self.tracked and self.request.id):
-            return
-
-        async def check() -> bool:
-            async with self.runtime.sessionmaker() as session:
-                return await service.is_cancel_requested(session, self.request.id)
-
-        if self.run_async(check()):
+        if self.in_session(lambda session: service.mark_progress(session, self.request.id, meta)):
             raise Cancelled()
 
     def _finish(
@@ -101,21 +102,19 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             result if isinstance(result, dict) else None if result is None else {"value": result}
         )
 
-        async def finish() -> None:
-            async with self.runtime.sessionmaker() as session:
-                job = await service.mark_finished(
-                    session, task_id, state, result=stored, error=error
-                )
-                if job is not None:
-                    await self.on_finished(job.owner_id, task_id, state, stored, error)
+        async def finish(session: AsyncSession) -> None:
+            job = await service.mark_finished(session, task_id, state, result=stored, error=error)
+            if job is not None:
+                await self.on_finished(session, job.owner_id, task_id, state, stored, error)
 
         try:
-            self.run_async(finish())
+            self.in_session(finish)
         except Exception:
             logger.exception("could not record the end of task %s[%s]", self.name, task_id)
 
     async def on_finished(
         self,
+        session: AsyncSession,
         owner_id: int | None,
         task_id: str,
         state: JobState,
@@ -126,16 +125,15 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
         if owner_id is None or state not in NOTIFIED_STATES:
             return
         succeeded = state == JobState.SUCCESS
-        async with self.runtime.sessionmaker() as session:
-            await self.runtime.notifications.send_to_user(
-                session,
-                owner_id,
-                kind="job.succeeded" if succeeded else "job.failed",
-                title=f"{self.title} {'finished' if succeeded else 'failed'}",
-                body="" if succeeded else (error or ""),
-                data={"task_id": task_id, "name": self.name, "state": state.value,
-                      "result": result, "status_url": f"/api/v1/tasks/{task_id}"},
-            )  # fmt: skip
+        await self.runtime.notifications.send_to_user(
+            session,
+            owner_id,
+            kind="job.succeeded" if succeeded else "job.failed",
+            title=f"{self.title} {'finished' if succeeded else 'failed'}",
+            body="" if succeeded else (error or ""),
+            data={"task_id": task_id, "name": self.name, "state": state.value,
+                  "result": result, "status_url": f"/api/v1/tasks/{task_id}"},
+        )  # fmt: skip
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         self._finish(task_id, JobState.SUCCESS, result=retval)

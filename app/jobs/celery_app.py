@@ -1,7 +1,8 @@
 """The one Celery app: configuration, queues, routes and the beat schedule (JOBS-1, JOBS-9).
 
 `make_celery(settings)` builds it; the API keeps one in `app.state.jobs` to send tasks by
-name (it never imports task bodies), and `app worker` / `app beat` run one. The embedded and
+name (it never imports task bodies), and `app worker` / `app beat` run one (app/worker.py,
+which adds the domains' task modules). The embedded and
 Redis brokers differ only in the URLs and transport options below: the tasks are the same.
 """
 
@@ -27,15 +28,6 @@ ROUTES: dict[str, dict[str, str]] = {
     "app.reports.*": {"queue": "reports"},
     "app.maintenance.*": {"queue": "maintenance"},
 }
-
-# Modules holding task bodies, imported by workers only.
-TASK_MODULES = [
-    "app.jobs.tasks",
-    "app.jobs.images",
-    "app.jobs.reports",
-    "app.jobs.maintenance",
-    "app.jobs.email",
-]
 
 # What beat sends, and when (UTC). The heartbeat's interval is a setting: see make_celery.
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
@@ -123,6 +115,5 @@ def make_celery(settings: Settings) -> AppCelery:
         worker_enable_remote_control=not settings.embedded_broker,
         beat_schedule={**BEAT_SCHEDULE, "heartbeat": _heartbeat_entry(settings)},
         beat_schedule_filename=str(settings.app_data_dir / "celerybeat-schedule"),
-        include=TASK_MODULES,
     )
     return celery

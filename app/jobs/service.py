@@ -4,12 +4,13 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 import anyio
 from celery import Celery
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
@@ -174,3 +175,19 @@ async def mark_finished(
     await session.execute(update(Job).where(Job.id == job_id).values(**values))
     await session.commit()
     return await session.get(Job, job_id)
+
+
+async def assign_owner(*, session: AsyncSession, job_id: str, owner_id: int) -> None:
+    """Give a row sent without an owner (by beat) to a user, so it shows in their task list."""
+    await session.execute(update(Job).where(Job.id == job_id).values(owner_id=owner_id))
+    await session.commit()
+
+
+async def purge_finished(*, session: AsyncSession, finished_before: datetime) -> int:
+    """Delete rows finished before the cutoff; commits. Unfinished rows stay whatever their
+    age: a task still queued or running must remain visible to its owner (and cancellable)."""
+    result = await session.execute(
+        delete(Job).where(Job.state.in_(FINISHED), Job.finished_at < finished_before)
+    )
+    await session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]

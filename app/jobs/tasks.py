@@ -1,8 +1,14 @@
-"""General-purpose tasks on the default queue."""
+"""The job machinery's own tasks: the no-op probe, the heartbeat and job-row housekeeping."""
 
 import logging
+import os
+import socket
+from datetime import timedelta
 from typing import Any
 
+from app.core.db import utcnow
+from app.jobs import heartbeat as heartbeats
+from app.jobs import service
 from app.jobs.base import JobTask, job
 
 logger = logging.getLogger("app.jobs.tasks")
@@ -13,3 +19,22 @@ def noop(task: JobTask, echo: Any = None) -> dict[str, Any]:
     """Does nothing: measures the queue (bench) and proves a worker is up (tests, readiness)."""
     logger.info("noop ran", extra={"task_id": task.request.id})
     return {"echo": echo}
+
+
+# Untracked: one every HEARTBEAT_INTERVAL_SECONDS would flood the jobs table.
+@job("app.maintenance.heartbeat", tracked=False)
+def heartbeat(task: JobTask) -> None:
+    source = f"{socket.gethostname()}:{os.getpid()}"
+    task.in_session(lambda session: heartbeats.record(session, source))
+
+
+@job("app.maintenance.purge_jobs")
+def purge_jobs(task: JobTask) -> dict[str, Any]:
+    """Job rows finished before the retention cutoff (JOBS-6); idempotent, like all
+    maintenance: a re-delivery deletes nothing more."""
+    cutoff = utcnow() - timedelta(days=task.runtime.settings.job_retention_days)
+    jobs = task.in_session(
+        lambda session: service.purge_finished(session=session, finished_before=cutoff)
+    )
+    logger.info("purged %d finished jobs", jobs)
+    return {"jobs": jobs}

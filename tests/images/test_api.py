@@ -1,5 +1,5 @@
 """POST /images/process and item image uploads, up to the queue (no worker: see
-tests/jobs/test_images.py for the work itself). Both databases."""
+tests/images/test_tasks.py for the work itself). Both databases."""
 
 from pathlib import Path
 from typing import Any

@@ -12,7 +12,7 @@ from websockets.asyncio.client import ClientConnection
 from app.jobs.models import Job
 from app.main import create_app
 from tests.factories import Account, Factory
-from tests.jobs.conftest import JobsStack
+from tests.plugins.workers import JobsStack
 from tests.realtime.conftest import DEADLINE, LiveServer, next_of, serve
 from tests.realtime.test_notifications import ready, sse
 

@@ -1,10 +1,10 @@
 """JOBS-6 against a real worker on both brokers: a real `app beat` sends the heartbeat that
-readiness reads; the purge tasks run by name, as beat sends them."""
+readiness reads; the job-row purge runs by name, as beat sends it. The other domains' purges
+are tested beside them (tests/auth/test_tasks.py, tests/files/test_tasks.py)."""
 
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -16,13 +16,10 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from app.auth.models import AuthSession, RefreshToken
 from app.core.db import utcnow
-from app.core.storage import new_key
-from app.files.models import StoredFile
-from app.jobs.models import FINISHED, Job, JobState
+from app.jobs.models import Job, JobState
 from tests.factories import Factory
-from tests.jobs.conftest import TASK_DEADLINE_SECONDS, JobsStack
+from tests.plugins.workers import JobsStack, run_by_name
 from tests.workers import APP, STOP_DEADLINE_SECONDS, subprocess_env
 
 STALE_AFTER_SECONDS = 3.0
@@ -106,112 +103,6 @@ async def test_beat_heartbeat_shows_in_readiness_and_goes_stale_without_beat(
     assert body["checks"]["database"]["status"] == "ok"
 
 
-async def _run(app: FastAPI, stack: JobsStack, name: str) -> Job:
-    """Send by name without a row, as beat does; the task makes its row when it starts."""
-    task_id = await app.state.jobs.send(name)
-    with anyio.move_on_after(TASK_DEADLINE_SECONDS):
-        while True:
-            async with app.state.sessionmaker() as session:
-                job: Job | None = await session.get(Job, task_id)
-            if job is not None and job.state in FINISHED:
-                return job
-            await anyio.sleep(0.05)
-    raise AssertionError(f"{name} did not finish\n{stack.worker.tail()}")
-
-
-async def test_purge_sessions_removes_ended_sessions_and_their_refresh_tokens(
-    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_factory: Factory
-) -> None:
-    user = await jobs_factory.account()
-    now = utcnow()
-    long_ago = now - timedelta(days=jobs_stack.settings.auth_session_retention_days + 1)
-    sessions = {
-        "expired": {"expires_at": long_ago},
-        "revoked": {"expires_at": now + timedelta(days=1), "revoked_at": long_ago},
-        "recently_ended": {"expires_at": now - timedelta(hours=1)},  # kept for a while
-        "live": {"expires_at": now + timedelta(days=1)},
-    }
-    ids = {name: uuid.uuid4().hex for name in sessions}
-    async with jobs_app.state.sessionmaker() as session:
-        for name, values in sessions.items():
-            session.add(
-                AuthSession(id=ids[name], user_id=user.id, scopes="", created_at=long_ago, **values)
-            )
-            session.add(
-                RefreshToken(
-                    session_id=ids[name],
-                    token_hash=uuid.uuid4().hex * 2,
-                    expires_at=values["expires_at"],
-                )
-            )
-        await session.commit()
-
-    job = await _run(jobs_app, jobs_stack, "app.maintenance.purge_sessions")
-
-    assert job.state == "SUCCESS", job.error
-    assert job.result is not None
-    assert job.result["sessions"] >= 2
-    async with jobs_app.state.sessionmaker() as session:
-        left = set((await session.execute(select(AuthSession.id))).scalars())
-        tokens = set((await session.execute(select(RefreshToken.session_id))).scalars())
-    assert ids["expired"] not in left
-    assert ids["revoked"] not in left
-    assert {ids["live"], ids["recently_ended"]} <= left
-    assert ids["expired"] not in tokens  # cascaded on both databases
-    assert ids["live"] in tokens
-    # The user's own login is untouched: their token still works.
-    me = await jobs_factory.client.get("/api/v1/users/me", headers=user.headers)
-    assert me.status_code == 200
-
-
-async def test_purge_files_removes_unlinked_rows_orphans_and_stale_temp_files(
-    jobs_stack: JobsStack, jobs_app: FastAPI, jobs_factory: Factory
-) -> None:
-    user = await jobs_factory.account()
-    storage_dir = jobs_stack.settings.uploads_dir
-    old = time.time() - (jobs_stack.settings.purge_files_older_than_hours + 1) * 3600
-    orphan, unlinked, kept = new_key(), new_key(), new_key()
-    for key in (orphan, unlinked, kept):
-        path = storage_dir / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-        os.utime(path, (old, old))
-    temp = storage_dir / ".tmp" / uuid.uuid4().hex
-    temp.parent.mkdir(parents=True, exist_ok=True)
-    temp.write_bytes(b"partial upload")
-    os.utime(temp, (old, old))
-    async with jobs_app.state.sessionmaker() as session:
-        for key, deleted_at in ((unlinked, utcnow() - timedelta(days=2)), (kept, None)):
-            session.add(
-                StoredFile(
-                    key=key,
-                    filename="a.png",
-                    content_type="image/png",
-                    size=1,
-                    sha256="0" * 64,
-                    owner_id=user.id,
-                    deleted_at=deleted_at,
-                )
-            )
-        await session.commit()
-
-    job = await _run(jobs_app, jobs_stack, "app.maintenance.purge_files")
-
-    assert job.state == "SUCCESS", job.error
-    assert job.result is not None
-    assert job.result["unlinked_rows"] >= 1
-    assert job.result["orphan_objects"] >= 1
-    assert job.result["temp_files"] >= 1
-    assert not (storage_dir / orphan).exists()
-    assert not (storage_dir / unlinked).exists()
-    assert not temp.exists()
-    assert (storage_dir / kept).exists()
-    async with jobs_app.state.sessionmaker() as session:
-        keys = set((await session.execute(select(StoredFile.key))).scalars())
-    assert kept in keys
-    assert unlinked not in keys
-
-
 async def test_purge_jobs_removes_only_rows_finished_before_the_retention(
     jobs_stack: JobsStack, jobs_app: FastAPI, jobs_factory: Factory
 ) -> None:
@@ -241,7 +132,7 @@ async def test_purge_jobs_removes_only_rows_finished_before_the_retention(
             )
         await session.commit()
 
-    job = await _run(jobs_app, jobs_stack, "app.maintenance.purge_jobs")
+    job = await run_by_name(jobs_app, jobs_stack, "app.maintenance.purge_jobs")
 
     assert job.state == "SUCCESS", job.error
     assert job.result is not None

@@ -3,12 +3,12 @@
 import importlib
 from pathlib import Path
 
-from app.jobs.celery_app import TASK_MODULES, make_celery
+from app.worker import TASK_MODULES, create_worker_celery
 from tests.conftest import make_settings
 
 
 def test_every_scheduled_task_exists_and_routes_off_the_default_queue(tmp_path: Path) -> None:
-    celery = make_celery(make_settings(tmp_path))
+    celery = create_worker_celery(make_settings(tmp_path))
     for module in TASK_MODULES:
         importlib.import_module(module)  # registers the bodies, as `app worker` does
     celery.loader.import_default_modules()

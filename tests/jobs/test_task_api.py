@@ -8,7 +8,7 @@ from app.core.request_context import REQUEST_ID
 from app.jobs.models import Job
 from app.users.models import Role
 from tests.factories import Factory
-from tests.jobs.conftest import JobsStack, wait_for_task
+from tests.plugins.workers import JobsStack, wait_for_task
 
 
 async def _enqueue(

@@ -16,7 +16,7 @@ from app.images.schemas import ProcessJob, VariantSpec
 from app.images.service import PROCESS_TASK
 from tests.factories import Account, Factory
 from tests.images.helpers import Upstream, image_bytes, open_image, serving
-from tests.jobs.conftest import JobsStack, wait_for_task
+from tests.plugins.workers import JobsStack, wait_for_task
 
 MAX_PIXELS = 20_000_000
 

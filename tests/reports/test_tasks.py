@@ -24,7 +24,7 @@ from app.jobs.models import FINISHED, Job
 from app.users.models import Role, User
 from tests.core.test_errors import assert_envelope
 from tests.factories import Account, Factory
-from tests.jobs.conftest import TASK_DEADLINE_SECONDS, JobsStack, wait_for_task
+from tests.plugins.workers import TASK_DEADLINE_SECONDS, JobsStack, wait_for_task
 
 JST = timezone(timedelta(hours=9))
 DAYS = [date(2020, 3, 1), date(2020, 3, 2), date(2020, 3, 3)]

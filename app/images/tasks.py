@@ -5,9 +5,10 @@ import uuid
 from typing import Any
 
 from app.images import service
-from app.images.processing import apply, decode, describe, encode
+from app.images.processing import Encoded, apply, decode, describe, encode
 from app.images.schemas import ImageOutput, ProcessJob, ProcessResult
 from app.jobs.base import JobTask, job
+from app.jobs.runtime import WorkerRuntime
 
 
 @job(service.PROCESS_TASK)
@@ -19,7 +20,7 @@ def process_image(task: JobTask, arguments: dict[str, Any]) -> dict[str, Any]:
     total = 2 + sum(len(variant.operations) + 1 for variant in spec.variants)
 
     task.progress(0, total, "fetching the source" if spec.url else "reading the source")
-    data = task.run_async(service.read_source(task.runtime, spec))
+    data = _read_source(task, spec)
     task.progress(1, total, "decoding")
     source, source_format = decode(data, max_pixels=max_pixels)
     del data
@@ -33,8 +34,38 @@ def process_image(task: JobTask, arguments: dict[str, Any]) -> dict[str, Any]:
             done += 1
         task.progress(done, total, f"{variant.name}: saving")
         encoded = encode(image, variant.format, source_format)
-        outputs.append(
-            task.run_async(service.store_output(task.runtime, spec, variant.name, encoded, task_id))
-        )
+        outputs.append(_store(task, spec, variant.name, encoded, task_id))
         done += 1
     return ProcessResult(outputs=outputs).model_dump(mode="json")
+
+
+def _read_source(task: JobTask, spec: ProcessJob) -> bytes:
+    runtime = task.runtime
+    if spec.url is not None:
+        return task.run_async(_fetch(runtime, spec.url))
+    max_bytes = runtime.settings.image_max_source_bytes
+    row = task.in_session(
+        lambda session: service.source_object(session=session, job=spec, max_bytes=max_bytes)
+    )
+    return task.run_async(service.read_object(storage=runtime.storage, key=row.key, size=row.size))
+
+
+def _store(
+    task: JobTask, spec: ProcessJob, variant: str, encoded: Encoded, task_id: str
+) -> ImageOutput:
+    storage = task.runtime.storage
+    return task.in_session(
+        lambda session: service.store_output(
+            session=session,
+            storage=storage,
+            job=spec,
+            variant=variant,
+            encoded=encoded,
+            task_id=task_id,
+        )
+    )
+
+
+async def _fetch(runtime: WorkerRuntime, url: str) -> bytes:
+    # Inside the loop: the runtime makes its HTTP client on first use, in the loop that uses it.
+    return await service.fetch_source(http=runtime.http, settings=runtime.settings, url=url)

@@ -1,7 +1,8 @@
-"""A real worker per test module and broker: embedded (SQLite broker, SQLite database) and
-Redis (a real redis-server broker, PostgreSQL database). Tests in a module share the worker
-and its database (data is made unique per test by the factory), and each test gets its own
-in-process API app on the same settings.
+"""Pytest plugin (registered in tests/conftest.py), usable from any test folder: a real worker
+per test module and broker: embedded (SQLite broker, SQLite database) and Redis (a real
+redis-server broker, PostgreSQL database). Tests in a module share the worker and its database
+(data is made unique per test by the factory), and each test gets its own in-process API app
+on the same settings.
 
 A module adds settings for both sides (SMTP, time limits) by overriding `jobs_overrides`.
 """
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import redis
 from fastapi import FastAPI
 
 from app.core.config import Settings
-from app.jobs.models import FINISHED
+from app.jobs.models import FINISHED, Job
 from tests.conftest import TEST_SECRET, asgi_client, make_settings, started_app
 from tests.factories import Factory
 from tests.servers import PostgresServer, RedisServer
@@ -65,7 +67,9 @@ def jobs_stack(
     else:
         postgres: PostgresServer = request.getfixturevalue("postgres_server")
         redis_server: RedisServer = request.getfixturevalue("redis_server")
-        name = "jobs_" + re.sub(r"\W", "_", request.node.name.lower())[:40]
+        # By module path: modules in different folders share file names (test_tasks.py).
+        module = request.module.__name__.removeprefix("tests.")
+        name = "jobs_" + re.sub(r"\W", "_", module.lower())[:40]
         values["DATABASE_URL"] = postgres.create_database(name)
         broker = f"redis://127.0.0.1:{redis_server.port}/{BROKER_REDIS_DB}"
         with redis.Redis.from_url(broker) as client:
@@ -117,8 +121,6 @@ async def wait_for_task(
     stack: JobsStack | None = None,
 ) -> dict[str, Any]:
     """Poll the task API until the task reaches one of `until` (finished, by default)."""
-    import anyio
-
     body: dict[str, Any] = {}
     with anyio.move_on_after(deadline):
         while True:
@@ -133,3 +135,16 @@ async def wait_for_task(
             await anyio.sleep(0.05)
     log = stack.worker.tail() if stack is not None else ""
     raise AssertionError(f"task {task_id} still {body.get('state')} after {deadline}s\n{log}")
+
+
+async def run_by_name(app: FastAPI, stack: JobsStack, name: str) -> Job:
+    """Send by name without a row, as beat does; the task makes its row when it starts."""
+    task_id = await app.state.jobs.send(name)
+    with anyio.move_on_after(TASK_DEADLINE_SECONDS):
+        while True:
+            async with app.state.sessionmaker() as session:
+                job: Job | None = await session.get(Job, task_id)
+            if job is not None and job.state in FINISHED:
+                return job
+            await anyio.sleep(0.05)
+    raise AssertionError(f"{name} did not finish\n{stack.worker.tail()}")

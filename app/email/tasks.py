@@ -4,12 +4,16 @@ import logging
 import random
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from email.message import EmailMessage
+from typing import Any, NoReturn
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
 from app.core.db import utcnow
 from app.email import campaigns, delivery
 from app.email import service as outbox
-from app.email.delivery import ClaimLost, DeliveryError
+from app.email.delivery import ClaimLost, DeliveryError, Outgoing
 from app.jobs.base import JobTask, job
 from app.jobs.errors import Cancelled, JobError
 
@@ -24,45 +28,58 @@ def backoff_seconds(attempt: int, *, factor: float, maximum: float) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not for security
 
 
+# -- one outbox row: claim, build, send, record -------------------------------------------------
+
+
 def _deliver(task: JobTask, email_id: int) -> dict[str, Any]:
-    """Claim, build, send, record. Shared by the plain send and the admin's test send."""
-    runtime = task.runtime
-    settings = runtime.settings
+    """Shared by the plain send and the admin's test send."""
+    claimed = _claim(task, email_id)
+    if isinstance(claimed, outbox.Final):
+        _after(task, claimed.campaign_id)
+        return {"email_id": email_id, "status": str(claimed.status)}
+    outgoing, message = _build(task, claimed)
+    if not _send(task, claimed, outgoing, message):
+        return {"email_id": email_id, "status": "taken_over"}
+    template = outgoing.template
+    task.in_session(lambda session: outbox.forget_context(session, email_id, template))
+    _after(task, claimed.campaign_id)
+    return {"email_id": email_id, "status": "sent"}
 
-    async def claim() -> outbox.Claimed | outbox.Busy | outbox.Final:
-        async with runtime.sessionmaker() as session:
-            return await outbox.claim(session, email_id, settings.email_lease_seconds)
 
-    claimed = task.run_async(claim())
+def _claim(task: JobTask, email_id: int) -> outbox.Claimed | outbox.Final:
+    lease_seconds = task.runtime.settings.email_lease_seconds
+    claimed = task.in_session(lambda session: outbox.claim(session, email_id, lease_seconds))
     if isinstance(claimed, outbox.Busy):
         # Another sender is on it (this is a duplicate delivery); look again when its lease
         # ends, in case that sender died.
         wait = (claimed.lease_until - utcnow()).total_seconds()
         raise task.retry(countdown=max(1.0, wait + 1))
-    if isinstance(claimed, outbox.Final):
-        _after(task, claimed.campaign_id)
-        return {"email_id": email_id, "status": str(claimed.status)}
+    return claimed
 
+
+def _build(task: JobTask, claimed: outbox.Claimed) -> tuple[Outgoing, EmailMessage]:
     outgoing = claimed.outgoing
+    campaign_id = claimed.campaign_id
     try:
-        if claimed.campaign_id is not None:
-
-            async def body() -> dict[str, Any]:
-                async with runtime.sessionmaker() as session:
-                    return await campaigns.body_context(session, claimed.campaign_id or 0)
-
-            outgoing = replace(outgoing, context=task.run_async(body()))
-        message = delivery.build_message(outgoing, settings)
+        if campaign_id is not None:
+            context = task.in_session(lambda session: campaigns.body_context(session, campaign_id))
+            outgoing = replace(outgoing, context=context)
+        return outgoing, delivery.build_message(outgoing, task.runtime.settings)
     except Exception as exc:  # a template or header problem: retrying won't fix it
         _fail(task, claimed, f"could not build the message: {type(exc).__name__}")
         raise
 
-    def commit_sent() -> bool:
-        async def mark() -> bool:
-            async with runtime.sessionmaker() as session:
-                return await outbox.mark_sent(session, email_id, claimed.claim)
 
-        return task.run_async(mark())
+def _send(
+    task: JobTask, claimed: outbox.Claimed, outgoing: Outgoing, message: EmailMessage
+) -> bool:
+    """Send, marking the row sent while the claim is still ours. False: another sender took
+    the claim over, and this one sent nothing."""
+    settings = task.runtime.settings
+    email_id, token = outgoing.email_id, claimed.claim
+
+    def commit_sent() -> bool:
+        return task.in_session(lambda session: outbox.mark_sent(session, email_id, token))
 
     try:
         if settings.smtp_host is None:
@@ -78,20 +95,13 @@ def _deliver(task: JobTask, email_id: int) -> dict[str, Any]:
             logger.info("email %s sent to %s", email_id, outgoing.recipient)
     except ClaimLost:
         logger.warning("email %s: claim lost to another sender; not sending", email_id)
-        return {"email_id": email_id, "status": "taken_over"}
+        return False
     except DeliveryError as exc:
         _failed_attempt(task, claimed, exc)
-
-    async def finish() -> None:
-        async with runtime.sessionmaker() as session:
-            await outbox.forget_context(session, email_id, outgoing.template)
-
-    task.run_async(finish())
-    _after(task, claimed.campaign_id)
-    return {"email_id": email_id, "status": "sent"}
+    return True
 
 
-def _failed_attempt(task: JobTask, claimed: outbox.Claimed, exc: DeliveryError) -> None:
+def _failed_attempt(task: JobTask, claimed: outbox.Claimed, exc: DeliveryError) -> NoReturn:
     settings = task.runtime.settings
     email_id = claimed.outgoing.email_id
     if exc.permanent or claimed.attempts > settings.email_max_retries:
@@ -103,12 +113,11 @@ def _failed_attempt(task: JobTask, claimed: outbox.Claimed, exc: DeliveryError) 
         maximum=settings.email_retry_backoff_max_seconds,
     )
     retry_at = utcnow() + timedelta(seconds=countdown)
-
-    async def release() -> None:
-        async with task.runtime.sessionmaker() as session:
-            await outbox.release_for_retry(session, email_id, claimed.claim, str(exc), retry_at)
-
-    task.run_async(release())
+    task.in_session(
+        lambda session: outbox.release_for_retry(
+            session, email_id, claimed.claim, str(exc), retry_at
+        )
+    )
     logger.warning(
         "email %s: attempt %d failed (%s); retrying in %.1fs", email_id, claimed.attempts, exc,
         countdown,
@@ -117,31 +126,22 @@ def _failed_attempt(task: JobTask, claimed: outbox.Claimed, exc: DeliveryError) 
 
 
 def _fail(task: JobTask, claimed: outbox.Claimed, error: str) -> None:
-    email_id = claimed.outgoing.email_id
-
-    async def fail() -> None:
-        async with task.runtime.sessionmaker() as session:
-            await outbox.mark_failed(
-                session, email_id, claimed.claim, error, claimed.outgoing.template
-            )
-
-    task.run_async(fail())
+    outgoing = claimed.outgoing
+    task.in_session(
+        lambda session: outbox.mark_failed(
+            session, outgoing.email_id, claimed.claim, error, outgoing.template
+        )
+    )
     logger.error(
         "email %s to %s failed for good after %d attempt(s): %s",
-        email_id, claimed.outgoing.recipient, claimed.attempts, error,
+        outgoing.email_id, outgoing.recipient, claimed.attempts, error,
     )  # fmt: skip
     _after(task, claimed.campaign_id)
 
 
 def _after(task: JobTask, campaign_id: int | None) -> None:
-    if campaign_id is None:
-        return
-
-    async def record() -> None:
-        async with task.runtime.sessionmaker() as session:
-            await campaigns.record_progress(session, campaign_id)
-
-    task.run_async(record())
+    if campaign_id is not None:
+        task.in_session(lambda session: campaigns.record_progress(session, campaign_id))
 
 
 # Retries are decided from the row's attempt count (it survives crashes and duplicate
@@ -158,27 +158,37 @@ def send_test(task: JobTask, email_id: int) -> dict[str, Any]:
     return _deliver(task, email_id)
 
 
+# -- the sweep ----------------------------------------------------------------------------------
+
+
 @job("app.email.sweep_outbox", tracked=False)
 def sweep_outbox(task: JobTask) -> dict[str, Any]:
     """Re-send mail an enqueue lost (crash between commit and broker) or a dead sender left
     claimed, and finish campaigns whose last event was lost. Duplicates are harmless: the
     claim lets one sender through."""
     runtime = task.runtime
+    email_ids, running = task.in_session(lambda session: _sweep(session, runtime.settings))
 
-    async def sweep() -> tuple[list[int], int]:
-        async with runtime.sessionmaker() as session:
-            email_ids = await outbox.due_for_sweep(session, runtime.settings, limit=SWEEP_BATCH)
-            running = await campaigns.campaigns_in_progress(session)
-            for campaign_id in running:
-                await campaigns.record_progress(session, campaign_id)
+    async def resend() -> None:
         for email_id in email_ids:
             await runtime.jobs.send(outbox.SEND_TASK, email_id)
-        return email_ids, len(running)
 
-    email_ids, running = task.run_async(sweep())
+    task.run_async(resend())
     if email_ids:
         logger.info("outbox sweep re-sent %d email(s)", len(email_ids))
     return {"resent": len(email_ids), "campaigns_checked": running}
+
+
+async def _sweep(session: AsyncSession, settings: Settings) -> tuple[list[int], int]:
+    """The rows to send again, after bringing every running campaign's counts up to date."""
+    email_ids = await outbox.due_for_sweep(session, settings, limit=SWEEP_BATCH)
+    running = await campaigns.campaigns_in_progress(session)
+    for campaign_id in running:
+        await campaigns.record_progress(session, campaign_id)
+    return email_ids, len(running)
+
+
+# -- campaigns ----------------------------------------------------------------------------------
 
 
 class CampaignTask(JobTask):
@@ -189,43 +199,45 @@ class CampaignTask(JobTask):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         if not (isinstance(retval, dict) and retval.get("complete")):
             return
+        campaign_id: int = retval["campaign_id"]
+        final = self.in_session(lambda session: _final_counts(session, campaign_id))
+        super().on_success(final, task_id, args, kwargs)
 
-        async def final() -> dict[str, Any]:
-            async with self.runtime.sessionmaker() as session:
-                campaign = await campaigns.get(session, retval["campaign_id"])
-                numbers = await campaigns.counts(session, campaign)
-                return {"campaign_id": campaign.id, "total": numbers.total,
-                        "sent": numbers.sent, "failed": numbers.failed}  # fmt: skip
 
-        super().on_success(self.run_async(final()), task_id, args, kwargs)
+async def _final_counts(session: AsyncSession, campaign_id: int) -> dict[str, Any]:
+    campaign = await campaigns.get(session, campaign_id)
+    numbers = await campaigns.counts(session, campaign)
+    return {"campaign_id": campaign.id, "total": numbers.total,
+            "sent": numbers.sent, "failed": numbers.failed}  # fmt: skip
 
 
 @job("app.campaigns.run", base=CampaignTask)
 def run_campaign(task: JobTask, campaign_id: int) -> dict[str, Any]:
     """List the recipients (once, idempotently), then one send task per pending row."""
     runtime = task.runtime
-
-    async def start() -> tuple[list[int], campaigns.Counts | None]:
-        async with runtime.sessionmaker() as session:
-            campaign = await campaigns.get(session, campaign_id)
-            pending = await campaigns.list_recipients(
-                session, runtime.settings, campaign, task.request.id
-            )
-            return pending, await campaigns.record_progress(session, campaign_id)
-
-    pending, numbers = task.run_async(start())
+    job_id = task.request.id
+    pending, numbers = task.in_session(
+        lambda session: _list_recipients(session, runtime.settings, campaign_id, job_id)
+    )
     if numbers is None:  # a re-run of a campaign already finished (or cancelled)
         return {"campaign_id": campaign_id, "complete": True}
     try:
         task.progress(numbers.done, numbers.total, f"{numbers.sent} sent, {numbers.failed} failed")
     except Cancelled:
-        task.run_async(_cancel(task, campaign_id))
+        task.in_session(lambda session: _cancel(session, campaign_id))
         raise
     for email_id in pending:
         runtime.celery.send_task(outbox.SEND_TASK, args=[email_id])
     return {"campaign_id": campaign_id, "queued": len(pending), "complete": False}
 
 
-async def _cancel(task: JobTask, campaign_id: int) -> None:
-    async with task.runtime.sessionmaker() as session:
-        await campaigns.cancel(session, await campaigns.get(session, campaign_id))
+async def _list_recipients(
+    session: AsyncSession, settings: Settings, campaign_id: int, job_id: str
+) -> tuple[list[int], campaigns.Counts | None]:
+    campaign = await campaigns.get(session, campaign_id)
+    pending = await campaigns.list_recipients(session, settings, campaign, job_id)
+    return pending, await campaigns.record_progress(session, campaign_id)
+
+
+async def _cancel(session: AsyncSession, campaign_id: int) -> None:
+    await campaigns.cancel(session, await campaigns.get(session, campaign_id))

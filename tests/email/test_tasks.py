@@ -19,7 +19,7 @@ from app.email.models import Email, EmailStatus
 from app.jobs.models import FINISHED, JobState
 from app.users.models import Role
 from tests.factories import Account, Factory
-from tests.jobs.conftest import JobsStack, wait_for_task
+from tests.plugins.workers import JobsStack, wait_for_task
 from tests.smtp import Received, SmtpServer, start_smtp_server
 
 BASE_URL = "https://app.example.test"
