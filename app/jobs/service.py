@@ -154,11 +154,6 @@ async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, 
     return bool(cancel)
 
 
-async def is_cancel_requested(session: AsyncSession, job_id: str) -> bool:
-    cancel = (await session.execute(select(Job.cancel_requested).where(Job.id == job_id))).scalar()
-    return bool(cancel)
-
-
 async def mark_finished(
     session: AsyncSession,
     job_id: str,
