@@ -15,7 +15,7 @@ from celery import Task, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from app.core.request_context import REQUEST_ID
-from app.jobs import service
+from app.jobs import service, transient
 from app.jobs.celery_app import AppCelery
 from app.jobs.errors import Cancelled, JobError
 from app.jobs.models import JobState
@@ -54,8 +54,11 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
         try:
             if self.tracked and self.request.id and not self._start():
                 logger.info("task %s[%s] was cancelled before it ran", self.name, self.request.id)
-                raise Ignore()
+                raise Ignore()  # noqa: TRY301 - Celery's way to drop it; never retried
             return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            transient.retry_if_transient(self, exc)  # a database/broker restart: run it again
+            raise
         finally:
             REQUEST_ID.reset(token)
 
@@ -65,12 +68,13 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
                 owner = self.request.get("owner_id")
                 return await service.mark_started(session, self.request.id, self.name, owner)
 
-        return self.run_async(start())
+        return transient.record(self.runtime, start, f"recording the start of {self.name}")
 
     def progress(self, current: int, total: int, status: str) -> None:
         """PROGRESS with current/total/status; raises Cancelled if the owner cancelled."""
         meta = {"current": current, "total": total, "status": status}
-        self.update_state(state="PROGRESS", meta=meta)
+        if not self.ignore_result:  # Celery's own store, only if CELERY_RESULT_BACKEND is set
+            self.update_state(state="PROGRESS", meta=meta)
         if not (self.tracked and self.request.id):
             return
 
@@ -78,7 +82,7 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             async with self.runtime.sessionmaker() as session:
                 return await service.mark_progress(session, self.request.id, meta)
 
-        if self.run_async(record()):
+        if transient.record(self.runtime, record, f"recording progress of {self.name}"):
             raise Cancelled()
 
     def check_cancelled(self) -> None:
@@ -110,7 +114,7 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
                     await self.on_finished(job.owner_id, task_id, state, stored, error)
 
         try:
-            self.run_async(finish())
+            transient.record(self.runtime, finish, f"recording the end of {self.name}")
         except Exception:
             logger.exception("could not record the end of task %s[%s]", self.name, task_id)
 
