@@ -334,6 +334,26 @@ class PostgresServer:
         self.base_dir = None
         self.port = None
 
+    def halt(self) -> None:
+        """Stop the server as an orchestrator restarting it would (fast mode: sessions are told
+        "terminating connection due to administrator command"), keeping its data and port."""
+        self._run(
+            [str(self.bin_dir / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data_dir)],
+            what="pg_ctl stop",
+            timeout=60,
+        )
+
+    def revive(self) -> None:
+        """Start again on the same port and data after `halt`."""
+        self._run(
+            [
+                str(self.bin_dir / "pg_ctl"), "start", "-w", "-t", str(int(_START_TIMEOUT)),
+                "-D", str(self.data_dir), "-l", str(self.log_file), "-o", f"-p {self.port}",
+            ],
+            what="pg_ctl start",
+            timeout=_START_TIMEOUT + 10,
+        )  # fmt: skip
+
     def __enter__(self) -> Self:
         self.start()
         return self
@@ -406,8 +426,10 @@ class PostgresServer:
 class RedisServer:
     """A private, non-persistent redis-server on a free loopback port."""
 
-    def __init__(self, *, binary: str | None = None) -> None:
+    def __init__(self, *, binary: str | None = None, persistent: bool = False) -> None:
         self._binary = binary
+        # Append-only file, as deployed (deploy/redis.conf): queues survive a restart.
+        self.persistent = persistent
         self.port: int | None = None
         self.base_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -465,7 +487,7 @@ class RedisServer:
                 "--port", str(self.port),
                 "--bind", HOST,
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.persistent else "no",
                 "--dir", str(self.base_dir),
                 "--daemonize", "no",
             ],
@@ -532,9 +554,14 @@ class RedisServer:
         self._terminate(abruptly=True)
 
     def revive(self) -> None:
-        """Start again on the same port after `kill` (empty: nothing was persisted)."""
+        """Start again on the same port after `kill` (empty unless `persistent`)."""
         assert self.port is not None
         self._spawn(self.binary, self.port)
+
+    def halt(self) -> None:
+        """SIGTERM, as a container restart does (a persistent server writes its file first);
+        `revive` starts it again on the same port."""
+        self._terminate()
 
     def __exit__(
         self,

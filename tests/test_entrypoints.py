@@ -150,6 +150,9 @@ def redis_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
             "APP_DATA_DIR": str(path),
             "SECRET_KEY": TEST_SECRET,
             "REDIS_URL": redis.url,
+            # Results are stored only when asked for (the app reads the jobs table): asked
+            # here, so the stock `result.get()` below works as Celery users expect.
+            "CELERY_RESULT_BACKEND": redis.url,
             "LIVENESS_INTERVAL_SECONDS": LIVENESS_INTERVAL,
         }
 
@@ -179,8 +182,12 @@ def test_the_stock_celery_worker_pings_runs_a_task_and_keeps_its_liveness_file(
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert "pong" in ping.stdout
 
-        sender = make_celery(make_settings(Path(redis_env["APP_DATA_DIR"]),
-                                           redis_url=redis_env["REDIS_URL"]))  # fmt: skip
+        sender_settings = make_settings(
+            Path(redis_env["APP_DATA_DIR"]),
+            redis_url=redis_env["REDIS_URL"],
+            celery_result_backend=redis_env["CELERY_RESULT_BACKEND"],
+        )
+        sender = make_celery(sender_settings)
         try:
             result = sender.send_task("app.noop", kwargs={"echo": "stock"})
             assert result.get(timeout=READY_SECONDS) == {"echo": "stock"}

@@ -131,11 +131,12 @@ class Settings(BaseSettings):
     """password reset requests per client address"""
 
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
-    # SQLite file under APP_DATA_DIR); unset results: Redis with a Redis broker, else SQLite.
+    # SQLite file under APP_DATA_DIR). Results: the task API reads the `jobs` table, so by
+    # default Celery stores none (a Redis restart then cannot fail a task that did its work).
     celery_broker_url: str | None = None
     """where tasks are queued; unset: REDIS_URL, else a SQLite file in APP_DATA_DIR"""
     celery_result_backend: str | None = None
-    """Celery's result store; unset: the Redis broker, else SQLite in APP_DATA_DIR"""
+    """Celery's result store, for Celery's own tools (the task API reads jobs); unset: none"""
     # Soft limit raises inside the task (it can clean up); the hard limit kills the process.
     job_soft_time_limit_seconds: int = Field(default=300, ge=1)
     """a task is told to stop (an exception inside it) after this"""
@@ -147,6 +148,14 @@ class Settings(BaseSettings):
     """Redis broker: an unacknowledged task is delivered again after this"""
     celery_result_expires_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     """how long Celery keeps task results"""
+    # Writing a job's start, progress and end rides out a database restart: transient errors
+    # (refused, shutting down, dropped connection) are retried with backoff for this long.
+    job_state_retry_seconds: float = Field(default=60.0, ge=0)
+    """a job's state write retries a restarting database for this long"""
+    # A task body that fails on a database or broker outage runs again (tasks are idempotent),
+    # after 1, 2, 4, ... seconds, at most this many times.
+    job_transient_max_retries: int = Field(default=3, ge=0)
+    """a task failing on a database/broker outage is retried this many times"""
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
     """worker processes (app worker -c N overrides); unset: the CPU count"""
     # How often the embedded broker's worker looks for new messages (it cannot be woken).
@@ -393,12 +402,9 @@ class Settings(BaseSettings):
         return (self.app_data_dir / "celery-broker.sqlite").resolve()
 
     @property
-    def result_backend_url(self) -> str:
-        if self.celery_result_backend:
-            return self.celery_result_backend
-        if self.broker_url.startswith(("redis://", "rediss://")):
-            return self.broker_url
-        return f"db+sqlite:///{(self.app_data_dir / 'celery-results.sqlite').resolve()}"
+    def result_backend_url(self) -> str | None:
+        """Only what the operator asked for: nothing in the app reads Celery's results."""
+        return self.celery_result_backend
 
     @property
     def outbox_dir(self) -> Path:

@@ -23,7 +23,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.request_context import REQUEST_ID
-from app.jobs import service
+from app.jobs import service, transient
 from app.jobs.celery_app import AppCelery
 from app.jobs.errors import Cancelled, JobError
 from app.jobs.models import JobState
@@ -57,40 +57,54 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
     def run_async(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.runtime.run(coroutine)
 
+    async def _with_session(self, step: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async with self.runtime.sessionmaker() as session:
+            return await step(session)
+
     def in_session(self, step: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run one step on the worker's loop, handed a session of its own: a step commits what
         it changes, and its session is closed before the body goes on (say, to send mail)."""
+        return self.run_async(self._with_session(step))
 
-        async def run() -> T:
-            async with self.runtime.sessionmaker() as session:
-                return await step(session)
-
-        return self.run_async(run())
+    def _record(self, step: Callable[[AsyncSession], Awaitable[T]], what: str) -> T:
+        """A job-state write: `in_session`, riding out a database restart (each try gets a
+        fresh session; see transient.record)."""
+        return transient.record(
+            self.runtime, lambda: self._with_session(step), f"{what} of {self.name}"
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         token = REQUEST_ID.set(self.request.get("request_id") or self.request.id)
         try:
             if self.tracked and self.request.id and not self._start():
                 logger.info("task %s[%s] was cancelled before it ran", self.name, self.request.id)
-                raise Ignore()
+                raise Ignore()  # noqa: TRY301 - Celery's way to drop it; never retried
             return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            transient.retry_if_transient(self, exc)  # a database/broker restart: run it again
+            raise
         finally:
             REQUEST_ID.reset(token)
 
     def _start(self) -> bool:
         owner = self.request.get("owner_id")
-        return self.in_session(
-            lambda session: service.mark_started(session, self.request.id, self.name, owner)
+        return self._record(
+            lambda session: service.mark_started(session, self.request.id, self.name, owner),
+            "recording the start",
         )
 
     def progress(self, current: int, total: int, status: str) -> None:
         """PROGRESS with current/total/status; raises Cancelled if the owner cancelled."""
         meta = {"current": current, "total": total, "status": status}
-        self.update_state(state="PROGRESS", meta=meta)
+        if not self.ignore_result:  # Celery's own store, only if CELERY_RESULT_BACKEND is set
+            self.update_state(state="PROGRESS", meta=meta)
         if not (self.tracked and self.request.id):
             return
 
-        if self.in_session(lambda session: service.mark_progress(session, self.request.id, meta)):
+        if self._record(
+            lambda session: service.mark_progress(session, self.request.id, meta),
+            "recording progress",
+        ):
             raise Cancelled()
 
     def _finish(
@@ -108,7 +122,7 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
                 await self.on_finished(session, job.owner_id, task_id, state, stored, error)
 
         try:
-            self.in_session(finish)
+            self._record(finish, "recording the end")
         except Exception:
             logger.exception("could not record the end of task %s[%s]", self.name, task_id)
 

@@ -97,12 +97,20 @@ def make_celery(settings: Settings) -> AppCelery:
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue="default",
         task_routes=ROUTES,
-        task_track_started=True,
+        # Nothing in the app reads Celery's results (the task API reads the `jobs` table), so
+        # none are written unless CELERY_RESULT_BACKEND asks: with Redis as the result store,
+        # a Redis restart while a task ran turned its finished work into a FAILURE.
+        task_ignore_result=settings.result_backend_url is None,
+        task_track_started=settings.result_backend_url is not None,
         # A task is acknowledged when it ends, not when it starts, and a pool process that
         # dies mid-task puts its message back: nothing is lost to a crash (tasks are
         # idempotent for that reason).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A running task outlives a broker restart and its late ack reaches the restarted
+        # Redis (its append-only file kept the message unacked): no cancel and re-run needed
+        # (tests/jobs/test_outages.py). Pinned: Celery 6 turns cancelling on by default.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_prefetch_multiplier=1,  # one message per process: no task waits behind another
         task_soft_time_limit=settings.job_soft_time_limit_seconds,
         task_time_limit=settings.job_time_limit_seconds,
