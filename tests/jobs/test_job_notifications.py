@@ -27,7 +27,7 @@ async def test_a_finished_task_notifies_its_owner_on_ws_and_sse(jobs_stack: Jobs
             sse(server, owner) as stream,
         ):
             await ready(ws)
-            async with app.state.sessionmaker() as session:
+            async with app.state.services.sessionmaker() as session:
                 job: Job = await app.state.jobs.enqueue(
                     session, "app.noop", "done", owner_id=owner.id
                 )

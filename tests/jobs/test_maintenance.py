@@ -111,7 +111,7 @@ async def _run(app: FastAPI, stack: JobsStack, name: str) -> Job:
     task_id = await app.state.jobs.send(name)
     with anyio.move_on_after(TASK_DEADLINE_SECONDS):
         while True:
-            async with app.state.sessionmaker() as session:
+            async with app.state.services.sessionmaker() as session:
                 job: Job | None = await session.get(Job, task_id)
             if job is not None and job.state in FINISHED:
                 return job
@@ -132,7 +132,7 @@ async def test_purge_sessions_removes_ended_sessions_and_their_refresh_tokens(
         "live": {"expires_at": now + timedelta(days=1)},
     }
     ids = {name: uuid.uuid4().hex for name in sessions}
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         for name, values in sessions.items():
             session.add(
                 AuthSession(id=ids[name], user_id=user.id, scopes="", created_at=long_ago, **values)
@@ -151,7 +151,7 @@ async def test_purge_sessions_removes_ended_sessions_and_their_refresh_tokens(
     assert job.state == "SUCCESS", job.error
     assert job.result is not None
     assert job.result["sessions"] >= 2
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         left = set((await session.execute(select(AuthSession.id))).scalars())
         tokens = set((await session.execute(select(RefreshToken.session_id))).scalars())
     assert ids["expired"] not in left
@@ -180,7 +180,7 @@ async def test_purge_files_removes_unlinked_rows_orphans_and_stale_temp_files(
     temp.parent.mkdir(parents=True, exist_ok=True)
     temp.write_bytes(b"partial upload")
     os.utime(temp, (old, old))
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         for key, deleted_at in ((unlinked, utcnow() - timedelta(days=2)), (kept, None)):
             session.add(
                 StoredFile(
@@ -206,7 +206,7 @@ async def test_purge_files_removes_unlinked_rows_orphans_and_stale_temp_files(
     assert not (storage_dir / unlinked).exists()
     assert not temp.exists()
     assert (storage_dir / kept).exists()
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         keys = set((await session.execute(select(StoredFile.key))).scalars())
     assert kept in keys
     assert unlinked not in keys
@@ -227,7 +227,7 @@ async def test_purge_jobs_removes_only_rows_finished_before_the_retention(
         "old_but_running": (JobState.STARTED, None),
     }
     ids = {name: str(uuid.uuid4()) for name in rows}
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         for name, (state, finished_at) in rows.items():
             session.add(
                 Job(
@@ -246,7 +246,7 @@ async def test_purge_jobs_removes_only_rows_finished_before_the_retention(
     assert job.state == "SUCCESS", job.error
     assert job.result is not None
     assert job.result["jobs"] >= 3
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         left = set((await session.execute(select(Job.id))).scalars())
     assert not {ids["old_success"], ids["old_failure"], ids["old_revoked"]} & left
     assert {ids["recent_success"], ids["old_but_pending"], ids["old_but_running"]} <= left

@@ -57,7 +57,7 @@ class LiveServer:
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
     """Serve `app` with uvicorn on a socket we bind first (port 0: no race for a port)."""
-    settings = app.state.settings
+    settings = app.state.services.settings
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))
