@@ -3,9 +3,9 @@
 The lifespan (app/main.py) builds one `Services` and stores it as `app.state.services`; that
 attribute is read here and nowhere else in the app (`services_of`, `services_in`). Routes take
 the typed aliases below (`SessionDep`, `SettingsDep`, `CacheDep`, ...) or, when a route needs
-several services, `ServicesDep` once. Each provider reads one attribute of the container and
-depends on nothing else, so a route pays one dependency per alias (FastAPI solves each at most
-once per request).
+several services (or one without an alias: engine, sessionmaker, redis), `ServicesDep` once.
+Each provider reads one attribute of the container and depends on nothing else, so a route pays
+one dependency per alias (FastAPI solves each at most once per request).
 
 Services of packages above core (the Celery `Jobs`, the `Realtime` runtime) can't be named here
 (core imports no app package); their providers sit beside them in app/jobs/dependencies.py and
@@ -54,11 +54,12 @@ def services_of(connection: HTTPConnection) -> Services:
 
     A plain function, not a dependency: code on the hot path (the principal, rate limits) reads
     several services through one call instead of solving one dependency per service."""
-    return services_in(connection.scope)
+    services: Services = connection.scope["app"].state.services
+    return services
 
 
 def services_in(scope: Scope) -> Services:
-    """The same, from an ASGI scope: for middleware, which has no Request."""
+    """`services_of` from an ASGI scope: for middleware, which has no Request."""
     services: Services = scope["app"].state.services
     return services
 
@@ -73,18 +74,6 @@ async def get_services(connection: HTTPConnection) -> Services:
 
 async def get_app_settings(connection: HTTPConnection) -> Settings:
     return services_of(connection).settings
-
-
-async def get_policies(connection: HTTPConnection) -> Policies:
-    return services_of(connection).policies
-
-
-async def get_engine(connection: HTTPConnection) -> AsyncEngine:
-    return services_of(connection).engine
-
-
-async def get_sessionmaker(connection: HTTPConnection) -> async_sessionmaker[AsyncSession]:
-    return services_of(connection).sessionmaker
 
 
 async def get_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
@@ -115,9 +104,6 @@ async def get_background(connection: HTTPConnection) -> TaskManager:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-PoliciesDep = Annotated[Policies, Depends(get_policies)]
-EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
