@@ -5,8 +5,8 @@ gunicorn's UvicornWorker): built on first access (PEP 562), so importing stays f
 """
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import cache
 
 from fastapi import FastAPI
@@ -15,12 +15,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
-from app.api import api_v1, api_v2
-from app.auth.pages import router as pages_router
 from app.core.background import TaskManager
 from app.core.cache import MemoryCache, RedisCache
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_sessionmaker
+from app.core.dependencies import Services
 from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
 from app.core.logging import configure_logging
@@ -42,69 +41,81 @@ from app.core.sentry import init_sentry
 from app.core.shutdown import exit_cleanly_on_sigterm, install_drain_on_signal
 from app.core.storage import create_storage
 from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
-from app.health.router import ops_router
-from app.health.router import router as health_router
 from app.jobs import monitor as job_monitor
 from app.jobs.celery_app import make_celery
 from app.jobs.service import Jobs
-from app.realtime import chat, notifications, page
 from app.realtime.runtime import start_realtime
+from app.routes import include_routes
 
 logger = logging.getLogger("app")
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    if settings.is_production and settings.smtp_host is None:
-        logger.warning(
-            "SMTP_HOST is not set: mail (password resets included) goes to %s, not to people",
-            settings.outbox_dir,
+def _lifespan(
+    settings: Settings, policies: Policies, *, handle_signals: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The process's services, opened at start and closed at shutdown. Routes reach them
+    through the typed dependencies of app/core/dependencies.py (and app/jobs, app/realtime),
+    which read the three attributes set here: `services`, `jobs` and `realtime`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.is_production and settings.smtp_host is None:
+            logger.warning(
+                "SMTP_HOST is not set: mail (password resets included) goes to %s, not to people",
+                settings.outbox_dir,
+            )
+        engine = create_engine(settings)
+        redis = create_redis(settings)
+        services = Services(
+            settings=settings,
+            policies=policies,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            hasher=PasswordHasher.from_settings(settings),
+            token_verifier=AccessTokenVerifier(settings),
+            redis=redis,
+            cache=RedisCache(redis) if redis is not None else MemoryCache(),
+            limiter=create_limiter(settings),
+            hub=create_hub(settings.redis_url),
+            storage=create_storage(settings),
+            background=TaskManager(),
         )
-    engine = create_engine(settings)
-    app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.hasher = PasswordHasher.from_settings(settings)
-    app.state.token_verifier = AccessTokenVerifier(settings)
-    redis = create_redis(settings)
-    app.state.redis = redis
-    app.state.cache = RedisCache(redis) if redis is not None else MemoryCache()
-    app.state.limiter = create_limiter(settings)
-    app.state.hub = create_hub(settings.redis_url)
-    app.state.storage = create_storage(settings)
-    celery = make_celery(settings)
-    app.state.jobs = Jobs(celery)
-    realtime = await start_realtime(
-        settings=settings,
-        hub=app.state.hub,
-        redis=redis,
-        sessionmaker=app.state.sessionmaker,
-        limiter=app.state.limiter,
-        message_policy=app.state.rate_limit_policies.chat_message,
-    )
-    app.state.realtime = realtime
-    uninstall_drain = (
-        install_drain_on_signal(realtime.drain) if app.state.handle_signals else lambda: None
-    )
-    background = app.state.background = TaskManager()
-    background.spawn(
-        "job-metrics",
-        lambda: job_monitor.run(settings=settings, sessionmaker=app.state.sessionmaker),
-    )
-    try:
-        yield
-    finally:
-        uninstall_drain()
-        await realtime.close()
-        await background.shutdown(grace=5.0)  # first: its tasks use what closes below
-        await app.state.storage.close()
-        celery.close()  # its broker connections and pools
-        await app.state.hub.close()
-        await app.state.limiter.close()
-        await app.state.cache.close()
-        if redis is not None:
-            await redis.aclose()
-        await engine.dispose()
+        app.state.services = services
+        celery = make_celery(settings)
+        app.state.jobs = Jobs(celery)
+        realtime = await start_realtime(
+            settings=settings,
+            hub=services.hub,
+            redis=redis,
+            sessionmaker=services.sessionmaker,
+            limiter=services.limiter,
+            message_policy=policies.chat_message,
+        )
+        app.state.realtime = realtime
+        uninstall_drain = (
+            install_drain_on_signal(realtime.drain) if handle_signals else lambda: None
+        )
+        background = services.background
+        background.spawn(
+            "job-metrics",
+            lambda: job_monitor.run(settings=settings, sessionmaker=services.sessionmaker),
+        )
+        try:
+            yield
+        finally:
+            uninstall_drain()
+            await realtime.close()
+            await background.shutdown(grace=5.0)  # first: its tasks use what closes below
+            await services.storage.close()
+            celery.close()  # its broker connections and pools
+            await services.hub.close()
+            await services.limiter.close()
+            await services.cache.close()
+            if redis is not None:
+                await redis.aclose()
+            await engine.dispose()
+
+    return lifespan
 
 
 def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
@@ -169,24 +180,14 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
         version="1.0.0",
         summary="Accounts, users and items: the foundation of a production FastAPI service.",
         debug=settings.debug,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, policies, handle_signals=handle_signals),
         middleware=_middleware(settings, policies),
         openapi_url="/openapi.json" if settings.show_docs else None,
         docs_url=None,
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.rate_limit_policies = policies
-    app.state.handle_signals = handle_signals
     install_error_handlers(app)
-    app.include_router(health_router)
-    app.include_router(ops_router)
-    app.include_router(api_v1)
-    app.include_router(api_v2)
-    app.include_router(chat.router)
-    app.include_router(notifications.router)
-    app.include_router(page.router)
-    app.include_router(pages_router)
+    include_routes(app)
     if settings.show_docs:
         install_docs(app)
     return app

@@ -74,7 +74,7 @@ class Factory:
 
     async def set_fields(self, user_id: int, **values: Any) -> None:
         """Change a user behind the API's back (roles, flags, hashes) for test setup."""
-        async with self.app.state.sessionmaker() as session:
+        async with self.app.state.services.sessionmaker() as session:
             await session.execute(update(User).where(User.id == user_id).values(**values))
             await session.commit()
 

@@ -134,7 +134,7 @@ def test_a_standard_server_serves_the_app_and_stops_on_sigterm(
             return response.status_code == 200 and response.json() == {"status": "ok"}
 
         wait_until(healthy, f"{server} /health", process)
-        # The full app with its lifespan: readiness reads the database through app.state.
+        # The full app with its lifespan: readiness queries the database the lifespan opened.
         ready = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10)
         assert ready.status_code == 200, ready.text
         process.assert_stops_cleanly()

@@ -4,29 +4,19 @@ Each API process has its own tasks: with several processes, the answer is the on
 that served the request (Celery jobs, which every process sees, are under /tasks).
 """
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, status
 
 from app.admin.schemas import BackgroundTaskId, BackgroundTaskRead
 from app.auth.dependencies import AdminPrincipal
-from app.core.background import TaskManager
+from app.core.dependencies import BackgroundDep
 from app.core.errors import NotFound
 
 router = APIRouter(prefix="/admin/background-tasks", tags=["admin"])
 
 
-async def get_task_manager(request: Request) -> TaskManager:
-    manager: TaskManager = request.app.state.background
-    return manager
-
-
-TaskManagerDep = Annotated[TaskManager, Depends(get_task_manager)]
-
-
 @router.get("", response_model=list[BackgroundTaskRead])
 async def list_background_tasks(
-    _admin: AdminPrincipal, manager: TaskManagerDep
+    _admin: AdminPrincipal, manager: BackgroundDep
 ) -> list[BackgroundTaskRead]:
     """Running and recently finished in-process tasks of this API process, newest first."""
     return [BackgroundTaskRead.model_validate(info) for info in manager.list()]
@@ -36,7 +26,7 @@ async def list_background_tasks(
     "/{task_id}", response_model=BackgroundTaskRead, status_code=status.HTTP_202_ACCEPTED
 )
 async def cancel_background_task(
-    task_id: BackgroundTaskId, _admin: AdminPrincipal, manager: TaskManagerDep
+    task_id: BackgroundTaskId, _admin: AdminPrincipal, manager: BackgroundDep
 ) -> BackgroundTaskRead:
     """Cancel a running task (a finished one is answered as it is)."""
     info = await manager.cancel(task_id)

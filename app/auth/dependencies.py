@@ -13,13 +13,11 @@ from app.auth import principal as principals
 from app.auth.permissions import SCOPE_DESCRIPTIONS, Scope
 from app.auth.principal import Principal
 from app.auth.schemas import LoginForm
-from app.core.cache import Cache
-from app.core.config import Settings
-from app.core.db import SessionDep
+from app.core.dependencies import Services, SessionDep, SettingsDep, services_of
 from app.core.errors import Forbidden, Unauthorized
-from app.core.limits import enforce, policies_of
+from app.core.limits import enforce
 from app.core.request_context import client_ip_of, set_user_id
-from app.core.security import AccessClaims, AccessTokenVerifier, InvalidToken, PasswordHasher
+from app.core.security import AccessClaims, InvalidToken
 from app.users.models import User
 
 TOKEN_URL = "/api/v1/auth/token"
@@ -28,33 +26,14 @@ oauth2_scheme = OAuth2PasswordBearer(
 )
 
 
-async def get_settings_from_app(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-async def get_hasher(request: Request) -> PasswordHasher:
-    hasher: PasswordHasher = request.app.state.hasher
-    return hasher
-
-
-async def get_cache(request: Request) -> Cache:
-    cache: Cache = request.app.state.cache
-    return cache
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
-HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
-CacheDep = Annotated[Cache, Depends(get_cache)]
 BearerToken = Annotated[str | None, Depends(oauth2_scheme)]
 
 
-def _decode(token: str | None, request: Request) -> AccessClaims:
+def _decode(token: str | None, services: Services) -> AccessClaims:
     if not token:
         raise Unauthorized("Not authenticated")
-    verifier: AccessTokenVerifier = request.app.state.token_verifier
     try:
-        return verifier.decode(token)
+        return services.token_verifier.decode(token)
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from exc
 
@@ -62,12 +41,12 @@ def _decode(token: str | None, request: Request) -> AccessClaims:
 async def get_principal(
     security_scopes: SecurityScopes, request: Request, token: BearerToken
 ) -> Principal:
-    # App state is read directly rather than through more dependencies: this runs on every
+    # The services are read directly rather than through more dependencies: this runs on every
     # authenticated request, and each dependency costs FastAPI real work to solve.
-    state = request.app.state
-    claims = _decode(token, request)
+    services = services_of(request)
+    claims = _decode(token, services)
     principal = await principals.resolve(
-        cache=state.cache, sessionmaker=state.sessionmaker, claims=claims
+        cache=services.cache, sessionmaker=services.sessionmaker, claims=claims
     )
     set_user_id(request.scope, principal.id)
     missing = sorted(set(security_scopes.scopes) - principal.scopes)
@@ -122,18 +101,20 @@ async def limit_login(
     request: Request, response: Response, form: Annotated[LoginForm, Form()]
 ) -> None:
     """Per client and per account: guessing one password from many addresses is slowed too."""
-    policies = policies_of(request)
+    policies = services_of(request).policies
     await enforce(request, response, policies.login, client_ip_of(request.scope))
     await enforce(request, response, policies.login_account, form.username.lower())
 
 
 async def limit_register(request: Request, response: Response) -> None:
-    await enforce(request, response, policies_of(request).register, client_ip_of(request.scope))
+    await enforce(
+        request, response, services_of(request).policies.register, client_ip_of(request.scope)
+    )
 
 
 async def limit_password_reset(request: Request, response: Response) -> None:
     """Per client and per target address: nobody can flood one inbox from many clients."""
-    policy = policies_of(request).password_reset
+    policy = services_of(request).policies.password_reset
     await enforce(request, response, policy, client_ip_of(request.scope))
     try:
         body = await request.json()  # FastAPI has read (and cached) the body already
@@ -147,7 +128,9 @@ async def limit_verification(
     request: Request, response: Response, principal: Annotated[Principal, Security(get_principal)]
 ) -> None:
     """Verification links go to the caller's own inbox; the reset policy bounds them too."""
-    await enforce(request, response, policies_of(request).password_reset, f"verify:{principal.id}")
+    await enforce(
+        request, response, services_of(request).policies.password_reset, f"verify:{principal.id}"
+    )
 
 
 CurrentPrincipal = Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])]

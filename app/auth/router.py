@@ -1,14 +1,11 @@
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Form, Header, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Header, Response, status
 
 from app.auth import events, service, verification
 from app.auth.dependencies import (
-    CacheDep,
     CurrentPrincipal,
     CurrentUser,
-    HasherDep,
-    SettingsDep,
     limit_login,
     limit_password_reset,
     limit_register,
@@ -26,7 +23,7 @@ from app.auth.schemas import (
     TokenResponse,
     VerifyEmailRequest,
 )
-from app.core.db import SessionDep
+from app.core.dependencies import CacheDep, HasherDep, ServicesDep, SessionDep, SettingsDep
 from app.email import service as outbox
 from app.jobs.dependencies import JobsDep
 from app.users.schemas import UserPrivate
@@ -192,17 +189,16 @@ async def verify_email(data: VerifyEmailRequest, session: SessionDep, cache: Cac
 )
 async def request_password_reset(
     data: PasswordResetRequest,
-    request: Request,
     background: BackgroundTasks,
-    settings: SettingsDep,
+    services: ServicesDep,
     jobs: JobsDep,
 ) -> Accepted:
     """Always 202: whether the address has an account is never revealed, not even by timing
     (the lookup and the mail happen after the answer)."""
     background.add_task(
         verification.request_password_reset,
-        sessionmaker=request.app.state.sessionmaker,
-        settings=settings,
+        sessionmaker=services.sessionmaker,
+        settings=services.settings,
         jobs=jobs,
         address=data.email,
     )

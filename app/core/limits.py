@@ -2,23 +2,18 @@
 
 from fastapi import Request, Response
 
+from app.core.dependencies import services_of
 from app.core.errors import AppError, ServiceUnavailable
-from app.core.ratelimit import LimiterUnavailable, Policies, Policy, RateLimiter
+from app.core.ratelimit import LimiterUnavailable, Policy
 
 
 class RateLimited(AppError):
     status, code = 429, "rate_limited"
 
 
-def policies_of(request: Request) -> Policies:
-    policies: Policies = request.app.state.rate_limit_policies
-    return policies
-
-
 async def enforce(request: Request, response: Response, policy: Policy, identifier: str) -> None:
-    limiter: RateLimiter = request.app.state.limiter
     try:
-        decision = await limiter.hit(policy, identifier)
+        decision = await services_of(request).limiter.hit(policy, identifier)
     except LimiterUnavailable as exc:
         raise ServiceUnavailable("This operation is briefly unavailable; try again soon") from exc
     if decision is None:

@@ -11,10 +11,11 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.dependencies import services_in
 from app.core.errors import CODES_BY_STATUS, error_response
 from app.core.metrics import IN_FLIGHT, LATENCY, REQUESTS
 from app.core.proxy import parse_host
-from app.core.ratelimit import Policy, RateLimiter
+from app.core.ratelimit import Policy
 from app.core.request_context import QUIET_PATHS, client_ip_of, route_of
 
 SECURITY_HEADERS = {
@@ -127,8 +128,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or scope["path"].startswith(UNLIMITED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        limiter: RateLimiter = scope["app"].state.limiter  # opened by the lifespan
-        decision = await limiter.hit(self.policy, client_ip_of(scope))
+        decision = await services_in(scope).limiter.hit(self.policy, client_ip_of(scope))
         if decision is None:  # the store is down and this limit fails open
             await self.app(scope, receive, send)
             return

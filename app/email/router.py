@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter, status
 
-from app.auth.dependencies import AdminPrincipal, SettingsDep
-from app.core.db import SessionDep
+from app.auth.dependencies import AdminPrincipal
+from app.core.dependencies import SessionDep, SettingsDep
 from app.core.schemas import Page, PageNumber, PerPage, PrimaryKey
 from app.email import campaigns as service
 from app.email import service as outbox

@@ -1,10 +1,11 @@
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
-from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, SettingsDep
+from app.auth.dependencies import AdminPrincipal, CurrentPrincipal
+from app.core.dependencies import Services, ServicesDep
 from app.exports import service
 from app.exports.service import AnySelect, ExportFormat
 from app.files.safety import content_disposition
@@ -24,12 +25,12 @@ _STREAM: dict[int | str, dict[str, Any]] = {
 
 
 def _export(
-    request: Request, statement: AnySelect, name: str, chosen: ExportFormat, batch: int
+    services: Services, statement: AnySelect, name: str, chosen: ExportFormat
 ) -> StreamingResponse:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     chunks = service.stream_export(
-        sessionmaker=request.app.state.sessionmaker, statement=statement,
-        export_format=chosen, batch_size=batch,
+        sessionmaker=services.sessionmaker, statement=statement,
+        export_format=chosen, batch_size=services.settings.export_batch_size,
     )  # fmt: skip
     return StreamingResponse(
         chunks,
@@ -40,27 +41,23 @@ def _export(
 
 @router.get("/items", response_class=StreamingResponse, responses=_STREAM)
 async def export_items(
-    request: Request,
     owner: CurrentPrincipal,
-    settings: SettingsDep,
+    services: ServicesDep,
     export_format: FormatParam = None,
     accept: AcceptHeader = None,
 ) -> StreamingResponse:
     """Your items (not deleted) as CSV or NDJSON, streamed."""
     chosen = service.choose_format(export_format, accept)
-    return _export(
-        request, service.items_query(owner.id), "items", chosen, settings.export_batch_size
-    )
+    return _export(services, service.items_query(owner.id), "items", chosen)
 
 
 @router.get("/users", response_class=StreamingResponse, responses=_STREAM)
 async def export_users(
-    request: Request,
     admin: AdminPrincipal,
-    settings: SettingsDep,
+    services: ServicesDep,
     export_format: FormatParam = None,
     accept: AcceptHeader = None,
 ) -> StreamingResponse:
     """Every user as CSV or NDJSON, streamed (admin)."""
     chosen = service.choose_format(export_format, accept)
-    return _export(request, service.users_query(), "users", chosen, settings.export_batch_size)
+    return _export(services, service.users_query(), "users", chosen)

@@ -1,20 +1,14 @@
-"""Load-or-raise dependencies for files, and the storage the lifespan opened."""
+"""Load-or-raise dependencies for files (`StorageDep` is in app.core.dependencies)."""
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
 from app.auth.dependencies import CurrentPrincipal
-from app.core.db import SessionDep
+from app.core.dependencies import SessionDep
 from app.core.schemas import PrimaryKey
-from app.core.storage import Storage
 from app.files import service
 from app.files.models import StoredFile
-
-
-def get_storage(request: Request) -> Storage:
-    storage: Storage = request.app.state.storage
-    return storage
 
 
 async def readable_file(
@@ -23,5 +17,4 @@ async def readable_file(
     return await service.get_readable(session=session, file_id=file_id, viewer=viewer)
 
 
-StorageDep = Annotated[Storage, Depends(get_storage)]
 ReadableFile = Annotated[StoredFile, Depends(readable_file)]

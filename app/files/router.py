@@ -4,12 +4,12 @@ from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.dependencies import CurrentPrincipal, SettingsDep
+from app.auth.dependencies import CurrentPrincipal
 from app.core.config import Settings
-from app.core.db import SessionDep
+from app.core.dependencies import SessionDep, SettingsDep, StorageDep
 from app.core.storage import Storage
 from app.files import service
-from app.files.dependencies import ReadableFile, StorageDep
+from app.files.dependencies import ReadableFile
 from app.files.models import StoredFile
 from app.files.safety import IMAGE_EXTENSIONS, content_disposition
 from app.files.schemas import FileRead, PresignedURL

@@ -5,15 +5,14 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core import metrics
-from app.core.config import Settings
+from app.core.dependencies import Services, ServicesDep, SettingsDep
 from app.core.errors import NotFound, Unauthorized
-from app.core.redis import Redis
 from app.jobs import heartbeat
 from app.jobs.heartbeat import HeartbeatStatus
 
@@ -49,11 +48,6 @@ class Readiness(BaseModel):
     jobs: JobsHeartbeat
 
 
-async def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
-
-
 @router.get("", response_model=Liveness)
 async def liveness() -> Liveness:
     """Liveness: the process answers. No I/O, so it stays cheap under any load."""
@@ -83,12 +77,11 @@ def _database_probe(engine: AsyncEngine) -> Callable[[], Awaitable[object]]:
     return probe
 
 
-async def _jobs_heartbeat(request: Request) -> JobsHeartbeat:
-    settings: Settings = request.app.state.settings
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
+async def _jobs_heartbeat(services: Services) -> JobsHeartbeat:
+    stale_after = services.settings.heartbeat_stale_seconds
     try:
-        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), sessionmaker() as session:
-            state = await heartbeat.read(session, stale_after=settings.heartbeat_stale_seconds)
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), services.sessionmaker() as session:
+            state = await heartbeat.read(session, stale_after=stale_after)
     except Exception:  # the database check reports why; here it only means "can't tell"
         return JobsHeartbeat(status="unknown")
     return JobsHeartbeat(
@@ -105,9 +98,7 @@ def _elapsed_ms(started: float) -> float:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "A required part is down"}},
 )
-async def readiness(
-    request: Request, response: Response, engine: Annotated[AsyncEngine, Depends(get_engine)]
-) -> Readiness:
+async def readiness(response: Response, services: ServicesDep) -> Readiness:
     """Readiness: each dependency's state and latency; 503 when a required one is down.
 
     Redis and file storage are optional: without them, reads and logins that need no limiter
@@ -115,14 +106,13 @@ async def readiness(
     jobs heartbeat: the API still serves, only background work waits.
     """
     probes = [
-        ("database", _database_probe(engine), True),
-        ("storage", request.app.state.storage.check, False),
+        ("database", _database_probe(services.engine), True),
+        ("storage", services.storage.check, False),
     ]
-    redis: Redis | None = request.app.state.redis
-    if redis is not None:
-        probes.append(("redis", redis.ping, False))
+    if services.redis is not None:
+        probes.append(("redis", services.redis.ping, False))
     jobs_heartbeat, results = await asyncio.gather(
-        _jobs_heartbeat(request),
+        _jobs_heartbeat(services),
         asyncio.gather(*(_check(probe, required=req) for _, probe, req in probes)),
     )
     checks = {name: result for (name, _, _), result in zip(probes, results, strict=True)}
@@ -138,11 +128,10 @@ async def readiness(
 
 @ops_router.get("/metrics", include_in_schema=False)
 async def prometheus_metrics(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    request: Request, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> Response:
     """Prometheus text format. In production only with `Authorization: Bearer METRICS_TOKEN`
     (and not at all without a token set): it tells an attacker a lot."""
-    settings: Settings = request.app.state.settings
     if settings.is_production:
         if settings.metrics_token is None:
             raise NotFound(f"No resource at {request.url.path}")

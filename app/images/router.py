@@ -1,7 +1,7 @@
 from fastapi import APIRouter, status
 
-from app.auth.dependencies import CurrentPrincipal, SettingsDep
-from app.core.db import SessionDep
+from app.auth.dependencies import CurrentPrincipal
+from app.core.dependencies import SessionDep, SettingsDep
 from app.images import service
 from app.images.schemas import ProcessRequest
 from app.jobs.dependencies import JobsDep

@@ -6,7 +6,7 @@ from fastapi import Depends
 
 from app.auth.dependencies import ItemWriter
 from app.auth.permissions import Permission, has_permission
-from app.core.db import SessionDep
+from app.core.dependencies import SessionDep
 from app.core.errors import Forbidden
 from app.core.schemas import PrimaryKey
 from app.items import service

@@ -1,11 +1,11 @@
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.auth.dependencies import CacheDep, ItemWriter, OptionalPrincipal
+from app.auth.dependencies import ItemWriter, OptionalPrincipal
 from app.auth.permissions import Permission, has_permission
-from app.core.db import SessionDep
+from app.core.dependencies import CacheDep, ServicesDep, SessionDep
 from app.core.errors import Forbidden
 from app.core.schemas import OptionalId, Page, PageNumber, PerPage, PrimaryKey, SearchTerm
 from app.items import service
@@ -44,8 +44,7 @@ async def create_item(
 
 @list_v1.get("/", response_model=Page[ItemRead])
 async def list_items(
-    request: Request,
-    cache: CacheDep,
+    services: ServicesDep,
     filters: Filters,
     page: PageNumber = 1,
     per_page: PerPage = 20,
@@ -53,8 +52,8 @@ async def list_items(
 ) -> Response:
     """The public listing, with search, price and owner filters."""
     body = await service.public_page_json(
-        cache=cache,
-        sessionmaker=request.app.state.sessionmaker,
+        cache=services.cache,
+        sessionmaker=services.sessionmaker,
         filters=filters,
         page=page,
         per_page=per_page,
@@ -65,15 +64,17 @@ async def list_items(
 
 @router.get("/{item_id}", response_model=ItemRead)
 async def read_item(
-    item_id: PrimaryKey, viewer: OptionalPrincipal, request: Request, cache: CacheDep
+    item_id: PrimaryKey, viewer: OptionalPrincipal, services: ServicesDep
 ) -> Response | ItemRead:
     """One item; soft-deleted ones are 404 to all but admins."""
-    sessionmaker = request.app.state.sessionmaker
+    sessionmaker = services.sessionmaker
     if viewer is not None and viewer.is_admin:  # admins see deleted items: never cached
         async with sessionmaker() as session:
             item = await service.get_visible(session=session, item_id=item_id, viewer=viewer)
             return ItemRead.model_validate(item)
-    body = await service.public_item_json(cache=cache, sessionmaker=sessionmaker, item_id=item_id)
+    body = await service.public_item_json(
+        cache=services.cache, sessionmaker=sessionmaker, item_id=item_id
+    )
     return Response(body, media_type="application/json")
 
 

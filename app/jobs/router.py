@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.auth.dependencies import CurrentPrincipal
-from app.core.db import SessionDep
+from app.core.dependencies import SessionDep
 from app.core.schemas import Page, PageNumber, PerPage
 from app.jobs import service
 from app.jobs.models import Job

@@ -9,9 +9,9 @@ from redis.exceptions import RedisError
 
 from app.core.schemas import NO_NUL_PATTERN
 from app.realtime import service, ws
+from app.realtime.dependencies import RealtimeDep
 from app.realtime.errors import RoomForbidden
 from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_POLICY, Subscriber
-from app.realtime.runtime import Realtime
 from app.realtime.schemas import ROOM_NAME_PATTERN, ChatUser
 
 logger = logging.getLogger("app.realtime")
@@ -26,8 +26,7 @@ def _event(kind: str, room: str, user: ChatUser) -> bytes:
 
 
 @router.websocket("/ws/chat/{room}")
-async def chat_socket(websocket: WebSocket, room: str) -> None:
-    rt: Realtime = websocket.app.state.realtime
+async def chat_socket(websocket: WebSocket, room: str, rt: RealtimeDep) -> None:
     auth = await ws.authenticate(websocket, rt)
     if auth is None:
         return

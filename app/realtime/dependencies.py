@@ -4,11 +4,12 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import SecurityScopes
+from starlette.requests import HTTPConnection
 
 from app.auth.dependencies import BearerToken, CurrentPrincipal, get_active_principal, get_principal
 from app.auth.permissions import Scope
 from app.auth.principal import Principal
-from app.core.db import SessionDep
+from app.core.dependencies import SessionDep
 from app.realtime import service
 from app.realtime.models import ChatRoom
 from app.realtime.runtime import Realtime
@@ -39,8 +40,10 @@ async def stream_principal(
     return await get_active_principal(principal)
 
 
-async def get_realtime(request: Request) -> Realtime:
-    rt: Realtime = request.app.state.realtime
+async def get_realtime(connection: HTTPConnection) -> Realtime:
+    """The realtime runtime the lifespan started (core can't name `Realtime`, so it sits here);
+    an HTTPConnection, so WebSocket handlers take it too."""
+    rt: Realtime = connection.app.state.realtime
     return rt
 
 

@@ -6,15 +6,14 @@ The user comes from the token, never from the URL: nobody can listen to someone 
 from fastapi import APIRouter, WebSocket
 
 from app.realtime import service, ws
+from app.realtime.dependencies import RealtimeDep
 from app.realtime.manager import Subscriber
-from app.realtime.runtime import Realtime
 
 router = APIRouter(tags=["realtime"])
 
 
 @router.websocket("/ws/notifications")
-async def notifications_socket(websocket: WebSocket) -> None:
-    rt: Realtime = websocket.app.state.realtime
+async def notifications_socket(websocket: WebSocket, rt: RealtimeDep) -> None:
     auth = await ws.authenticate(websocket, rt)
     if auth is None:
         return

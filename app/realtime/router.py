@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from app.auth.dependencies import AdminPrincipal, CurrentPrincipal
-from app.core.db import SessionDep
+from app.core.dependencies import SessionDep
 from app.core.schemas import PrimaryKey
 from app.realtime import service
 from app.realtime.dependencies import ReadableRoom, RealtimeDep

@@ -9,13 +9,12 @@ it from the database.
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.realtime import service
-from app.realtime.dependencies import StreamPrincipal
+from app.realtime.dependencies import RealtimeDep, StreamPrincipal
 from app.realtime.manager import ShuttingDown, Subscriber, TooManyConnections
-from app.realtime.runtime import Realtime
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 RETRY_MILLISECONDS = 2000
@@ -29,13 +28,12 @@ def _resume_point(last_event_id: str | None, last_id: int | None) -> int | None:
 
 @router.get("/stream", response_class=EventSourceResponse)
 async def notification_stream(
-    request: Request,
     principal: StreamPrincipal,
+    rt: RealtimeDep,
     last_event_id: Annotated[str | None, Header(max_length=40)] = None,
     last_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Your notifications as they happen; resumes after `Last-Event-ID` (or `last_id`)."""
-    rt: Realtime = request.app.state.realtime
     subscriber = Subscriber(principal.id, rt.settings.ws_send_queue_size)
     try:
         await rt.manager.admit(subscriber)

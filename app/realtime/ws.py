@@ -23,9 +23,10 @@ from app.auth import principal as principals
 from app.auth.permissions import Scope
 from app.auth.principal import Principal
 from app.core.config import Settings
+from app.core.dependencies import services_of
 from app.core.errors import Unauthorized
 from app.core.request_context import set_user_id
-from app.core.security import AccessTokenVerifier, InvalidToken
+from app.core.security import InvalidToken
 from app.realtime.manager import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
@@ -163,12 +164,11 @@ async def _credentials(
 
 async def _verify(websocket: WebSocket, token: str) -> Principal | None:
     """The same checks as every HTTP request: signature and claims, then revocation."""
-    state = websocket.app.state
-    verifier: AccessTokenVerifier = state.token_verifier
+    services = services_of(websocket)
     try:
-        claims = verifier.decode(token)
+        claims = services.token_verifier.decode(token)
         principal = await principals.resolve(
-            cache=state.cache, sessionmaker=state.sessionmaker, claims=claims
+            cache=services.cache, sessionmaker=services.sessionmaker, claims=claims
         )
     except (InvalidToken, Unauthorized) as exc:
         await close(websocket, CLOSE_UNAUTHORIZED, str(exc))

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, status
 
 from app.auth.dependencies import AdminPrincipal
-from app.core.db import SessionDep
+from app.core.dependencies import SessionDep
 from app.core.schemas import Page, PageNumber, PerPage
 from app.jobs.dependencies import JobsDep
 from app.jobs.router import accepted

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from app.core.db import SessionDep
+from app.core.dependencies import SessionDep
 from app.core.schemas import PrimaryKey
 from app.users import service
 from app.users.models import User

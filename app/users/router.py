@@ -2,14 +2,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.auth.dependencies import (
-    AdminPrincipal,
-    CacheDep,
-    CurrentPrincipal,
-    CurrentUser,
-    SettingsDep,
-)
-from app.core.db import SessionDep
+from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, CurrentUser
+from app.core.dependencies import CacheDep, SessionDep, SettingsDep
 from app.core.schemas import Page, PageNumber, PerPage, SearchTerm
 from app.users import service
 from app.users.dependencies import UserById

@@ -22,7 +22,7 @@ async def test_admins_list_and_cancel_background_tasks(
     async def forever() -> None:
         await asyncio.Event().wait()
 
-    info = app.state.background.spawn("test-forever", forever)
+    info = app.state.services.background.spawn("test-forever", forever)
     listed = await client.get(URL, headers=admin.headers)
     assert listed.status_code == 200
     by_name = {task["name"]: task for task in listed.json()}
@@ -53,7 +53,7 @@ async def test_job_gauges_show_waiting_messages_and_job_states(
     async with build_client(job_metrics_refresh_seconds=0.1) as (app, client):  # type: ignore[operator]
         factory = Factory(client, app)
         owner = await factory.account()
-        async with app.state.sessionmaker() as session:
+        async with app.state.services.sessionmaker() as session:
             for n in range(3):
                 await app.state.jobs.enqueue(session, "app.noop", n, owner_id=owner.id)
         await app.state.jobs.send("app.images.process", 1)  # no row: the images queue

@@ -19,7 +19,7 @@ async def test_old_bcrypt_hash_verifies_and_is_upgraded(
 
     await factory.login(user["username"])
 
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         stored = (await session.execute(select(User.hashed_password))).scalar_one()
     assert stored.startswith("$argon2id$")
     await factory.login(user["username"])  # and the new hash works

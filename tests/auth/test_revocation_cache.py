@@ -18,7 +18,7 @@ async def test_lost_cache_revokes_nothing_back_to_life(build_client: BuildClient
     async with build_client() as (app, client):
         account = await Factory(client, app).account()
         await client.post("/api/v1/auth/logout", headers=account.headers)
-        cache: Cache = app.state.cache
+        cache: Cache = app.state.services.cache
         await cache.delete_prefix("auth:")  # Redis restarted, or evicted everything
         assert (await client.get("/api/v1/users/me", headers=account.headers)).status_code == 401
 
@@ -30,7 +30,7 @@ async def test_a_snapshot_loaded_before_revocation_cannot_overwrite_it(
         account = await Factory(client, app).account()
         me = await client.get("/api/v1/users/me", headers=account.headers)
         assert me.status_code == 200
-        cache: Cache = app.state.cache
+        cache: Cache = app.state.services.cache
         key = next(iter([k async for k in _session_keys(cache, app)]))
         live_snapshot = await cache.get(key)
         assert live_snapshot is not None
@@ -42,7 +42,7 @@ async def test_a_snapshot_loaded_before_revocation_cannot_overwrite_it(
 
 
 async def _session_keys(cache: Cache, app: FastAPI) -> AsyncIterator[str]:
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         for session_id in (await session.execute(select(AuthSession.id))).scalars():
             key = f"auth:session:{session_id}"
             if await cache.get(key) is not None:

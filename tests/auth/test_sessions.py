@@ -120,7 +120,7 @@ async def test_logout_all_ends_every_session(client: httpx.AsyncClient, factory:
 async def test_revocation_is_durable(client: httpx.AsyncClient, factory: Factory) -> None:
     account = await factory.account()
     await client.post("/api/v1/auth/logout", headers=account.headers)
-    async with factory.app.state.sessionmaker() as session:
+    async with factory.app.state.services.sessionmaker() as session:
         row = (await session.execute(select(AuthSession))).scalars().one()
     assert row.revoked_at is not None
     assert row.revoked_reason == "logout"

@@ -26,7 +26,7 @@ async def test_purge_sessions_removes_ended_sessions_and_their_refresh_tokens(
         "live": {"expires_at": now + timedelta(days=1)},
     }
     ids = {name: uuid.uuid4().hex for name in sessions}
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         for name, values in sessions.items():
             session.add(
                 AuthSession(id=ids[name], user_id=user.id, scopes="", created_at=long_ago, **values)
@@ -45,7 +45,7 @@ async def test_purge_sessions_removes_ended_sessions_and_their_refresh_tokens(
     assert job.state == "SUCCESS", job.error
     assert job.result is not None
     assert job.result["sessions"] >= 2
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         left = set((await session.execute(select(AuthSession.id))).scalars())
         tokens = set((await session.execute(select(RefreshToken.session_id))).scalars())
     assert ids["expired"] not in left

@@ -16,7 +16,7 @@ from tests.factories import Factory
 
 
 async def _last_link(app: FastAPI, recipient: str, template: str) -> str:
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         email = (
             await session.execute(
                 select(Email)
@@ -32,7 +32,7 @@ async def _last_link(app: FastAPI, recipient: str, template: str) -> str:
 
 async def test_registration_queues_a_welcome_mail(app: FastAPI, factory: Factory) -> None:
     user = await factory.register()
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         email = (
             await session.execute(select(Email).where(Email.user_id == user["id"]))
         ).scalar_one()
@@ -66,7 +66,7 @@ async def test_an_expired_reset_token_is_refused(
     )
     assert response.status_code == 202
     token = await _last_link(app, account.email, "reset")
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         await session.execute(
             update(ActionToken).values(expires_at=utcnow() - timedelta(seconds=1))
         )
@@ -90,7 +90,7 @@ async def test_reset_request_answers_the_same_for_unknown_addresses(
     )
     assert known.status_code == unknown.status_code == 202
     assert known.json() == unknown.json()
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         templates = (
             (await session.execute(select(Email.recipient).where(Email.template == "reset")))
             .scalars()

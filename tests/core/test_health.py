@@ -48,8 +48,8 @@ async def test_readiness_reads_the_jobs_heartbeat(client: httpx.AsyncClient, app
     assert body["jobs"] == {"status": "unknown", "last_heartbeat": None, "age_seconds": None}
     assert body["status"] == "ok"
 
-    stale_after = app.state.settings.heartbeat_stale_seconds
-    async with app.state.sessionmaker() as session:
+    stale_after = app.state.services.settings.heartbeat_stale_seconds
+    async with app.state.services.sessionmaker() as session:
         await heartbeat.record(session, "test:1", at=utcnow() - timedelta(seconds=stale_after + 5))
     response = await client.get("/health/ready")
     assert response.status_code == 200
@@ -57,7 +57,7 @@ async def test_readiness_reads_the_jobs_heartbeat(client: httpx.AsyncClient, app
     assert response.json()["jobs"]["status"] == "stale"
     assert response.json()["jobs"]["age_seconds"] > stale_after
 
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         await heartbeat.record(session, "test:2")
     body = (await client.get("/health/ready")).json()
     assert body["status"] == "ok"

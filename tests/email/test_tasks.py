@@ -199,7 +199,7 @@ async def _test_mail(client: httpx.AsyncClient, admin: Account, to: str) -> str:
 
 
 async def _outbox_row(app: FastAPI, recipient: str) -> Email:
-    sessionmaker: async_sessionmaker[AsyncSession] = app.state.sessionmaker  # app.main sets it
+    sessionmaker: async_sessionmaker[AsyncSession] = app.state.services.sessionmaker
     async with sessionmaker() as session:
         return (
             await session.execute(select(Email).where(Email.recipient == recipient))

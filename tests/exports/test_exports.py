@@ -33,7 +33,7 @@ def expected_cell(value: object) -> str:
 
 
 async def db_rows(app: FastAPI, columns: tuple[Any, ...], *where: Any) -> list[tuple[Any, ...]]:
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         statement = select(*columns).where(*where).order_by(columns[0])
         return [tuple(row) for row in (await session.execute(statement)).all()]
 
@@ -147,7 +147,7 @@ async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None
     chunks = [
         chunk
         async for chunk in stream_export(
-            sessionmaker=app.state.sessionmaker, statement=items_query(owner.id),
+            sessionmaker=app.state.services.sessionmaker, statement=items_query(owner.id),
             export_format="ndjson", batch_size=BATCH,
         )
     ]  # fmt: skip

@@ -61,7 +61,7 @@ async def test_deleted_items_lose_their_images_and_the_purge_removes_them(
     assert_envelope(gone, 404, "not_found")
     assert len(await stored_objects(app)) == 2  # unlinked, not yet purged
 
-    storage = app.state.storage
+    storage = app.state.services.storage
     orphan = tmp_path / "orphan"
     orphan.write_bytes(b"left by a crash between object and row")
     await storage.put(new_key(), orphan, content_type="image/png")
@@ -76,7 +76,7 @@ async def test_deleted_items_lose_their_images_and_the_purge_removes_them(
     assert gone_hard.status_code == 204
     assert len(await rows(app)) == 2
 
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         hour = timedelta(hours=1)
         recent = await purge_orphans(session=session, storage=storage, older_than=hour)
         assert recent == PurgeReport(0, 0, 0)  # too recent to touch

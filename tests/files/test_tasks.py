@@ -32,7 +32,7 @@ async def test_purge_files_removes_unlinked_rows_orphans_and_stale_temp_files(
     temp.parent.mkdir(parents=True, exist_ok=True)
     temp.write_bytes(b"partial upload")
     os.utime(temp, (old, old))
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         for key, deleted_at in ((unlinked, utcnow() - timedelta(days=2)), (kept, None)):
             session.add(
                 StoredFile(
@@ -58,7 +58,7 @@ async def test_purge_files_removes_unlinked_rows_orphans_and_stale_temp_files(
     assert not (storage_dir / unlinked).exists()
     assert not temp.exists()
     assert (storage_dir / kept).exists()
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         keys = set((await session.execute(select(StoredFile.key))).scalars())
     assert kept in keys
     assert unlinked not in keys

@@ -53,12 +53,12 @@ async def upload(
 
 
 async def rows(app: FastAPI) -> list[StoredFile]:
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         return list((await session.execute(select(StoredFile))).scalars().all())
 
 
 async def stored_objects(app: FastAPI) -> list[str]:
-    return [stored.key async for stored in app.state.storage.list_keys()]
+    return [stored.key async for stored in app.state.services.storage.list_keys()]
 
 
 def leftover_temp_files(settings: Settings) -> list[Path]:
@@ -305,7 +305,7 @@ async def test_oversized_upload_is_cut_off_early(
         # 4096 chunks offered; the server stopped just past the 64 KiB cap (or before reading).
         assert body.chunks_read <= (1 if declared else cap // 1024 + 4)
         assert await rows(app) == []
-        assert leftover_temp_files(app.state.settings) == []
+        assert leftover_temp_files(app.state.services.settings) == []
 
 
 async def test_uploads_have_their_own_cap_above_the_global_one(
@@ -399,7 +399,7 @@ async def test_storage_outage_is_503_and_leaves_nothing(
     client: httpx.AsyncClient, factory: Factory, app: FastAPI, settings: Settings
 ) -> None:
     owner = await factory.account()
-    app.state.storage.bucket = "no-such-bucket"
+    app.state.services.storage.bucket = "no-such-bucket"
     assert_envelope(await upload(client, owner, "a.png", PNG), 503, "service_unavailable")
     assert await rows(app) == []
     assert leftover_temp_files(settings) == []
@@ -425,8 +425,8 @@ async def test_a_failed_row_removes_its_object(
 async def test_readiness_reports_storage(client: httpx.AsyncClient, app: FastAPI) -> None:
     ready = (await client.get("/health/ready")).json()
     assert ready["checks"]["storage"]["status"] == "ok"
-    if app.state.settings.storage_backend == "s3":
-        app.state.storage.bucket = "no-such-bucket"
+    if app.state.services.settings.storage_backend == "s3":
+        app.state.services.storage.bucket = "no-such-bucket"
         degraded = await client.get("/health/ready")
         assert degraded.status_code == 200
         assert degraded.json()["status"] == "degraded"

@@ -206,11 +206,14 @@ class Fuzzer:
 
     async def new_session(self) -> auth_service.TokenPair:
         """A new session for the caller, without the login endpoint and its Argon2 cost."""
-        async with self.app.state.sessionmaker() as session:
+        async with self.app.state.services.sessionmaker() as session:
             user = await session.get(User, self.account.id)
             assert user is not None
             return await auth_service.start_session(
-                session=session, settings=self.app.state.settings, user=user, requested_scopes=None
+                session=session,
+                settings=self.app.state.services.settings,
+                user=user,
+                requested_scopes=None,
             )
 
     def summary(self) -> str:

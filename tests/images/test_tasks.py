@@ -156,7 +156,7 @@ async def test_ssrf_attempts_fail_with_a_safe_error(
                 "http://10.0.0.1/", "file:///etc/passwd"):  # fmt: skip
         job = ProcessJob(owner_id=owner.id, url=url, variants=[VariantSpec.model_validate(
             {"operations": [{"op": "grayscale"}]})])  # fmt: skip
-        async with jobs_app.state.sessionmaker() as session:
+        async with jobs_app.state.services.sessionmaker() as session:
             queued = await jobs_app.state.jobs.enqueue(
                 session, PROCESS_TASK, job.model_dump(mode="json"), owner_id=owner.id
             )
@@ -214,7 +214,7 @@ async def test_a_running_task_can_be_cancelled(
 
     assert task["state"] == "REVOKED", task
     assert task["progress"]["current"] < task["progress"]["total"]
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         outputs = await session.execute(
             select(StoredFile.id).where(StoredFile.source_file_id == source)
         )

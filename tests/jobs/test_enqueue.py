@@ -29,12 +29,12 @@ async def test_a_dead_redis_broker_gives_a_prompt_503_and_a_failed_job(
     async with app.router.lifespan_context(app):
         from app.core.errors import ServiceUnavailable
 
-        async with app.state.sessionmaker() as session:
+        async with app.state.services.sessionmaker() as session:
             began = time.monotonic()
             with pytest.raises(ServiceUnavailable):
                 await app.state.jobs.enqueue(session, "app.noop")
             elapsed = time.monotonic() - began
-        async with app.state.sessionmaker() as session:
+        async with app.state.services.sessionmaker() as session:
             job = (await session.execute(select(Job))).scalar_one()
     assert job.state == JobState.FAILURE
     assert job.error == "The task could not be queued."

@@ -19,7 +19,10 @@ from tests.realtime.test_notifications import ready, sse
 
 async def test_a_finished_task_notifies_its_owner_on_ws_and_sse(jobs_stack: JobsStack) -> None:
     app = create_app(jobs_stack.settings)
-    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=DEADLINE) as http:
+    async with (
+        serve(app, jobs_stack.settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=DEADLINE) as http,
+    ):
         server = LiveServer(app, url, http, Factory(http, app))
         owner: Account = await server.factory.account()
         async with (
@@ -27,7 +30,7 @@ async def test_a_finished_task_notifies_its_owner_on_ws_and_sse(jobs_stack: Jobs
             sse(server, owner) as stream,
         ):
             await ready(ws)
-            async with app.state.sessionmaker() as session:
+            async with app.state.services.sessionmaker() as session:
                 job: Job = await app.state.jobs.enqueue(
                     session, "app.noop", "done", owner_id=owner.id
                 )

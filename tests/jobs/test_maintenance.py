@@ -118,7 +118,7 @@ async def test_purge_jobs_removes_only_rows_finished_before_the_retention(
         "old_but_running": (JobState.STARTED, None),
     }
     ids = {name: str(uuid.uuid4()) for name in rows}
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         for name, (state, finished_at) in rows.items():
             session.add(
                 Job(
@@ -137,7 +137,7 @@ async def test_purge_jobs_removes_only_rows_finished_before_the_retention(
     assert job.state == "SUCCESS", job.error
     assert job.result is not None
     assert job.result["jobs"] >= 3
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         left = set((await session.execute(select(Job.id))).scalars())
     assert not {ids["old_success"], ids["old_failure"], ids["old_revoked"]} & left
     assert {ids["recent_success"], ids["old_but_pending"], ids["old_but_running"]} <= left

@@ -14,7 +14,7 @@ from tests.plugins.workers import JobsStack, wait_for_task
 async def _enqueue(
     app: FastAPI, owner_id: int, *args: object, countdown: float | None = None
 ) -> str:
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         job: Job = await app.state.jobs.enqueue(
             session, "app.noop", *args, owner_id=owner_id, countdown=countdown
         )

@@ -142,7 +142,7 @@ async def run_by_name(app: FastAPI, stack: JobsStack, name: str) -> Job:
     task_id = await app.state.jobs.send(name)
     with anyio.move_on_after(TASK_DEADLINE_SECONDS):
         while True:
-            async with app.state.sessionmaker() as session:
+            async with app.state.services.sessionmaker() as session:
                 job: Job | None = await session.get(Job, task_id)
             if job is not None and job.state in FINISHED:
                 return job

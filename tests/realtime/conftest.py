@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
+from app.core.config import Settings
 from app.main import create_app
 from app.realtime.runtime import Realtime
 from tests.conftest import make_settings
@@ -55,9 +56,9 @@ class LiveServer:
 
 
 @asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on a socket we bind first (port 0: no race for a port)."""
-    settings = app.state.settings
+async def serve(app: FastAPI, settings: Settings) -> AsyncIterator[str]:
+    """Serve `app` (made from `settings`) with uvicorn on a socket we bind first (port 0: no
+    race for a port). The settings are passed: the app holds its services only once started."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))
@@ -111,7 +112,10 @@ def live(database_url: str | None, tmp_path: Path, request: pytest.FixtureReques
             await _empty_postgres(database_url)
         settings = make_settings(tmp_path, database_url, **overrides)
         app = create_app(settings)
-        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=DEADLINE) as http:
+        async with (
+            serve(app, settings) as url,
+            httpx.AsyncClient(base_url=url, timeout=DEADLINE) as http,
+        ):
             yield LiveServer(app, url, http, Factory(http, app))
 
     return start

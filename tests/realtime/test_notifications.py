@@ -91,7 +91,7 @@ async def ready(ws: ClientConnection) -> None:
 
 async def notify(server: LiveServer, user_id: int, title: str) -> dict[str, object]:
     """What the jobs feature calls when a user's task finishes: the service, in-process."""
-    async with server.app.state.sessionmaker() as session:
+    async with server.app.state.services.sessionmaker() as session:
         sent = await server.realtime.notifier.send_to_user(
             session, user_id, "job.finished", title, "Your report is ready", {"task_id": "t-1"}
         )
@@ -262,7 +262,7 @@ async def test_a_worker_process_notifies_connected_clients(
     redis_url = hub_redis_url
     async with live(redis_url=redis_url, notification_relay_interval_seconds=0.1) as server:
         alice = await server.factory.account()
-        settings = server.app.state.settings
+        settings = server.app.state.services.settings
         env = {k: v for k, v in os.environ.items() if k.lower() not in type(settings).model_fields}
         env.update(SECRET_KEY=TEST_SECRET, APP_DATA_DIR=str(settings.app_data_dir))
         if settings.database_url:

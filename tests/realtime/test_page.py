@@ -76,7 +76,7 @@ async def test_two_people_chat_in_the_browser(live: LiveFactory) -> None:
             await expect(b.locator("#messages li.message")).to_have_text(expected)
 
             # A notification for alice (a finished job) appears on her page only.
-            async with server.app.state.sessionmaker() as session:
+            async with server.app.state.services.sessionmaker() as session:
                 await server.realtime.notifier.send_to_user(
                     session, alice.id, "job.finished", "Export ready", "3 rows"
                 )

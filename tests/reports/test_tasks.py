@@ -39,7 +39,7 @@ async def _known_activity(app: FastAPI, factory: Factory) -> None:
     written in another time zone and some on a day's edge, so grouping by UTC day shows."""
     a, b, c = [await factory.account() for _ in range(3)]
     created = {a.id: at(1, 0, 0), b.id: at(2, 8, 59, JST), c.id: at(3, 0, 0)}  # b: 1st 23:59 UTC
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         for user_id, when in created.items():
             await session.execute(update(User).where(User.id == user_id).values(created_at=when))
         for user_id, when in [(a.id, at(1, 9)), (a.id, at(1, 23, 59)), (b.id, at(2, 12)),
@@ -56,10 +56,10 @@ async def _known_activity(app: FastAPI, factory: Factory) -> None:
         await session.commit()
     for owner, when in [(a, at(1, 12)), (b, at(3, 5, 0, JST))]:  # the second: 2nd 20:00 UTC
         item = await factory.item(owner)
-        async with app.state.sessionmaker() as session:
+        async with app.state.services.sessionmaker() as session:
             await session.execute(update(Item).where(Item.id == item["id"]).values(created_at=when))
             await session.commit()
-    async with app.state.sessionmaker() as session:
+    async with app.state.services.sessionmaker() as session:
         session.add(
             StoredFile(
                 key=f"{uuid.uuid4().hex[:2]}/{uuid.uuid4().hex}",
@@ -183,7 +183,7 @@ async def test_report_files_are_private_to_admins_and_reruns_are_idempotent(
         f["file_id"] for f in body["result"]["files"]
     ]
     stem = f"activity-report_{today - timedelta(days=6)}_{today}"
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         count = await session.scalar(
             select(func.count()).select_from(StoredFile).where(StoredFile.filename.like(stem + "%"))
         )
@@ -234,7 +234,7 @@ async def test_the_daily_report_covers_yesterday_for_the_first_superuser(
 
     assert job.state == "SUCCESS", (job.error, jobs_stack.worker.tail())
     assert job.owner_id is not None
-    async with jobs_app.state.sessionmaker() as session:
+    async with jobs_app.state.services.sessionmaker() as session:
         owner = await session.get(User, job.owner_id)
     assert owner is not None
     assert owner.role == Role.SUPERUSER
@@ -255,7 +255,7 @@ async def _wait_for_row(app: FastAPI, task_id: str, stack: JobsStack, attempts: 
     """Tasks sent without a row (as beat sends them) get one when they start."""
     with anyio.move_on_after(TASK_DEADLINE_SECONDS):
         while True:
-            async with app.state.sessionmaker() as session:
+            async with app.state.services.sessionmaker() as session:
                 job: Job | None = await session.get(Job, task_id)
             if job is not None and job.state in FINISHED and job.attempts >= attempts:
                 return job

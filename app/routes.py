@@ -1,18 +1,26 @@
-"""Assembles /api/v1 and /api/v2 from the domain routers."""
+"""Every router of the API process, assembled in one place: /api/v1, /api/v2, health and ops,
+the WebSockets and the pages. `create_app` calls `include_routes` and nothing else.
 
-from fastapi import APIRouter
+Each router is included into the app directly (not through one umbrella router), so a request
+is matched through as few levels of included routers as before this module existed.
+"""
+
+from fastapi import APIRouter, FastAPI
 
 from app.admin.router import router as admin_router
+from app.auth.pages import router as auth_pages
 from app.auth.router import router as auth_router
 from app.core.errors import ERROR_RESPONSES
 from app.email.router import campaigns_router, email_router
 from app.exports.router import router as exports_router
 from app.files import router as files
+from app.health.router import ops_router
+from app.health.router import router as health_router
 from app.images.router import router as images_router
 from app.items import router as items
 from app.jobs.router import router as tasks_router
+from app.realtime import chat, notifications, page, sse
 from app.realtime import router as realtime
-from app.realtime import sse
 from app.reports.router import router as reports_router
 from app.users.router import router as users_router
 
@@ -38,3 +46,20 @@ api_v1.include_router(campaigns_router)
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)
 api_v2.include_router(items.list_v2)
 api_v2.include_router(items.router)
+
+# Included in this order, which is the order routes are matched in.
+ROUTERS: tuple[APIRouter, ...] = (
+    health_router,  # /health, /health/ready
+    ops_router,  # /metrics
+    api_v1,
+    api_v2,
+    chat.router,  # WS /ws/chat/{room}
+    notifications.router,  # WS /ws/notifications
+    page.router,  # /chat: the try-it page
+    auth_pages,  # /verify-email, /reset-password: the pages behind the mailed links
+)
+
+
+def include_routes(app: FastAPI) -> None:
+    for router in ROUTERS:
+        app.include_router(router)

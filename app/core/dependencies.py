@@ -1,0 +1,111 @@
+"""The API process's core services, in one typed container, and their FastAPI dependencies.
+
+The lifespan (app/main.py) builds one `Services` and stores it as `app.state.services`; that
+attribute is read here and nowhere else in the app (`services_of`, `services_in`). Routes take
+the typed aliases below (`SessionDep`, `SettingsDep`, `CacheDep`, ...) or, when a route needs
+several services (or one without an alias: engine, sessionmaker, redis), `ServicesDep` once.
+Each provider reads one attribute of the container and depends on nothing else, so a route pays
+one dependency per alias (FastAPI solves each at most once per request).
+
+Services of packages above core (the Celery `Jobs`, the `Realtime` runtime) can't be named here
+(core imports no app package); their providers sit beside them in app/jobs/dependencies.py and
+app/realtime/dependencies.py.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from app.core.background import TaskManager
+from app.core.cache import Cache
+from app.core.config import Settings
+from app.core.pubsub import Hub
+from app.core.ratelimit import Policies, RateLimiter
+from app.core.redis import Redis
+from app.core.security import AccessTokenVerifier, PasswordHasher
+from app.core.storage import Storage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Services:
+    """What one API process opens at start and shares across requests; closed by the lifespan."""
+
+    settings: Settings
+    policies: Policies
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    hasher: PasswordHasher
+    token_verifier: AccessTokenVerifier
+    redis: Redis | None
+    cache: Cache
+    limiter: RateLimiter
+    hub: Hub
+    storage: Storage
+    background: TaskManager
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    """The container of the app serving this request or WebSocket (set by the lifespan).
+
+    A plain function, not a dependency: code on the hot path (the principal, rate limits) reads
+    several services through one call instead of solving one dependency per service."""
+    services: Services = connection.scope["app"].state.services
+    return services
+
+
+def services_in(scope: Scope) -> Services:
+    """`services_of` from an ASGI scope: for middleware, which has no Request."""
+    services: Services = scope["app"].state.services
+    return services
+
+
+# Providers take an HTTPConnection, so one alias serves HTTP routes and WebSockets alike. They
+# are `async def`: FastAPI would run a plain `def` dependency in its thread pool.
+
+
+async def get_services(connection: HTTPConnection) -> Services:
+    return services_of(connection)
+
+
+async def get_app_settings(connection: HTTPConnection) -> Settings:
+    return services_of(connection).settings
+
+
+async def get_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
+    """One session per request; anything not committed is rolled back, never half-written."""
+    async with services_of(connection).sessionmaker() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+async def get_hasher(connection: HTTPConnection) -> PasswordHasher:
+    return services_of(connection).hasher
+
+
+async def get_cache(connection: HTTPConnection) -> Cache:
+    return services_of(connection).cache
+
+
+async def get_storage(connection: HTTPConnection) -> Storage:
+    return services_of(connection).storage
+
+
+async def get_background(connection: HTTPConnection) -> TaskManager:
+    return services_of(connection).background
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
+CacheDep = Annotated[Cache, Depends(get_cache)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+BackgroundDep = Annotated[TaskManager, Depends(get_background)]
