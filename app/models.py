@@ -1,6 +1,7 @@
 """Imports every domain's models so that Base.metadata is complete (Alembic, test schemas)."""
 
 from app.auth import models as auth_models
+from app.campaigns import models as campaigns_models
 from app.email import models as email_models
 from app.files import models as files_models
 from app.items import models as items_models
@@ -10,6 +11,7 @@ from app.users import models as users_models
 
 __all__ = [
     "auth_models",
+    "campaigns_models",
     "email_models",
     "files_models",
     "items_models",

@@ -10,8 +10,9 @@ from fastapi import APIRouter, FastAPI
 from app.admin.router import router as admin_router
 from app.auth.pages import router as auth_pages
 from app.auth.router import router as auth_router
+from app.campaigns.router import router as campaigns_router
 from app.core.errors import ERROR_RESPONSES
-from app.email.router import campaigns_router, email_router
+from app.email.router import email_router
 from app.exports.router import router as exports_router
 from app.files import router as files
 from app.health.router import ops_router

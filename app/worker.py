@@ -35,6 +35,7 @@ TASK_MODULES = [
     "app.images.tasks",
     "app.reports.tasks",
     "app.email.tasks",
+    "app.campaigns.tasks",
 ]
 
 

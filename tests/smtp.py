@@ -148,3 +148,12 @@ def start_smtp_server(directory: Path, *, tls: bool = True) -> SmtpServer:
     )
     controller.start()
     return SmtpServer(sink, controller, port, ca)
+
+
+def message_parts(message: EmailMessage) -> tuple[str, str]:
+    """The plain-text and the HTML part of a received message (both must be there)."""
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    return str(text.get_content()), str(html.get_content())

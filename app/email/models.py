@@ -16,34 +16,6 @@ class EmailStatus(StrEnum):
     CANCELLED = "cancelled"  # its campaign was cancelled before it went out
 
 
-class CampaignStatus(StrEnum):
-    PENDING = "pending"  # created; recipients not listed yet
-    SENDING = "sending"
-    COMPLETED = "completed"  # no mail of it is pending any more
-    CANCELLED = "cancelled"
-
-
-class Campaign(Base):
-    __tablename__ = "campaigns"
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    created_by: Mapped[int | None] = mapped_column(
-        BigIntPK, ForeignKey("users.id", ondelete="SET NULL")
-    )
-    subject: Mapped[str] = mapped_column(String(200))
-    body_text: Mapped[str] = mapped_column(Text)
-    body_html: Mapped[str | None] = mapped_column(Text)
-    # {"all_verified": true} or {"user_ids": [...]}: resolved by the task, once.
-    audience: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[CampaignStatus] = mapped_column(
-        str_enum(CampaignStatus), default=CampaignStatus.PENDING
-    )
-    total: Mapped[int | None]  # known once the recipients are listed
-    job_id: Mapped[str | None] = mapped_column(String(36))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    finished_at: Mapped[datetime | None]
-
-
 class Email(Base):
     """The outbox: one row per mail, written in the transaction that calls for it, so a mail
     exists if and only if its cause was committed. Senders claim rows; see app.email.service."""
@@ -65,6 +37,8 @@ class Email(Base):
     user_id: Mapped[int | None] = mapped_column(
         BigIntPK, ForeignKey("users.id", ondelete="SET NULL"), index=True
     )
+    # The campaign (app.campaigns) a mail belongs to. Named by table, not imported: campaigns
+    # are a feature above the outbox; the outbox reaches them only through app.email.hooks.
     campaign_id: Mapped[int | None] = mapped_column(
         BigIntPK, ForeignKey("campaigns.id", ondelete="CASCADE")
     )

@@ -1,61 +1,8 @@
-from datetime import datetime
-from typing import Annotated
-
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field
 
 from app.auth.schemas import Email
-from app.core.db import MAX_ID
-from app.core.schemas import APIModel, InputModel
-from app.email.models import CampaignStatus
-from app.jobs.schemas import TaskAccepted
-
-# One line of printable text: a header can't carry CR or LF (header injection).
-Subject = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
-Body = Annotated[str, StringConstraints(min_length=1, max_length=100_000, pattern=r"^[^\x00]*$")]
-UserId = Annotated[int, Field(ge=1, le=MAX_ID)]
+from app.core.schemas import InputModel
 
 
 class TestEmailRequest(InputModel):
     to: Email | None = Field(default=None, description="Default: your own address")
-
-
-class CampaignCreate(InputModel):
-    subject: Subject
-    body_text: Body
-    body_html: Body | None = Field(
-        default=None, description="Trusted HTML from an admin; default: the text as paragraphs"
-    )
-    user_ids: list[UserId] | None = Field(
-        default=None,
-        max_length=10_000,
-        description="Explicit recipients (active users among them); default: every active,"
-        " verified user",
-    )
-
-    @model_validator(mode="after")
-    def _some_recipients(self) -> "CampaignCreate":
-        if self.user_ids is not None and not self.user_ids:
-            raise ValueError("user_ids must not be empty; leave it out to mail everyone")
-        return self
-
-
-class CampaignRead(APIModel):
-    id: int
-    subject: str
-    status: CampaignStatus
-    created_by: int | None
-    task_id: str | None
-    total: int | None
-    sent: int
-    failed: int
-    pending: int
-    cancelled: int
-    created_at: datetime
-    finished_at: datetime | None
-
-
-class CampaignAccepted(TaskAccepted):
-    campaign_id: int
-    campaign_url: str

@@ -1,4 +1,5 @@
-"""Email tasks (JOBS-2, JOBS-3): send one outbox row, sweep the outbox, run a campaign."""
+"""Email tasks (JOBS-2): send one outbox row, sweep the outbox. A campaign's mail reaches its
+campaign through app.email.hooks; the campaign task itself is in app.campaigns.tasks."""
 
 import logging
 import random
@@ -11,11 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.email import campaigns, delivery
+from app.email import delivery
 from app.email import service as outbox
 from app.email.delivery import ClaimLost, DeliveryError, Outgoing
+from app.email.hooks import campaign_hooks, registered
 from app.jobs.base import JobTask, job
-from app.jobs.errors import Cancelled, JobError
+from app.jobs.errors import JobError
 
 logger = logging.getLogger("app.email")
 SWEEP_BATCH = 1000
@@ -62,7 +64,8 @@ def _build(task: JobTask, claimed: outbox.Claimed) -> tuple[Outgoing, EmailMessa
     campaign_id = claimed.campaign_id
     try:
         if campaign_id is not None:
-            context = task.in_session(lambda session: campaigns.body_context(session, campaign_id))
+            body_context = campaign_hooks().body_context
+            context = task.in_session(lambda session: body_context(session, campaign_id))
             outgoing = replace(outgoing, context=context)
         return outgoing, delivery.build_message(outgoing, task.runtime.settings)
     except Exception as exc:  # a template or header problem: retrying won't fix it
@@ -141,7 +144,8 @@ def _fail(task: JobTask, claimed: outbox.Claimed, error: str) -> None:
 
 def _after(task: JobTask, campaign_id: int | None) -> None:
     if campaign_id is not None:
-        task.in_session(lambda session: campaigns.record_progress(session, campaign_id))
+        record_progress = campaign_hooks().record_progress
+        task.in_session(lambda session: record_progress(session, campaign_id))
 
 
 # Retries are decided from the row's attempt count (it survives crashes and duplicate
@@ -182,62 +186,10 @@ def sweep_outbox(task: JobTask) -> dict[str, Any]:
 async def _sweep(session: AsyncSession, settings: Settings) -> tuple[list[int], int]:
     """The rows to send again, after bringing every running campaign's counts up to date."""
     email_ids = await outbox.due_for_sweep(session, settings, limit=SWEEP_BATCH)
-    running = await campaigns.campaigns_in_progress(session)
-    for campaign_id in running:
-        await campaigns.record_progress(session, campaign_id)
+    hooks = registered()
+    running: list[int] = []
+    if hooks is not None:  # none: this process knows no campaigns, so none is running
+        running = await hooks.in_progress(session)
+        for campaign_id in running:
+            await hooks.record_progress(session, campaign_id)
     return email_ids, len(running)
-
-
-# -- campaigns ----------------------------------------------------------------------------------
-
-
-class CampaignTask(JobTask):
-    """Its job stays in PROGRESS after the task body: the campaign is done when its last
-    mail is, and the send task that sees that marks the job finished (`record_progress`).
-    Only a re-run of a campaign already over finishes its job here."""
-
-    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        if not (isinstance(retval, dict) and retval.get("complete")):
-            return
-        campaign_id: int = retval["campaign_id"]
-        final = self.in_session(lambda session: _final_counts(session, campaign_id))
-        super().on_success(final, task_id, args, kwargs)
-
-
-async def _final_counts(session: AsyncSession, campaign_id: int) -> dict[str, Any]:
-    campaign = await campaigns.get(session, campaign_id)
-    numbers = await campaigns.counts(session, campaign)
-    return {"campaign_id": campaign.id, "total": numbers.total,
-            "sent": numbers.sent, "failed": numbers.failed}  # fmt: skip
-
-
-@job("app.campaigns.run", base=CampaignTask)
-def run_campaign(task: JobTask, campaign_id: int) -> dict[str, Any]:
-    """List the recipients (once, idempotently), then one send task per pending row."""
-    runtime = task.runtime
-    job_id = task.request.id
-    pending, numbers = task.in_session(
-        lambda session: _list_recipients(session, runtime.settings, campaign_id, job_id)
-    )
-    if numbers is None:  # a re-run of a campaign already finished (or cancelled)
-        return {"campaign_id": campaign_id, "complete": True}
-    try:
-        task.progress(numbers.done, numbers.total, f"{numbers.sent} sent, {numbers.failed} failed")
-    except Cancelled:
-        task.in_session(lambda session: _cancel(session, campaign_id))
-        raise
-    for email_id in pending:
-        runtime.celery.send_task(outbox.SEND_TASK, args=[email_id])
-    return {"campaign_id": campaign_id, "queued": len(pending), "complete": False}
-
-
-async def _list_recipients(
-    session: AsyncSession, settings: Settings, campaign_id: int, job_id: str
-) -> tuple[list[int], campaigns.Counts | None]:
-    campaign = await campaigns.get(session, campaign_id)
-    pending = await campaigns.list_recipients(session, settings, campaign, job_id)
-    return pending, await campaigns.record_progress(session, campaign_id)
-
-
-async def _cancel(session: AsyncSession, campaign_id: int) -> None:
-    await campaigns.cancel(session, await campaigns.get(session, campaign_id))
