@@ -4,7 +4,6 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    EmailStr,
     Field,
     StringConstraints,
     TypeAdapter,
@@ -12,7 +11,7 @@ from pydantic import (
     field_validator,
 )
 
-from app.core.schemas import CleanStr, InputModel
+from app.core.schemas import CleanStr, Email, InputModel
 
 RESERVED_USERNAMES = frozenset(
     {
@@ -45,7 +44,6 @@ Password = Annotated[
 ]
 # Only checked for length: a stored password may predate today's rules.
 AnyPassword = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Email = Annotated[EmailStr, StringConstraints(max_length=254), AfterValidator(str.lower)]
 FullName = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
 OpaqueToken = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 

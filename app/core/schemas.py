@@ -4,13 +4,16 @@ import math
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, StringConstraints
 
 from app.core.db import MAX_ID
 
 # Text a database can store: PostgreSQL refuses NUL characters, so refuse them at the edge.
 NO_NUL_PATTERN = r"^[^\x00]*$"
 CleanStr = Annotated[str, StringConstraints(pattern=NO_NUL_PATTERN)]
+# An address as accounts and the outbox store it: at most 254 characters (RFC 5321's path
+# limit), lower-cased so one mailbox is one account.
+Email = Annotated[EmailStr, StringConstraints(max_length=254), AfterValidator(str.lower)]
 
 PrimaryKey = Annotated[int, Path(ge=1, le=MAX_ID, description="Resource id")]
 OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID)]

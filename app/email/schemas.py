@@ -1,7 +1,6 @@
 from pydantic import Field
 
-from app.auth.schemas import Email
-from app.core.schemas import InputModel
+from app.core.schemas import Email, InputModel
 
 
 class TestEmailRequest(InputModel):
