@@ -266,10 +266,10 @@ def seed(
 async def _seed(settings: Settings, user_count: int, item_count: int) -> None:
     from sqlalchemy import func, select
 
+    from app.auth.models import User
     from app.core.db import create_engine, create_sessionmaker
     from app.core.security import PasswordHasher
     from app.items.models import Currency, Item
-    from app.users.models import User
 
     engine = create_engine(settings)
     rng = random.Random(42)  # noqa: S311 - demo data, not security

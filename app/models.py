@@ -7,7 +7,6 @@ from app.files import models as files_models
 from app.items import models as items_models
 from app.jobs import models as jobs_models
 from app.realtime import models as realtime_models
-from app.users import models as users_models
 
 __all__ = [
     "auth_models",
@@ -17,5 +16,4 @@ __all__ = [
     "items_models",
     "jobs_models",
     "realtime_models",
-    "users_models",
 ]

@@ -8,7 +8,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from app.users.models import Role, User
+from app.auth.models import Role, User
 
 DEFAULT_PASSWORD = "Correct-horse-1"
 _counter = itertools.count(1)

@@ -10,6 +10,7 @@ from fastapi import Depends, Form, Request, Response, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 
 from app.auth import principal as principals
+from app.auth.models import User
 from app.auth.permissions import SCOPE_DESCRIPTIONS, Scope
 from app.auth.principal import Principal
 from app.auth.schemas import LoginForm
@@ -18,7 +19,6 @@ from app.core.errors import Forbidden, Unauthorized
 from app.core.limits import enforce
 from app.core.request_context import client_ip_of, set_user_id
 from app.core.security import AccessClaims, InvalidToken
-from app.users.models import User
 
 TOKEN_URL = "/api/v1/auth/token"
 oauth2_scheme = OAuth2PasswordBearer(

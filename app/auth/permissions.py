@@ -3,7 +3,7 @@
 from enum import StrEnum
 from typing import Protocol
 
-from app.users.models import Role
+from app.auth.models import Role
 
 
 class Scope(StrEnum):

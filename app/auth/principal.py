@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.models import AuthSession
+from app.auth.models import AuthSession, Role, User
 from app.core.cache import Cache
 from app.core.db import utcnow
 from app.core.errors import Unauthorized
 from app.core.security import AccessClaims
-from app.users.models import Role, User
 
 logger = logging.getLogger("app.auth")
 SNAPSHOT_TTL_SECONDS = 60.0

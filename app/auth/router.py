@@ -21,12 +21,12 @@ from app.auth.schemas import (
     RefreshRequest,
     RegisterRequest,
     TokenResponse,
+    UserPrivate,
     VerifyEmailRequest,
 )
 from app.core.dependencies import CacheDep, HasherDep, ServicesDep, SessionDep, SettingsDep
 from app.email import service as outbox
 from app.jobs.dependencies import JobsDep
-from app.users.schemas import UserPrivate
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

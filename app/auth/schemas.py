@@ -1,4 +1,5 @@
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -11,7 +12,8 @@ from pydantic import (
     field_validator,
 )
 
-from app.core.schemas import CleanStr, Email, InputModel
+from app.auth.models import Role
+from app.core.schemas import APIModel, CleanStr, Email, InputModel
 
 RESERVED_USERNAMES = frozenset(
     {
@@ -133,3 +135,25 @@ class Accepted(BaseModel):
     """A request taken; what follows happens by email."""
 
     detail: str
+
+
+# The account as the API shows it (/auth/me, /users): identity's shapes, beside its model.
+class UserPublic(APIModel):
+    """What anyone signed in may see of another user."""
+
+    id: int
+    username: str
+    full_name: str | None
+    bio: str | None
+    created_at: datetime
+
+
+class UserPrivate(UserPublic):
+    """What the user and admins see."""
+
+    email: str
+    role: Role
+    is_active: bool
+    is_verified: bool
+    updated_at: datetime
+    last_login_at: datetime | None

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import principal as principals
 from app.auth.errors import InvalidCredentials, InvalidRefreshToken
-from app.auth.models import AuthSession, RefreshToken
+from app.auth.models import AuthSession, RefreshToken, Role, User
 from app.auth.permissions import ROLE_SCOPES, grantable_scopes
 from app.auth.principal import Principal
 from app.auth.schemas import RegisterRequest, SuperuserFields
@@ -25,7 +25,6 @@ from app.core.security import (
     new_opaque_token,
 )
 from app.email import service as outbox
-from app.users.models import Role, User
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import principal as principals
 from app.auth import service as auth_service
-from app.auth.models import ActionToken, AuthSession, TokenPurpose
+from app.auth.models import ActionToken, AuthSession, TokenPurpose, User
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
@@ -23,7 +23,6 @@ from app.core.errors import AppError, Conflict
 from app.core.security import PasswordHasher, hash_opaque_token, new_opaque_token
 from app.email import service as outbox
 from app.jobs.service import Jobs
-from app.users.models import User
 
 logger = logging.getLogger("app.auth")
 PAGES = {TokenPurpose.VERIFY_EMAIL: "/verify-email", TokenPurpose.RESET_PASSWORD: "/reset-password"}

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.models import User
 from app.campaigns.models import Campaign, CampaignStatus
 from app.core.config import Settings
 from app.core.db import utcnow
@@ -21,7 +22,6 @@ from app.email.delivery import new_message_id
 from app.email.models import Email, EmailStatus
 from app.jobs import service as jobs_service
 from app.jobs.models import JobState
-from app.users.models import User
 
 RUN_TASK = "app.campaigns.run"  # a queued message names it: never rename
 INSERT_BATCH = 500

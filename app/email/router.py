@@ -3,13 +3,13 @@
 from fastapi import APIRouter, status
 
 from app.auth.dependencies import AdminPrincipal
+from app.auth.models import User
 from app.core.dependencies import SessionDep, SettingsDep
 from app.email import service as outbox
 from app.email.schemas import TestEmailRequest
 from app.jobs.dependencies import JobsDep
 from app.jobs.router import accepted
 from app.jobs.schemas import TaskAccepted
-from app.users.models import User
 
 email_router = APIRouter(prefix="/email", tags=["email"])
 

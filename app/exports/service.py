@@ -12,8 +12,8 @@ from typing import Any, Literal
 from sqlalchemy import Row, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.auth.models import User
 from app.items.models import Item
-from app.users.models import User
 
 ExportFormat = Literal["csv", "ndjson"]
 AnySelect = Select[*tuple[Any, ...]]

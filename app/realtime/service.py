@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, exists, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.models import User
 from app.auth.principal import Principal
 from app.core.config import Settings
 from app.core.db import BigIntPK, UTCDateTime, utcnow
@@ -25,7 +26,6 @@ from app.realtime.errors import NotificationNotFound, RoomExists, RoomForbidden,
 from app.realtime.models import ChatMessage, ChatRoom, ChatRoomMember, Notification
 from app.realtime.models import NotificationRead as ReadMark
 from app.realtime.schemas import ChatMessageRead, ChatUser, NotificationRead, RoomCreate
-from app.users.models import User
 
 logger = logging.getLogger("app.realtime")
 CATCH_UP_LIMIT = 1000  # more missed than this: the client pages the rest over REST

@@ -12,13 +12,12 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from app.auth.models import AuthSession
+from app.auth.models import AuthSession, Role, User
 from app.files.models import StoredFile
 from app.items.models import Item
 from app.jobs import service as jobs_service
 from app.jobs.models import Job
 from app.reports.schemas import ActivitySummary, DayActivity
-from app.users.models import Role, User
 
 # The task names reports run under: listing "past reports" means these jobs.
 REPORT_TASKS = ("app.reports.activity", "app.reports.daily")

@@ -2,10 +2,10 @@ from typing import Annotated
 
 from fastapi import Depends
 
+from app.auth.models import User
 from app.core.dependencies import SessionDep
 from app.core.schemas import PrimaryKey
 from app.users import service
-from app.users.models import User
 
 
 async def valid_user_id(user_id: PrimaryKey, session: SessionDep) -> User:

@@ -3,12 +3,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, CurrentUser
+from app.auth.models import Role
+from app.auth.schemas import UserPrivate, UserPublic
 from app.core.dependencies import CacheDep, SessionDep, SettingsDep
 from app.core.schemas import Page, PageNumber, PerPage, SearchTerm
 from app.users import service
 from app.users.dependencies import UserById
-from app.users.models import Role
-from app.users.schemas import UserAdminUpdate, UserPrivate, UserPublic, UserSelfUpdate
+from app.users.schemas import UserAdminUpdate, UserSelfUpdate
 
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -5,6 +5,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import service as auth_service
+from app.auth.models import Role, User
 from app.auth.permissions import Permission, has_permission
 from app.auth.principal import Principal
 from app.core.cache import Cache
@@ -12,7 +13,6 @@ from app.core.config import Settings
 from app.core.errors import Forbidden
 from app.core.pagination import order_clauses, paginate
 from app.users.errors import UserNotFound
-from app.users.models import Role, User
 from app.users.schemas import UserAdminUpdate, UserSelfUpdate
 
 UserOrder = Literal[

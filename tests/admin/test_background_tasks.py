@@ -6,7 +6,7 @@ import anyio
 import httpx
 from fastapi import FastAPI
 
-from app.users.models import Role
+from app.auth.models import Role
 from tests.core.test_errors import assert_envelope
 from tests.core.test_metrics import sample
 from tests.factories import Factory

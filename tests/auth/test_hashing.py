@@ -5,8 +5,8 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from app.auth.models import User
 from app.core.security import PasswordHasher
-from app.users.models import User
 from tests.factories import DEFAULT_PASSWORD, Factory
 
 

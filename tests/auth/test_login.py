@@ -4,7 +4,7 @@ import time
 import httpx
 import jwt
 
-from app.users.models import Role
+from app.auth.models import Role
 from tests.conftest import TEST_SECRET
 from tests.core.test_errors import assert_envelope
 from tests.factories import DEFAULT_PASSWORD, Factory

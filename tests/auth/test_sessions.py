@@ -5,8 +5,7 @@ import asyncio
 import httpx
 from sqlalchemy import select
 
-from app.auth.models import AuthSession
-from app.users.models import Role
+from app.auth.models import AuthSession, Role
 from tests.core.test_errors import assert_envelope
 from tests.factories import DEFAULT_PASSWORD, Account, Factory
 

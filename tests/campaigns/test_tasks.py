@@ -9,8 +9,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.auth.models import Role
 from app.jobs.models import FINISHED, JobState
-from app.users.models import Role
 from tests.factories import Factory
 from tests.plugins.workers import JobsStack, wait_for_task
 from tests.smtp import Received, SmtpServer, message_parts, start_smtp_server

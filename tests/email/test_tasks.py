@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.auth.models import Role
 from app.email.models import Email, EmailStatus
-from app.users.models import Role
 from tests.factories import Account, Factory
 from tests.plugins.workers import JobsStack, wait_for_task
 from tests.smtp import SmtpServer, message_parts, start_smtp_server

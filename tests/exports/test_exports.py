@@ -11,9 +11,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from app.auth.models import Role
 from app.exports.service import ITEM_COLUMNS, USER_COLUMNS, items_query, stream_export
 from app.items.models import Item
-from app.users.models import Role
 from tests.core.test_errors import assert_envelope
 from tests.exports.conftest import BATCH
 from tests.factories import Account, Factory

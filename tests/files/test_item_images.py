@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
+from app.auth.models import Role
 from app.core.storage import LocalStorage, new_key
 from app.files.service import PurgeReport, purge_orphans
-from app.users.models import Role
 from tests.core.test_errors import assert_envelope
 from tests.factories import Factory
 from tests.files.conftest import BOTH_STORAGES

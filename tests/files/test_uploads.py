@@ -14,11 +14,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from app.auth.models import Role
 from app.core.config import Settings
 from app.core.storage import StorageUnavailable
 from app.files.models import StoredFile
 from app.main import create_app
-from app.users.models import Role
 from tests.conftest import make_settings
 from tests.core.test_errors import assert_envelope
 from tests.factories import Account, Factory

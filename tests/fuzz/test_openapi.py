@@ -51,7 +51,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.auth import service as auth_service
-from app.users.models import Role, User
+from app.auth.models import Role, User
 from tests.factories import DEFAULT_PASSWORD as PASSWORD
 from tests.factories import Account, Factory
 

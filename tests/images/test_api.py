@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.users.models import Role
+from app.auth.models import Role
 from tests.conftest import BuildClient
 from tests.core.test_errors import assert_envelope
 from tests.factories import Account, Factory

@@ -1,6 +1,6 @@
 """Cached item reads never show stale data after a write (memory and Redis caches)."""
 
-from app.users.models import Role
+from app.auth.models import Role
 from tests.conftest import BuildClient
 from tests.factories import Factory
 

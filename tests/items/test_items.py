@@ -3,7 +3,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from app.users.models import Role
+from app.auth.models import Role
 from tests.core.test_errors import assert_envelope
 from tests.factories import Factory
 

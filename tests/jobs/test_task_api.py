@@ -4,9 +4,9 @@ import anyio
 import httpx
 from fastapi import FastAPI
 
+from app.auth.models import Role
 from app.core.request_context import REQUEST_ID
 from app.jobs.models import Job
-from app.users.models import Role
 from tests.factories import Factory
 from tests.plugins.workers import JobsStack, wait_for_task
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from app.users.models import Role
+from app.auth.models import Role
 from tests.realtime.conftest import LiveFactory, auth_first, close_code_of, next_of
 
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 from websockets.asyncio.client import ClientConnection
 
-from app.users.models import Role
+from app.auth.models import Role
 from tests.conftest import TEST_SECRET
 from tests.factories import Account
 from tests.realtime.conftest import DEADLINE, LiveFactory, LiveServer, next_of

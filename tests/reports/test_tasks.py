@@ -16,12 +16,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
-from app.auth.models import AuthSession
+from app.auth.models import AuthSession, Role, User
 from app.core.db import utcnow
 from app.files.models import StoredFile
 from app.items.models import Item
 from app.jobs.models import FINISHED, Job
-from app.users.models import Role, User
 from tests.core.test_errors import assert_envelope
 from tests.factories import Account, Factory
 from tests.plugins.workers import TASK_DEADLINE_SECONDS, JobsStack, wait_for_task
