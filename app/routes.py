@@ -18,6 +18,7 @@ from app.files import router as files
 from app.health.router import ops_router
 from app.health.router import router as health_router
 from app.images.router import router as images_router
+from app.items import images as item_images
 from app.items import router as items
 from app.jobs.router import router as tasks_router
 from app.realtime import chat, notifications, page, sse
@@ -30,7 +31,7 @@ api_v1.include_router(auth_router)
 api_v1.include_router(users_router)
 api_v1.include_router(items.list_v1)
 api_v1.include_router(items.router)
-api_v1.include_router(files.item_images)
+api_v1.include_router(item_images.router)
 api_v1.include_router(files.router)
 api_v1.include_router(exports_router)
 api_v1.include_router(tasks_router)

@@ -11,21 +11,18 @@ from app.core.storage import Storage
 from app.files import service
 from app.files.dependencies import ReadableFile
 from app.files.models import StoredFile
-from app.files.safety import IMAGE_EXTENSIONS, content_disposition
+from app.files.safety import content_disposition
 from app.files.schemas import FileRead, PresignedURL
-from app.images import service as images_service
-from app.items.dependencies import OwnedItem
-from app.jobs.dependencies import JobsDep
 
 router = APIRouter(prefix="/files", tags=["files"])
-item_images = APIRouter(prefix="/items", tags=["items"])
 
 # Upload routes get their own body cap (MAX_UPLOAD_BYTES plus room for the multipart framing)
 # in BodySizeLimitMiddleware instead of the global one; the handler counts the file's bytes.
+# The second is the item image upload (app.items.images), which reuses the two specs below.
 UPLOAD_PATHS = (r"^/api/v\d+/files/?$", r"^/api/v\d+/items/[^/]+/images/?$")
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
-_MULTIPART_BODY: dict[str, Any] = {
+MULTIPART_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
@@ -39,7 +36,7 @@ _MULTIPART_BODY: dict[str, Any] = {
         },
     }
 }
-_UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "The file is over MAX_UPLOAD_BYTES"},
     415: {"description": "Extension not allowed, or content not matching it"},
     503: {"description": "Storage unavailable"},
@@ -57,8 +54,8 @@ _CONTENT: dict[int | str, dict[str, Any]] = {
     "",
     response_model=FileRead,
     status_code=status.HTTP_201_CREATED,
-    openapi_extra=_MULTIPART_BODY,
-    responses=_UPLOAD_ERRORS,
+    openapi_extra=MULTIPART_BODY,
+    responses=UPLOAD_ERRORS,
 )
 async def upload_file(
     request: Request,
@@ -128,31 +125,6 @@ async def delete_file(row: ReadableFile, session: SessionDep, storage: StorageDe
     await service.delete_file(session=session, storage=storage, row=row)
 
 
-@item_images.post(
-    "/{item_id}/images",
-    response_model=FileRead,
-    status_code=status.HTTP_201_CREATED,
-    openapi_extra=_MULTIPART_BODY,
-    responses=_UPLOAD_ERRORS,
-)
-async def upload_item_image(
-    request: Request,
-    item: OwnedItem,
-    session: SessionDep,
-    storage: StorageDep,
-    settings: SettingsDep,
-    jobs: JobsDep,
-) -> FileRead:
-    """Attach an image (png, jpeg, gif, webp) to an item (owner or admin); its variants
-    (thumbnail, medium) are made in the background: follow `variants_task_id`."""
-    row = await _store(
-        request, session, storage, settings,
-        owner_id=item.owner_id, item_id=item.id, allowed=IMAGE_EXTENSIONS,
-    )  # fmt: skip
-    await images_service.enqueue_item_variants(session=session, jobs=jobs, row=row)
-    return service.file_read(row)
-
-
 async def _store(
     request: Request,
     session: AsyncSession,
@@ -168,11 +140,3 @@ async def _store(
         max_bytes=settings.max_upload_bytes,
         **target,
     )
-
-
-@item_images.get("/{item_id}/images", response_model=list[FileRead])
-async def list_item_images(item: OwnedItem, session: SessionDep) -> list[FileRead]:
-    """An item's images (owner or admin), each with its variants once they are ready."""
-    rows = await service.list_for_item(session=session, item_id=item.id)
-    variants = await service.variants_of(session=session, file_ids=[row.id for row in rows])
-    return [service.file_read(row, variants[row.id]) for row in rows]
