@@ -5,7 +5,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from app.campaigns.models import CampaignStatus
 from app.core.db import MAX_ID
-from app.core.schemas import APIModel, InputModel
+from app.core.schemas import APIModel, Email, InputModel
 from app.jobs.schemas import TaskAccepted
 
 # One line of printable text: a header can't carry CR or LF (header injection).
@@ -14,6 +14,10 @@ Subject = Annotated[
 ]
 Body = Annotated[str, StringConstraints(min_length=1, max_length=100_000, pattern=r"^[^\x00]*$")]
 UserId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class TestEmailRequest(InputModel):
+    to: Email | None = Field(default=None, description="Default: your own address")
 
 
 class CampaignCreate(InputModel):

@@ -1,20 +1,23 @@
-"""Admin email: a test message (JOBS-2). Campaigns are app.campaigns."""
+"""The admin's test mail (JOBS-2): one message through the outbox, with a task to watch.
+
+Admin mail, like campaigns: it needs auth's admin principal and the admin's account, which
+sit above the outbox, so the outbox (app.email) has no routes of its own."""
 
 from fastapi import APIRouter, status
 
 from app.auth.dependencies import AdminPrincipal
 from app.auth.models import User
+from app.campaigns.schemas import TestEmailRequest
 from app.core.dependencies import SessionDep, SettingsDep
 from app.email import service as outbox
-from app.email.schemas import TestEmailRequest
 from app.jobs.dependencies import JobsDep
 from app.jobs.router import accepted
 from app.jobs.schemas import TaskAccepted
 
-email_router = APIRouter(prefix="/email", tags=["email"])
+router = APIRouter(prefix="/email", tags=["email"])
 
 
-@email_router.post("/test", response_model=TaskAccepted, status_code=status.HTTP_202_ACCEPTED)
+@router.post("/test", response_model=TaskAccepted, status_code=status.HTTP_202_ACCEPTED)
 async def send_test_email(
     admin: AdminPrincipal,
     session: SessionDep,
