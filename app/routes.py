@@ -20,10 +20,10 @@ from app.health.router import router as health_router
 from app.images.router import router as images_router
 from app.items import images as item_images
 from app.items import router as items
-from app.jobs.router import router as tasks_router
 from app.realtime import chat, notifications, page, sse
 from app.realtime import router as realtime
 from app.reports.router import router as reports_router
+from app.task_api.router import router as tasks_router
 from app.users.router import router as users_router
 
 api_v1 = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)

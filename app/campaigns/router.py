@@ -9,7 +9,7 @@ from app.campaigns.schemas import CampaignAccepted, CampaignCreate, CampaignRead
 from app.core.dependencies import SessionDep
 from app.core.schemas import Page, PageNumber, PerPage, PrimaryKey
 from app.jobs.dependencies import JobsDep
-from app.jobs.router import accepted
+from app.jobs.schemas import accepted
 
 # Tagged "email" as before the split: the tag is part of the published API description.
 router = APIRouter(prefix="/campaigns", tags=["email"])

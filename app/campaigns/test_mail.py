@@ -11,8 +11,7 @@ from app.campaigns.schemas import TestEmailRequest
 from app.core.dependencies import SessionDep, SettingsDep
 from app.email import service as outbox
 from app.jobs.dependencies import JobsDep
-from app.jobs.router import accepted
-from app.jobs.schemas import TaskAccepted
+from app.jobs.schemas import TaskAccepted, accepted
 
 router = APIRouter(prefix="/email", tags=["email"])
 

@@ -5,8 +5,7 @@ from app.core.dependencies import SessionDep, SettingsDep
 from app.images import service
 from app.images.schemas import ProcessRequest
 from app.jobs.dependencies import JobsDep
-from app.jobs.router import accepted
-from app.jobs.schemas import TaskAccepted
+from app.jobs.schemas import TaskAccepted, accepted
 
 router = APIRouter(prefix="/images", tags=["images"])
 

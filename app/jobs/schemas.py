@@ -5,7 +5,7 @@ from fastapi import Path
 from pydantic import BaseModel
 
 from app.core.schemas import APIModel
-from app.jobs.models import JobState
+from app.jobs.models import Job, JobState
 
 TaskId = Annotated[
     str,
@@ -43,3 +43,8 @@ class TaskAccepted(APIModel):
     task_id: str
     state: JobState
     status_url: str
+
+
+def accepted(job: Job) -> TaskAccepted:
+    """The 202 answer of a route that started a job: where to follow it (app.tasks)."""
+    return TaskAccepted(task_id=job.id, state=job.state, status_url=f"/api/v1/tasks/{job.id}")

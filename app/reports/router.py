@@ -6,8 +6,7 @@ from app.auth.dependencies import AdminPrincipal
 from app.core.dependencies import SessionDep
 from app.core.schemas import Page, PageNumber, PerPage
 from app.jobs.dependencies import JobsDep
-from app.jobs.router import accepted
-from app.jobs.schemas import TaskAccepted, TaskRead
+from app.jobs.schemas import TaskAccepted, TaskRead, accepted
 from app.reports import service
 from app.reports.schemas import ReportRequest
 

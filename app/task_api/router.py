@@ -1,4 +1,7 @@
-"""The task API (JOBS-7): a task's state for its owner (or an admin), listing, cancel."""
+"""The task API (JOBS-7): a task's state for its owner (or an admin), listing, cancel.
+
+Apart from app.jobs because it needs auth's principal, and auth enqueues through jobs: the
+machinery stays below every domain, its API for principals sits above them."""
 
 from typing import Annotated
 
@@ -8,14 +11,9 @@ from app.auth.dependencies import CurrentPrincipal
 from app.core.dependencies import SessionDep
 from app.core.schemas import Page, PageNumber, PerPage
 from app.jobs import service
-from app.jobs.models import Job
-from app.jobs.schemas import TaskAccepted, TaskId, TaskRead
+from app.jobs.schemas import TaskId, TaskRead
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
-
-
-def accepted(job: Job) -> TaskAccepted:
-    return TaskAccepted(task_id=job.id, state=job.state, status_url=f"/api/v1/tasks/{job.id}")
 
 
 @router.get("/", response_model=Page[TaskRead])
