@@ -20,11 +20,13 @@ from typing import Any
 
 from celery import signals
 
+from app import models  # noqa: F401 - every table, for foreign keys between domains
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
-from app.jobs import liveness
+from app.jobs import liveness, runtime
 from app.jobs.broker import BrokerBusy, requeue_invisible, worker_lock
 from app.jobs.celery_app import AppCelery, make_celery
+from app.realtime.service import NotificationService
 
 # Each domain's task bodies, imported by workers only (the API sends tasks by name). A domain
 # with background work adds its `tasks` module here, and nowhere else.
@@ -48,6 +50,8 @@ def create_worker_celery(settings: Settings) -> AppCelery:
 
 
 celery = create_worker_celery(get_settings())
+# What the machinery can't import from below: task owners are notified through realtime.
+runtime.use_notifier(NotificationService)
 
 _held = ExitStack()  # the embedded broker's lock, for as long as this worker process lives
 atexit.register(_held.close)

@@ -7,24 +7,48 @@ worker forks its pool processes, and connections must never cross a fork.
 
 import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from celery import Celery
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import models  # noqa: F401 - every table, for foreign keys between domains
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.http import create_http_client
-from app.core.pubsub import create_publisher
+from app.core.pubsub import Publisher, create_publisher
 from app.core.storage import Storage, create_storage
 from app.jobs.service import Jobs
-from app.realtime.service import NotificationService
 
 T = TypeVar("T")
+
+
+class Notifier(Protocol):
+    """Tells a user something (stored, then pushed to their sockets): app.realtime's
+    NotificationService. Realtime is a feature far above this machinery, so the worker's
+    composition root (app/worker.py) hands it in through `use_notifier`."""
+
+    async def send_to_user(
+        self,
+        session: AsyncSession,
+        user_id: int,
+        kind: str,
+        title: str,
+        body: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> object: ...
+
+
+NotifierFactory = Callable[[Publisher | None], Notifier]
+_notifier_factory: NotifierFactory | None = None
+
+
+def use_notifier(factory: NotifierFactory) -> None:
+    """Called once by app/worker.py, before any task runs (and before the pool forks)."""
+    global _notifier_factory  # noqa: PLW0603 - one composition root per process
+    _notifier_factory = factory
 
 
 @dataclass
@@ -36,7 +60,7 @@ class WorkerRuntime:
     sessionmaker: async_sessionmaker[AsyncSession] = field(init=False)
     storage: Storage = field(init=False)
     jobs: Jobs = field(init=False)
-    notifications: NotificationService = field(init=False)
+    notifications: Notifier = field(init=False)
     _http: httpx.AsyncClient | None = None
 
     def __post_init__(self) -> None:
@@ -46,8 +70,10 @@ class WorkerRuntime:
         self.jobs = Jobs(self.celery)
         # With Redis, notifications reach every API process; in embedded mode the API relays
         # them from the database (app/realtime/relay.py), so there is nothing to publish to.
+        if _notifier_factory is None:
+            raise RuntimeError("No notifier: app.worker (the worker's root) calls use_notifier")
         self._publisher = create_publisher(self.settings.redis_url)
-        self.notifications = NotificationService(self._publisher)
+        self.notifications = _notifier_factory(self._publisher)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
