@@ -25,6 +25,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from app.core.config import Settings
 
 logger = logging.getLogger("app.email")
+# Records a mail as sent; calls its argument with "is the claim still ours" as soon as the
+# commit returns, and returns the same answer.
+CommitSent = Callable[[Callable[[bool], None]], bool]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 # Templates whose context holds a single-use link: cleared from the row once it is final.
@@ -181,9 +184,10 @@ def _require_starttls(smtp: smtplib.SMTP) -> None:
 
 
 def send_smtp(
-    settings: Settings, outgoing: Outgoing, message: EmailMessage, commit_sent: Callable[[], bool]
+    settings: Settings, outgoing: Outgoing, message: EmailMessage, commit_sent: CommitSent
 ) -> None:
-    """Send one message; `commit_sent` records it as sent and says whether our claim held.
+    """Send one message; `commit_sent(then)` records it as sent, calls `then(still_ours)` the
+    moment the commit returns, and says whether our claim held.
 
     A message is delivered when the server answers 250 to the "." that ends DATA, and a
     server that loses the connection before that "." discards the message. So the row is
@@ -222,16 +226,23 @@ def _transmit(
     settings: Settings,
     outgoing: Outgoing,
     message: EmailMessage,
-    commit_sent: Callable[[], bool],
+    commit_sent: CommitSent,
 ) -> None:
     _check(*smtp.mail(envelope_sender(settings)), (250,), "MAIL FROM")
     _check(*smtp.rcpt(outgoing.recipient), (250, 251), "RCPT TO")
     smtp.putcmd("data")
     _check(*smtp.getreply(), (354,), "DATA")
     smtp.send(_dot_stuffed(message))
-    still_ours = commit_sent()
+
+    def end_data(still_ours: bool) -> None:
+        if still_ours:
+            smtp.send(b".\r\n")
+
+    # The "." goes out from inside the commit's step, right after the COMMIT returns, before
+    # the session closes (a pool reset round trip) and the loop hands back: under load those
+    # took milliseconds, long enough for a kill to land between them and lose the mail.
+    still_ours = commit_sent(end_data)
     if not still_ours:
         smtp.close()  # no ".": the server throws the partial message away
     require_claim(still_ours)
-    smtp.send(b".\r\n")
     _check(*smtp.getreply(), (250,), "end of DATA")

@@ -3,6 +3,7 @@ campaign through app.email.hooks; the campaign task itself is in app.campaigns.t
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from email.message import EmailMessage
@@ -81,8 +82,13 @@ def _send(
     settings = task.runtime.settings
     email_id, token = outgoing.email_id, claimed.claim
 
-    def commit_sent() -> bool:
-        return task.in_session(lambda session: outbox.mark_sent(session, email_id, token))
+    def commit_sent(then: Callable[[bool], None] = lambda _ours: None) -> bool:
+        async def step(session: AsyncSession) -> bool:
+            still_ours = await outbox.mark_sent(session, email_id, token)
+            then(still_ours)  # before the session closes: see delivery._transmit
+            return still_ours
+
+        return task.in_session(step)
 
     try:
         if settings.smtp_host is None:

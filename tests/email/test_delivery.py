@@ -1,6 +1,6 @@
 """Delivery without a worker: the outbox file, and SMTP refusals, against a real aiosmtpd."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
@@ -11,6 +11,17 @@ from app.core.config import Settings
 from app.email import delivery
 from tests.conftest import make_settings
 from tests.smtp import SmtpServer, start_smtp_server
+
+
+def _claim_held(then: Callable[[bool], None]) -> bool:
+    """A commit that finds the claim still ours, ending DATA as the task's commit does."""
+    then(True)
+    return True
+
+
+def _claim_lost(then: Callable[[bool], None]) -> bool:
+    then(False)
+    return False
 
 
 @pytest.fixture
@@ -69,8 +80,9 @@ def test_starttls_is_required_when_configured(tmp_path: Path, plain_smtp: SmtpSe
     outgoing = _outgoing(settings)
     committed: list[bool] = []
 
-    def commit() -> bool:
+    def commit(then: Callable[[bool], None]) -> bool:
         committed.append(True)
+        then(True)
         return True
 
     with pytest.raises(delivery.DeliveryError, match="STARTTLS") as caught:
@@ -89,11 +101,11 @@ def test_a_lost_claim_never_finishes_the_message(tmp_path: Path, plain_smtp: Smt
 
     with pytest.raises(delivery.ClaimLost):
         delivery.send_smtp(
-            settings, outgoing, delivery.build_message(outgoing, settings), lambda: False
+            settings, outgoing, delivery.build_message(outgoing, settings), _claim_lost
         )
 
     assert plain_smtp.sink.count() == 0  # the server dropped the unfinished DATA
-    delivery.send_smtp(settings, outgoing, delivery.build_message(outgoing, settings), lambda: True)
+    delivery.send_smtp(settings, outgoing, delivery.build_message(outgoing, settings), _claim_held)
     assert plain_smtp.sink.count() == 1
 
 
@@ -104,7 +116,7 @@ def test_a_refused_recipient_is_a_permanent_failure(tmp_path: Path, plain_smtp: 
     outgoing = _outgoing(settings, "reject-me@example.com")
     with pytest.raises(delivery.DeliveryError, match="550") as caught:
         delivery.send_smtp(
-            settings, outgoing, delivery.build_message(outgoing, settings), lambda: True
+            settings, outgoing, delivery.build_message(outgoing, settings), _claim_held
         )
     assert caught.value.permanent
 
@@ -117,7 +129,7 @@ def test_dots_at_line_starts_survive_the_trip(tmp_path: Path, plain_smtp: SmtpSe
         email_id=8, recipient="dots@example.com", subject="Dots", message_id="<d@x>",
         template="campaign", context={"body_text": "line\n.\n..two", "body_html": None},
     )  # fmt: skip
-    delivery.send_smtp(settings, outgoing, delivery.build_message(outgoing, settings), lambda: True)
+    delivery.send_smtp(settings, outgoing, delivery.build_message(outgoing, settings), _claim_held)
     [received] = plain_smtp.sink.to("dots@example.com")
     plain = received.message.get_body(("plain",))
     assert plain is not None
