@@ -26,7 +26,7 @@ from tests.factories import Factory
 from tests.servers import PostgresServer, RedisServer, running
 
 # The real-worker fixtures (jobs_stack, jobs_app, jobs_client, jobs_factory), for any folder.
-pytest_plugins = ["tests.plugins.workers"]
+pytest_plugins = ["tests.plugins.workers", "tests.plugins.smtp"]
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs512-0123456789abcdefgh"
 

@@ -1,7 +1,6 @@
 """Campaigns end to end (JOBS-3): a real worker mails every recipient through a real SMTP
 server exactly once, even when it is killed halfway, on the embedded and the Redis broker."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -13,18 +12,9 @@ from app.auth.models import Role
 from app.jobs.models import FINISHED, JobState
 from tests.factories import Factory
 from tests.plugins.workers import JobsStack, wait_for_task
-from tests.smtp import Received, SmtpServer, message_parts, start_smtp_server
+from tests.smtp import Received, SmtpServer, message_parts
 
 MAIL_DEADLINE_SECONDS = 30.0
-
-
-@pytest.fixture(scope="module")
-def smtp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpServer]:
-    server = start_smtp_server(tmp_path_factory.mktemp("smtp"))
-    try:
-        yield server
-    finally:
-        server.controller.stop()
 
 
 @pytest.fixture(scope="module")

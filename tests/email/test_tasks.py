@@ -2,7 +2,6 @@
 (aiosmtpd, STARTTLS with a private CA, AUTH LOGIN), on the embedded and the Redis broker."""
 
 import re
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -18,20 +17,11 @@ from app.auth.models import Role
 from app.email.models import Email, EmailStatus
 from tests.factories import Account, Factory
 from tests.plugins.workers import JobsStack, wait_for_task
-from tests.smtp import SmtpServer, message_parts, start_smtp_server
+from tests.smtp import SmtpServer, message_parts
 
 BASE_URL = "https://app.example.test"
 MAIL_DEADLINE_SECONDS = 30.0
 MAX_RETRIES = 2
-
-
-@pytest.fixture(scope="module")
-def smtp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpServer]:
-    server = start_smtp_server(tmp_path_factory.mktemp("smtp"))
-    try:
-        yield server
-    finally:
-        server.controller.stop()
 
 
 @pytest.fixture(scope="module")
