@@ -207,6 +207,8 @@ class Settings(BaseSettings):
     """how often beat sends the maintenance heartbeat"""
     heartbeat_stale_seconds: float = Field(default=120.0, gt=0)
     """readiness calls the jobs side stale (service degraded) past this heartbeat age"""
+    readiness_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    """/health/ready reuses its answer this long per process, so probes can't load the database"""
     # Ended sessions (expired or revoked) and their refresh tokens are deleted this long after
     # they end. Activity reports count logins from these rows, so reports reaching further back
     # than the retention (plus the refresh lifetime) see fewer sessions.

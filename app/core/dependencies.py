@@ -31,7 +31,9 @@ from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.storage import Storage
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# eq=False: one container is one process's services, compared and hashed by identity (the
+# readiness memo keys on it).
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False, weakref_slot=True)
 class Services:
     """What one API process opens at start and shares across requests; closed by the lifespan."""
 
