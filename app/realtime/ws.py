@@ -239,7 +239,9 @@ async def serve(
     on_open: Callable[[Subscriber], Awaitable[None]] | None = None,
     on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    subscriber = Subscriber(auth.principal.id, rt.settings.ws_send_queue_size)
+    subscriber = Subscriber(
+        auth.principal.id, rt.settings.ws_send_queue_size, session_id=auth.principal.session_id
+    )
     try:
         await rt.manager.admit(subscriber)
     except TooManyConnections:
