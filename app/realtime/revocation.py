@@ -20,7 +20,12 @@ from app.auth import principal as principals
 from app.auth.revocation import CHANNEL, EndReason, SessionsEnded
 from app.core.cache import Cache
 from app.core.pubsub import Hub, Subscription
-from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, ConnectionManager
+from app.realtime.manager import (
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHORIZED,
+    ConnectionManager,
+    Subscriber,
+)
 
 logger = logging.getLogger("app.realtime")
 
@@ -70,6 +75,30 @@ class SessionWatch:
                         event.reason)  # fmt: skip
         return ended
 
+    async def confirm(self, subscriber: Subscriber) -> None:
+        """Once registered, check the session again: an event that came between the token's
+        check and the registration found nothing to close, but its tombstone is written
+        before it is published, so this sees it."""
+        await self._check(subscriber.user_id, subscriber.session_id)
+
+    async def _check(self, user_id: int, session_id: str) -> int:
+        try:
+            live = await principals.session_is_live(
+                cache=self._cache,
+                sessionmaker=self._sessionmaker,
+                user_id=user_id,
+                session_id=session_id,
+            )
+        except (SQLAlchemyError, RedisError, OSError) as exc:
+            # An outage says nothing about the session: keep it, the next round tries again.
+            logger.warning("session re-check failed: %s", type(exc).__name__)
+            return -1
+        if live:
+            return 0
+        return self._manager.end_sessions(
+            user_id, (session_id,), CLOSE_UNAUTHORIZED, "session ended"
+        )
+
     async def _listen(self, subscription: Subscription) -> None:
         while True:
             event = SessionsEnded.decode(await subscription.get())
@@ -81,21 +110,10 @@ class SessionWatch:
         database connection, and only on cache misses); how many connections it closed."""
         ended = 0
         for user_id, session_id in self._manager.live_sessions():
-            try:
-                live = await principals.session_is_live(
-                    cache=self._cache,
-                    sessionmaker=self._sessionmaker,
-                    user_id=user_id,
-                    session_id=session_id,
-                )
-            except (SQLAlchemyError, RedisError, OSError) as exc:
-                # An outage says nothing about the session: keep it, try next round.
-                logger.warning("session re-check failed: %s", type(exc).__name__)
-                return ended
-            if not live:
-                ended += self._manager.end_sessions(
-                    user_id, (session_id,), CLOSE_UNAUTHORIZED, "session ended"
-                )
+            closed = await self._check(user_id, session_id)
+            if closed < 0:
+                break  # the rest would fail the same way
+            ended += closed
         return ended
 
     async def _recheck_forever(self) -> None:

@@ -51,6 +51,7 @@ async def notification_stream(
         return
     channels = [service.user_channel(principal.id), service.BROADCAST_CHANNEL]
     try:
+        await rt.watch.confirm(subscriber)  # closes it if the session ended meanwhile
         subscriber.hold()
         for channel in channels:
             await rt.manager.join(subscriber, channel)

@@ -253,6 +253,7 @@ async def serve(
     connection = _Connection(websocket, subscriber, on_frame, rt.settings.ws_idle_timeout_seconds)
     tasks: list[asyncio.Task[None]] = []
     try:
+        await rt.watch.confirm(subscriber)  # closes it if the session ended meanwhile
         subscriber.hold()
         for channel in channels:
             await rt.manager.join(subscriber, channel)
