@@ -41,11 +41,6 @@ class SessionsEnded:
     session_ids: frozenset[str] | None
     reason: EndReason
 
-    @property
-    def account_changed(self) -> bool:
-        """The user may no longer do what they could: not only these tokens are stale."""
-        return self.reason in (EndReason.ROLE_CHANGED, EndReason.DEACTIVATED, EndReason.DELETED)
-
     def encode(self) -> bytes:
         sessions = sorted(self.session_ids) if self.session_ids is not None else None
         return json.dumps(
