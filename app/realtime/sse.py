@@ -39,7 +39,9 @@ async def notification_stream(
     last_event_id: Annotated[str | None, Header(max_length=40)] = None,
     last_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Your notifications as they happen; resumes after `Last-Event-ID` (or `last_id`)."""
+    """Your notifications as they happen; resumes after `Last-Event-ID` (or `last_id`).
+    When the session ends (logout, password change, role change, deactivation, deletion) a
+    last `event: revoked` (`{"code": 4401 | 4403, "reason": ...}`) ends the stream."""
     subscriber = Subscriber(
         principal.id, rt.settings.ws_send_queue_size, session_id=principal.session_id
     )
