@@ -87,6 +87,7 @@ def _lifespan(
             settings=settings,
             hub=services.hub,
             redis=redis,
+            cache=services.cache,
             sessionmaker=services.sessionmaker,
             limiter=services.limiter,
             message_policy=policies.chat_message,

@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     # times per this period; a crashed process's leases lapse after it.
     ws_connection_lease_seconds: float = Field(default=60.0, ge=3)
     """with Redis, how long a connection's slot outlives a dead process"""
+    # Revocation reaches live connections at once through the hub; this re-check (one cache
+    # lookup per live session) bounds how long one lives on when that event is lost.
+    ws_session_recheck_seconds: float = Field(default=5.0, gt=0, le=300)
+    """how often WebSockets and SSE streams re-check their session (ended ones close, 4401)"""
     chat_message_max_length: int = Field(default=4000, ge=1)
     """characters per chat message"""
     chat_presence_max_members: int = Field(default=100, ge=0)  # per process (see chat.py)
