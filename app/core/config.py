@@ -307,6 +307,11 @@ class Settings(BaseSettings):
     # login flood slows logins down instead of every other request.
     password_hash_concurrency: int = Field(default_factory=_cores_but_one, ge=1)
     """password hashes computed at once; unset: CPU count - 1 (a core stays with the event loop)"""
+    # Past this many waiting per hashing thread, a login (or sign-up, or password change) is
+    # refused at once with 503 and Retry-After instead of queueing: a flood then costs the
+    # flooder, and admitted logins still answer within about a second (8 x ~20-50 ms a hash).
+    password_hash_max_waiting_per_thread: int = Field(default=8, ge=1, le=1000)
+    """hashes allowed to wait per hashing thread; past it, 503 with Retry-After at once"""
     # Argon2id cost: OWASP's baseline (19 MiB, 2 passes, 1 lane), about 20 ms per hash on one
     # core. Raising these upgrades stored hashes at each user's next login.
     argon2_memory_kib: int = Field(default=19_456, ge=8_192)
