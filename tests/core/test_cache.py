@@ -8,17 +8,39 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from app.core.cache import Cache, MemoryCache, RedisCache, cached, stable_key
+from app.core.cache import (
+    Cache,
+    LocalEntries,
+    MemoryCache,
+    RedisCache,
+    SplitCache,
+    cached,
+    stable_key,
+)
+
+
+@pytest.fixture(params=["memory", "redis", "process-entries"])
+def backend_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """In-process; all in one Redis; entries in process memory with generations in Redis."""
+    if request.param == "memory":
+        return request.param, None
+    url: str = request.getfixturevalue("redis_url")
+    return request.param, url
 
 
 @pytest.fixture
-async def cache(shared_state: str | None) -> AsyncIterator[Cache]:
-    if shared_state is None:
-        yield MemoryCache(max_entries=100)
+async def cache(backend_kind: tuple[str, str | None]) -> AsyncIterator[Cache]:
+    kind, url = backend_kind
+    if url is None:
+        yield MemoryCache(max_bytes=1024 * 1024)
         return
-    redis = Redis.from_url(shared_state)
+    redis = Redis.from_url(url)
     try:
-        yield RedisCache(redis, scan_batch=7)
+        if kind == "redis":
+            yield RedisCache(redis, scan_batch=7)
+        else:
+            state = RedisCache(redis, scan_batch=7)
+            yield SplitCache(state, LocalEntries(redis, MemoryCache(max_bytes=1024 * 1024)))
     finally:
         await redis.aclose()
 
@@ -99,10 +121,10 @@ def test_stable_keys_do_not_depend_on_the_process() -> None:
     assert keys == {stable_key("f", {"b": "x", "a": 1})}
 
 
-async def test_memory_cache_is_bounded() -> None:
-    cache = MemoryCache(max_entries=10)
+async def test_memory_cache_is_bounded_in_bytes() -> None:
+    cache = MemoryCache(max_bytes=10 * MemoryCache.entry_size("k00", b"v"))
     for n in range(50):
-        await cache.set(f"k{n}", b"v", ttl=60)
-    assert len(cache._entries) == 10
+        await cache.set(f"k{n:02}", b"v", ttl=60)
+    assert len(cache) == 10
     assert await cache.get("k49") == b"v"
-    assert await cache.get("k0") is None
+    assert await cache.get("k00") is None
