@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, Protocol
 
+from app.core.metrics import CACHE_LOOKUPS
 from app.core.redis import Redis, RedisError
 
 logger = logging.getLogger("app.cache")
@@ -381,7 +382,10 @@ def cached(
             key = stable_key(function.__qualname__, key_parts)
             generation, hit = await cache.get_versioned(namespace, key)
             if hit is not None:
+                CACHE_LOOKUPS.labels(namespace=namespace, result="hit").inc()
                 return hit
+            result_label = "miss" if generation >= 0 else "skip"
+            CACHE_LOOKUPS.labels(namespace=namespace, result=result_label).inc()
             result = await function(cache=cache, **kwargs)
             await cache.set_versioned(namespace, generation, key, result, ttl)
             return result
