@@ -242,6 +242,7 @@ async def test_a_flood_of_distinct_queries_stays_within_every_budget(
             memory = _memory_of(app)
             assert memory.used_bytes <= CACHE_BUDGET
             assert len(memory) < FLOOD_QUERIES  # the budget was reached: older pages went
+            held = f"process LRU {memory.used_bytes} B in {len(memory)} entries"
         else:
             stats = await _used_memory(cache_mode)
             assert stats <= CACHE_BUDGET + 64 * 1024, f"cache instance at {stats} bytes"
@@ -251,9 +252,11 @@ async def test_a_flood_of_distinct_queries_stays_within_every_budget(
             finally:
                 await probe.aclose()
             assert evicted > 0, "the flood never reached the cache instance's budget"
+            held = f"cache instance {stats} B, {evicted} keys evicted"
         print(  # the figures for the report (pytest -s)
             f"\n{cache_mode or 'process-memory'}: {FLOOD_QUERIES} queries in {elapsed:.1f}s, "
-            f"shared Redis +{shared_growth} B, +{new_keys} keys: {await _key_families(redis_url)}"
+            f"shared Redis +{shared_growth} B, +{new_keys} keys: {await _key_families(redis_url)}; "
+            f"{held}"
         )
 
         # Logins and job submissions still work: the shared Redis took no cache data.
