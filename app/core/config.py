@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     """Redis for rate limits, cache, pub/sub and the job broker; unset: in-process state"""
     redis_max_connections: int = Field(default=100, ge=1)
     """Redis connections per process"""
+    # Cached responses never go to REDIS_URL: that instance holds the broker and security
+    # state and must not evict, so anything clients can multiply there would block logins.
+    cache_redis_url: str | None = None
+    """a Redis only for cached responses (maxmemory + allkeys-lru); unset: process memory"""
+    cache_memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    """byte budget of the in-process cache (keys + values + per-entry overhead)"""
+    cache_list_max_page: int = Field(default=10, ge=0, le=100_000)
+    """list pages beyond this one are read from the database, never cached"""
 
     rate_limit_enabled: bool = True
     """the global per-client rate limit"""
@@ -322,6 +330,7 @@ class Settings(BaseSettings):
     @field_validator(
         "database_url",
         "redis_url",
+        "cache_redis_url",
         "sentry_dsn",
         "metrics_token",
         "celery_broker_url",
