@@ -39,6 +39,13 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)  # safe to show the owner: no internals
     attempts: Mapped[int] = mapped_column(default=0)
+    # What the reconciler (app/jobs/reconcile.py) needs to send the task again when its
+    # message is lost: recorded at enqueue, or by the worker for tasks sent without a row.
+    args: Mapped[list[Any] | None] = mapped_column(JSON)
+    kwargs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    queue: Mapped[str | None] = mapped_column(String(50))
+    worker: Mapped[str | None] = mapped_column(String(255))  # the node that last started it
+    requeues: Mapped[int] = mapped_column(default=0)  # sent again by the reconciler
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]

@@ -1,0 +1,37 @@
+"""jobs: what the reconciler needs to send a lost job again (args, queue, worker, requeues)
+
+Revision ID: 7a1c9e2f0008
+Revises: 4c2e3b1d0004
+Create Date: 2026-12-03 11:20:00.000000
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "7a1c9e2f0008"
+down_revision: str | None = "4c2e3b1d0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("args", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("kwargs", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("queue", sa.String(length=50), nullable=True))
+        batch_op.add_column(sa.Column("worker", sa.String(length=255), nullable=True))
+        # Existing rows were never re-queued: 0, not NULL.
+        batch_op.add_column(sa.Column("requeues", sa.Integer(), nullable=False, server_default="0"))
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.alter_column("requeues", server_default=None)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("requeues")
+        batch_op.drop_column("worker")
+        batch_op.drop_column("queue")
+        batch_op.drop_column("kwargs")
+        batch_op.drop_column("args")
