@@ -45,7 +45,7 @@ class Job(Base):
     kwargs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     queue: Mapped[str | None] = mapped_column(String(50))
     worker: Mapped[str | None] = mapped_column(String(255))  # the node that last started it
-    requeues: Mapped[int] = mapped_column(default=0)  # sent again by the reconciler
+    requeues: Mapped[int] = mapped_column(default=0, server_default="0")  # by the reconciler
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]

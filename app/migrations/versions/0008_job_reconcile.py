@@ -17,15 +17,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("args", sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column("kwargs", sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column("queue", sa.String(length=50), nullable=True))
-        batch_op.add_column(sa.Column("worker", sa.String(length=255), nullable=True))
-        # Existing rows were never re-queued: 0, not NULL.
-        batch_op.add_column(sa.Column("requeues", sa.Integer(), nullable=False, server_default="0"))
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.alter_column("requeues", server_default=None)
+    # Plain ADD COLUMNs: SQLite does them in place (a batch would copy the table).
+    op.add_column("jobs", sa.Column("args", sa.JSON(), nullable=True))
+    op.add_column("jobs", sa.Column("kwargs", sa.JSON(), nullable=True))
+    op.add_column("jobs", sa.Column("queue", sa.String(length=50), nullable=True))
+    op.add_column("jobs", sa.Column("worker", sa.String(length=255), nullable=True))
+    # Existing rows were never re-queued: 0, not NULL (the model's server default too).
+    op.add_column("jobs", sa.Column("requeues", sa.Integer(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
