@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
@@ -283,27 +283,19 @@ class Reconciler:
         }
 
     async def run(self) -> Outcome:
-        async with self.runtime.sessionmaker() as lock_session:
-            if not await self._lock(lock_session):
-                return Outcome(skipped="another reconciler is running")
-            try:
-                return await self._run()
-            finally:
-                await self._unlock(lock_session)
-
-    async def _lock(self, session: AsyncSession) -> bool:
-        if session.get_bind().dialect.name != "postgresql":
-            return True  # SQLite: one worker node (the embedded broker's); rows are CAS'd
-        locked = await session.scalar(select(func.pg_try_advisory_lock(ADVISORY_LOCK_KEY)))
-        await session.commit()  # the lock is the session's, not the transaction's
-        return bool(locked)
-
-    async def _unlock(self, session: AsyncSession) -> None:
-        if session.get_bind().dialect.name == "postgresql":
-            await session.execute(
-                text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY}
+        engine = self.runtime.engine
+        if engine.dialect.name != "postgresql":
+            return await self._run()  # SQLite: one worker node (the embedded broker's)
+        # A transaction-scoped advisory lock on a connection held for the whole run: released
+        # when the transaction ends, whatever happens (a session-level lock would stay with a
+        # pooled connection if its unlock were missed, and lock every other worker out).
+        async with engine.connect() as connection, connection.begin():
+            locked = await connection.scalar(
+                select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK_KEY))
             )
-            await session.commit()
+            if not locked:
+                return Outcome(skipped="another reconciler is running")
+            return await self._run()
 
     async def _run(self) -> Outcome:
         settings = self.settings

@@ -8,7 +8,9 @@ every few seconds while they wait; a worker also runs it when it starts.
 """
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +25,7 @@ from app.core.db import create_engine, create_sessionmaker, utcnow
 from app.core.migrate import upgrade_to_head
 from app.jobs.celery_app import RECONCILE_TASK, AppCelery, make_celery
 from app.jobs.models import FINISHED, JobState
+from app.jobs.reconcile import ADVISORY_LOCK_KEY
 from app.jobs.service import LOST_ERROR, Jobs
 from tests.conftest import TEST_SECRET, make_settings
 from tests.servers import PostgresServer, RedisServer, running
@@ -78,7 +81,12 @@ class Stack:
             finally:
                 await connection.close()
             return {
-                r["id"]: Row(JobState(r["state"]), r["error"], r["requeues"], r["result"])
+                r["id"]: Row(
+                    JobState(r["state"]),
+                    r["error"],
+                    r["requeues"],
+                    None if r["result"] is None else json.loads(r["result"]),
+                )
                 for r in records
             }
 
@@ -242,3 +250,37 @@ def test_a_job_lost_too_often_fails_with_a_reason_for_its_owner(stack: Stack) ->
     row = stack.wait_finished([task_id])[task_id]
     assert row.state == JobState.FAILURE
     assert row.error == LOST_ERROR
+
+
+def test_one_reconciler_at_a_time(stack: Stack) -> None:
+    """While another reconciler holds the lock, a run leaves even a lost job alone; the next
+    run after it is released sends the job again."""
+    task_id = str(uuid.uuid4())
+    skipped = "'skipped': 'another reconciler is running'"
+
+    async def lost_while_locked() -> None:
+        connection = await asyncpg.connect(stack.database_url.replace("+asyncpg", ""))
+        try:
+            await connection.execute(
+                "INSERT INTO jobs (id, name, state, attempts, cancel_requested, created_at,"
+                " args, kwargs, queue, requeues) VALUES ($1, 'app.noop', 'PENDING', 0, false,"
+                " $2, '[\"after the lock\"]', '{}', 'default', 0)",
+                task_id, utcnow() - timedelta(minutes=5),
+            )  # fmt: skip
+            async with connection.transaction():
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+                offset = len(stack.log())
+                stack.reconcile()
+                deadline = time.monotonic() + DEADLINE_SECONDS
+                while skipped not in stack.log()[offset:]:
+                    assert time.monotonic() < deadline, stack.worker.tail(40)
+                    await asyncio.sleep(0.1)  # polling the worker's log, bounded
+                state = await connection.fetchval("SELECT state FROM jobs WHERE id = $1", task_id)
+                assert state == JobState.PENDING
+        finally:
+            await connection.close()
+
+    asyncio.run(lost_while_locked())
+    row = stack.wait_finished([task_id])[task_id]
+    assert row.state == JobState.SUCCESS
+    assert row.result == {"echo": "after the lock"}
