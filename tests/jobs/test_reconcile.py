@@ -144,7 +144,7 @@ def stack(
             "REDIS_URL": broker,
             "CELERY_BROKER_URL": broker,
             "JOB_RECONCILE_GRACE_SECONDS": str(GRACE_SECONDS),
-            "JOB_RECONCILE_INSPECT_TIMEOUT_SECONDS": "1",
+            "JOB_RECONCILE_INSPECT_TIMEOUT_SECONDS": "2",
             "JOB_RECONCILE_MAX_REQUEUES": str(MAX_REQUEUES),
             "JOB_STATE_RETRY_SECONDS": "20",
         }
