@@ -1,7 +1,7 @@
 """The job reconciler: no job row stays PENDING or PROGRESS for ever because its message is gone.
 
 A job's message can be lost while its row says it is queued or running: Redis restarted
-without its append-only file (or was wiped), a publish after a FLUSHALL went nowhere, or a
+without its append-only file (or was wiped), lost its last second of writes to a crash, or a
 whole worker died (SIGKILL, OOM) holding it unacknowledged, which the Redis transport would
 only hand out again after the visibility timeout. The reconciler runs when a worker starts
 and every JOB_RECONCILE_INTERVAL_SECONDS (beat), and applies one rule:
@@ -104,10 +104,6 @@ class RedisBroker:
     def __post_init__(self) -> None:
         self._connection = self.celery.connection_for_write()
         self._channel: Any = self._connection.default_channel
-        # A FLUSHALL took the queues' bindings with it, and a sender whose connection outlived
-        # it still thinks they are declared: its messages are dropped until they are back.
-        for queue in self.celery.amqp.queues.values():
-            queue(self._channel).declare()
 
     def locate(self, ids: set[str]) -> dict[str, Where]:
         client = self._channel.client

@@ -197,8 +197,7 @@ def test_redis_wiped_loses_no_job(stack: Stack) -> None:
     running_id, queued = _queue_behind_a_running_job(stack, "wipe")
     with redis.Redis.from_url(stack.settings.broker_url) as client:
         client.flushall()  # every queue, the unacked hash, the queues' bindings
-    # Sent through the module's sender, which declared the queues before the wipe: the
-    # message goes nowhere until the reconciler has declared them again and sent it anew.
+    # Through the module's sender, which declared the queues before the wipe.
     sent_after = stack.enqueue("wipe: sent after the wipe")
 
     rows = stack.wait_finished([running_id, *queued, sent_after])
