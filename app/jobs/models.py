@@ -27,7 +27,11 @@ class Job(Base):
     from here (not the result backend) gives owner checks and listing on either broker."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),
+        # The reconciler's query (open rows, oldest first) without a scan of finished ones.
+        Index("ix_jobs_state_created_at", "state", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the Celery task id
     name: Mapped[str] = mapped_column(String(100))

@@ -35,19 +35,17 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import anyio.to_thread
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
+from app.jobs.base import JobTask
 from app.jobs.celery_app import QUEUES, AppCelery
 from app.jobs.models import Job, JobState
 from app.jobs.service import LOST_ERROR
-
-if TYPE_CHECKING:
-    from app.jobs.base import JobTask
 
 logger = logging.getLogger("app.jobs.reconcile")
 
@@ -259,15 +257,13 @@ async def _claim(session: AsyncSession, job: Candidate, **values: Any) -> bool:
 
 
 class Reconciler:
-    def __init__(self, task: "JobTask") -> None:
+    def __init__(self, task: JobTask) -> None:
         self.task = task
         self.celery: AppCelery = task.app
         self.settings = self.celery.settings
         self.runtime = task.runtime
 
-    def _task(self, name: str) -> "JobTask | None":
-        from app.jobs.base import JobTask  # base imports the service, which the task needs
-
+    def _task(self, name: str) -> JobTask | None:
         task = self.celery.tasks.get(name)
         return task if isinstance(task, JobTask) else None
 
@@ -400,7 +396,7 @@ class Reconciler:
         broker: Broker,
         job: Candidate,
         where: Where,
-        task: "JobTask | None",
+        task: JobTask | None,
     ) -> bool:
         if not await _claim(
             session, job, state=JobState.FAILURE, error=LOST_ERROR, finished_at=utcnow()
@@ -418,7 +414,7 @@ class Reconciler:
         return True
 
 
-def reconcile(task: "JobTask") -> dict[str, Any]:
+def reconcile(task: JobTask) -> dict[str, Any]:
     """One pass (the task `app.maintenance.reconcile_jobs`); returns what it did."""
     outcome = task.run_async(Reconciler(task).run())
     if outcome.restored or outcome.resent or outcome.failed:
