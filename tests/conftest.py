@@ -60,7 +60,8 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    with running(RedisServer(), "redis-server") as server:
+    # Persistent as deployed: it is the broker of the distributed fixtures (jobs_stack, system).
+    with running(RedisServer(persistent=True), "redis-server") as server:
         yield server
 
 

@@ -6,8 +6,9 @@ The servers are started from the Debian binaries installed on the machine:
   (falling back to ``PATH``) on a free loopback port with trust auth and
   durability turned off for speed.  PostgreSQL refuses to run as root, so when
   the tests run as root the server is run as the ``postgres`` user via ``runuser``.
-* ``RedisServer`` runs ``redis-server`` from ``PATH`` on a free loopback port
-  with persistence disabled.
+* ``RedisServer`` runs ``redis-server`` from ``PATH`` on a free loopback port,
+  without persistence unless ``persistent=True`` (the append-only file, fsynced
+  every second, as deployed: what a broker needs to survive a restart).
 
 Both raise ``ServerUnavailable`` (with a human reason) when the binaries are
 missing, and ``ServerStartError`` (with the server's log tail) when they are
@@ -424,7 +425,8 @@ class PostgresServer:
 
 
 class RedisServer:
-    """A private, non-persistent redis-server on a free loopback port."""
+    """A private redis-server on a free loopback port; its data directory (and with
+    `persistent`, its append-only file) lives until `stop`, through `kill`/`halt` + `revive`."""
 
     def __init__(
         self, *, binary: str | None = None, persistent: bool = False, config: Path | None = None
@@ -494,6 +496,7 @@ class RedisServer:
                 "--bind", HOST,
                 "--save", "",
                 "--appendonly", "yes" if self.persistent else "no",
+                "--appendfsync", "everysec",  # deploy/redis.conf's: at most 1 s lost to a kill
                 "--dir", str(self.base_dir),
                 "--daemonize", "no",
             ],

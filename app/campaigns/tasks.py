@@ -29,6 +29,10 @@ class CampaignTask(JobTask):
     mail is, and the send task that sees that marks the job finished (`record_progress`).
     Only a re-run of a campaign already over finishes its job here."""
 
+    # Its PROGRESS row outlives the body; a campaign whose last event was lost is finished
+    # by the outbox sweep (app/email/tasks.py), not re-run by the job reconciler.
+    reconcile_running = False
+
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         if not (isinstance(retval, dict) and retval.get("complete")):
             return

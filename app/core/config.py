@@ -164,6 +164,20 @@ class Settings(BaseSettings):
     # after 1, 2, 4, ... seconds, at most this many times.
     job_transient_max_retries: int = Field(default=3, ge=0)
     """a task failing on a database/broker outage is retried this many times"""
+    # The reconciler (app/jobs/reconcile.py) finds jobs whose message the broker lost (a Redis
+    # wiped or restarted without its file) or whose worker died holding it, and sends them
+    # again or fails them. It runs when a worker starts and every interval (beat).
+    job_reconcile_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """how often beat runs the job reconciler (lost messages, dead workers' jobs)"""
+    # A queued job younger than this is left alone: its message may still be on its way.
+    job_reconcile_grace_seconds: float = Field(default=60.0, ge=0)
+    """the reconciler looks only at queued/running jobs older than this"""
+    job_reconcile_max_requeues: int = Field(default=3, ge=0)
+    """a lost job is sent again this many times, then failed with a reason its owner sees"""
+    job_reconcile_inspect_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    """how long the reconciler waits for live workers to say which jobs they hold"""
+    job_reconcile_batch_size: int = Field(default=500, ge=1)
+    """most jobs the reconciler looks at per run (oldest first)"""
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
     """worker processes (app worker -c N overrides); unset: the CPU count"""
     # How often the embedded broker's worker looks for new messages (it cannot be woken).

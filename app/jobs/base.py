@@ -47,6 +47,13 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
     # Whether a row in `jobs` follows this task. Off for high-volume internal tasks (one per
     # campaign recipient), whose progress lives with their parent.
     tracked = True
+    # Whether the reconciler may send this task again when its message is lost (a Redis wipe,
+    # a dead worker): true for a body that may run twice with the same arguments (all ours).
+    requeue_safe = True
+    # Whether a STARTED/PROGRESS row means "the body is running". A task whose job stays
+    # open after its body returns (a campaign, finished by its last mail) says False: the
+    # reconciler then looks at its queued row only.
+    reconcile_running = True
     title = "Your task"  # how notifications name it: "Image processing finished"
 
     @property
@@ -77,7 +84,10 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
         token = REQUEST_ID.set(self.request.get("request_id") or self.request.id)
         try:
             if self.tracked and self.request.id and not self._start():
-                logger.info("task %s[%s] was cancelled before it ran", self.name, self.request.id)
+                logger.info(
+                    "task %s[%s] was cancelled (or given up) before it ran",
+                    self.name, self.request.id,
+                )  # fmt: skip
                 raise Ignore()  # noqa: TRY301 - Celery's way to drop it; never retried
             return super().__call__(*args, **kwargs)
         except Exception as exc:
@@ -88,8 +98,15 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
 
     def _start(self) -> bool:
         owner = self.request.get("owner_id")
+        request = self.request
+        delivery = service.Delivery(
+            worker=request.hostname,
+            args=list(request.args or []),
+            kwargs=dict(request.kwargs or {}),
+            queue=(request.delivery_info or {}).get("routing_key"),
+        )
         return self._record(
-            lambda session: service.mark_started(session, self.request.id, self.name, owner),
+            lambda session: service.mark_started(session, request.id, self.name, owner, delivery),
             "recording the start",
         )
 

@@ -7,6 +7,7 @@ Redis brokers differ only in the URLs and transport options below: the tasks are
 """
 
 from datetime import timedelta
+from fnmatch import fnmatchcase
 from typing import Any
 
 from celery import Celery
@@ -28,6 +29,17 @@ ROUTES: dict[str, dict[str, str]] = {
     "app.reports.*": {"queue": "reports"},
     "app.maintenance.*": {"queue": "maintenance"},
 }
+
+RECONCILE_TASK = "app.maintenance.reconcile_jobs"
+
+
+def queue_for(name: str) -> str:
+    """The queue ROUTES send a task to (recorded on its job row, to send it again)."""
+    for pattern, route in ROUTES.items():
+        if fnmatchcase(name, pattern):
+            return route["queue"]
+    return "default"
+
 
 # What beat sends, and when (UTC). The heartbeat's interval is a setting: see make_celery.
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
@@ -51,6 +63,15 @@ def _heartbeat_entry(settings: Settings) -> dict[str, Any]:
         "task": "app.maintenance.heartbeat",
         "schedule": timedelta(seconds=interval),
         "options": {"expires": interval},
+    }
+
+
+def _reconcile_entry(settings: Settings) -> dict[str, Any]:
+    interval = settings.job_reconcile_interval_seconds
+    return {
+        "task": RECONCILE_TASK,
+        "schedule": timedelta(seconds=interval),
+        "options": {"expires": interval},  # the next one is as good as a late one
     }
 
 
@@ -121,7 +142,11 @@ def make_celery(settings: Settings) -> AppCelery:
         worker_send_task_events=False,
         # Remote control (revoke, inspect) needs broadcast, which the SQLite broker lacks.
         worker_enable_remote_control=not settings.embedded_broker,
-        beat_schedule={**BEAT_SCHEDULE, "heartbeat": _heartbeat_entry(settings)},
+        beat_schedule={
+            **BEAT_SCHEDULE,
+            "heartbeat": _heartbeat_entry(settings),
+            "reconcile-jobs": _reconcile_entry(settings),
+        },
         beat_schedule_filename=str(settings.app_data_dir / "celerybeat-schedule"),
     )
     return celery

@@ -16,9 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.db import utcnow
 from app.core.errors import NotFound, ServiceUnavailable
 from app.core.request_context import REQUEST_ID
+from app.jobs.celery_app import queue_for
 from app.jobs.models import FINISHED, Job, JobState
 
 logger = logging.getLogger("app.jobs")
+# What the owner reads when the reconciler gives a lost job up (app/jobs/reconcile.py).
+LOST_ERROR = "The task was lost when the job queue restarted; submit it again."
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,10 @@ class Jobs:
         committed work stays, and anything that must still happen (an outbox row) is found
         again by the maintenance sweep.
         """
-        job = Job(id=str(uuid.uuid4()), name=name, owner_id=owner_id, state=JobState.PENDING)
+        job = Job(
+            id=str(uuid.uuid4()), name=name, owner_id=owner_id, state=JobState.PENDING,
+            args=list(args), kwargs={}, queue=queue_for(name),
+        )  # fmt: skip
         session.add(job)
         await session.commit()
         try:
@@ -124,13 +130,38 @@ async def request_cancel(session: AsyncSession, job: Job) -> Job:
 # -- written by the worker -------------------------------------------------------------------
 
 
-async def mark_started(session: AsyncSession, job_id: str, name: str, owner_id: int | None) -> bool:
-    """STARTED, creating the row for tasks sent without one (beat). False: it was cancelled."""
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a worker knows of the message it runs: recorded so the job can be sent again."""
+
+    worker: str | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    queue: str | None = None
+
+
+async def mark_started(
+    session: AsyncSession,
+    job_id: str,
+    name: str,
+    owner_id: int | None,
+    delivery: Delivery | None = None,
+) -> bool:
+    """STARTED, creating the row for tasks sent without one (beat). False: it was cancelled,
+    or the reconciler gave it up (a stray copy of its message must not run it after all)."""
+    delivery = delivery or Delivery()
     job = await session.get(Job, job_id, with_for_update=True)
     if job is None:
         # Column defaults apply at flush; the counters below are read before that.
-        job = Job(id=job_id, name=name, owner_id=owner_id, attempts=0, cancel_requested=False)
+        job = Job(id=job_id, name=name, owner_id=owner_id, attempts=0, cancel_requested=False,
+                  requeues=0)  # fmt: skip
         session.add(job)
+    if job.state == JobState.FAILURE and job.error == LOST_ERROR:
+        return False
+    if job.args is None and delivery.args is not None:
+        job.args, job.kwargs = delivery.args, delivery.kwargs or {}
+        job.queue = job.queue or delivery.queue
+    job.worker = delivery.worker
     if job.cancel_requested:
         job.state = JobState.REVOKED
         job.finished_at = job.finished_at or utcnow()

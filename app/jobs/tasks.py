@@ -9,8 +9,9 @@ from typing import Any
 
 from app.core.db import utcnow
 from app.jobs import heartbeat as heartbeats
-from app.jobs import service
+from app.jobs import reconcile, service
 from app.jobs.base import JobTask, job
+from app.jobs.celery_app import RECONCILE_TASK
 
 logger = logging.getLogger("app.jobs.tasks")
 DELAY_STEP_SECONDS = 0.5
@@ -47,3 +48,12 @@ def purge_jobs(task: JobTask) -> dict[str, Any]:
     )
     logger.info("purged %d finished jobs", jobs)
     return {"jobs": jobs}
+
+
+# Untracked: it runs every JOB_RECONCILE_INTERVAL_SECONDS, and its own row would be one more
+# open job for it to look at.
+@job(RECONCILE_TASK, tracked=False)
+def reconcile_jobs(task: JobTask) -> dict[str, Any]:
+    """Jobs whose message the broker lost, or whose worker died holding it: sent again, or
+    failed with a reason their owner sees (app/jobs/reconcile.py). Safe to run twice at once."""
+    return reconcile.reconcile(task)

@@ -562,3 +562,41 @@ def test_cache_redis_is_separate_bounded_and_evicting(
     assert values["maxmemory-policy"] == "allkeys-lru"
     budget = int(str(values["maxmemory"]))
     assert 0 < budget < int(cache["mem_limit"]) * 0.8, "the container must hold the budget"
+
+
+def _redis_conf(path: Path) -> dict[str, str]:
+    lines = (line.split(None, 1) for line in path.read_text().splitlines())
+    return {parts[0]: parts[1].strip() for parts in lines if parts and not parts[0].startswith("#")}
+
+
+def test_redis_keeps_the_job_queue_through_a_restart(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The broker's queues and unacked messages survive a Redis restart: the append-only file,
+    fsynced every second, on a named volume; the CI override leaves that alone."""
+    base = _redis_conf(ROOT / "deploy" / "redis.conf")
+    assert base["appendonly"] == "yes"
+    assert base["appendfsync"] == "everysec"
+    container = _redis_conf(ROOT / "deploy" / "redis" / "redis.conf")
+    assert container["include"] == "/usr/local/etc/redis/base.conf"
+    assert set(container) & {"appendonly", "appendfsync", "save"} == set()
+    assert container["dir"] == "/data"
+
+    redis_service = services["redis"]
+    assert "/usr/local/etc/redis/redis.conf" in redis_service["command"]
+    mounts = {m["target"]: m for m in redis_service["volumes"]}
+    assert Path(mounts["/usr/local/etc/redis/base.conf"]["source"]) == ROOT / "deploy/redis.conf"
+    assert mounts["/data"]["type"] == "volume"
+
+    env_file = _write_env(tmp_path / "test.env", REQUIRED_ENV)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    override = ROOT / ".ci" / "compose.ci.yaml"
+    result = subprocess.run(
+        [_compose_binary(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE),
+         "-f", str(override), "config", "--format", "json"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    in_ci = json.loads(result.stdout)["services"]["redis"]
+    assert in_ci["command"] == redis_service["command"]
+    assert in_ci["volumes"] == redis_service["volumes"]
