@@ -1,9 +1,10 @@
 """Pure-ASGI middleware. Each passes through scope types it doesn't handle, and answers its
 own refusals in the error envelope."""
 
+import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -150,6 +151,10 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+def _host_count(scope: Scope) -> int:
+    return sum(1 for name, _ in scope["headers"] if name == b"host")
+
+
 class TrustedHostMiddleware:
     """Refuses requests for hosts we don't serve (Host header attacks, DNS rebinding).
 
@@ -165,6 +170,13 @@ class TrustedHostMiddleware:
         self.suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and _host_count(scope) > 1:
+            # Two Host headers: a proxy and the app may each believe a different one.
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await send_error(scope, receive, send, status=400, message="Duplicate Host header")
+            return
         if (
             self.allow_any
             or scope["type"] not in ("http", "websocket")
@@ -230,3 +242,106 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def json_shape_problem(body: bytes, *, max_depth: int, max_items: int) -> str | None:
+    """Why this JSON body is too deep or has too many values, or None (malformed JSON is None
+    too: FastAPI answers it with a 422).
+
+    Counting brackets and commas bounds depth and values from above, at C speed: a normal body
+    stops there. Only a body that could be over a limit is parsed and walked."""
+    opens = body.count(b"[") + body.count(b"{")
+    if opens <= max_depth and opens + body.count(b",") <= max_items:
+        return None
+    too_deep = f"The JSON body is nested deeper than {max_depth} levels"
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        return too_deep
+    except ValueError:
+        return None
+    items = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[object] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > max_depth:
+            return too_deep
+        items += len(node)
+        if items > max_items:
+            return f"The JSON body has more than {max_items} values"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _json_body_expected(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Will FastAPI parse this request's body as JSON? (It does without a Content-Type too.)"""
+    has_body, is_json = False, True
+    for name, value in headers:
+        if name == b"content-length":
+            has_body = value != b"0"
+        elif name == b"transfer-encoding":
+            has_body = True
+        elif name == b"content-type":
+            media_type = value.split(b";", 1)[0].strip().lower()
+            is_json = media_type == b"application/json" or media_type.endswith(b"+json")
+    return has_body and is_json
+
+
+class JSONLimitsMiddleware:
+    """Refuses (413) JSON bodies nested deeper than `max_depth` or with more than `max_items`
+    values, before FastAPI parses them and pydantic validates them: pydantic would make one
+    error per unknown key (500 000 keys kept a process busy ~10 s). Works under any server.
+
+    It sits inside BodySizeLimitMiddleware (the body it reads is capped) and reads the whole
+    body, as FastAPI does for a JSON body anyway, then hands it on unchanged. Paths in
+    `skip_paths` (streamed uploads) are passed through."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_depth: int, max_items: int, skip_paths: Sequence[str] = ()
+    ) -> None:
+        self.app = app
+        self.max_depth = max_depth
+        self.max_items = max_items
+        self.skip_paths = [re.compile(pattern) for pattern in skip_paths]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not _json_body_expected(scope["headers"])
+            or any(pattern.match(scope["path"]) for pattern in self.skip_paths)
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client left: nobody to answer
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except HTTPException as exc:  # the body cap, raised by the receive we wrap
+            await send_error(scope, receive, send, status=exc.status_code, message=exc.detail)
+            return
+        body = b"".join(chunks)
+        problem = json_shape_problem(body, max_depth=self.max_depth, max_items=self.max_items)
+        if problem is not None:
+            await send_error(scope, receive, send, status=413, message=problem)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
