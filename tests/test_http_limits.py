@@ -170,6 +170,16 @@ def test_too_many_header_bytes_is_431(api: Api) -> None:
     assert reply.closed
 
 
+def test_limits_hold_on_a_kept_alive_connection(api: Api) -> None:
+    with socket.create_connection(("127.0.0.1", api.port), timeout=15) as connection:
+        connection.sendall(request("GET", "/health"))
+        assert read_reply(connection, time.monotonic(), probe_close=False).status == 200
+        connection.sendall(request("GET", "/health", "X-Big: " + "a" * 5000))
+        reply = read_reply(connection, time.monotonic())
+    reply.envelope(431, "request_header_fields_too_large")
+    assert reply.closed
+
+
 def test_too_many_headers_is_431(api: Api) -> None:
     reply = exchange(api, request("GET", "/health", *(f"X-H{i}: 1" for i in range(31))))
     reply.envelope(431, "request_header_fields_too_large")

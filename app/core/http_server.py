@@ -272,22 +272,34 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.limits.body_timeout, self._body_window_over
             )
             return
-        self._refuse(408, "The request body arrived too slowly")
+        self._refuse(408, "The request body arrived too slowly", during_body=True)
 
     # --- refusals ----------------------------------------------------------------------------
 
-    def _refuse(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        """Answer in the envelope unless the app has started its answer, then close."""
+    def _refuse(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        during_body: bool = False,
+    ) -> None:
+        """Answer in the envelope, then close. Not over an answer already on the wire: the
+        request's own (a body refusal) or a pipelined earlier one's (a head refusal)."""
         self._refused = True
         self._cancel_timers()
-        cycle = self.cycle
+        cycle = self.cycle  # the refused request's own only once its head was complete
         logger.warning(
             "request refused by the HTTP server",
             status=status,
             reason=message,
             client=f"{self.client[0]}:{self.client[1]}" if self.client else None,
         )
-        if cycle is None or not cycle.response_started:
+        if during_body:
+            may_write = cycle is not None and not cycle.response_started
+        else:
+            may_write = cycle is None or cycle.response_complete
+        if may_write:
             self.transport.write(self._error_response(status, message, headers or {}))
         if cycle is not None and not cycle.response_complete:
             # The app's task (if any) sees a disconnect and its writes go nowhere.
