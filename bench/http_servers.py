@@ -142,7 +142,8 @@ def measure(server: Server, target: Target, load: Load, token: str) -> dict[str,
         "rps": round(result.rps, 1),
         "p50_ms": result.p50_ms,
         "p99_ms": result.p99_ms,
-        "errors": result.non_2xx + sum(result.socket_errors.values()),
+        "non_2xx": result.non_2xx,
+        "socket_errors": {kind: n for kind, n in result.socket_errors.items() if n},
         "cpu_us_per_request": round(cpu / result.requests * 1e6, 1) if result.requests else None,
     }
 
@@ -155,7 +156,8 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rps_runs": rps,
         "cpu_us_per_request_median": statistics.median(cpu) if cpu else None,
         "cpu_us_per_request_runs": cpu,
-        "errors": sum(run["errors"] for run in runs),
+        "non_2xx": sum(run["non_2xx"] for run in runs),
+        "socket_errors": sum(sum(run["socket_errors"].values()) for run in runs),
     }
 
 
