@@ -26,6 +26,7 @@ from app.core.logging import configure_logging
 from app.core.middleware import (
     BodySizeLimitMiddleware,
     GZipIfAcceptedMiddleware,
+    JSONLimitsMiddleware,
     MetricsMiddleware,
     RateLimitMiddleware,
     SecurityHeadersMiddleware,
@@ -170,6 +171,12 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
                 for path in UPLOAD_PATHS
             ],
         ),
+        Middleware(
+            JSONLimitsMiddleware,
+            max_depth=settings.json_max_depth,
+            max_items=settings.json_max_items,
+            skip_paths=UPLOAD_PATHS,
+        ),
     ]
     return stack
 
@@ -191,7 +198,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
         docs_url=None,
         redoc_url=None,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, max_validation_errors=settings.validation_max_errors)
     include_routes(app)
     if settings.show_docs:
         install_docs(app)

@@ -225,6 +225,32 @@ class Settings(BaseSettings):
     # connection just as the proxy reuses it, and the proxy answers 502.
     http_keepalive_timeout_seconds: int = Field(default=75, ge=1)
     """idle keep-alive connections close after this; keep it above the proxy's (nginx: 60)"""
+    # Enforced by `app api`'s HTTP protocol (app/core/http_server.py), not by a bare uvicorn:
+    # httptools (llhttp) has no size limit of its own; 48 MiB of headers cost 300 MiB of memory.
+    http_max_request_line_bytes: int = Field(default=8 * 1024, ge=256)
+    """`app api`: a longer request line (method, URL, version) gets 414"""
+    http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """`app api`: more header bytes in total (names and values) get 431"""
+    http_max_headers: int = Field(default=100, ge=8)
+    """`app api`: more header lines than this get 431"""
+    http_header_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
+    """`app api`: a connection whose request head is not complete within this is closed (408)"""
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """`app api`: a request body must progress by HTTP_BODY_MIN_RATE_BYTES per second over each
+    window this long (a window with no byte at all included), or the connection is closed (408)"""
+    http_body_min_rate_bytes: int = Field(default=1024, ge=0)
+    """`app api`: the slowest body upload accepted, in bytes per second (see HTTP_BODY_TIMEOUT)"""
+    http_max_connections: int = Field(default=1000, ge=1)
+    """`app api`: open connections per process (WebSockets and idle keep-alive included); the
+    next ones get 503 with Retry-After"""
+    # App-level: checked by JSONLimitsMiddleware before FastAPI parses and pydantic validates,
+    # whatever the server. A body of 500 000 unknown keys kept a process busy ~10 s.
+    json_max_depth: int = Field(default=32, ge=2, le=500)
+    """a JSON body nested deeper than this (objects and arrays) gets 413"""
+    json_max_items: int = Field(default=10_000, ge=10)
+    """a JSON body with more values than this (object members plus array elements) gets 413"""
+    validation_max_errors: int = Field(default=20, ge=1, le=1000)
+    """a 422 lists at most this many errors, then says how many more there were"""
 
     # Maintenance (JOBS-6). Beat sends a heartbeat this often; readiness calls the jobs side
     # stale (and the service degraded) when the last one is older than the threshold, which
