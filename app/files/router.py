@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.dependencies import CurrentPrincipal
 from app.core.config import Settings
 from app.core.dependencies import SessionDep, SettingsDep, StorageDep
+from app.core.errors import ErrorResponse
 from app.core.storage import Storage
 from app.files import service
 from app.files.dependencies import ReadableFile
@@ -37,16 +38,23 @@ MULTIPART_BODY: dict[str, Any] = {
     }
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "The file is over MAX_UPLOAD_BYTES"},
-    415: {"description": "Extension not allowed, or content not matching it"},
-    503: {"description": "Storage unavailable"},
-    507: {"description": "Storage full"},
+    413: {"model": ErrorResponse, "description": "The file is over MAX_UPLOAD_BYTES"},
+    415: {
+        "model": ErrorResponse,
+        "description": "Not multipart/form-data, extension not allowed, or content not matching it",
+    },
+    503: {"model": ErrorResponse, "description": "Storage unavailable"},
+    507: {"model": ErrorResponse, "description": "Storage full"},
 }
+# The bytes go out with the media type stored for the file (sniffed on upload, or the format
+# of a made image or report), so any type may come back.
+_BYTES: dict[str, Any] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
 _CONTENT: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "The whole file"},
-    206: {"description": "The requested range"},
+    200: {"content": _BYTES, "description": "The whole file, with its stored media type"},
+    206: {"content": _BYTES, "description": "The requested range (one `bytes=` range)"},
     304: {"description": "Not modified (If-None-Match)"},
-    416: {"description": "Range not satisfiable"},
+    416: {"model": ErrorResponse, "description": "Range not satisfiable"},
+    503: {"model": ErrorResponse, "description": "Storage unavailable"},
 }
 
 
