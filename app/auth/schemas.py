@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 from app.auth.models import Role
-from app.core.schemas import APIModel, CleanStr, Email, InputModel
+from app.core.schemas import APIModel, CleanStr, Email, InputModel, any_case
 
 RESERVED_USERNAMES = frozenset(
     {
@@ -28,14 +28,10 @@ UPPER_CASE = r"[A-Z]"
 DIGIT = r"\d"
 
 
-def _any_case(word: str) -> str:
-    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
-
-
 # The validators below say which rule failed; these patterns are the same rules for the OpenAPI
 # document (pydantic's Rust regex engine has no look-ahead, so they can't be the validators).
 USERNAME_SCHEMA_PATTERN = (
-    f"^(?!(?:{'|'.join(_any_case(name) for name in sorted(RESERVED_USERNAMES))})$)"
+    f"^(?!(?:{'|'.join(any_case(name) for name in sorted(RESERVED_USERNAMES))})$)"
     f"{USERNAME_CHARS}$"
 )
 PASSWORD_SCHEMA_PATTERN = f"^(?=[\\s\\S]*{UPPER_CASE})(?=[\\s\\S]*{DIGIT})"

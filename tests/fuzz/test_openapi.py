@@ -119,6 +119,25 @@ CODE_ONLY_RULES: dict[str, list[CodeOnlyRule]] = {
             "which password is the caller's is a fact of the database, not of the schema",
         ),
     ],
+    **{
+        label: [
+            CodeOnlyRule(
+                400, "invalid_token", "invalid, expired or already used", None,
+                "only a token the API mailed is valid: a fact of the database",
+            )
+        ]
+        for label in ("POST /api/v1/auth/verify", "POST /api/v1/auth/password-reset")
+    },
+    **{
+        label: [
+            CodeOnlyRule(
+                415, "unsupported_media_type", fragment, None,
+                "the file's name and first bytes decide its type: a binary part has no schema",
+            )
+            for fragment in ("are not accepted", "The content is not a")
+        ]
+        for label in ("POST /api/v1/files", "POST /api/v1/items/{item_id}/images")
+    },
     "POST /api/v1/reports": [
         CodeOnlyRule(
             422, "validation_error", fragment, "body",
