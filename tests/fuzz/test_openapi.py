@@ -21,7 +21,11 @@ How it runs:
 * Every call carries the caller's bearer token. ``case.validate_response`` checks each
   answer: no 5xx, body and content type as documented, and no 401 from an operation that
   needs a token (the token is always live, so a 401 means the protected code was never
-  reached).
+  reached). It also checks that the schema is the validation: a positive case must not be
+  refused as invalid (the schema would be looser than the code) and a negative case must be
+  refused (stricter). Rules no JSON schema can state are in ``CODE_ONLY_RULES``, each with
+  the answer it gives and why; tests/core/test_schema_patterns.py checks the patterns that
+  stand in the document for validators.
 * Runs are derandomized so that CI is reproducible. ``FUZZ_MAX_EXAMPLES=300 FUZZ_RANDOM=1``
   gives a longer, different run locally.
 """
