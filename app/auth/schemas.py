@@ -30,10 +30,8 @@ DIGIT = r"\d"
 
 # The validators below say which rule failed; these patterns are the same rules for the OpenAPI
 # document (pydantic's Rust regex engine has no look-ahead, so they can't be the validators).
-USERNAME_SCHEMA_PATTERN = (
-    f"^(?!(?:{'|'.join(any_case(name) for name in sorted(RESERVED_USERNAMES))})$)"
-    f"{USERNAME_CHARS}$"
-)
+_RESERVED = "|".join(any_case(name) for name in sorted(RESERVED_USERNAMES))
+USERNAME_SCHEMA_PATTERN = f"^(?!(?:{_RESERVED})$){USERNAME_CHARS}$"
 PASSWORD_SCHEMA_PATTERN = f"^(?=[\\s\\S]*{UPPER_CASE})(?=[\\s\\S]*{DIGIT})"
 
 
