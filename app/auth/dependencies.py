@@ -128,12 +128,13 @@ async def limit_password_reset(request: Request, response: Response) -> None:
 
 
 async def limit_verification(
-    request: Request, response: Response, principal: Annotated[Principal, Security(get_principal)]
+    request: Request, response: Response, user: Annotated[User, Depends(get_current_user)]
 ) -> None:
-    """Verification links go to the caller's own inbox; the reset policy bounds them too."""
-    await enforce(
-        request, response, services_of(request).policies.password_reset, f"verify:{principal.id}"
-    )
+    """Verification links go to the caller's own mailbox: the reset policy's per-address
+    budget bounds them too, so reset and verification mails together can't flood one inbox.
+    (`get_current_user` is solved once per request: the route's own `CurrentUser` reuses it.)"""
+    policy = services_of(request).policies.password_reset
+    await enforce(request, response, policy, "email:" + address_key(user.email))
 
 
 CurrentPrincipal = Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])]

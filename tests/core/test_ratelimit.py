@@ -227,6 +227,20 @@ async def test_spellings_of_one_address_share_the_reset_budget(
         assert other.status_code == 202
 
 
+async def test_verification_and_reset_mails_share_the_mailbox_budget(
+    build_client: BuildClient,
+) -> None:
+    async with build_client(rate_limit_password_reset="2/hour", **PROXIED) as (app, client):
+        account = await Factory(client, app).account(username="Inbox")
+        verify = "/api/v1/auth/verify/request"
+        assert (await client.post(verify, headers=account.headers)).status_code == 202
+        tagged = account.email.replace("@", "+spam@").upper()
+        other_client = {"X-Forwarded-For": "203.0.113.40"}
+        asked = await client.post(RESET, json={"email": tagged}, headers=other_client)
+        assert asked.status_code == 202
+        assert_envelope(await client.post(verify, headers=account.headers), 429, "rate_limited")
+
+
 async def _last_reset_token(app: FastAPI, recipient: str) -> str:
     async with app.state.services.sessionmaker() as session:
         email = (
