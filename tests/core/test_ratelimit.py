@@ -1,3 +1,4 @@
+import asyncio
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -124,6 +125,22 @@ async def test_a_strangers_failures_do_not_lock_the_owner_out(build_client: Buil
         assert [str(m).split(";")[0] for m in messages] == [
             "Too many failed logins (a password reset lifts this)"
         ] * 2
+
+
+async def test_concurrent_guesses_cannot_slip_past_the_failure_budget(
+    build_client: BuildClient,
+) -> None:
+    limits = {"rate_limit_login_account": "3/hour", "rate_limit_login_account_global": "5/hour"}
+    async with build_client(**limits, **PROXIED) as (app, client):
+        await Factory(client, app).register("crowded")
+        # Each attempt is counted before its password is checked: twenty at once from one
+        # client get exactly the client's three guesses, from twenty clients the global five.
+        one = await asyncio.gather(*(_login(client, "crowded", "198.51.100.9") for _ in range(20)))
+        assert sorted(r.status_code for r in one) == [401] * 3 + [429] * 17
+        many = await asyncio.gather(
+            *(_login(client, "crowded", f"203.0.113.{n + 100}") for n in range(20))
+        )
+        assert sorted(r.status_code for r in many) == [401] * 2 + [429] * 18
 
 
 async def test_success_does_not_consume_the_failure_budget(build_client: BuildClient) -> None:
