@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from app.core.dependencies import services_of
-from app.core.limit_keys import address_key
 from app.core.limits import RateLimited, check, client_of
 from app.core.ratelimit import Decision, Policy, RateLimiter
 
@@ -29,11 +28,13 @@ TOO_MANY_FAILURES = "Too many failed logins (a password reset lifts this)"
 
 
 def account_key(*, user_id: int | None, login: str) -> str:
-    """The account a login counts against: the user when the name is known, else the name,
-    normalised as the lookup normalises it (emails further, as every per-address limit)."""
+    """The account a login counts against: the user when the name is known, else the name
+    normalised exactly as the lookup normalises it. No further (say, `address_key` for an
+    email): two spellings that find no account must keep separate budgets, as they do when one
+    of them finds an account, or the budgets would tell which addresses have one."""
     if user_id is not None:
         return f"user:{user_id}"
-    return "name:" + (address_key(login) if "@" in login else login.lower())
+    return "name:" + login.lower()
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,22 @@ async def test_concurrent_guesses_cannot_slip_past_the_failure_budget(
         assert sorted(r.status_code for r in many) == [401] * 2 + [429] * 18
 
 
+async def test_budgets_do_not_tell_which_addresses_have_an_account(
+    build_client: BuildClient,
+) -> None:
+    async with build_client(rate_limit_login_account="2/hour", **PROXIED) as (app, client):
+        await Factory(client, app).register("known")
+        ip = "198.51.100.77"
+        answers = {}
+        for name in ("known", "unknown"):
+            spent = [await _login(client, f"{name}@example.com", ip) for _ in range(3)]
+            # Another spelling of the address: no account has it, whether or not one has the
+            # address itself, so it has its own budget in both cases.
+            variant = await _login(client, f"{name}+x@example.com", ip)
+            answers[name] = [r.status_code for r in [*spent, variant]]
+        assert answers["known"] == answers["unknown"] == [401, 401, 429, 401]
+
+
 async def test_success_does_not_consume_the_failure_budget(build_client: BuildClient) -> None:
     limits = {"rate_limit_login_account": "2/hour", "rate_limit_login_account_global": "3/hour"}
     async with build_client(**limits, **PROXIED) as (app, client):
