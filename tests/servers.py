@@ -426,10 +426,15 @@ class PostgresServer:
 class RedisServer:
     """A private, non-persistent redis-server on a free loopback port."""
 
-    def __init__(self, *, binary: str | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self, *, binary: str | None = None, persistent: bool = False, config: Path | None = None
+    ) -> None:
         self._binary = binary
         # Append-only file, as deployed (deploy/redis.conf): queues survive a restart.
         self.persistent = persistent
+        # A shipped config file (memory budget, eviction policy) under this harness's own
+        # port, address, directory and persistence arguments, which win over the file's.
+        self.config = config
         self.port: int | None = None
         self.base_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -484,6 +489,7 @@ class RedisServer:
         self._proc = subprocess.Popen(
             [
                 binary,
+                *([str(self.config)] if self.config is not None else []),
                 "--port", str(self.port),
                 "--bind", HOST,
                 "--save", "",

@@ -16,11 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth import principal as principals
 from app.auth import service as auth_service
 from app.auth.models import ActionToken, AuthSession, TokenPurpose, User
+from app.auth.revocation import EndReason
 from app.auth.throttle import LoginThrottle, account_key
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import AppError, Conflict
+from app.core.pubsub import Hub
 from app.core.security import PasswordHasher, hash_opaque_token, new_opaque_token
 from app.email import service as outbox
 from app.jobs.service import Jobs
@@ -159,6 +161,7 @@ async def reset_password(
     *,
     session: AsyncSession,
     cache: Cache,
+    hub: Hub,
     settings: Settings,
     hasher: PasswordHasher,
     throttle: LoginThrottle,
@@ -180,5 +183,12 @@ async def reset_password(
         session=session, user_id=user_id, reason="password_reset"
     )
     await session.commit()
-    await auth_service.publish_revocations(cache=cache, settings=settings, session_ids=revoked)
+    await auth_service.publish_revocations(
+        cache=cache,
+        hub=hub,
+        settings=settings,
+        user_id=user_id,
+        session_ids=revoked,
+        reason=EndReason.PASSWORD_RESET,
+    )
     await throttle.reset(account_key(user_id=user_id, login=user.email))

@@ -96,6 +96,10 @@ async def get_cache(connection: HTTPConnection) -> Cache:
     return services_of(connection).cache
 
 
+async def get_hub(connection: HTTPConnection) -> Hub:
+    return services_of(connection).hub
+
+
 async def get_storage(connection: HTTPConnection) -> Storage:
     return services_of(connection).storage
 
@@ -109,5 +113,6 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
+HubDep = Annotated[Hub, Depends(get_hub)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 BackgroundDep = Annotated[TaskManager, Depends(get_background)]

@@ -5,6 +5,7 @@ remaining budget and the reset time all come from one atomic INCR-with-expiry: o
 round trip per check, and every process agrees on the window.
 """
 
+import hashlib
 import logging
 import math
 import time
@@ -53,6 +54,21 @@ class Decision:
         return headers
 
 
+# Identifiers can be client text (a reset request's email is counted before it is validated):
+# longer ones are stored as a digest, so a counter key never costs more than ~150 bytes.
+_MAX_IDENTIFIER_CHARS = 64
+
+
+def _bounded(identifier: str) -> str:
+    if len(identifier) <= _MAX_IDENTIFIER_CHARS:
+        return identifier
+    return "sha256:" + hashlib.sha256(identifier.encode(errors="surrogatepass")).hexdigest()
+
+
+def _key(policy: Policy, identifiers: tuple[str, ...], window: int) -> str:
+    return policy.limit.key_for(policy.name, *map(_bounded, identifiers), str(window))
+
+
 class LimiterUnavailable(Exception):
     """The counter store can't be reached and the policy fails closed."""
 
@@ -66,7 +82,7 @@ class RateLimiter:
         period = policy.limit.get_expiry()
         now = time.time()
         window = int(now // period)
-        key = policy.limit.key_for(policy.name, *identifiers, str(window))
+        key = _key(policy, identifiers, window)
         try:
             count = await self.storage.incr(key, period)
         except (StorageError, RedisError, OSError) as exc:
@@ -105,7 +121,7 @@ class RateLimiter:
         expired or will never be read)."""
         period = policy.limit.get_expiry()
         window = int(time.time() // period)
-        key = policy.limit.key_for(policy.name, *identifiers, str(window))
+        key = _key(policy, identifiers, window)
         try:
             await self.storage.clear(key)
         except (StorageError, RedisError, OSError) as exc:
