@@ -22,6 +22,7 @@ from app.core.db import utcnow
 from app.core.errors import Conflict, ErrorDetail, Forbidden
 from app.core.pubsub import Hub
 from app.core.security import (
+    HasherBusy,
     PasswordHasher,
     create_access_token,
     hash_opaque_token,
@@ -135,9 +136,13 @@ async def authenticate(
     count against the same kind of failure budget: app.auth.throttle)."""
     user = await get_by_login(session=session, login=login)
     attempt = await throttle.attempt(account_key(user_id=user.id if user else None, login=login))
-    valid, upgraded_hash = await hasher.verify_and_update(
-        password, user.hashed_password if user else None
-    )
+    try:
+        valid, upgraded_hash = await hasher.verify_and_update(
+            password, user.hashed_password if user else None
+        )
+    except HasherBusy:
+        await throttle.not_checked(attempt)  # a 503 under load is no failed guess
+        raise
     if user is None or not valid:
         raise InvalidCredentials()
     await throttle.succeeded(attempt)  # the password was right, whatever comes next

@@ -42,7 +42,9 @@ class Attempt:
     """An attempt counted on both budgets, to be settled by `LoginThrottle.succeeded`."""
 
     account: str
-    everywhere: Decision | None  # None: the store was down and the policy let it through
+    # None: the store was down and the policy let it through.
+    per_client: Decision | None
+    everywhere: Decision | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +79,19 @@ class LoginThrottle:
             if local is not None:
                 await self.limiter.refund(self.per_client, local)
             raise
-        return Attempt(account, everywhere)
+        return Attempt(account, local, everywhere)
 
     async def succeeded(self, attempt: Attempt) -> None:
         """The password was right: this client's failures are forgiven and the attempt is
         given back to the global budget (only a reset clears that one)."""
         await self.limiter.clear(self.per_client, attempt.account, self.client)
+        if attempt.everywhere is not None:
+            await self.limiter.refund(self.everywhere, attempt.everywhere)
+
+    async def not_checked(self, attempt: Attempt) -> None:
+        """The password was never checked (the hasher refused the work): not a failure."""
+        if attempt.per_client is not None:
+            await self.limiter.refund(self.per_client, attempt.per_client)
         if attempt.everywhere is not None:
             await self.limiter.refund(self.everywhere, attempt.everywhere)
 

@@ -160,6 +160,22 @@ async def test_budgets_do_not_tell_which_addresses_have_an_account(
         assert answers["known"] == answers["unknown"] == [401, 401, 429, 401]
 
 
+async def test_a_login_the_hasher_refused_is_no_failure(build_client: BuildClient) -> None:
+    limits = {"rate_limit_login_account": "6/hour", "password_hash_concurrency": 1,
+              "password_hash_max_waiting_per_thread": 1}  # fmt: skip
+    async with build_client(**limits, **PROXIED) as (app, client):
+        await Factory(client, app).register("busy")
+        ip = "203.0.113.50"
+        flood = await asyncio.gather(*(_login(client, "busy", ip) for _ in range(6)))
+        statuses = [r.status_code for r in flood]
+        checked = statuses.count(401)
+        assert checked + statuses.count(503) == 6
+        assert statuses.count(503) >= 1  # the hasher did refuse some
+        # Only the guesses that were checked count: the rest of the budget is still there.
+        after = [(await _login(client, "busy", ip)).status_code for _ in range(7 - checked)]
+        assert after == [401] * (6 - checked) + [429]
+
+
 async def test_success_does_not_consume_the_failure_budget(build_client: BuildClient) -> None:
     limits = {"rate_limit_login_account": "2/hour", "rate_limit_login_account_global": "3/hour"}
     async with build_client(**limits, **PROXIED) as (app, client):
