@@ -15,12 +15,14 @@ from app.auth.permissions import ROLE_SCOPES, grantable_scopes
 from app.auth.principal import Principal
 from app.auth.revocation import EndReason, SessionsEnded, announce
 from app.auth.schemas import RegisterRequest, SuperuserFields
+from app.auth.throttle import LoginThrottle, account_key
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, ErrorDetail, Forbidden
 from app.core.pubsub import Hub
 from app.core.security import (
+    HasherBusy,
     PasswordHasher,
     create_access_token,
     hash_opaque_token,
@@ -123,15 +125,27 @@ async def get_by_login(*, session: AsyncSession, login: str) -> User | None:
 
 
 async def authenticate(
-    *, session: AsyncSession, hasher: PasswordHasher, login: str, password: str
+    *,
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    login: str,
+    password: str,
 ) -> User:
-    """The user for these credentials; unknown user and wrong password look the same."""
+    """The user for these credentials; unknown user and wrong password look the same (and
+    count against the same kind of failure budget: app.auth.throttle)."""
     user = await get_by_login(session=session, login=login)
-    valid, upgraded_hash = await hasher.verify_and_update(
-        password, user.hashed_password if user else None
-    )
+    attempt = await throttle.attempt(account_key(user_id=user.id if user else None, login=login))
+    try:
+        valid, upgraded_hash = await hasher.verify_and_update(
+            password, user.hashed_password if user else None
+        )
+    except HasherBusy:
+        await throttle.not_checked(attempt)  # a 503 under load is no failed guess
+        raise
     if user is None or not valid:
         raise InvalidCredentials()
+    await throttle.succeeded(attempt)  # the password was right, whatever comes next
     if not user.is_active:
         raise Forbidden("This account is disabled")
     if upgraded_hash is not None:  # an old bcrypt (or weaker argon2) hash: store Argon2id now

@@ -17,6 +17,7 @@ from app.auth import principal as principals
 from app.auth import service as auth_service
 from app.auth.models import ActionToken, AuthSession, TokenPurpose, User
 from app.auth.revocation import EndReason
+from app.auth.throttle import LoginThrottle, account_key
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
@@ -163,10 +164,13 @@ async def reset_password(
     hub: Hub,
     settings: Settings,
     hasher: PasswordHasher,
+    throttle: LoginThrottle,
     token: str,
     new_password: str,
 ) -> None:
-    """Set the password and end every session of the user, in one transaction."""
+    """Set the password and end every session of the user, in one transaction. The link
+    reached the owner's mailbox, so the account's failed logins are forgiven: this is how the
+    owner gets past a global failure budget a stranger has spent."""
     new_hash = await hasher.hash(new_password)  # before the token is spent: it may be slow
     user_id = await _spend(session, token, TokenPurpose.RESET_PASSWORD)
     user = await session.get(User, user_id)
@@ -187,3 +191,4 @@ async def reset_password(
         session_ids=revoked,
         reason=EndReason.PASSWORD_RESET,
     )
+    await throttle.reset(account_key(user_id=user_id, login=user.email))
