@@ -96,6 +96,16 @@ class ServiceUnavailable(AppError):
     status, code = 503, "service_unavailable"
 
 
+class InvalidCursor(AppError):
+    """A keyset cursor (app.core.pagination) we did not issue, reported like a bad query."""
+
+    status, code = 422, "validation_error"
+
+    def __init__(self) -> None:
+        detail = ErrorDetail(field="query.cursor", message="not a cursor we issued", type="cursor")
+        super().__init__("Invalid request: query.cursor is not valid", details=[detail])
+
+
 def error_response(
     request: Request,
     *,

@@ -20,8 +20,8 @@ from app.auth.principal import Principal
 from app.core.config import Settings
 from app.core.db import BigIntPK, UTCDateTime, utcnow
 from app.core.errors import Forbidden, NotFound
+from app.core.pagination import after_cursor, cursor_page
 from app.core.pubsub import Publisher, create_publisher
-from app.items.service import decode_cursor, encode_cursor
 from app.realtime.errors import NotificationNotFound, RoomExists, RoomForbidden, RoomNotFound
 from app.realtime.models import ChatMessage, ChatRoom, ChatRoomMember, Notification
 from app.realtime.models import NotificationRead as ReadMark
@@ -167,13 +167,11 @@ async def history(
     *, session: AsyncSession, room: ChatRoom, limit: int, cursor: str | None
 ) -> tuple[list[ChatMessageRead], str | None]:
     """Newest first, keyset on the id: an old page costs what the first one does."""
-    statement = _message_rows(room).order_by(ChatMessage.id.desc()).limit(limit + 1)
-    if cursor is not None:
-        statement = statement.where(ChatMessage.id < decode_cursor(cursor))
-    rows = (await session.execute(statement)).all()
-    items = [_message_read(room, message, username) for message, username in rows[:limit]]
-    next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
-    return items, next_cursor
+    statement = after_cursor(_message_rows(room), ChatMessage.id, cursor=cursor, limit=limit)
+    rows, next_cursor = cursor_page(
+        (await session.execute(statement)).all(), limit=limit, key=lambda row: row[0].id
+    )
+    return [_message_read(room, message, username) for message, username in rows], next_cursor
 
 
 async def missed_messages(
@@ -303,17 +301,14 @@ async def list_notifications(
             (ReadMark.notification_id == Notification.id) & (ReadMark.user_id == user_id),
         )
         .where(_visible_to(user_id))
-        .order_by(Notification.id.desc())
-        .limit(limit + 1)
     )
     if unread_only:
         statement = statement.where(ReadMark.read_at.is_(None))
-    if cursor is not None:
-        statement = statement.where(Notification.id < decode_cursor(cursor))
-    rows = (await session.execute(statement)).all()
-    items = [notification_read(n, read=read_at is not None) for n, read_at in rows[:limit]]
-    next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
-    return items, next_cursor
+    statement = after_cursor(statement, Notification.id, cursor=cursor, limit=limit)
+    rows, next_cursor = cursor_page(
+        (await session.execute(statement)).all(), limit=limit, key=lambda row: row[0].id
+    )
+    return [notification_read(n, read=read_at is not None) for n, read_at in rows], next_cursor
 
 
 async def missed_notifications(
