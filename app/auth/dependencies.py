@@ -10,12 +10,13 @@ from fastapi import Depends, Form, Request, Response, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 
 from app.auth import principal as principals
+from app.auth.errors import AccountDisabled, AdminRequired, EmailNotVerified, MissingScope
 from app.auth.models import User
 from app.auth.permissions import SCOPE_DESCRIPTIONS, Scope
 from app.auth.principal import Principal
 from app.auth.schemas import LoginForm
 from app.core.dependencies import Services, SessionDep, SettingsDep, services_of
-from app.core.errors import Forbidden, Unauthorized
+from app.core.errors import Unauthorized
 from app.core.limits import enforce
 from app.core.request_context import client_ip_of, set_user_id
 from app.core.security import AccessClaims, InvalidToken
@@ -51,7 +52,7 @@ async def get_principal(
     set_user_id(request.scope, principal.id)
     missing = sorted(set(security_scopes.scopes) - principal.scopes)
     if missing:
-        raise Forbidden(f"Missing scope: {' '.join(missing)}")
+        raise MissingScope(missing)
     return principal
 
 
@@ -59,7 +60,7 @@ async def get_active_principal(
     principal: Annotated[Principal, Security(get_principal)],
 ) -> Principal:
     if not principal.is_active:
-        raise Forbidden("This account is disabled")
+        raise AccountDisabled()
     return principal
 
 
@@ -67,7 +68,7 @@ async def get_verified_principal(
     principal: Annotated[Principal, Security(get_active_principal)], settings: SettingsDep
 ) -> Principal:
     if settings.require_verified_email and not principal.is_verified:
-        raise Forbidden("Verify your email address first")
+        raise EmailNotVerified()
     return principal
 
 
@@ -75,7 +76,7 @@ async def get_admin_principal(
     principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.ADMIN])],
 ) -> Principal:
     if not principal.is_admin:
-        raise Forbidden("Administrator role required")
+        raise AdminRequired()
     return principal
 
 

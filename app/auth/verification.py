@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import principal as principals
 from app.auth import service as auth_service
+from app.auth.errors import AlreadyVerified
 from app.auth.models import ActionToken, AuthSession, TokenPurpose, User
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import AppError, Conflict
+from app.core.errors import AppError
 from app.core.security import PasswordHasher, hash_opaque_token, new_opaque_token
 from app.email import service as outbox
 from app.jobs.service import Jobs
@@ -88,7 +89,7 @@ async def request_verification(
     *, session: AsyncSession, settings: Settings, jobs: Jobs, user: User
 ) -> None:
     if user.is_verified:
-        raise Conflict("Your email address is already verified")
+        raise AlreadyVerified()
     minutes = settings.email_verify_token_expire_minutes
     link = await _issue(session, settings, user, TokenPurpose.VERIFY_EMAIL, minutes)
     email = outbox.queue(

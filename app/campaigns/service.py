@@ -14,10 +14,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import User
+from app.campaigns.errors import CampaignNotFound
 from app.campaigns.models import Campaign, CampaignStatus
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import NotFound
 from app.email.delivery import new_message_id
 from app.email.models import Email, EmailStatus
 from app.jobs import service as jobs_service
@@ -67,7 +67,7 @@ def create(
 async def get(session: AsyncSession, campaign_id: int) -> Campaign:
     campaign = await session.get(Campaign, campaign_id)
     if campaign is None:
-        raise NotFound(f"Campaign {campaign_id} not found")
+        raise CampaignNotFound(campaign_id)
     return campaign
 
 

@@ -96,6 +96,13 @@ class ServiceUnavailable(AppError):
     status, code = 503, "service_unavailable"
 
 
+class NoResource(NotFound):
+    """A path a route refuses as if it had no route: the same 404 as an unknown URL."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"No resource at {path}")
+
+
 class InvalidCursor(AppError):
     """A keyset cursor (app.core.pagination) we did not issue, reported like a bad query."""
 

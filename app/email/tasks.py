@@ -15,7 +15,8 @@ from app.core.config import Settings
 from app.core.db import utcnow
 from app.email import delivery
 from app.email import service as outbox
-from app.email.delivery import ClaimLost, DeliveryError, Outgoing
+from app.email.delivery import Outgoing
+from app.email.errors import ClaimLost, DeliveryError
 from app.email.hooks import campaign_hooks, registered
 from app.jobs.base import JobTask, job
 from app.jobs.errors import JobError

@@ -14,8 +14,8 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
-from app.core.errors import NotFound, ServiceUnavailable
 from app.core.request_context import REQUEST_ID
+from app.jobs.errors import QueueUnavailable, TaskNotFound
 from app.jobs.models import FINISHED, Job, JobState
 
 logger = logging.getLogger("app.jobs")
@@ -53,7 +53,7 @@ class Jobs:
                 JobState.FAILURE, "The task could not be queued.", utcnow()
             )  # fmt: skip
             await session.commit()
-            raise ServiceUnavailable("The job queue is unavailable; try again later.") from exc
+            raise QueueUnavailable() from exc
         return job
 
     async def send(
@@ -80,7 +80,7 @@ async def get_visible(session: AsyncSession, job_id: str, *, user_id: int, is_ad
     """The job, if the caller owns it or is an admin; anyone else is told it does not exist."""
     job = await session.get(Job, job_id)
     if job is None or not (is_admin or job.owner_id == user_id):
-        raise NotFound(f"Task {job_id} not found")
+        raise TaskNotFound(job_id)
     return job
 
 

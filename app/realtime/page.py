@@ -5,7 +5,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from app.core.errors import NotFound
+from app.core.errors import NoResource
 
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "static"
@@ -28,5 +28,5 @@ async def chat_page() -> FileResponse:
 async def chat_asset(name: str) -> FileResponse:
     media_types = {"chat.js": "text/javascript", "chat.css": "text/css"}
     if name not in media_types:  # a fixed list: no path ever reaches the file system
-        raise NotFound(f"No resource at /chat/{name}")
+        raise NoResource(f"/chat/{name}")
     return FileResponse(STATIC / name, media_type=media_types[name], headers=PAGE_HEADERS)

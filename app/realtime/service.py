@@ -19,13 +19,19 @@ from app.auth.models import User
 from app.auth.principal import Principal
 from app.core.config import Settings
 from app.core.db import BigIntPK, UTCDateTime, utcnow
-from app.core.errors import Forbidden, NotFound
 from app.core.pagination import after_cursor, cursor_page
 from app.core.pubsub import Publisher, create_publisher
-from app.realtime.errors import NotificationNotFound, RoomExists, RoomForbidden, RoomNotFound
+from app.realtime.errors import (
+    NotificationNotFound,
+    NotRoomManager,
+    RoomExists,
+    RoomForbidden,
+    RoomNotFound,
+)
 from app.realtime.models import ChatMessage, ChatRoom, ChatRoomMember, Notification
 from app.realtime.models import NotificationRead as ReadMark
 from app.realtime.schemas import ChatMessageRead, ChatUser, NotificationRead, RoomCreate
+from app.users.errors import UserNotFound
 
 logger = logging.getLogger("app.realtime")
 CATCH_UP_LIMIT = 1000  # more missed than this: the client pages the rest over REST
@@ -106,9 +112,9 @@ async def add_member(
     *, session: AsyncSession, room: ChatRoom, user_id: int, actor: Principal
 ) -> None:
     if room.created_by != actor.id and not actor.is_admin:
-        raise Forbidden("Only the room's creator or an admin may add members")
+        raise NotRoomManager()
     if await session.get(User, user_id) is None:
-        raise NotFound(f"User {user_id} not found")
+        raise UserNotFound(user_id)
     if await _is_member(session, room, user_id):
         return
     session.add(ChatRoomMember(room_id=room.id, user_id=user_id))
@@ -132,7 +138,7 @@ async def list_rooms(*, session: AsyncSession, principal: Principal) -> Sequence
 async def chat_user(*, session: AsyncSession, user_id: int) -> ChatUser:
     username = await session.scalar(select(User.username).where(User.id == user_id))
     if username is None:
-        raise NotFound(f"User {user_id} not found")
+        raise UserNotFound(user_id)
     return ChatUser(id=user_id, username=username)
 
 
