@@ -86,8 +86,8 @@ async def _create_user(
         if welcome is not None:
             await session.flush()  # the user's id, for the mail's row
             welcome_email = outbox.queue(
-                session,
-                welcome,
+                session=session,
+                settings=welcome,
                 recipient=user.email,
                 subject=f"Welcome to {welcome.app_name}",
                 template="welcome",

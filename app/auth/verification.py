@@ -93,8 +93,8 @@ async def request_verification(
     minutes = settings.email_verify_token_expire_minutes
     link = await _issue(session, settings, user, TokenPurpose.VERIFY_EMAIL, minutes)
     email = outbox.queue(
-        session,
-        settings,
+        session=session,
+        settings=settings,
         recipient=user.email,
         subject=f"Confirm your email address for {settings.app_name}",
         template="verify",
@@ -102,7 +102,7 @@ async def request_verification(
         user_id=user.id,
     )
     await session.commit()
-    await outbox.dispatch(jobs, [email.id])
+    await outbox.dispatch(jobs=jobs, email_ids=[email.id])
 
 
 async def verify_email(*, session: AsyncSession, cache: Cache, token: str) -> None:
@@ -137,8 +137,8 @@ async def request_password_reset(
             minutes = settings.password_reset_token_expire_minutes
             link = await _issue(session, settings, user, TokenPurpose.RESET_PASSWORD, minutes)
             email = outbox.queue(
-                session,
-                settings,
+                session=session,
+                settings=settings,
                 recipient=user.email,
                 subject=f"Reset your {settings.app_name} password",
                 template="reset",
@@ -150,7 +150,7 @@ async def request_password_reset(
                 user_id=user.id,
             )
             await session.commit()
-        await outbox.dispatch(jobs, [email.id])
+        await outbox.dispatch(jobs=jobs, email_ids=[email.id])
     except Exception:
         logger.exception("password reset request failed")
 

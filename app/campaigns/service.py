@@ -41,8 +41,8 @@ class Counts:
 
 
 def create(
-    session: AsyncSession,
     *,
+    session: AsyncSession,
     created_by: int,
     subject: str,
     body_text: str,
@@ -64,7 +64,7 @@ def create(
     return campaign
 
 
-async def get(session: AsyncSession, campaign_id: int) -> Campaign:
+async def get(*, session: AsyncSession, campaign_id: int) -> Campaign:
     campaign = await session.get(Campaign, campaign_id)
     if campaign is None:
         raise CampaignNotFound(campaign_id)
@@ -72,7 +72,7 @@ async def get(session: AsyncSession, campaign_id: int) -> Campaign:
 
 
 async def list_page(
-    session: AsyncSession, *, offset: int, limit: int
+    *, session: AsyncSession, offset: int, limit: int
 ) -> tuple[Sequence[Campaign], int]:
     total = (await session.execute(select(func.count()).select_from(Campaign))).scalar_one()
     rows = await session.execute(
@@ -81,7 +81,7 @@ async def list_page(
     return rows.scalars().all(), total
 
 
-async def counts(session: AsyncSession, campaign: Campaign) -> Counts:
+async def counts(*, session: AsyncSession, campaign: Campaign) -> Counts:
     rows = await session.execute(
         select(Email.status, func.count())
         .where(Email.campaign_id == campaign.id)
@@ -99,7 +99,7 @@ async def counts(session: AsyncSession, campaign: Campaign) -> Counts:
 
 
 async def list_recipients(
-    session: AsyncSession, settings: Settings, campaign: Campaign, job_id: str | None
+    *, session: AsyncSession, settings: Settings, campaign: Campaign, job_id: str | None
 ) -> list[int]:
     """Make the campaign's rows (idempotently) and return the ids of those still pending."""
     if campaign.status == CampaignStatus.PENDING:
@@ -156,29 +156,29 @@ async def _insert_missing(session: AsyncSession, rows: list[dict[str, Any]]) -> 
     await session.execute(statement, rows)
 
 
-async def body_context(session: AsyncSession, campaign_id: int) -> dict[str, Any]:
-    campaign = await get(session, campaign_id)
+async def body_context(*, session: AsyncSession, campaign_id: int) -> dict[str, Any]:
+    campaign = await get(session=session, campaign_id=campaign_id)
     return {"body_text": campaign.body_text, "body_html": campaign.body_html}
 
 
-async def record_progress(session: AsyncSession, campaign_id: int) -> Counts | None:
+async def record_progress(*, session: AsyncSession, campaign_id: int) -> Counts | None:
     """After one of its mails is final: progress on the campaign's job, and completion when
     no mail is pending. Several senders may race here; the conditional UPDATE on the
     campaign's status lets exactly one of them finish it."""
     campaign = await session.get(Campaign, campaign_id, populate_existing=True)
     if campaign is None or campaign.status != CampaignStatus.SENDING:
         return None
-    numbers = await counts(session, campaign)
+    numbers = await counts(session=session, campaign=campaign)
     meta = {
         "current": numbers.done,
         "total": numbers.total,
         "status": f"{numbers.sent} sent, {numbers.failed} failed",
     }
     if campaign.job_id is not None and await jobs_service.mark_progress(
-        session, campaign.job_id, meta
+        session=session, job_id=campaign.job_id, progress=meta
     ):
-        await cancel(session, campaign)
-        return await counts(session, campaign)
+        await cancel(session=session, campaign=campaign)
+        return await counts(session=session, campaign=campaign)
     if numbers.pending == 0:
         await _complete(session, campaign, numbers)
     return numbers
@@ -194,10 +194,12 @@ async def _complete(session: AsyncSession, campaign: Campaign, numbers: Counts) 
     if finished.rowcount == 1 and campaign.job_id is not None:  # type: ignore[attr-defined]
         result = {"campaign_id": campaign.id, "total": numbers.total, "sent": numbers.sent,
                   "failed": numbers.failed}  # fmt: skip
-        await jobs_service.mark_finished(session, campaign.job_id, JobState.SUCCESS, result=result)
+        await jobs_service.mark_finished(
+            session=session, job_id=campaign.job_id, state=JobState.SUCCESS, result=result
+        )
 
 
-async def cancel(session: AsyncSession, campaign: Campaign) -> None:
+async def cancel(*, session: AsyncSession, campaign: Campaign) -> None:
     """The owner cancelled the campaign's task: mail not yet claimed is never sent."""
     await session.execute(
         update(Email)
@@ -212,18 +214,18 @@ async def cancel(session: AsyncSession, campaign: Campaign) -> None:
     await session.commit()
     if campaign.job_id is not None:
         await jobs_service.mark_finished(
-            session, campaign.job_id, JobState.REVOKED, error="Cancelled."
+            session=session, job_id=campaign.job_id, state=JobState.REVOKED, error="Cancelled."
         )
 
 
-async def campaigns_in_progress(session: AsyncSession) -> list[int]:
+async def campaigns_in_progress(*, session: AsyncSession) -> list[int]:
     rows = await session.execute(
         select(Campaign.id).where(Campaign.status == CampaignStatus.SENDING)
     )
     return list(rows.scalars().all())
 
 
-async def remember_job(session: AsyncSession, campaign_id: int, job_id: str) -> None:
+async def remember_job(*, session: AsyncSession, campaign_id: int, job_id: str) -> None:
     """The task sets this too (it may run first); both write the same value."""
     await session.execute(update(Campaign).where(Campaign.id == campaign_id).values(job_id=job_id))
     await session.commit()

@@ -38,8 +38,8 @@ class CampaignTask(JobTask):
 
 
 async def _final_counts(session: AsyncSession, campaign_id: int) -> dict[str, Any]:
-    campaign = await service.get(session, campaign_id)
-    numbers = await service.counts(session, campaign)
+    campaign = await service.get(session=session, campaign_id=campaign_id)
+    numbers = await service.counts(session=session, campaign=campaign)
     return {"campaign_id": campaign.id, "total": numbers.total,
             "sent": numbers.sent, "failed": numbers.failed}  # fmt: skip
 
@@ -67,10 +67,13 @@ def run_campaign(task: JobTask, campaign_id: int) -> dict[str, Any]:
 async def _list_recipients(
     session: AsyncSession, settings: Settings, campaign_id: int, job_id: str
 ) -> tuple[list[int], service.Counts | None]:
-    campaign = await service.get(session, campaign_id)
-    pending = await service.list_recipients(session, settings, campaign, job_id)
-    return pending, await service.record_progress(session, campaign_id)
+    campaign = await service.get(session=session, campaign_id=campaign_id)
+    pending = await service.list_recipients(
+        session=session, settings=settings, campaign=campaign, job_id=job_id
+    )
+    return pending, await service.record_progress(session=session, campaign_id=campaign_id)
 
 
 async def _cancel(session: AsyncSession, campaign_id: int) -> None:
-    await service.cancel(session, await service.get(session, campaign_id))
+    campaign = await service.get(session=session, campaign_id=campaign_id)
+    await service.cancel(session=session, campaign=campaign)

@@ -142,7 +142,7 @@ async def read_object(*, storage: Storage, key: str, size: int) -> bytes:
     return b"".join([chunk async for chunk in storage.stream(key, 0, size - 1)])
 
 
-def output_key(task_id: str, variant: str) -> str:
+def output_key(*, task_id: str, variant: str) -> str:
     """The same key on every run of a task: a re-delivered task finds what it already stored."""
     name = uuid.uuid5(_KEY_NAMESPACE, f"{task_id}/{variant}").hex
     return f"{name[:2]}/{name}"
@@ -158,7 +158,7 @@ async def store_output(
     task_id: str,
 ) -> ImageOutput:
     """Object first, then its row (as uploads do); idempotent by key."""
-    key = output_key(task_id, variant)
+    key = output_key(task_id=task_id, variant=variant)
     row = (await session.execute(select(StoredFile).where(StoredFile.key == key))).scalar()
     if row is None:
         temp = storage.temp_path()

@@ -89,7 +89,9 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
     def _start(self) -> bool:
         owner = self.request.get("owner_id")
         return self._record(
-            lambda session: service.mark_started(session, self.request.id, self.name, owner),
+            lambda session: service.mark_started(
+                session=session, job_id=self.request.id, name=self.name, owner_id=owner
+            ),
             "recording the start",
         )
 
@@ -102,7 +104,9 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             return
 
         if self._record(
-            lambda session: service.mark_progress(session, self.request.id, meta),
+            lambda session: service.mark_progress(
+                session=session, job_id=self.request.id, progress=meta
+            ),
             "recording progress",
         ):
             raise Cancelled()
@@ -117,7 +121,9 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
         )
 
         async def finish(session: AsyncSession) -> None:
-            job = await service.mark_finished(session, task_id, state, result=stored, error=error)
+            job = await service.mark_finished(
+                session=session, job_id=task_id, state=state, result=stored, error=error
+            )
             if job is not None:
                 await self.on_finished(session, job.owner_id, task_id, state, stored, error)
 
@@ -140,8 +146,8 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             return
         succeeded = state == JobState.SUCCESS
         await self.runtime.notifications.send_to_user(
-            session,
-            owner_id,
+            session=session,
+            user_id=owner_id,
             kind="job.succeeded" if succeeded else "job.failed",
             title=f"{self.title} {'finished' if succeeded else 'failed'}",
             body="" if succeeded else (error or ""),

@@ -76,7 +76,7 @@ class Jobs:
 # -- read by the API -------------------------------------------------------------------------
 
 
-async def get_visible(session: AsyncSession, job_id: str, *, user_id: int, is_admin: bool) -> Job:
+async def get_visible(*, session: AsyncSession, job_id: str, user_id: int, is_admin: bool) -> Job:
     """The job, if the caller owns it or is an admin; anyone else is told it does not exist."""
     job = await session.get(Job, job_id)
     if job is None or not (is_admin or job.owner_id == user_id):
@@ -85,16 +85,16 @@ async def get_visible(session: AsyncSession, job_id: str, *, user_id: int, is_ad
 
 
 async def list_owned(
-    session: AsyncSession, *, owner_id: int, offset: int, limit: int, name: str | None = None
+    *, session: AsyncSession, owner_id: int, offset: int, limit: int, name: str | None = None
 ) -> tuple[Sequence[Job], int]:
     where = [Job.owner_id == owner_id]
     if name is not None:
         where.append(Job.name == name)
-    return await list_jobs(session, where, offset=offset, limit=limit)
+    return await list_jobs(session=session, where=where, offset=offset, limit=limit)
 
 
 async def list_jobs(
-    session: AsyncSession, where: Sequence[ColumnElement[bool]], *, offset: int, limit: int
+    *, session: AsyncSession, where: Sequence[ColumnElement[bool]], offset: int, limit: int
 ) -> tuple[Sequence[Job], int]:
     """A page of jobs matching `where`, newest first, and how many match in all."""
     total = (
@@ -110,7 +110,7 @@ async def list_jobs(
     return rows.scalars().all(), total
 
 
-async def request_cancel(session: AsyncSession, job: Job) -> Job:
+async def request_cancel(*, session: AsyncSession, job: Job) -> Job:
     """Cancel: a job not started yet never runs; a running one stops at its next checkpoint."""
     if job.state in FINISHED:
         return job
@@ -124,7 +124,9 @@ async def request_cancel(session: AsyncSession, job: Job) -> Job:
 # -- written by the worker -------------------------------------------------------------------
 
 
-async def mark_started(session: AsyncSession, job_id: str, name: str, owner_id: int | None) -> bool:
+async def mark_started(
+    *, session: AsyncSession, job_id: str, name: str, owner_id: int | None
+) -> bool:
     """STARTED, creating the row for tasks sent without one (beat). False: it was cancelled."""
     job = await session.get(Job, job_id, with_for_update=True)
     if job is None:
@@ -142,7 +144,7 @@ async def mark_started(session: AsyncSession, job_id: str, name: str, owner_id: 
     return True
 
 
-async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
+async def mark_progress(*, session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
     """Record progress; returns whether the owner asked to cancel meanwhile."""
     await session.execute(
         update(Job)
@@ -155,10 +157,10 @@ async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, 
 
 
 async def mark_finished(
+    *,
     session: AsyncSession,
     job_id: str,
     state: JobState,
-    *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> Job | None:

@@ -248,6 +248,7 @@ class NotificationService:
 
     async def send_to_user(
         self,
+        *,
         session: AsyncSession,
         user_id: int,
         kind: str,
@@ -262,6 +263,7 @@ class NotificationService:
 
     async def broadcast(
         self,
+        *,
         session: AsyncSession,
         kind: str,
         title: str,

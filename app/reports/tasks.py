@@ -34,7 +34,7 @@ def daily_report(task: JobTask) -> dict[str, Any]:
 
 
 async def _give_to_first_superuser(session: AsyncSession, job_id: str) -> int:
-    owner_id = await service.first_superuser_id(session)
+    owner_id = await service.first_superuser_id(session=session)
     if owner_id is None:
         raise JobError("No active superuser to own the daily report.")
     # Beat sent it without an owner; the row now shows in the superuser's task list.
