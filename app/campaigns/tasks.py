@@ -44,7 +44,7 @@ async def _final_counts(session: AsyncSession, campaign_id: int) -> dict[str, An
             "sent": numbers.sent, "failed": numbers.failed}  # fmt: skip
 
 
-@job(service.RUN_TASK, base=CampaignTask)
+@job(service.RUN_TASK, title="Email campaign", base=CampaignTask)
 def run_campaign(task: JobTask, campaign_id: int) -> dict[str, Any]:
     """List the recipients (once, idempotently), then one send task per pending row."""
     runtime = task.runtime

@@ -179,7 +179,7 @@ def send(task: JobTask, email_id: int) -> dict[str, Any]:
     return _deliver(task, email_id)
 
 
-@job("app.email.send_test", max_retries=None)
+@job("app.email.send_test", title="Test email", max_retries=None)
 def send_test(task: JobTask, email_id: int) -> dict[str, Any]:
     """The admin's test mail: the same delivery, with a task row the admin can watch."""
     return _deliver(task, email_id)

@@ -1,7 +1,7 @@
 """The base of every task: its row kept current, the request ID in its logs, progress,
 cancellation at checkpoints, and errors shown to the owner only when they are safe to show.
 
-    @job("app.maintenance.purge_jobs")
+    @job("app.maintenance.purge_jobs", title="Job history purge")
     def purge_jobs(task: JobTask) -> dict[str, Any]:
         cutoff = utcnow() - timedelta(days=task.runtime.settings.job_retention_days)
         jobs = task.in_session(
@@ -47,7 +47,9 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
     # Whether a row in `jobs` follows this task. Off for high-volume internal tasks (one per
     # campaign recipient), whose progress lives with their parent.
     tracked = True
-    title = "Your task"  # how notifications name it: "Image processing finished"
+    # How the owner's notification names it ("Image processing finished"); `job()` requires it
+    # of every tracked task, so this default is only for a JobTask made some other way.
+    title = "Your task"
 
     @property
     def runtime(self) -> WorkerRuntime:
@@ -181,9 +183,13 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def job(name: str, **options: Any) -> Callable[[F], F]:
+def job(name: str, *, title: str | None = None, **options: Any) -> Callable[[F], F]:
     """Declare a task: bound (its first argument is the JobTask), on JobTask (or `base=`, a
-    subclass), named."""
+    subclass), named. A tracked task needs a `title`: its owner's notification names it."""
+    if title is not None:
+        options["title"] = title
+    elif options.get("tracked", True):
+        raise TypeError(f"task {name} is tracked: give it a title for its owner's notifications")
 
     def decorate(function: F) -> F:
         options.setdefault("base", JobTask)

@@ -19,12 +19,12 @@ logger = logging.getLogger(__name__)
 STEPS = 1 + len(output.FORMATS)  # counting, then one per format
 
 
-@job("app.reports.activity")
+@job("app.reports.activity", title="Activity report")
 def activity_report(task: JobTask, owner_id: int, start: str, end: str) -> dict[str, Any]:
     return _build(task, owner_id, date.fromisoformat(start), date.fromisoformat(end))
 
 
-@job("app.reports.daily")
+@job("app.reports.daily", title="Daily activity report")
 def daily_report(task: JobTask) -> dict[str, Any]:
     """Yesterday (UTC), owned by the first superuser: the one account sure to be an admin."""
     job_id = task.request.id
