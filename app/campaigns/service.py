@@ -103,34 +103,7 @@ async def list_recipients(
 ) -> list[int]:
     """Make the campaign's rows (idempotently) and return the ids of those still pending."""
     if campaign.status == CampaignStatus.PENDING:
-        users = select(User.id, User.email).where(User.is_active.is_(True)).order_by(User.id)
-        if "user_ids" in campaign.audience:
-            users = users.where(User.id.in_(campaign.audience["user_ids"]))
-        else:
-            users = users.where(User.is_verified.is_(True))
-        now = utcnow()
-        batch: list[dict[str, Any]] = []
-        for user_id, address in await session.execute(users):
-            batch.append(
-                {
-                    "campaign_id": campaign.id,
-                    "user_id": user_id,
-                    "recipient": address,
-                    "subject": campaign.subject,
-                    "template": "campaign",
-                    "context": None,  # the body is read from the campaign when sending
-                    "message_id": new_message_id(settings),
-                    "status": EmailStatus.PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                }
-            )
-            if len(batch) >= INSERT_BATCH:
-                await _insert_missing(session, batch)
-                batch = []
-        if batch:
-            await _insert_missing(session, batch)
+        await _add_rows(session, settings, campaign)
         total = (
             await session.execute(
                 select(func.count()).select_from(Email).where(Email.campaign_id == campaign.id)
@@ -146,6 +119,38 @@ async def list_recipients(
         .order_by(Email.id)
     )
     return list(pending.scalars().all())
+
+
+async def _add_rows(session: AsyncSession, settings: Settings, campaign: Campaign) -> None:
+    """One outbox row per recipient of the audience, in batches; rows already there stay."""
+    users = select(User.id, User.email).where(User.is_active.is_(True)).order_by(User.id)
+    if "user_ids" in campaign.audience:
+        users = users.where(User.id.in_(campaign.audience["user_ids"]))
+    else:
+        users = users.where(User.is_verified.is_(True))
+    now = utcnow()
+    batch: list[dict[str, Any]] = []
+    for user_id, address in await session.execute(users):
+        batch.append(
+            {
+                "campaign_id": campaign.id,
+                "user_id": user_id,
+                "recipient": address,
+                "subject": campaign.subject,
+                "template": "campaign",
+                "context": None,  # the body is read from the campaign when sending
+                "message_id": new_message_id(settings),
+                "status": EmailStatus.PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+        )
+        if len(batch) >= INSERT_BATCH:
+            await _insert_missing(session, batch)
+            batch = []
+    if batch:
+        await _insert_missing(session, batch)
 
 
 async def _insert_missing(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
