@@ -11,12 +11,13 @@ from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from starlette.requests import HTTPConnection
 
 from app.auth import principal as principals
+from app.auth.errors import AccountDisabled, AdminRequired, EmailNotVerified, MissingScope
 from app.auth.models import User
 from app.auth.permissions import SCOPE_DESCRIPTIONS, Scope
 from app.auth.principal import Principal
 from app.auth.throttle import LoginThrottle
 from app.core.dependencies import Services, SessionDep, SettingsDep, services_of
-from app.core.errors import Forbidden, Unauthorized
+from app.core.errors import Unauthorized
 from app.core.limit_keys import address_key
 from app.core.limits import client_of, enforce
 from app.core.request_context import set_user_id
@@ -53,7 +54,7 @@ async def get_principal(
     set_user_id(request.scope, principal.id)
     missing = sorted(set(security_scopes.scopes) - principal.scopes)
     if missing:
-        raise Forbidden(f"Missing scope: {' '.join(missing)}")
+        raise MissingScope(missing)
     return principal
 
 
@@ -61,7 +62,7 @@ async def get_active_principal(
     principal: Annotated[Principal, Security(get_principal)],
 ) -> Principal:
     if not principal.is_active:
-        raise Forbidden("This account is disabled")
+        raise AccountDisabled()
     return principal
 
 
@@ -69,7 +70,7 @@ async def get_verified_principal(
     principal: Annotated[Principal, Security(get_active_principal)], settings: SettingsDep
 ) -> Principal:
     if settings.require_verified_email and not principal.is_verified:
-        raise Forbidden("Verify your email address first")
+        raise EmailNotVerified()
     return principal
 
 
@@ -77,7 +78,7 @@ async def get_admin_principal(
     principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.ADMIN])],
 ) -> Principal:
     if not principal.is_admin:
-        raise Forbidden("Administrator role required")
+        raise AdminRequired()
     return principal
 
 

@@ -71,7 +71,7 @@ async def register(
     )
     # After the answer has gone: sign-up never waits on the broker (the outbox sweep sends
     # the welcome mail if this is lost), and the analytics event may be lost.
-    background.add_task(outbox.dispatch, jobs, [welcome_email_id])
+    background.add_task(outbox.dispatch, jobs=jobs, email_ids=[welcome_email_id])
     background.add_task(events.user_signed_up, user_id=user.id)
     return UserPrivate.model_validate(user)
 

@@ -9,7 +9,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import principal as principals
-from app.auth.errors import InvalidCredentials, InvalidRefreshToken
+from app.auth.errors import (
+    AccountDisabled,
+    AlreadyRegistered,
+    InvalidCredentials,
+    InvalidRefreshToken,
+)
 from app.auth.models import AuthSession, RefreshToken, Role, User
 from app.auth.permissions import ROLE_SCOPES, grantable_scopes
 from app.auth.principal import Principal
@@ -19,7 +24,7 @@ from app.auth.throttle import LoginThrottle, account_key
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import Conflict, ErrorDetail, Forbidden
+from app.core.errors import ErrorDetail
 from app.core.pubsub import Hub
 from app.core.security import (
     HasherBusy,
@@ -85,8 +90,8 @@ async def _create_user(
         if welcome is not None:
             await session.flush()  # the user's id, for the mail's row
             welcome_email = outbox.queue(
-                session,
-                welcome,
+                session=session,
+                settings=welcome,
                 recipient=user.email,
                 subject=f"Welcome to {welcome.app_name}",
                 template="welcome",
@@ -96,7 +101,7 @@ async def _create_user(
         await session.commit()
     except IntegrityError as exc:  # lost a race with a concurrent registration
         await session.rollback()
-        raise Conflict("Username or email is already registered") from exc
+        raise AlreadyRegistered() from exc
     return user, welcome_email.id if welcome_email is not None else None
 
 
@@ -114,7 +119,7 @@ async def _ensure_available(*, session: AsyncSession, username: str, email: str)
     if any(row.email == email for row in taken):
         details.append(ErrorDetail(field="body.email", message="already registered", type="taken"))
     if details:
-        raise Conflict("Username or email is already registered", details=details)
+        raise AlreadyRegistered(details)
 
 
 async def get_by_login(*, session: AsyncSession, login: str) -> User | None:
@@ -147,7 +152,7 @@ async def authenticate(
         raise InvalidCredentials()
     await throttle.succeeded(attempt)  # the password was right, whatever comes next
     if not user.is_active:
-        raise Forbidden("This account is disabled")
+        raise AccountDisabled()
     if upgraded_hash is not None:  # an old bcrypt (or weaker argon2) hash: store Argon2id now
         user.hashed_password = upgraded_hash
     user.last_login_at = utcnow()

@@ -15,13 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import principal as principals
 from app.auth import service as auth_service
+from app.auth.errors import AlreadyVerified
 from app.auth.models import ActionToken, AuthSession, TokenPurpose, User
 from app.auth.revocation import EndReason
 from app.auth.throttle import LoginThrottle, account_key
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import AppError, Conflict
+from app.core.errors import AppError
 from app.core.pubsub import Hub
 from app.core.security import PasswordHasher, hash_opaque_token, new_opaque_token
 from app.email import service as outbox
@@ -91,12 +92,12 @@ async def request_verification(
     *, session: AsyncSession, settings: Settings, jobs: Jobs, user: User
 ) -> None:
     if user.is_verified:
-        raise Conflict("Your email address is already verified")
+        raise AlreadyVerified()
     minutes = settings.email_verify_token_expire_minutes
     link = await _issue(session, settings, user, TokenPurpose.VERIFY_EMAIL, minutes)
     email = outbox.queue(
-        session,
-        settings,
+        session=session,
+        settings=settings,
         recipient=user.email,
         subject=f"Confirm your email address for {settings.app_name}",
         template="verify",
@@ -104,7 +105,7 @@ async def request_verification(
         user_id=user.id,
     )
     await session.commit()
-    await outbox.dispatch(jobs, [email.id])
+    await outbox.dispatch(jobs=jobs, email_ids=[email.id])
 
 
 async def verify_email(*, session: AsyncSession, cache: Cache, token: str) -> None:
@@ -139,8 +140,8 @@ async def request_password_reset(
             minutes = settings.password_reset_token_expire_minutes
             link = await _issue(session, settings, user, TokenPurpose.RESET_PASSWORD, minutes)
             email = outbox.queue(
-                session,
-                settings,
+                session=session,
+                settings=settings,
                 recipient=user.email,
                 subject=f"Reset your {settings.app_name} password",
                 template="reset",
@@ -152,7 +153,7 @@ async def request_password_reset(
                 user_id=user.id,
             )
             await session.commit()
-        await outbox.dispatch(jobs, [email.id])
+        await outbox.dispatch(jobs=jobs, email_ids=[email.id])
     except Exception:
         logger.exception("password reset request failed")
 
