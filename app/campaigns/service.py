@@ -123,11 +123,15 @@ async def list_recipients(
 
 async def _add_rows(session: AsyncSession, settings: Settings, campaign: Campaign) -> None:
     """One outbox row per recipient of the audience, in batches; rows already there stay."""
-    users = select(User.id, User.email).where(User.is_active.is_(True)).order_by(User.id)
+    # Verified addresses only, even when the admin names the users: an unverified address may
+    # belong to someone who never signed up (a typo, or an address entered to harass them).
+    users = (
+        select(User.id, User.email)
+        .where(User.is_active.is_(True), User.is_verified.is_(True))
+        .order_by(User.id)
+    )
     if "user_ids" in campaign.audience:
         users = users.where(User.id.in_(campaign.audience["user_ids"]))
-    else:
-        users = users.where(User.is_verified.is_(True))
     now = utcnow()
     batch: list[dict[str, Any]] = []
     for user_id, address in await session.execute(users):

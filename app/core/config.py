@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     """registrations per client address"""
     rate_limit_password_reset: str = "5/hour"
     """password reset and verification mails per client address, and per target address"""
+    rate_limit_test_email: str = "10/hour"
+    """admin test mails per admin (a `to` address also counts against that mailbox's budget)"""
 
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
     # SQLite file under APP_DATA_DIR). Results: the task API reads the `jobs` table, so by

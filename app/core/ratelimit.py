@@ -156,6 +156,7 @@ class Policies:
     login_account_global: Policy
     register: Policy
     password_reset: Policy
+    test_email: Policy
     chat_message: Policy
 
     @classmethod
@@ -173,5 +174,6 @@ class Policies:
             password_reset=Policy.parse(
                 "password_reset", settings.rate_limit_password_reset, fail_closed=True
             ),
+            test_email=Policy.parse("test_email", settings.rate_limit_test_email, fail_closed=True),
             chat_message=Policy.parse("chat_message", settings.rate_limit_chat_message),
         )
