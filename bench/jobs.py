@@ -34,7 +34,7 @@ from app.jobs.service import Jobs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.run import running_redis
-from tests.workers import WorkerProcess
+from tests.support.workers import WorkerProcess
 
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdefghijkl"
 DEADLINE_S = 120.0

@@ -32,9 +32,9 @@ from app.core.db import create_engine, create_sessionmaker
 from app.core.migrate import upgrade_to_head
 from app.email import service as outbox
 from app.jobs.celery_app import make_celery
-from tests.servers import RedisServer
-from tests.smtp import start_smtp_server
-from tests.workers import WorkerProcess
+from tests.support.servers import RedisServer
+from tests.support.smtp import start_smtp_server
+from tests.support.workers import WorkerProcess
 
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdefghijkl"
 

@@ -5,7 +5,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,23 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_SECRET
-from tests.servers import free_port
-
-APP = str(Path(sys.executable).parent / "app")
-
-
-def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "FIRST_"))}
-    env.update({"APP_DATA_DIR": str(data_dir), "SECRET_KEY": TEST_SECRET, **extra})
-    return env
-
-
-def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [APP, *args], env=env, capture_output=True, text=True, timeout=120, check=False,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+from tests.support.cli import APP, cli_env, run
+from tests.support.processes import free_port
 
 
 def counts(db: Path) -> tuple[int, int, list[str]]:

@@ -21,9 +21,10 @@ import pytest
 
 from app.core.migrate import upgrade_to_head
 from app.jobs.celery_app import make_celery
-from tests.conftest import TEST_SECRET, make_settings
-from tests.servers import RedisServer, free_port, require_server, running, tail
-from tests.workers import subprocess_env
+from tests.support.processes import free_port, tail
+from tests.support.servers import RedisServer, require_server, running
+from tests.support.settings import TEST_SECRET, make_settings
+from tests.support.workers import subprocess_env
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent  # pyproject.toml: `fastapi run` reads it here

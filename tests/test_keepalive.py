@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import free_port, tail
-from tests.test_cli import APP, cli_env
+from tests.support.cli import APP, cli_env
+from tests.support.processes import free_port, tail
 
 KEEPALIVE_SECONDS = 2  # short, so the test is; the default is 75
 

@@ -10,11 +10,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from tests.servers import (
-    PostgresServer,
-    ServerUnavailable,
-    require_server,
-)
+from tests.support.servers import PostgresServer, ServerUnavailable, require_server
 
 pytestmark = pytest.mark.postgres
 

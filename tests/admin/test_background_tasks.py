@@ -7,9 +7,8 @@ import httpx
 from fastapi import FastAPI
 
 from app.auth.models import Role
-from tests.core.test_errors import assert_envelope
-from tests.core.test_metrics import sample
-from tests.factories import Factory
+from tests.support.assertions import assert_envelope, sample
+from tests.support.factories import Factory
 
 URL = "/api/v1/admin/background-tasks"
 

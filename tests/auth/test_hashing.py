@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from app.auth.models import User
 from app.core.security import PasswordHasher
-from tests.factories import DEFAULT_PASSWORD, Factory
+from tests.support.factories import DEFAULT_PASSWORD, Factory
 
 
 async def test_old_bcrypt_hash_verifies_and_is_upgraded(

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from app.auth import principal as principals
 from app.auth.models import AuthSession
 from app.core.cache import Cache, MemoryCache
-from tests.conftest import BuildClient
-from tests.factories import Factory
+from tests.support.factories import Factory
+from tests.support.settings import BuildClient
 
 
 async def test_lost_cache_revokes_nothing_back_to_life(build_client: BuildClient) -> None:

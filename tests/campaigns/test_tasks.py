@@ -10,9 +10,9 @@ from fastapi import FastAPI
 
 from app.auth.models import Role
 from app.jobs.models import FINISHED, JobState
-from tests.factories import Factory
-from tests.plugins.workers import JobsStack, wait_for_task
-from tests.smtp import Received, SmtpServer, message_parts
+from tests.support.factories import Factory
+from tests.support.smtp import Received, SmtpServer, message_parts
+from tests.support.workers import JobsStack, wait_for_task
 
 MAIL_DEADLINE_SECONDS = 30.0
 

@@ -10,10 +10,10 @@ from fastapi.responses import StreamingResponse
 from websockets.asyncio.client import connect
 
 from app.main import create_app
-from tests.conftest import BuildClient, make_settings
-from tests.core.test_errors import assert_envelope
-from tests.factories import Factory
-from tests.servers import free_port
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Factory
+from tests.support.processes import free_port
+from tests.support.settings import BuildClient, make_settings
 
 
 async def test_gzip_above_1000_bytes_only(build_client: BuildClient) -> None:

@@ -21,8 +21,8 @@ from websockets.asyncio.client import connect
 
 from app.core.proxy import ForwardedHeadersMiddleware, trusted_hosts
 from app.main import create_app
-from tests.conftest import make_settings
-from tests.servers import free_port
+from tests.support.processes import free_port
+from tests.support.settings import make_settings
 
 FORGED = {
     "X-Forwarded-For": "203.0.113.7",

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from app.core.pubsub import QUEUE_SIZE, Hub, RedisHub, create_hub
-from tests.servers import RedisServer, running
+from tests.support.servers import RedisServer, running
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -29,7 +29,8 @@ from typing import IO
 
 import redis
 
-from tests.servers import PostgresServer, RedisServer, require_server, tail
+from tests.support.processes import tail
+from tests.support.servers import PostgresServer, RedisServer, require_server
 
 NETNS_ETC = Path("/etc/netns")
 COMMAND_TIMEOUT_SECONDS = 10.0

@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.models import Role
 from app.email.models import Email, EmailStatus
-from tests.factories import Account, Factory
-from tests.plugins.workers import JobsStack, wait_for_task
-from tests.smtp import SmtpServer, message_parts
+from tests.support.factories import Account, Factory
+from tests.support.smtp import SmtpServer, message_parts
+from tests.support.workers import JobsStack, wait_for_task
 
 BASE_URL = "https://app.example.test"
 MAIL_DEADLINE_SECONDS = 30.0

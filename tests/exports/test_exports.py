@@ -12,11 +12,11 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from app.auth.models import Role
+from app.core.config import Settings
 from app.exports.service import ITEM_COLUMNS, USER_COLUMNS, items_query, stream_export
 from app.items.models import Item
-from tests.core.test_errors import assert_envelope
-from tests.exports.conftest import BATCH
-from tests.factories import Account, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
 
 FORMULAS = ['=HYPERLINK("http://x")', "+1+2", "-3", "@SUM(A1)", "\tTab", "plain"]
 
@@ -139,7 +139,9 @@ async def test_unknown_format_is_422(client: httpx.AsyncClient, factory: Factory
     assert_envelope(response, 422, "validation_error")
 
 
-async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None:
+async def test_exports_stream_in_batches(
+    factory: Factory, app: FastAPI, settings: Settings
+) -> None:
     """One encoded chunk per database batch (7 rows here), never the whole table at once.
     (httpx's ASGI transport gathers the body, so this reads the service's iterator itself.)"""
     owner = await factory.account()
@@ -148,7 +150,7 @@ async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None
         chunk
         async for chunk in stream_export(
             sessionmaker=app.state.services.sessionmaker, statement=items_query(owner.id),
-            export_format="ndjson", batch_size=BATCH,
+            export_format="ndjson", batch_size=settings.export_batch_size,
         )
     ]  # fmt: skip
     assert [chunk.count(b"\n") for chunk in chunks] == [7, 7, 6]

@@ -18,9 +18,8 @@ from sqlalchemy import select
 
 from app.core.db import utcnow
 from app.jobs.models import Job, JobState
-from tests.factories import Factory
-from tests.plugins.workers import JobsStack, run_by_name
-from tests.workers import APP, STOP_DEADLINE_SECONDS, subprocess_env
+from tests.support.factories import Factory
+from tests.support.workers import APP, STOP_DEADLINE_SECONDS, JobsStack, run_by_name, subprocess_env
 
 STALE_AFTER_SECONDS = 3.0
 

@@ -23,9 +23,10 @@ from app.core.migrate import upgrade_to_head
 from app.jobs.celery_app import make_celery
 from app.jobs.models import FINISHED, JobState
 from app.jobs.transient import is_transient
-from tests.conftest import TEST_SECRET, make_settings
-from tests.servers import PostgresServer, RedisServer, free_port, running
-from tests.workers import WorkerProcess
+from tests.support.processes import free_port
+from tests.support.servers import PostgresServer, RedisServer, running
+from tests.support.settings import TEST_SECRET, make_settings
+from tests.support.workers import WorkerProcess
 
 DEADLINE_SECONDS = 90.0
 DELAY_SECONDS = 6.0  # long enough to restart a server under the running job

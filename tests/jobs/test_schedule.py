@@ -4,7 +4,7 @@ import importlib
 from pathlib import Path
 
 from app.worker import TASK_MODULES, create_worker_celery
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 def test_every_scheduled_task_exists_and_routes_off_the_default_queue(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.realtime.leases import KEY_PREFIX, ConnectionLeases
-from tests.servers import free_port
+from tests.support.processes import free_port
 
 LIMIT = 2
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,9 +21,9 @@ from app.core.db import utcnow
 from app.files.models import StoredFile
 from app.items.models import Item
 from app.jobs.models import FINISHED, Job
-from tests.core.test_errors import assert_envelope
-from tests.factories import Account, Factory
-from tests.plugins.workers import TASK_DEADLINE_SECONDS, JobsStack, wait_for_task
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
+from tests.support.workers import TASK_DEADLINE_SECONDS, JobsStack, wait_for_task
 
 JST = timezone(timedelta(hours=9))
 DAYS = [date(2020, 3, 1), date(2020, 3, 2), date(2020, 3, 3)]

@@ -17,8 +17,7 @@ import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import RedisServer
-from tests.system.conftest import (
+from tests.support.apis import (
     ApiFleet,
     ApiProcess,
     ApiSpec,
@@ -33,6 +32,7 @@ from tests.system.conftest import (
     unique_name,
     wait_for_window_headroom,
 )
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.postgres
 

@@ -18,10 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.realtime.service import NotificationService
-from tests.conftest import TEST_SECRET
-from tests.servers import RedisServer
-from tests.system.conftest import (
-    _RUNNING,
+from tests.support.apis import (
+    RUNNING,
     STOP_DEADLINE_SECONDS,
     ApiFleet,
     ApiProcess,
@@ -32,6 +30,8 @@ from tests.system.conftest import (
     register,
     unique_name,
 )
+from tests.support.servers import RedisServer
+from tests.support.settings import TEST_SECRET
 
 pytestmark = pytest.mark.postgres
 
@@ -197,8 +197,8 @@ async def test_shutdown_closes_websockets_with_1001_and_ends_sse_streams(
     assert returncode in (0, -stop_signal), api.describe()
     log = api.stderr.read_text()
     assert "Cancel" not in log, log  # nothing was left for uvicorn's graceful timeout
-    if api in _RUNNING:
-        _RUNNING.remove(api)  # stopped here, with its own signal
+    if api in RUNNING:
+        RUNNING.remove(api)  # stopped here, with its own signal
 
 
 async def test_a_token_in_the_query_string_never_reaches_the_logs(

@@ -7,8 +7,8 @@ from fastapi import FastAPI
 from app.auth.models import Role
 from app.core.request_context import REQUEST_ID
 from app.jobs.models import Job
-from tests.factories import Factory
-from tests.plugins.workers import JobsStack, wait_for_task
+from tests.support.factories import Factory
+from tests.support.workers import JobsStack, wait_for_task
 
 
 async def _enqueue(
