@@ -14,6 +14,7 @@ from tests.support.assertions import assert_envelope
 from tests.support.factories import Factory
 from tests.support.processes import free_port
 from tests.support.settings import BuildClient, make_settings
+from tests.support.waiting import eventually_async
 
 
 async def test_gzip_above_1000_bytes_only(build_client: BuildClient) -> None:
@@ -155,9 +156,9 @@ async def test_websockets_pass_through_the_whole_stack(
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:  # the server's own startup, in this loop
-            assert not serving.done(), "server failed to start"
-            await asyncio.sleep(0.01)
+        await eventually_async(  # the server's own startup, in this loop
+            lambda: _started(server, serving), timeout=15, interval=0.01, what="uvicorn to start"
+        )
         async with connect(f"ws://127.0.0.1:{port}/ws/echo") as websocket:
             await websocket.send("x" * 4096)  # over the HTTP body cap: not an HTTP body
             assert await websocket.recv() == "x" * 4096
@@ -182,3 +183,8 @@ async def test_event_streams_are_never_gzipped(build_client: BuildClient) -> Non
         assert response.headers["content-type"].startswith("text/event-stream")
         assert "content-encoding" not in response.headers  # a proxy would buffer gzip chunks
         assert response.text.count("data:") == 50
+
+
+def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
+    assert not serving.done(), "server failed to start"
+    return server.started

@@ -6,9 +6,11 @@ function, checked from inside the event loop). On timeout both raise an Assertio
 names `what`, the time waited, the number of attempts and the last value returned or the last
 exception raised, so a failure says what was being waited for and how far it got.
 
-A probe that raises is retried (the thing may not be up yet); the last exception is chained to
-the AssertionError. Loops that are not "poll until true" (load generators, readers of a stream
-with their own timeouts) do not belong here.
+A probe that raises is retried (the thing may not be up yet: connection refused, a file not
+written yet); the last exception is chained to the AssertionError. An AssertionError raised by
+the probe is not retried: an assertion says something is wrong, not that it isn't ready (a
+process that died, a task that failed), so it fails at once. Loops that are not "poll until
+true" (load generators, readers of a stream with their own timeouts) do not belong here.
 """
 
 from __future__ import annotations
@@ -63,11 +65,12 @@ def eventually(
     An exception of a `fail_fast` type ends the wait at once (it is re-raised): the thing
     waited for can no longer happen (the process died)."""
     tracker = _Tracker(what, timeout)
+    final: tuple[type[Exception], ...] = (AssertionError, *fail_fast)
     while True:
         tracker.attempts += 1
         try:
             value = probe()
-        except fail_fast:
+        except final:
             raise
         except Exception as exc:  # not up yet: retried until the deadline
             tracker.last_error = exc
@@ -110,13 +113,14 @@ async def eventually_async(
     """`eventually` for the event loop: `probe` may be a coroutine function or a plain one
     (a check of in-process state); the loop keeps running between attempts."""
     tracker = _Tracker(what, timeout)
+    final: tuple[type[Exception], ...] = (AssertionError, *fail_fast)
     while True:
         tracker.attempts += 1
         try:
             value = probe()
             if inspect.isawaitable(value):
                 value = await value
-        except fail_fast:
+        except final:
             raise
         except Exception as exc:  # not up yet: retried until the deadline
             tracker.last_error = exc

@@ -4,7 +4,6 @@ of a multi-worker process counts the requests of all its workers."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from tests.support.apis import (
     wait_for_window_headroom,
 )
 from tests.support.servers import RedisServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -284,10 +284,12 @@ def test_metrics_count_the_requests_of_every_worker(
 
         # A worker counts a request just after answering it: allow that instant, then every
         # scrape, whichever worker answers it, must give the sum of both.
-        deadline = time.monotonic() + 2
-        while scraped_list_requests(client) != sent:
-            assert time.monotonic() < deadline, (scraped_list_requests(client), sent)
-            time.sleep(0.02)
+        eventually(
+            lambda: scraped_list_requests(client) == sent,
+            timeout=2,
+            interval=0.02,
+            what=f"a scrape counting all {sent} requests",
+        )
         by_worker = list_requests_by_worker(metrics_dir)
         assert len(by_worker) >= 2, by_worker  # more if the supervisor replaced a worker
         assert sum(by_worker.values()) == sent, by_worker
