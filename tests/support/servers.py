@@ -449,6 +449,13 @@ class RedisServer:
             raise RuntimeError("RedisServer is not started")
         return f"redis://{HOST}:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The server's pid, which is also its process group (mirakuru starts a session)."""
+        if self._executor is None or self._executor.process is None:
+            raise RuntimeError("RedisServer is not started")
+        return self._executor.process.pid
+
     def start(self) -> None:
         if self.base_dir is not None:
             raise RuntimeError("RedisServer is already started")
