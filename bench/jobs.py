@@ -36,6 +36,7 @@ from app.jobs.celery_app import make_celery
 from app.jobs.models import Job, JobState
 from app.jobs.service import Jobs
 from tests.support.servers import RedisServer
+from tests.support.waiting import eventually_async
 from tests.support.workers import WorkerProcess
 
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdefghijkl"
@@ -57,18 +58,18 @@ async def measure(settings: Settings, tasks: int, burst: int) -> dict[str, Any]:
         for _ in range(tasks):
             sent = datetime.now(UTC)
             task_id = await jobs.send("app.noop")
-            deadline = time.monotonic() + DEADLINE_S
-            while True:
+
+            async def started_at(task_id: str = task_id) -> datetime | None:
                 async with sessionmaker() as session:
-                    started = (
+                    return (
                         await session.execute(select(Job.started_at).where(Job.id == task_id))
                     ).scalar()
-                if started is not None:
-                    latencies.append((started - sent).total_seconds() * 1000)
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"task {task_id} never started")
-                await asyncio.sleep(0.005)  # polling the row; the figure is the row's timestamp
+
+            # Polling the row; the figure is the row's timestamp, not when the poll saw it.
+            started: datetime = await eventually_async(
+                started_at, timeout=DEADLINE_S, interval=0.005, what=f"task {task_id} to start"
+            )
+            latencies.append((started - sent).total_seconds() * 1000)
         began = time.monotonic()
         ids = [await jobs.send("app.noop") for _ in range(burst)]
         deadline = time.monotonic() + DEADLINE_S
