@@ -24,9 +24,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from app.core.config import Settings
 from app.realtime.runtime import Realtime
 from tests.support.factories import Account, Factory
+from tests.support.processes import HOST
 from tests.support.waiting import eventually_async
 
-HOST = "127.0.0.1"
 DEADLINE = 15.0
 STREAM = "/api/v1/notifications/stream"
 
@@ -77,7 +77,10 @@ async def serve(app: FastAPI, settings: Settings) -> AsyncIterator[str]:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await eventually_async(
-            lambda: server.started or task.done(), timeout=DEADLINE, what="uvicorn to start"
+            lambda: server.started or task.done(),
+            timeout=DEADLINE,
+            interval=0.005,
+            what="uvicorn to start",
         )
         if task.done():
             task.result()
