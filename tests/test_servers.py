@@ -1,4 +1,4 @@
-"""The throwaway real-server helpers in tests/servers.py actually work."""
+"""The throwaway real-server helpers in tests/support/servers.py actually work."""
 
 from __future__ import annotations
 
