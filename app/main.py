@@ -16,7 +16,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.core.background import TaskManager
-from app.core.cache import MemoryCache, RedisCache
+from app.core.cache import build_cache
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.dependencies import Services
@@ -34,7 +34,7 @@ from app.core.middleware import (
 from app.core.proxy import ForwardedHeadersMiddleware
 from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
-from app.core.redis import create_redis
+from app.core.redis import create_cache_redis, create_redis
 from app.core.request_context import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
@@ -74,7 +74,11 @@ def _lifespan(
             hasher=PasswordHasher.from_settings(settings),
             token_verifier=AccessTokenVerifier(settings),
             redis=redis,
-            cache=RedisCache(redis) if redis is not None else MemoryCache(),
+            cache=build_cache(
+                shared=redis,
+                cache_redis=create_cache_redis(settings),
+                memory_max_bytes=settings.cache_memory_max_bytes,
+            ),
             limiter=create_limiter(settings),
             hub=create_hub(settings.redis_url),
             storage=create_storage(settings),
@@ -87,6 +91,7 @@ def _lifespan(
             settings=settings,
             hub=services.hub,
             redis=redis,
+            cache=services.cache,
             sessionmaker=services.sessionmaker,
             limiter=services.limiter,
             message_policy=policies.chat_message,

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -53,20 +54,9 @@ async def resolve(
     *, cache: Cache, sessionmaker: async_sessionmaker[AsyncSession], claims: AccessClaims
 ) -> Principal:
     """A database session is opened only on a cache miss: a hit costs no connection."""
-    snapshot = await cache.get(_key(claims.session_id))
-    if snapshot == _REVOKED:
-        raise Unauthorized("Token has been revoked")
-    if snapshot is not None:
-        state = json.loads(snapshot)
-    else:
-        async with sessionmaker() as session:
-            state = await _load(session=session, claims=claims)
-        await cache.set(
-            _key(claims.session_id), json.dumps(state).encode(), SNAPSHOT_TTL_SECONDS,
-            only_if_new=True,
-        )  # fmt: skip
-    if state["user_id"] != claims.user_id:
-        raise Unauthorized("Invalid token")
+    state = await _state(
+        cache=cache, sessionmaker=sessionmaker, user_id=claims.user_id, session_id=claims.session_id
+    )
     return Principal(
         id=claims.user_id,
         session_id=claims.session_id,
@@ -77,7 +67,45 @@ async def resolve(
     )
 
 
-async def _load(*, session: AsyncSession, claims: AccessClaims) -> dict[str, object]:
+async def session_is_live(
+    *,
+    cache: Cache,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    user_id: int,
+    session_id: str,
+) -> bool:
+    """The check `resolve` makes, for a connection that outlives its token's check: False
+    once the session has ended or the account is disabled. Database errors propagate (an
+    outage says nothing about the session)."""
+    try:
+        state = await _state(
+            cache=cache, sessionmaker=sessionmaker, user_id=user_id, session_id=session_id
+        )
+    except Unauthorized:
+        return False
+    return bool(state["is_active"])
+
+
+async def _state(
+    *, cache: Cache, sessionmaker: async_sessionmaker[AsyncSession], user_id: int, session_id: str
+) -> dict[str, Any]:
+    snapshot = await cache.get(_key(session_id))
+    if snapshot == _REVOKED:
+        raise Unauthorized("Token has been revoked")
+    if snapshot is not None:
+        state: dict[str, Any] = json.loads(snapshot)
+    else:
+        async with sessionmaker() as session:
+            state = await _load(session=session, session_id=session_id)
+        await cache.set(
+            _key(session_id), json.dumps(state).encode(), SNAPSHOT_TTL_SECONDS, only_if_new=True
+        )
+    if state["user_id"] != user_id:
+        raise Unauthorized("Invalid token")
+    return state
+
+
+async def _load(*, session: AsyncSession, session_id: str) -> dict[str, Any]:
     row = (
         await session.execute(
             select(
@@ -89,10 +117,10 @@ async def _load(*, session: AsyncSession, claims: AccessClaims) -> dict[str, obj
                 AuthSession.user_id,
             )
             .join(AuthSession, AuthSession.user_id == User.id)
-            .where(AuthSession.id == claims.session_id)
+            .where(AuthSession.id == session_id)
         )
     ).one_or_none()
-    if row is None:
+    if row is None:  # no such session, or its user was deleted (the cascade took it): 401
         raise Unauthorized("Invalid token")
     role, is_active, is_verified, revoked_at, expires_at, user_id = row
     if revoked_at is not None or expires_at <= utcnow():

@@ -24,7 +24,14 @@ from app.auth.schemas import (
     UserPrivate,
     VerifyEmailRequest,
 )
-from app.core.dependencies import CacheDep, HasherDep, ServicesDep, SessionDep, SettingsDep
+from app.core.dependencies import (
+    CacheDep,
+    HasherDep,
+    HubDep,
+    ServicesDep,
+    SessionDep,
+    SettingsDep,
+)
 from app.email import service as outbox
 from app.jobs.dependencies import JobsDep
 
@@ -97,11 +104,12 @@ async def refresh(
     response: Response,
     session: SessionDep,
     cache: CacheDep,
+    hub: HubDep,
     settings: SettingsDep,
 ) -> TokenResponse:
     """Trade a refresh token (once) for a new pair; reusing one revokes its whole session."""
     pair = await service.rotate_refresh_token(
-        session=session, cache=cache, settings=settings, raw_token=data.refresh_token
+        session=session, cache=cache, hub=hub, settings=settings, raw_token=data.refresh_token
     )
     return _token_response(pair, response)
 
@@ -111,13 +119,16 @@ async def logout(
     principal: CurrentPrincipal,
     session: SessionDep,
     cache: CacheDep,
+    hub: HubDep,
     settings: SettingsDep,
     data: LogoutRequest | None = None,
 ) -> None:
-    """End this session: its access and refresh tokens stop working at once, everywhere."""
+    """End this session: its access and refresh tokens stop working at once, everywhere, and
+    its WebSockets (4401) and SSE streams end."""
     await service.logout(
         session=session,
         cache=cache,
+        hub=hub,
         settings=settings,
         principal=principal,
         refresh_token=data.refresh_token if data else None,
@@ -126,10 +137,16 @@ async def logout(
 
 @router.post("/logout-all", status_code=status.HTTP_204_NO_CONTENT)
 async def logout_all(
-    principal: CurrentPrincipal, session: SessionDep, cache: CacheDep, settings: SettingsDep
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    cache: CacheDep,
+    hub: HubDep,
+    settings: SettingsDep,
 ) -> None:
-    """End every session of the caller, on every device."""
-    await service.logout_all(session=session, cache=cache, settings=settings, user_id=principal.id)
+    """End every session of the caller, on every device, with their live connections."""
+    await service.logout_all(
+        session=session, cache=cache, hub=hub, settings=settings, user_id=principal.id
+    )
 
 
 @router.post("/password", status_code=status.HTTP_204_NO_CONTENT)
@@ -139,6 +156,7 @@ async def change_password(
     principal: CurrentPrincipal,
     session: SessionDep,
     cache: CacheDep,
+    hub: HubDep,
     settings: SettingsDep,
     hasher: HasherDep,
 ) -> None:
@@ -146,6 +164,7 @@ async def change_password(
     await service.change_password(
         session=session,
         cache=cache,
+        hub=hub,
         settings=settings,
         hasher=hasher,
         user=user,
@@ -210,6 +229,7 @@ async def reset_password(
     data: PasswordResetConfirm,
     session: SessionDep,
     cache: CacheDep,
+    hub: HubDep,
     settings: SettingsDep,
     hasher: HasherDep,
 ) -> None:
@@ -217,6 +237,7 @@ async def reset_password(
     await verification.reset_password(
         session=session,
         cache=cache,
+        hub=hub,
         settings=settings,
         hasher=hasher,
         token=data.token,

@@ -13,11 +13,13 @@ from app.auth.errors import InvalidCredentials, InvalidRefreshToken
 from app.auth.models import AuthSession, RefreshToken, Role, User
 from app.auth.permissions import ROLE_SCOPES, grantable_scopes
 from app.auth.principal import Principal
+from app.auth.revocation import EndReason, SessionsEnded, announce
 from app.auth.schemas import RegisterRequest, SuperuserFields
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import Conflict, ErrorDetail, Forbidden
+from app.core.pubsub import Hub
 from app.core.security import (
     PasswordHasher,
     create_access_token,
@@ -179,7 +181,7 @@ def _issue(
 
 
 async def rotate_refresh_token(
-    *, session: AsyncSession, cache: Cache, settings: Settings, raw_token: str
+    *, session: AsyncSession, cache: Cache, hub: Hub, settings: Settings, raw_token: str
 ) -> TokenPair:
     """Trade a refresh token for a new pair. A token works once: a second use means it was
     stolen (or leaked), so the whole family is revoked and both parties must log in again."""
@@ -208,7 +210,14 @@ async def rotate_refresh_token(
             session=session, session_id=auth_session.id, reason="reuse_detected"
         )
         await session.commit()
-        await publish_revocations(cache=cache, settings=settings, session_ids=revoked)
+        await publish_revocations(
+            cache=cache,
+            hub=hub,
+            settings=settings,
+            user_id=user.id,
+            session_ids=revoked,
+            reason=EndReason.REFRESH_REUSE,
+        )
         raise InvalidRefreshToken("Refresh token reuse detected; the session has been revoked")
     if not user.is_active:
         await session.commit()
@@ -261,16 +270,34 @@ async def purge_ended_sessions(*, session: AsyncSession, ended_before: datetime)
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def publish_revocations(*, cache: Cache, settings: Settings, session_ids: list[str]) -> None:
-    """After the commit: every API process stops accepting these sessions' access tokens."""
+async def publish_revocations(
+    *,
+    cache: Cache,
+    hub: Hub,
+    settings: Settings,
+    user_id: int,
+    session_ids: list[str],
+    reason: EndReason,
+    whole_account: bool = False,
+) -> None:
+    """After the commit: every API process stops accepting these sessions' access tokens and
+    ends the WebSockets and SSE streams they opened; `whole_account` ends every connection of
+    the user, whatever session it holds (the account is disabled or gone)."""
     ttl = settings.access_token_expire_minutes * 60 + 60
     await principals.mark_revoked(cache=cache, session_ids=session_ids, ttl=ttl)
+    event = SessionsEnded(
+        user_id=user_id,
+        session_ids=None if whole_account else frozenset(session_ids),
+        reason=reason,
+    )
+    await announce(hub=hub, event=event)
 
 
 async def logout(
     *,
     session: AsyncSession,
     cache: Cache,
+    hub: Hub,
     settings: Settings,
     principal: Principal,
     refresh_token: str | None,
@@ -293,21 +320,36 @@ async def logout(
         session=session, session_id=principal.session_id, reason="logout"
     )
     await session.commit()
-    await publish_revocations(cache=cache, settings=settings, session_ids=revoked)
+    await publish_revocations(
+        cache=cache,
+        hub=hub,
+        settings=settings,
+        user_id=principal.id,
+        session_ids=revoked,
+        reason=EndReason.LOGOUT,
+    )
 
 
 async def logout_all(
-    *, session: AsyncSession, cache: Cache, settings: Settings, user_id: int
+    *, session: AsyncSession, cache: Cache, hub: Hub, settings: Settings, user_id: int
 ) -> None:
     revoked = await revoke_all_sessions(session=session, user_id=user_id, reason="logout_all")
     await session.commit()
-    await publish_revocations(cache=cache, settings=settings, session_ids=revoked)
+    await publish_revocations(
+        cache=cache,
+        hub=hub,
+        settings=settings,
+        user_id=user_id,
+        session_ids=revoked,
+        reason=EndReason.LOGOUT_ALL,
+    )
 
 
 async def change_password(
     *,
     session: AsyncSession,
     cache: Cache,
+    hub: Hub,
     settings: Settings,
     hasher: PasswordHasher,
     user: User,
@@ -326,7 +368,14 @@ async def change_password(
         keep_session_id=current_session_id,
     )
     await session.commit()  # the new hash and the revocations land together or not at all
-    await publish_revocations(cache=cache, settings=settings, session_ids=revoked)
+    await publish_revocations(
+        cache=cache,
+        hub=hub,
+        settings=settings,
+        user_id=user.id,
+        session_ids=revoked,
+        reason=EndReason.PASSWORD_CHANGED,
+    )
 
 
 async def ensure_superuser(

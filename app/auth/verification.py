@@ -16,10 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth import principal as principals
 from app.auth import service as auth_service
 from app.auth.models import ActionToken, AuthSession, TokenPurpose, User
+from app.auth.revocation import EndReason
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.errors import AppError, Conflict
+from app.core.pubsub import Hub
 from app.core.security import PasswordHasher, hash_opaque_token, new_opaque_token
 from app.email import service as outbox
 from app.jobs.service import Jobs
@@ -158,6 +160,7 @@ async def reset_password(
     *,
     session: AsyncSession,
     cache: Cache,
+    hub: Hub,
     settings: Settings,
     hasher: PasswordHasher,
     token: str,
@@ -176,4 +179,11 @@ async def reset_password(
         session=session, user_id=user_id, reason="password_reset"
     )
     await session.commit()
-    await auth_service.publish_revocations(cache=cache, settings=settings, session_ids=revoked)
+    await auth_service.publish_revocations(
+        cache=cache,
+        hub=hub,
+        settings=settings,
+        user_id=user_id,
+        session_ids=revoked,
+        reason=EndReason.PASSWORD_RESET,
+    )

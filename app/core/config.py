@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     """Redis for rate limits, cache, pub/sub and the job broker; unset: in-process state"""
     redis_max_connections: int = Field(default=100, ge=1)
     """Redis connections per process"""
+    # Cached responses never go to REDIS_URL: that instance holds the broker and security
+    # state and must not evict, so anything clients can multiply there would block logins.
+    cache_redis_url: str | None = None
+    """a Redis only for cached responses (maxmemory + allkeys-lru); unset: process memory"""
+    cache_memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    """byte budget of the in-process cache (keys + values + per-entry overhead)"""
+    cache_list_max_page: int = Field(default=10, ge=0, le=100_000)
+    """list pages beyond this one are read from the database, never cached"""
 
     rate_limit_enabled: bool = True
     """the global per-client rate limit"""
@@ -183,6 +191,10 @@ class Settings(BaseSettings):
     # times per this period; a crashed process's leases lapse after it.
     ws_connection_lease_seconds: float = Field(default=60.0, ge=3)
     """with Redis, how long a connection's slot outlives a dead process"""
+    # Revocation reaches live connections at once through the hub; this re-check (one cache
+    # lookup per live session) bounds how long one lives on when that event is lost.
+    ws_session_recheck_seconds: float = Field(default=5.0, gt=0, le=300)
+    """how often WebSockets and SSE streams re-check their session (ended ones close, 4401)"""
     chat_message_max_length: int = Field(default=4000, ge=1)
     """characters per chat message"""
     chat_presence_max_members: int = Field(default=100, ge=0)  # per process (see chat.py)
@@ -207,6 +219,8 @@ class Settings(BaseSettings):
     """how often beat sends the maintenance heartbeat"""
     heartbeat_stale_seconds: float = Field(default=120.0, gt=0)
     """readiness calls the jobs side stale (service degraded) past this heartbeat age"""
+    readiness_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    """/health/ready reuses its answer this long per process, so probes can't load the database"""
     # Ended sessions (expired or revoked) and their refresh tokens are deleted this long after
     # they end. Activity reports count logins from these rows, so reports reaching further back
     # than the retention (plus the refresh lifetime) see fewer sessions.
@@ -301,6 +315,11 @@ class Settings(BaseSettings):
     # login flood slows logins down instead of every other request.
     password_hash_concurrency: int = Field(default_factory=_cores_but_one, ge=1)
     """password hashes computed at once; unset: CPU count - 1 (a core stays with the event loop)"""
+    # Past this many waiting per hashing thread, a login (or sign-up, or password change) is
+    # refused at once with 503 and Retry-After instead of queueing: a flood then costs the
+    # flooder, and admitted logins still answer within about a second (8 x ~20-50 ms a hash).
+    password_hash_max_waiting_per_thread: int = Field(default=8, ge=1, le=1000)
+    """hashes allowed to wait per hashing thread; past it, 503 with Retry-After at once"""
     # Argon2id cost: OWASP's baseline (19 MiB, 2 passes, 1 lane), about 20 ms per hash on one
     # core. Raising these upgrades stored hashes at each user's next login.
     argon2_memory_kib: int = Field(default=19_456, ge=8_192)
@@ -311,6 +330,7 @@ class Settings(BaseSettings):
     @field_validator(
         "database_url",
         "redis_url",
+        "cache_redis_url",
         "sentry_dsn",
         "metrics_token",
         "celery_broker_url",

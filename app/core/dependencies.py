@@ -31,7 +31,9 @@ from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.storage import Storage
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# eq=False: one container is one process's services, compared and hashed by identity (the
+# readiness memo keys on it).
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False, weakref_slot=True)
 class Services:
     """What one API process opens at start and shares across requests; closed by the lifespan."""
 
@@ -94,6 +96,10 @@ async def get_cache(connection: HTTPConnection) -> Cache:
     return services_of(connection).cache
 
 
+async def get_hub(connection: HTTPConnection) -> Hub:
+    return services_of(connection).hub
+
+
 async def get_storage(connection: HTTPConnection) -> Storage:
     return services_of(connection).storage
 
@@ -107,5 +113,6 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
+HubDep = Annotated[Hub, Depends(get_hub)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 BackgroundDep = Annotated[TaskManager, Depends(get_background)]

@@ -9,14 +9,15 @@ from fastapi.openapi.docs import (
     get_swagger_ui_oauth2_redirect_html,
 )
 from fastapi.responses import HTMLResponse
-from fastapi.staticfiles import StaticFiles
+
+from app.core.static import WholeStaticFiles
 
 STATIC_URL = "/static/docs"
 
 
 def install_docs(app: FastAPI) -> None:
     assets = str(files("fastapi_offline") / "static")
-    app.mount(STATIC_URL, StaticFiles(directory=assets), name="docs-assets")
+    app.mount(STATIC_URL, WholeStaticFiles(directory=assets), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
     oauth2_redirect_url = "/docs/oauth2-redirect"
 

@@ -9,9 +9,11 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from app.core.request_context import REQUEST_ID_HEADER, request_id_of
 
@@ -142,13 +144,29 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"No resource at {request.url.path}"
     elif status == 405 and message == "Method Not Allowed":
         message = f"Method {request.method} is not allowed on {request.url.path}"
+    headers = dict(exc.headers or {})
+    if status == 405:
+        headers["Allow"] = _allowed_methods(request)
     return error_response(
         request,
         status=status,
         code=CODES_BY_STATUS.get(status, "error"),
         message=message,
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path. Starlette's own 405 names only the first
+    route whose path matched, so `GET, POST` on one path (two routes) came out as `GET`.
+    FastAPI keeps included routers lazily; `iter_route_contexts` walks them flattened."""
+    root_path = request.scope.get("root_path", "")
+    path = request.scope["path"].removeprefix(root_path) or "/"
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        if route.methods and route.path and compile_path(route.path)[0].match(path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def _field_path(location: tuple[Any, ...] | list[Any]) -> str:

@@ -24,6 +24,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie"})
 # Probes and scrapes are not client traffic: never rate limited.
 UNLIMITED_PREFIXES = ("/health", "/metrics", "/static/")
 
@@ -60,11 +61,18 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
+        # An answer to a request that carries credentials depends on who asked: no browser or
+        # proxy may keep it (a shared computer's disk cache, a corporate proxy). Anonymous
+        # answers stay cacheable. A route that sets its own Cache-Control keeps it.
+        personal = any(name in _CREDENTIAL_HEADERS for name, _ in scope["headers"])
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 present = {name for name, _ in headers}  # a route may set its own
                 headers += [pair for pair in self.raw if pair[0] not in present]
+                if (personal or b"set-cookie" in present) and b"cache-control" not in present:
+                    headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
             await send(message)
 

@@ -5,6 +5,7 @@ remaining budget and the reset time all come from one atomic INCR-with-expiry: o
 round trip per check, and every process agrees on the window.
 """
 
+import hashlib
 import logging
 import math
 import time
@@ -52,6 +53,17 @@ class Decision:
         return headers
 
 
+# Identifiers can be client text (a reset request's email is counted before it is validated):
+# longer ones are stored as a digest, so a counter key never costs more than ~150 bytes.
+_MAX_IDENTIFIER_CHARS = 64
+
+
+def _bounded(identifier: str) -> str:
+    if len(identifier) <= _MAX_IDENTIFIER_CHARS:
+        return identifier
+    return "sha256:" + hashlib.sha256(identifier.encode(errors="surrogatepass")).hexdigest()
+
+
 class LimiterUnavailable(Exception):
     """The counter store can't be reached and the policy fails closed."""
 
@@ -65,7 +77,7 @@ class RateLimiter:
         period = policy.limit.get_expiry()
         now = time.time()
         window = int(now // period)
-        key = policy.limit.key_for(policy.name, *identifiers, str(window))
+        key = policy.limit.key_for(policy.name, *map(_bounded, identifiers), str(window))
         try:
             count = await self.storage.incr(key, period)
         except (StorageError, RedisError, OSError) as exc:

@@ -4,10 +4,11 @@ import hashlib
 import secrets
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import jwt
@@ -16,10 +17,24 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from app.core.config import Settings
+from app.core.errors import ServiceUnavailable
 
 JWT_ALGORITHM = "HS256"  # pinned: the decoder accepts this and nothing else
 ACCESS_TOKEN_TYPE = "access"
 REQUIRED_CLAIMS = ["sub", "jti", "type", "scopes", "iat", "exp", "iss", "aud", "sid"]
+
+
+T = TypeVar("T")
+
+
+class HasherBusy(ServiceUnavailable):
+    """More password hashes are waiting than the process takes: refused at once, before any
+    work, so a login flood cannot grow a queue that every honest login then waits through."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Too many sign-ins at once; try again in a moment.", headers={"Retry-After": "1"}
+        )
 
 
 class PasswordHasher:
@@ -35,24 +50,44 @@ class PasswordHasher:
             settings.password_hash_concurrency,
             memory_kib=settings.argon2_memory_kib,
             time_cost=settings.argon2_time_cost,
+            max_waiting=settings.password_hash_concurrency
+            * settings.password_hash_max_waiting_per_thread,
         )
 
-    def __init__(self, concurrency: int, *, memory_kib: int = 19_456, time_cost: int = 2) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        *,
+        memory_kib: int = 19_456,
+        time_cost: int = 2,
+        max_waiting: int = 8,
+    ) -> None:
         argon2 = Argon2Hasher(memory_cost=memory_kib, time_cost=time_cost, parallelism=1)
         self._hash = PasswordHash((argon2, BcryptHasher()))
         self._limiter = anyio.CapacityLimiter(concurrency)
+        # Admitted = hashing now + waiting for a thread. The check and the count happen with no
+        # await between them, so on one event loop they are exact without a lock.
+        self._max_admitted = concurrency + max_waiting
+        self._admitted = 0
         # Verified against when the account does not exist, so both paths cost the same.
         self._dummy_hash = self._hash.hash(secrets.token_urlsafe(16))
 
+    async def _run(self, function: Callable[[], T]) -> T:
+        if self._admitted >= self._max_admitted:
+            raise HasherBusy()
+        self._admitted += 1
+        try:
+            return await anyio.to_thread.run_sync(function, limiter=self._limiter)
+        finally:
+            self._admitted -= 1
+
     async def hash(self, password: str) -> str:
-        return await anyio.to_thread.run_sync(self._hash.hash, password, limiter=self._limiter)
+        return await self._run(partial(self._hash.hash, password))
 
     async def verify_and_update(self, password: str, hashed: str | None) -> tuple[bool, str | None]:
         """(valid, new hash if the stored one is outdated). `hashed=None` burns the same time."""
         target = hashed if hashed is not None else self._dummy_hash
-        valid, updated = await anyio.to_thread.run_sync(
-            partial(self._hash.verify_and_update, password, target), limiter=self._limiter
-        )
+        valid, updated = await self._run(partial(self._hash.verify_and_update, password, target))
         return (valid and hashed is not None), updated
 
 

@@ -89,9 +89,12 @@ def _checked(key: str) -> str:
 
 
 class LocalStorage:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
         self.root = root.resolve()
         self.temp_dir = self.root / ".tmp"
+        # Readiness says "down" below this: the next upload of the largest allowed size could
+        # fail with 507, so a balancer should prefer another instance.
+        self.min_free_bytes = min_free_bytes
 
     def path_of(self, key: str) -> Path:
         return self.root / _checked(key)
@@ -157,15 +160,24 @@ class LocalStorage:
             yield stored
 
     async def check(self) -> None:
+        """Writable for real: a file is written and removed (permission bits say nothing of a
+        read-only mount or a full disk), and the free space holds one more largest upload."""
+
         def probe() -> None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if not os.access(self.root, os.W_OK):
-                raise PermissionError(f"{self.root} is not writable")
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            marker = self.temp_dir / f"ready-{os.getpid()}-{uuid.uuid4().hex}"
+            try:
+                marker.write_bytes(b"ok")
+            finally:
+                marker.unlink(missing_ok=True)
+            stats = os.statvfs(self.root)
+            if stats.f_bavail * stats.f_frsize < self.min_free_bytes:
+                raise OSError(errno.ENOSPC, "less free space than one largest upload")
 
         try:
             await anyio.to_thread.run_sync(probe)
         except OSError as exc:
-            raise StorageUnavailable() from exc
+            raise storage_error_for(exc) from exc
 
     async def remove_stale_temp_files(self, cutoff: datetime) -> int:
         return await anyio.to_thread.run_sync(_remove_older_files, self.temp_dir, cutoff)
@@ -286,7 +298,7 @@ class S3Storage:
 
 def create_storage(settings: Settings) -> LocalStorage | S3Storage:
     if settings.storage_backend == "local":
-        return LocalStorage(settings.uploads_dir)
+        return LocalStorage(settings.uploads_dir, min_free_bytes=settings.max_upload_bytes)
     import boto3
     from botocore.config import Config
 

@@ -4,6 +4,7 @@ the row count (a server-side cursor on PostgreSQL; SQLite's cursor steps through
 import csv
 import io
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -21,8 +22,14 @@ MEDIA_TYPES: dict[ExportFormat, str] = {
     "csv": "text/csv; charset=utf-8",
     "ndjson": "application/x-ndjson",
 }
-# A spreadsheet runs a cell starting with one of these as a formula (OWASP: CSV injection).
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP: CSV injection),
+# the full-width signs included: a Japanese IME types them, and Excel reads them as ASCII.
+_SIGNS = "=+-@\uff1d\uff0b\uff0d\uff20"
+FORMULA_PREFIXES = (*_SIGNS, "\t", "\r")
+# A file opened with another separator than ours (`;` or tab in many locales, `|` by some
+# importers) splits a cell at these, and each piece is judged as a cell of its own, so a
+# formula may hide after one: `a;=HYPERLINK(...)`.
+_FORMULA_AFTER_SEPARATOR = re.compile(f"([,;\t|\r\n][ \t]*)([{re.escape(_SIGNS)}])")
 
 ITEM_COLUMNS = (
     Item.id, Item.title, Item.description, Item.price, Item.currency, Item.created_at,
@@ -55,7 +62,10 @@ def users_query() -> AnySelect:
 
 
 def escape_formula(value: str) -> str:
-    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+    """A quote before anything a spreadsheet would run: the cell's start (after blanks, which
+    some importers trim) and every piece a separator could split off."""
+    value = _FORMULA_AFTER_SEPARATOR.sub(r"\1'\2", value)
+    return "'" + value if value.lstrip(" ").startswith(FORMULA_PREFIXES) else value
 
 
 def _plain(value: object) -> object:

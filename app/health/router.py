@@ -1,7 +1,9 @@
 import asyncio
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -93,6 +95,21 @@ def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
 
 
+@dataclass(slots=True)
+class _Memo:
+    """One process's last readiness answer: probes and orchestrators may call as often as
+    they like, the dependencies see at most one round of checks per READINESS_CACHE_SECONDS
+    (and never two at once). That is what keeps /health/ready exempt from rate limits: a
+    limit would turn a probe flood into failed probes and needless restarts."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    expires: float = 0.0
+    answer: tuple[Readiness, int] | None = None
+
+
+_memos: "weakref.WeakKeyDictionary[Services, _Memo]" = weakref.WeakKeyDictionary()
+
+
 @router.get(
     "/ready",
     response_model=Readiness,
@@ -103,8 +120,20 @@ async def readiness(response: Response, services: ServicesDep) -> Readiness:
 
     Redis and file storage are optional: without them, reads and logins that need no limiter
     keep working, so their loss makes the service `degraded`, not unavailable. So does a stale
-    jobs heartbeat: the API still serves, only background work waits.
+    jobs heartbeat: the API still serves, only background work waits. Answers are reused for
+    READINESS_CACHE_SECONDS.
     """
+    memo = _memos.setdefault(services, _Memo())
+    async with memo.lock:  # callers arriving during a round wait for its answer
+        if memo.answer is None or time.monotonic() >= memo.expires:
+            memo.answer = await _assess(services)
+            memo.expires = time.monotonic() + services.settings.readiness_cache_seconds
+        readiness, status_code = memo.answer
+    response.status_code = status_code
+    return readiness
+
+
+async def _assess(services: Services) -> tuple[Readiness, int]:
     probes = [
         ("database", _database_probe(services.engine), True),
         ("storage", services.storage.check, False),
@@ -117,13 +146,10 @@ async def readiness(response: Response, services: ServicesDep) -> Readiness:
     )
     checks = {name: result for (name, _, _), result in zip(probes, results, strict=True)}
     if any(c.status == "down" and c.required for c in checks.values()):
-        status: Literal["ok", "degraded", "unavailable"] = "unavailable"
-        response.status_code = 503
-    elif any(c.status == "down" for c in checks.values()) or jobs_heartbeat.status == "stale":
-        status = "degraded"
-    else:
-        status = "ok"
-    return Readiness(status=status, checks=checks, jobs=jobs_heartbeat)
+        return Readiness(status="unavailable", checks=checks, jobs=jobs_heartbeat), 503
+    degraded = any(c.status == "down" for c in checks.values()) or jobs_heartbeat.status == "stale"
+    status: Literal["ok", "degraded"] = "degraded" if degraded else "ok"
+    return Readiness(status=status, checks=checks, jobs=jobs_heartbeat), 200
 
 
 @ops_router.get("/metrics", include_in_schema=False)

@@ -58,6 +58,7 @@ async def list_items(
         page=page,
         per_page=per_page,
         order_by=order_by,
+        max_cached_page=services.settings.cache_list_max_page,
     )
     return Response(body, media_type="application/json")
 

@@ -85,8 +85,33 @@ async def public_item_json(
         return ItemRead.model_validate(item).model_dump_json().encode()
 
 
-@cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS, ignore=("sessionmaker",))
 async def public_page_json(
+    *,
+    cache: Cache,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    filters: ItemFilters,
+    page: int,
+    per_page: int,
+    order_by: ItemOrder,
+    max_cached_page: int,
+) -> bytes:
+    """A page of the public listing, serialized; cached only where the key space is small.
+
+    Free-text searches and deep pages are read from the database every time: each distinct
+    search would be an entry nobody else asks for, and a cache of unbounded client text only
+    pushes out the pages everyone reads (the first few, by the common filters)."""
+    read = _page_json if filters.search or page > max_cached_page else _cached_page_json
+    return await read(
+        cache=cache,
+        sessionmaker=sessionmaker,
+        filters=filters,
+        page=page,
+        per_page=per_page,
+        order_by=order_by,
+    )
+
+
+async def _page_json(
     *,
     cache: Cache,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -103,6 +128,11 @@ async def public_page_json(
         [ItemRead.model_validate(i) for i in items], total=total, page=page, per_page=per_page
     )
     return listing.model_dump_json().encode()
+
+
+_cached_page_json = cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS, ignore=("sessionmaker",))(
+    _page_json
+)
 
 
 async def get_visible(*, session: AsyncSession, item_id: int, viewer: Principal | None) -> Item:

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import Counter, deque
+from collections import deque
+from collections.abc import Collection
 
 from app.core.pubsub import Hub, Subscription
 from app.realtime.leases import ConnectionLeases
@@ -42,10 +43,11 @@ class ShuttingDown(Exception):
 
 class Subscriber:
     __slots__ = ("_frames", "_held", "_ready", "close_code", "close_reason", "closed", "lease",
-                 "limit", "user_id")  # fmt: skip
+                 "limit", "session_id", "user_id")  # fmt: skip
 
-    def __init__(self, user_id: int, limit: int) -> None:
+    def __init__(self, user_id: int, limit: int, *, session_id: str) -> None:
         self.user_id = user_id
+        self.session_id = session_id  # the token's `sid`: its revocation ends this connection
         self.limit = limit
         self._frames: deque[Frame] = deque()
         self._ready = asyncio.Event()
@@ -120,7 +122,7 @@ class ConnectionManager:
         self.leases = leases
         self.stopping = asyncio.Event()
         self._channels: dict[str, _Channel] = {}
-        self._per_user: Counter[int] = Counter()
+        self._per_user: dict[int, set[Subscriber]] = {}
         self._subscribers: set[Subscriber] = set()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -143,9 +145,10 @@ class ConnectionManager:
     def register(self, subscriber: Subscriber) -> None:
         if self.stopping.is_set():
             raise ShuttingDown()
-        if self._per_user[subscriber.user_id] >= self.max_per_user:
+        own = self._per_user.setdefault(subscriber.user_id, set())
+        if len(own) >= self.max_per_user:
             raise TooManyConnections()
-        self._per_user[subscriber.user_id] += 1
+        own.add(subscriber)
         self._subscribers.add(subscriber)
         self._empty.clear()
 
@@ -155,8 +158,9 @@ class ConnectionManager:
             if subscriber.lease is not None and self.leases is not None:
                 self.leases.release(subscriber.user_id, subscriber.lease)
                 subscriber.lease = None
-            self._per_user[subscriber.user_id] -= 1
-            if self._per_user[subscriber.user_id] <= 0:
+            own = self._per_user[subscriber.user_id]
+            own.discard(subscriber)
+            if not own:
                 del self._per_user[subscriber.user_id]
         if not self._subscribers:
             self._empty.set()
@@ -181,6 +185,23 @@ class ConnectionManager:
             del self._channels[channel]
             if existing.task is not None:
                 existing.task.cancel()
+
+    def end_sessions(
+        self, user_id: int, session_ids: Collection[str] | None, code: int, reason: str
+    ) -> int:
+        """Close the user's connections that hold one of these sessions (None: all of them);
+        how many were closed. Their endpoints send the close code or end the stream."""
+        ended = 0
+        for subscriber in tuple(self._per_user.get(user_id, ())):
+            if session_ids is None or subscriber.session_id in session_ids:
+                if subscriber.close_code is None:
+                    ended += 1
+                subscriber.close(code, reason)
+        return ended
+
+    def live_sessions(self) -> set[tuple[int, str]]:
+        """(user id, session id) of every open connection, each once."""
+        return {(s.user_id, s.session_id) for s in self._subscribers if s.close_code is None}
 
     def members(self, channel: str) -> int:
         existing = self._channels.get(channel)

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
 
 from app.core.errors import NotFound
+from app.core.static import WholeFileResponse
 
 router = APIRouter(include_in_schema=False)
 STATIC = Path(__file__).parent / "static"
@@ -20,13 +20,13 @@ PAGE_HEADERS = {
 
 
 @router.get("/chat")
-async def chat_page() -> FileResponse:
-    return FileResponse(STATIC / "chat.html", media_type="text/html", headers=PAGE_HEADERS)
+async def chat_page() -> WholeFileResponse:
+    return WholeFileResponse(STATIC / "chat.html", media_type="text/html", headers=PAGE_HEADERS)
 
 
 @router.get("/chat/{name}")
-async def chat_asset(name: str) -> FileResponse:
+async def chat_asset(name: str) -> WholeFileResponse:
     media_types = {"chat.js": "text/javascript", "chat.css": "text/css"}
     if name not in media_types:  # a fixed list: no path ever reaches the file system
         raise NotFound(f"No resource at /chat/{name}")
-    return FileResponse(STATIC / name, media_type=media_types[name], headers=PAGE_HEADERS)
+    return WholeFileResponse(STATIC / name, media_type=media_types[name], headers=PAGE_HEADERS)

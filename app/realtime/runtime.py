@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.pubsub import Hub
 from app.core.ratelimit import Policy, RateLimiter
@@ -14,6 +15,7 @@ from app.core.redis import Redis
 from app.realtime.leases import ConnectionLeases
 from app.realtime.manager import ConnectionManager
 from app.realtime.relay import NotificationRelay
+from app.realtime.revocation import SessionWatch
 from app.realtime.service import NotificationService
 
 logger = logging.getLogger("app.realtime")
@@ -28,6 +30,7 @@ class Realtime:
     manager: ConnectionManager
     notifier: NotificationService
     relay: NotificationRelay | None
+    watch: SessionWatch
     _room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
@@ -48,6 +51,7 @@ class Realtime:
             logger.warning("%d realtime connections still open at shutdown", self.manager.count)
 
     async def close(self) -> None:
+        await self.watch.close()
         if self.relay is not None:
             await self.relay.close()
         await self.manager.close()
@@ -60,6 +64,7 @@ async def start_realtime(
     settings: Settings,
     hub: Hub,
     redis: Redis | None,
+    cache: Cache,
     sessionmaker: async_sessionmaker[AsyncSession],
     limiter: RateLimiter,
     message_policy: Policy,
@@ -75,14 +80,24 @@ async def start_realtime(
         leases = ConnectionLeases(redis, lease_seconds=settings.ws_connection_lease_seconds)
         leases.start()
     notifier = NotificationService(hub, on_published=relay.note_published if relay else None)
+    manager = ConnectionManager(
+        hub, max_per_user=settings.ws_max_connections_per_user, leases=leases
+    )
+    watch = SessionWatch(
+        manager,
+        hub,
+        cache=cache,
+        sessionmaker=sessionmaker,
+        interval=settings.ws_session_recheck_seconds,
+    )
+    await watch.start()
     return Realtime(
         settings=settings,
         sessionmaker=sessionmaker,
         limiter=limiter,
         message_policy=message_policy,
-        manager=ConnectionManager(
-            hub, max_per_user=settings.ws_max_connections_per_user, leases=leases
-        ),
+        manager=manager,
         notifier=notifier,
         relay=relay,
+        watch=watch,
     )

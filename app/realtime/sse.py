@@ -14,7 +14,13 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.realtime import service
 from app.realtime.dependencies import RealtimeDep, StreamPrincipal
-from app.realtime.manager import ShuttingDown, Subscriber, TooManyConnections
+from app.realtime.manager import (
+    CLOSE_FORBIDDEN,
+    CLOSE_UNAUTHORIZED,
+    ShuttingDown,
+    Subscriber,
+    TooManyConnections,
+)
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 RETRY_MILLISECONDS = 2000
@@ -33,8 +39,12 @@ async def notification_stream(
     last_event_id: Annotated[str | None, Header(max_length=40)] = None,
     last_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Your notifications as they happen; resumes after `Last-Event-ID` (or `last_id`)."""
-    subscriber = Subscriber(principal.id, rt.settings.ws_send_queue_size)
+    """Your notifications as they happen; resumes after `Last-Event-ID` (or `last_id`).
+    When the session ends (logout, password change, role change, deactivation, deletion) a
+    last `event: revoked` (`{"code": 4401 | 4403, "reason": ...}`) ends the stream."""
+    subscriber = Subscriber(
+        principal.id, rt.settings.ws_send_queue_size, session_id=principal.session_id
+    )
     try:
         await rt.manager.admit(subscriber)
     except (TooManyConnections, ShuttingDown) as exc:
@@ -43,6 +53,7 @@ async def notification_stream(
         return
     channels = [service.user_channel(principal.id), service.BROADCAST_CHANNEL]
     try:
+        await rt.watch.confirm(subscriber)  # closes it if the session ended meanwhile
         subscriber.hold()
         for channel in channels:
             await rt.manager.join(subscriber, channel)
@@ -62,14 +73,20 @@ async def notification_stream(
                     event="notification",
                 )
         subscriber.release(sent)
-        # Ends when the server shuts down, or when this client fell too far behind (it
-        # reconnects with Last-Event-ID and reads the rest from the database).
+        # Ends when the server shuts down, when this client fell too far behind (it
+        # reconnects with Last-Event-ID and reads the rest from the database), or when its
+        # session ended (it must not reconnect with the same token).
         while (frame := await subscriber.next()) is not None:
             frame_id, text = frame
             yield ServerSentEvent(
                 raw_data=text,
                 id=str(frame_id) if frame_id is not None else None,
                 event="notification",
+            )
+        if subscriber.close_code in (CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN):
+            yield ServerSentEvent(
+                event="revoked",
+                data={"code": subscriber.close_code, "reason": subscriber.close_reason},
             )
     finally:
         for channel in channels:

@@ -239,7 +239,9 @@ async def serve(
     on_open: Callable[[Subscriber], Awaitable[None]] | None = None,
     on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    subscriber = Subscriber(auth.principal.id, rt.settings.ws_send_queue_size)
+    subscriber = Subscriber(
+        auth.principal.id, rt.settings.ws_send_queue_size, session_id=auth.principal.session_id
+    )
     try:
         await rt.manager.admit(subscriber)
     except TooManyConnections:
@@ -251,6 +253,7 @@ async def serve(
     connection = _Connection(websocket, subscriber, on_frame, rt.settings.ws_idle_timeout_seconds)
     tasks: list[asyncio.Task[None]] = []
     try:
+        await rt.watch.confirm(subscriber)  # closes it if the session ended meanwhile
         subscriber.hold()
         for channel in channels:
             await rt.manager.join(subscriber, channel)

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Query, status
 from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, CurrentUser
 from app.auth.models import Role
 from app.auth.schemas import UserPrivate, UserPublic
-from app.core.dependencies import CacheDep, SessionDep, SettingsDep
+from app.core.dependencies import CacheDep, HubDep, SessionDep, SettingsDep
 from app.core.schemas import Page, PageNumber, PerPage, SearchTerm
 from app.users import service
 from app.users.dependencies import UserById
@@ -69,11 +69,20 @@ async def update_user(
     admin: AdminPrincipal,
     session: SessionDep,
     cache: CacheDep,
+    hub: HubDep,
     settings: SettingsDep,
 ) -> UserPrivate:
-    """Change a user's role or active flag (admin); reactivate with `is_active: true`."""
+    """Change a user's role or active flag (admin); reactivate with `is_active: true`.
+    Either change ends the user's sessions and live connections (4403 for a role change,
+    4401 for a deactivation)."""
     updated = await service.admin_update(
-        session=session, cache=cache, settings=settings, actor=admin, target=target, data=data
+        session=session,
+        cache=cache,
+        hub=hub,
+        settings=settings,
+        actor=admin,
+        target=target,
+        data=data,
     )
     return UserPrivate.model_validate(updated)
 
@@ -84,13 +93,13 @@ async def delete_user(
     admin: AdminPrincipal,
     session: SessionDep,
     cache: CacheDep,
+    hub: HubDep,
     settings: SettingsDep,
     hard: bool = False,
 ) -> None:
-    """Deactivate a user (admin), or with `hard=true` delete them and their data (superuser)."""
-    if hard:
-        await service.hard_delete(session=session, actor=admin, target=target)
-    else:
-        await service.deactivate(
-            session=session, cache=cache, settings=settings, actor=admin, target=target
-        )
+    """Deactivate a user (admin), or with `hard=true` delete them and their data (superuser);
+    either way their tokens answer 401 at once and their live connections close (4401)."""
+    remove = service.hard_delete if hard else service.deactivate
+    await remove(
+        session=session, cache=cache, hub=hub, settings=settings, actor=admin, target=target
+    )

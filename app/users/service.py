@@ -5,13 +5,16 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import service as auth_service
-from app.auth.models import Role, User
+from app.auth.models import AuthSession, Role, User
 from app.auth.permissions import Permission, has_permission
 from app.auth.principal import Principal
+from app.auth.revocation import EndReason
 from app.core.cache import Cache
 from app.core.config import Settings
+from app.core.db import utcnow
 from app.core.errors import Forbidden
 from app.core.pagination import order_clauses, paginate
+from app.core.pubsub import Hub
 from app.users.errors import UserNotFound
 from app.users.schemas import UserAdminUpdate, UserSelfUpdate
 
@@ -80,44 +83,98 @@ async def admin_update(
     *,
     session: AsyncSession,
     cache: Cache,
+    hub: Hub,
     settings: Settings,
     actor: Principal,
     target: User,
     data: UserAdminUpdate,
+    reason: EndReason | None = None,
 ) -> User:
+    """`reason`: what ends the sessions when this deactivates (a soft delete says so)."""
     _check_may_manage(actor, target, data)
     if data.role is not None:
         target.role = data.role
     if data.is_active is not None:
         target.is_active = data.is_active
-    revoked: list[str] = []
-    if data.is_active is False or data.role is not None:
-        # Tokens carry scopes granted for the old role or state: make the user log in again.
-        revoked = await auth_service.revoke_all_sessions(
-            session=session, user_id=target.id, reason="account_changed"
-        )
+    if data.is_active is not False and data.role is None:
+        await session.commit()
+        return target
+    # Tokens carry scopes granted for the old role or state: make the user log in again.
+    revoked = await auth_service.revoke_all_sessions(
+        session=session, user_id=target.id, reason="account_changed"
+    )
     await session.commit()
-    await auth_service.publish_revocations(cache=cache, settings=settings, session_ids=revoked)
+    disabled = data.is_active is False
+    await auth_service.publish_revocations(
+        cache=cache,
+        hub=hub,
+        settings=settings,
+        user_id=target.id,
+        session_ids=revoked,
+        reason=(reason or EndReason.DEACTIVATED) if disabled else EndReason.ROLE_CHANGED,
+        whole_account=disabled,
+    )
     return target
 
 
 async def deactivate(
-    *, session: AsyncSession, cache: Cache, settings: Settings, actor: Principal, target: User
+    *,
+    session: AsyncSession,
+    cache: Cache,
+    hub: Hub,
+    settings: Settings,
+    actor: Principal,
+    target: User,
 ) -> None:
+    """The soft delete: the account stays (an admin can reactivate it) but nothing works."""
     await admin_update(
         session=session,
         cache=cache,
+        hub=hub,
         settings=settings,
         actor=actor,
         target=target,
         data=UserAdminUpdate(is_active=False),
+        reason=EndReason.DELETED,
     )
 
 
-async def hard_delete(*, session: AsyncSession, actor: Principal, target: User) -> None:
+async def hard_delete(
+    *,
+    session: AsyncSession,
+    cache: Cache,
+    hub: Hub,
+    settings: Settings,
+    actor: Principal,
+    target: User,
+) -> None:
     if not has_permission(actor, Permission.HARD_DELETE_USER):
         raise Forbidden(f"Missing permission: {Permission.HARD_DELETE_USER}")
     if actor.id == target.id:
         raise Forbidden("You cannot delete yourself")
+    # The row lock holds back a concurrent login (its session's foreign key waits on it), so
+    # the sessions listed here are all the cascade removes: each gets a tombstone below.
+    await session.execute(select(User.id).where(User.id == target.id).with_for_update())
+    live = (
+        await session.execute(
+            select(AuthSession.id).where(
+                AuthSession.user_id == target.id,
+                AuthSession.revoked_at.is_(None),
+                AuthSession.expires_at > utcnow(),
+            )
+        )
+    ).scalars()
+    session_ids = list(live)
     await session.execute(delete(User).where(User.id == target.id))
     await session.commit()
+    # Without tombstones the sessions' cached snapshots would keep the tokens working (on
+    # rows that are gone) until they expire.
+    await auth_service.publish_revocations(
+        cache=cache,
+        hub=hub,
+        settings=settings,
+        user_id=target.id,
+        session_ids=session_ids,
+        reason=EndReason.DELETED,
+        whole_account=True,
+    )

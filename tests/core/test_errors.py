@@ -1,3 +1,5 @@
+import re
+
 import httpx
 import pytest
 from asyncpg.exceptions import CannotConnectNowError, UniqueViolationError  # type: ignore[import-untyped]
@@ -19,6 +21,25 @@ async def test_wrong_method_is_405_envelope_with_allow(client: httpx.AsyncClient
     response = await client.put("/health")
     assert_envelope(response, 405, "method_not_allowed")
     assert "GET" in response.headers["allow"]
+
+
+async def test_405_allow_lists_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    """Starlette named only the first matching route's methods (`GET` for a path that also
+    takes POST); every path in the API must list all of its methods."""
+    schema = (await client.get("/openapi.json")).json()
+    checked = 0
+    for template, operations in schema["paths"].items():
+        documented = {method.upper() for method in operations}
+        unused = next(m for m in ("PUT", "PATCH", "DELETE", "POST", "GET") if m not in documented)
+        path = re.sub(r"\{[^}]+\}", "1", template)
+        response = await client.request(unused, path)
+        if response.status_code != 405:  # another template serves it (e.g. /users/me)
+            continue
+        allow = {method.strip() for method in response.headers["allow"].split(",")}
+        assert documented <= allow, (template, allow)
+        assert unused not in allow
+        checked += 1
+    assert checked > 40
 
 
 async def test_validation_error_lists_each_field(client: httpx.AsyncClient) -> None:

@@ -1,10 +1,15 @@
+import asyncio
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI
+from sqlalchemy import event
 
 from app.core.db import utcnow
+from app.core.storage import LocalStorage
 from app.jobs import heartbeat
 from app.main import create_app
 from tests.support.settings import make_settings
@@ -63,3 +68,52 @@ async def test_readiness_reads_the_jobs_heartbeat(client: httpx.AsyncClient, app
     assert body["status"] == "ok"
     assert body["jobs"]["status"] == "ok"
     assert body["jobs"]["age_seconds"] < stale_after
+
+
+async def test_readiness_reuses_one_round_of_checks(tmp_path: Path) -> None:
+    """Within READINESS_CACHE_SECONDS every caller, even 50 at once, gets the answer of one
+    round of checks: a probe flood costs the database one query."""
+    app = create_app(make_settings(tmp_path, readiness_cache_seconds=60))
+    async with app.router.lifespan_context(app):
+        probes = 0
+
+        def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            nonlocal probes
+            probes += statement == "SELECT 1"
+
+        engine = app.state.services.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", count)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answers = await asyncio.gather(*(client.get("/health/ready") for _ in range(50)))
+            assert {a.status_code for a in answers} == {200}
+            assert len({a.text for a in answers}) == 1  # the same latencies: one round
+            assert probes == 1
+
+
+async def test_readiness_checks_storage_can_take_an_upload(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """Permission bits say nothing of a read-only mount or a full disk (and nothing at all to
+    root): the check writes a file, and wants room for one more largest upload."""
+    storage = app.state.services.storage
+    if not isinstance(storage, LocalStorage):
+        pytest.skip("the local backend's check")
+    assert (await client.get("/health/ready")).json()["checks"]["storage"]["status"] == "ok"
+
+    storage.min_free_bytes = 10**18  # more than any disk: "full"
+    full = (await client.get("/health/ready")).json()
+    assert full["status"] == "degraded"
+    assert full["checks"]["storage"] == {
+        **full["checks"]["storage"],
+        "status": "down",
+        "error": "StorageFull",
+    }
+    storage.min_free_bytes = 0
+
+    shutil.rmtree(storage.temp_dir, ignore_errors=True)
+    storage.temp_dir.parent.mkdir(parents=True, exist_ok=True)
+    storage.temp_dir.write_bytes(b"")  # a file where the directory must be: writes fail
+    broken = (await client.get("/health/ready")).json()
+    assert broken["checks"]["storage"]["status"] == "down"
+    storage.temp_dir.unlink()

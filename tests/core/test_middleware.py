@@ -3,6 +3,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import Request, WebSocket
@@ -183,6 +184,27 @@ async def test_event_streams_are_never_gzipped(build_client: BuildClient) -> Non
         assert response.headers["content-type"].startswith("text/event-stream")
         assert "content-encoding" not in response.headers  # a proxy would buffer gzip chunks
         assert response.text.count("data:") == 50
+
+
+async def test_personal_answers_are_never_stored(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """An answer to a request with credentials (token or cookie) carries no-store unless its
+    route chose its own policy; the same public answer to an anonymous client stays cacheable."""
+    owner = await factory.account()
+    item_id = (await factory.item(owner))["id"]
+    personal = [
+        await client.get("/api/v1/users/me", headers=owner.headers),
+        await client.get(f"/api/v1/items/{item_id}", headers=owner.headers),
+        await client.get("/api/v1/items/", headers=owner.headers),
+        await client.get("/api/v1/nothing", headers=owner.headers),  # errors too
+        await client.get("/api/v1/items/", headers={"Cookie": "refresh_token=x"}),
+    ]
+    for response in personal:
+        assert response.headers["cache-control"] == "no-store", response.url
+    anonymous = await client.get(f"/api/v1/items/{item_id}")
+    assert anonymous.status_code == 200
+    assert "cache-control" not in anonymous.headers
 
 
 def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:

@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from redis.asyncio import Redis
 
 from app.main import create_app
 from tests.support.assertions import assert_envelope
@@ -146,3 +147,29 @@ async def test_redis_down_general_limit_fails_open_security_limits_fail_closed(
 def _sample(name: str, labels: dict[str, str]) -> float:
     value = REGISTRY.get_sample_value(name, labels)
     return value or 0.0
+
+
+@pytest.mark.parametrize("shared_state", ["redis"], indirect=True)
+async def test_client_text_in_a_limit_key_is_stored_bounded(
+    build_client: BuildClient, shared_state: str
+) -> None:
+    """A reset request's email is counted before it is validated: a megabyte of it must not
+    become a megabyte-long key (an hour's TTL) in the Redis that never evicts."""
+    huge = "a" * 1024 * 1024 + "@example.com"
+    async with build_client(rate_limit_password_reset="2/hour") as (_, client):
+        statuses = [
+            (
+                await client.post("/api/v1/auth/password-reset/request", json={"email": huge})
+            ).status_code
+            for _ in range(3)
+        ]
+        redis = Redis.from_url(shared_state)
+        try:
+            keys = [key async for key in redis.scan_iter(match="ratelimit*")]
+            sizes = [await redis.memory_usage(key) or 0 for key in keys]
+        finally:
+            await redis.aclose()
+    assert statuses[-1] == 429  # still counted: the same text is the same digest
+    assert keys
+    assert max(len(key) for key in keys) < 200, keys
+    assert max(sizes) < 1024, sizes

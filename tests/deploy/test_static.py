@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 
 from app.core.config import Settings
 from app.core.errors import CODES_BY_STATUS, ErrorResponse
@@ -25,7 +26,7 @@ from app.files.router import MULTIPART_OVERHEAD_BYTES
 from app.jobs.celery_app import QUEUES
 from tests.deploy.nginx_conf import Directive, duration_seconds, parse, size_bytes, walk
 from tests.support.certs import make_ca
-from tests.support.servers import require_server
+from tests.support.servers import RedisServer, require_server, running
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_DIR = ROOT / "deploy" / "nginx"
@@ -212,7 +213,7 @@ def test_only_nginx_publishes_ports(services: dict[str, dict[str, Any]]) -> None
 
 
 def test_every_service_the_contract_names(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"db", "redis", "nginx", *APP_SERVICES}
+    assert set(services) == {"db", "redis", "cache", "nginx", *APP_SERVICES}
     for name in APP_SERVICES:
         assert services[name]["image"] == "app:latest", name  # APP_IMAGE unset
     assert [name for name, service in services.items() if "build" in service] == ["migrate"]
@@ -528,3 +529,36 @@ def test_container_redis_config(tmp_path: Path) -> None:
     assert appendonly == "yes", "the broker's queued jobs must survive a restart"
     assert policy == "noeviction"
     assert (tmp_path / "appendonlydir").is_dir()
+
+
+def test_cache_redis_is_separate_bounded_and_evicting(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Cached responses have their own instance (deploy/redis-cache.conf): an LRU under a
+    memory budget the container holds, with nothing to persist, so a flood of distinct
+    queries can never fill the broker's and the auth state's Redis (issue 13, item 1)."""
+    cache = services["cache"]
+    for name in ("api1", "api2"):
+        url = services[name]["environment"]["CACHE_REDIS_URL"]
+        assert url.endswith("@cache:6379/0"), name
+        assert url != services[name]["environment"]["REDIS_URL"]
+        assert services[name]["depends_on"]["cache"]["condition"] == "service_healthy"
+    assert cache["command"][:2] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+    assert "--requirepass" in cache["command"]
+    mounts = {volume["target"]: volume for volume in cache["volumes"]}
+    assert set(mounts) == {"/usr/local/etc/redis/redis.conf"}, "no data volume: no persistence"
+    conf = (ROOT / "deploy" / "redis-cache.conf").read_text().splitlines()
+    assert "appendonly no" in conf
+    assert 'save ""' in conf
+    assert mounts["/usr/local/etc/redis/redis.conf"]["source"].endswith("deploy/redis-cache.conf")
+
+    # The file itself, run for real (our port and address win over its own).
+    with running(RedisServer(config=ROOT / "deploy" / "redis-cache.conf"), "redis-server") as s:
+        client = SyncRedis.from_url(s.url, decode_responses=True)
+        try:
+            values = client.config_get("*")
+        finally:
+            client.close()
+    assert values["maxmemory-policy"] == "allkeys-lru"
+    budget = int(str(values["maxmemory"]))
+    assert 0 < budget < int(cache["mem_limit"]) * 0.8, "the container must hold the budget"

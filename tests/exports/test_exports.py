@@ -9,11 +9,19 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from app.auth.models import Role
 from app.core.config import Settings
-from app.exports.service import ITEM_COLUMNS, USER_COLUMNS, items_query, stream_export
+from app.exports.service import (
+    ITEM_COLUMNS,
+    USER_COLUMNS,
+    escape_formula,
+    items_query,
+    stream_export,
+)
 from app.items.models import Item
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Account, Factory
@@ -154,3 +162,30 @@ async def test_exports_stream_in_batches(
         )
     ]  # fmt: skip
     assert [chunk.count(b"\n") for chunk in chunks] == [7, 7, 6]
+
+
+SIGNS = tuple("=+-@\uff1d\uff0b\uff0d\uff20")
+SEPARATORS = (",", ";", "\t", "|", "\r", "\n")
+
+
+@given(st.text(alphabet=" ,;\t|\r\nab1'=+-@\uff1d\uff0b\uff0d\uff20", max_size=30))
+def test_no_piece_of_an_escaped_cell_starts_a_formula(value: str) -> None:
+    """Whatever separator a spreadsheet splits the file with (ours or a locale's), no piece of
+    a cell starts with a formula sign, blanks before it ignored as some importers do."""
+    escaped = escape_formula(value)
+    assert escaped.replace("'", "") == value.replace("'", "")  # quotes added, nothing else
+    pieces = [escaped]
+    for separator in SEPARATORS:
+        pieces += escaped.split(separator)
+    for piece in pieces:
+        assert not piece.lstrip(" \t\r").startswith(SIGNS), (value, escaped, piece)
+
+
+async def test_a_formula_after_a_separator_is_escaped_in_the_export(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    owner = await factory.account()
+    await factory.item(owner, title='Price;=HYPERLINK("http://x")', description="a|@SUM(A1)")
+    response = await client.get("/api/v1/exports/items", headers=owner.headers)
+    row = next(csv.reader(io.StringIO(response.text.split("\r\n", 1)[1])))
+    assert row[1:3] == ['Price;\'=HYPERLINK("http://x")', "a|'@SUM(A1)"]

@@ -23,6 +23,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from mirakuru.exceptions import (
 )
 
 from tests.support.processes import HOST, free_port, tail, tcp_executor
+from tests.support.waiting import eventually
 
 __all__ = [
     "PostgresServer",
@@ -417,10 +419,15 @@ class RedisServer:
     """A private, non-persistent redis-server on a free loopback port (mirakuru TCPExecutor:
     started when the port accepts connections, stopped by process group)."""
 
-    def __init__(self, *, binary: str | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self, *, binary: str | None = None, persistent: bool = False, config: Path | None = None
+    ) -> None:
         self._binary = binary
         # Append-only file, as deployed (deploy/redis.conf): queues survive a restart.
         self.persistent = persistent
+        # A shipped config file (memory budget, eviction policy) under this harness's own
+        # port, address, directory and persistence arguments, which win over the file's.
+        self.config = config
         self.port: int | None = None
         self.base_dir: Path | None = None
         self._executor: TCPExecutor | None = None
@@ -481,6 +488,7 @@ class RedisServer:
         self._log = self.log_file.open("ab")
         command = [
             binary,
+            *([str(self.config)] if self.config is not None else []),
             "--port", str(self.port),
             "--bind", HOST,
             "--save", "",
@@ -497,6 +505,21 @@ class RedisServer:
             raise ServerStartError(
                 f"redis-server did not start: {exc}\n--- server log ---\n{tail(self.log_file)}"
             ) from None
+        # Listening is not serving: a persistent server answers -LOADING while it reads its
+        # append-only file back.
+        try:
+            eventually(self._ping, timeout=_START_TIMEOUT, what="redis-server to answer PING")
+        except AssertionError as exc:
+            raise ServerStartError(f"{exc}\n--- server log ---\n{tail(self.log_file)}") from None
+
+    def _ping(self) -> bool:
+        assert self.port is not None
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def _terminate(self, *, abruptly: bool = False) -> None:
         if self._executor is not None:

@@ -49,6 +49,8 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
         "rate_limit_login": GENEROUS_LIMIT,
         "rate_limit_login_account": GENEROUS_LIMIT,
         "rate_limit_register": GENEROUS_LIMIT,
+        # Tests change a dependency and read readiness at once; its reuse has its own test.
+        "readiness_cache_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

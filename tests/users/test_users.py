@@ -183,3 +183,29 @@ async def test_bad_ids_are_422(client: httpx.AsyncClient, factory: Factory, user
     account = await factory.account()
     response = await client.get(f"/api/v1/users/{user_id}", headers=account.headers)
     assert_envelope(response, 422, "validation_error")
+
+
+@pytest.mark.parametrize("removal", ["hard_delete", "soft_delete", "deactivate"])
+async def test_a_removed_users_cached_token_answers_401_at_once(
+    client: httpx.AsyncClient, factory: Factory, removal: str
+) -> None:
+    """The token was used just before (its session's snapshot is cached): after the removal
+    it is refused with 401 at once, never a 409 or 500 from a row that is gone."""
+    superuser = await factory.account(Role.SUPERUSER)
+    user = await factory.account()
+    assert (await client.get("/api/v1/users/me", headers=user.headers)).status_code == 200
+    if removal == "deactivate":
+        done = await client.patch(
+            f"/api/v1/users/{user.id}", json={"is_active": False}, headers=superuser.headers
+        )
+    else:
+        hard = {"hard": "true"} if removal == "hard_delete" else {}
+        done = await client.delete(
+            f"/api/v1/users/{user.id}", params=hard, headers=superuser.headers
+        )
+    assert done.status_code in (200, 204), done.text
+    assert_envelope(await client.get("/api/v1/users/me", headers=user.headers), 401, "unauthorized")
+    created = await client.post(
+        "/api/v1/items/", json={"title": "ghost", "price": "1.00"}, headers=user.headers
+    )
+    assert_envelope(created, 401, "unauthorized")
