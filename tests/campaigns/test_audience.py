@@ -7,9 +7,9 @@ from sqlalchemy import select
 from app.auth.models import Role
 from app.campaigns import service
 from app.email.models import Email
-from tests.conftest import BuildClient
-from tests.core.test_errors import assert_envelope
-from tests.factories import Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Factory
+from tests.support.settings import BuildClient
 
 
 async def test_a_campaign_skips_unverified_addresses_even_when_named(

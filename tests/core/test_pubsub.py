@@ -1,18 +1,16 @@
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from app.core.pubsub import QUEUE_SIZE, Hub, RedisHub, create_hub
-from tests.servers import RedisServer, running
+from tests.support.servers import RedisServer, running
+from tests.support.waiting import eventually_async
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # waiting on another task or process, with a deadline
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+    """Waiting on another task or process."""
+    await eventually_async(condition, timeout=timeout, interval=0.01, what="the hub's state")
 
 
 @pytest.fixture

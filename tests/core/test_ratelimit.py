@@ -14,10 +14,10 @@ from sqlalchemy import select
 
 from app.email.models import Email
 from app.main import create_app
-from tests.conftest import BuildClient, make_settings
-from tests.core.test_errors import assert_envelope
-from tests.factories import DEFAULT_PASSWORD, Factory
-from tests.servers import free_port
+from tests.support.assertions import assert_envelope
+from tests.support.factories import DEFAULT_PASSWORD, Factory
+from tests.support.processes import free_port
+from tests.support.settings import BuildClient, make_settings
 
 TIGHT = {"rate_limit_default": "5/hour"}
 

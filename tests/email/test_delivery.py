@@ -10,8 +10,8 @@ import pytest
 from app.core.config import Settings
 from app.email import delivery
 from app.email.errors import ClaimLost, DeliveryError
-from tests.conftest import make_settings
-from tests.smtp import SmtpServer, start_smtp_server
+from tests.support.settings import make_settings
+from tests.support.smtp import SmtpServer, start_smtp_server
 
 
 def _claim_held(then: Callable[[bool], None]) -> bool:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from app.auth.models import Role
+from app.core.config import Settings
 from app.exports.service import (
     ITEM_COLUMNS,
     USER_COLUMNS,
@@ -22,9 +23,8 @@ from app.exports.service import (
     stream_export,
 )
 from app.items.models import Item
-from tests.core.test_errors import assert_envelope
-from tests.exports.conftest import BATCH
-from tests.factories import Account, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
 
 FORMULAS = ['=HYPERLINK("http://x")', "+1+2", "-3", "@SUM(A1)", "\tTab", "plain"]
 
@@ -147,7 +147,9 @@ async def test_unknown_format_is_422(client: httpx.AsyncClient, factory: Factory
     assert_envelope(response, 422, "validation_error")
 
 
-async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None:
+async def test_exports_stream_in_batches(
+    factory: Factory, app: FastAPI, settings: Settings
+) -> None:
     """One encoded chunk per database batch (7 rows here), never the whole table at once.
     (httpx's ASGI transport gathers the body, so this reads the service's iterator itself.)"""
     owner = await factory.account()
@@ -156,7 +158,7 @@ async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None
         chunk
         async for chunk in stream_export(
             sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
-            export_format="ndjson", batch_size=BATCH,
+            export_format="ndjson", batch_size=settings.export_batch_size,
         )
     ]  # fmt: skip
     assert [chunk.count(b"\n") for chunk in chunks] == [7, 7, 6]

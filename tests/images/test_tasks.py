@@ -14,9 +14,9 @@ from sqlalchemy import select
 from app.files.models import StoredFile
 from app.images.schemas import ProcessJob, VariantSpec
 from app.images.service import PROCESS_TASK
-from tests.factories import Account, Factory
 from tests.images.helpers import Upstream, image_bytes, open_image, serving
-from tests.plugins.workers import JobsStack, wait_for_task
+from tests.support.factories import Account, Factory
+from tests.support.workers import JobsStack, wait_for_task
 
 MAX_PIXELS = 20_000_000
 

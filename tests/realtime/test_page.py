@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import Account
-from tests.realtime.conftest import LiveFactory, LiveServer
-from tests.servers import require_server
+from tests.support.factories import Account
+from tests.support.live import LiveFactory, LiveServer
+from tests.support.servers import require_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytest.importorskip("playwright.async_api")
