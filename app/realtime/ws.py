@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from app.realtime.manager import (
 from app.realtime.runtime import Realtime
 
 logger = logging.getLogger("app.realtime")
+CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL_ERROR = 1011
 # `Sec-WebSocket-Protocol: bearer, <token>`: browsers can't set an Authorization header on a
 # WebSocket, and unlike a query string this header is never written to an access log.
@@ -53,6 +55,22 @@ MissedFrames = Callable[[int], Awaitable[list[tuple[int, str]]]]
 
 class PolicyViolation(Exception):
     """The client broke the protocol: the connection is closed with 1008."""
+
+    code = CLOSE_POLICY
+
+
+class InvalidFrameData(PolicyViolation):
+    """Text that is not valid Unicode (a lone surrogate from a `\\ud800` escape): 1007.
+
+    Such a str cannot be encoded, so it would fail deep in the database driver or the JSON
+    encoder (a 1011 and a traceback); it is refused where frames are parsed instead."""
+
+    code = CLOSE_INVALID_DATA
+
+
+# A JSON escape of a UTF-16 surrogate: only text with one can decode to a lone surrogate, so
+# only that text pays for the full check (re-encoding what was decoded).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +120,19 @@ def _parse(message: MutableMapping[str, Any]) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise PolicyViolation("frames must be JSON") from exc
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:  # paired surrogates decode to one character: fine
+            raise InvalidFrameData("text must be valid Unicode (no lone surrogates)") from exc
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise PolicyViolation("frames must be JSON objects with a type")
     return data
+
+
+def _log_refusal(exc: PolicyViolation) -> None:
+    """One line, no traceback: a client's bad frame is its problem, not a server fault."""
+    logger.info("websocket closed (%d): %s", exc.code, exc)
 
 
 async def close(websocket: WebSocket, code: int, reason: str = "") -> None:
@@ -128,7 +156,8 @@ async def authenticate(websocket: WebSocket, rt: Realtime) -> Authenticated | No
     try:
         credentials = await _credentials(websocket, rt.settings, token)
     except PolicyViolation as exc:
-        await close(websocket, CLOSE_POLICY, str(exc))
+        _log_refusal(exc)
+        await close(websocket, exc.code, str(exc))
         return None
     if credentials is None:
         return None
@@ -207,7 +236,8 @@ class _Connection:
                 else:
                     await self.on_frame(self.subscriber, data)
         except PolicyViolation as exc:
-            self.subscriber.close(CLOSE_POLICY, str(exc))
+            _log_refusal(exc)
+            self.subscriber.close(exc.code, str(exc))
         except TimeoutError:
             self.subscriber.close(CLOSE_NORMAL, "idle timeout")
         except WebSocketDisconnect:
