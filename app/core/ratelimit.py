@@ -125,6 +125,9 @@ class Policies:
     register: Policy
     password_reset: Policy
     chat_message: Policy
+    realtime_connect_user: Policy
+    realtime_connect_client: Policy
+    chat_presence: Policy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Policies":
@@ -139,4 +142,11 @@ class Policies:
                 "password_reset", settings.rate_limit_password_reset, fail_closed=True
             ),
             chat_message=Policy.parse("chat_message", settings.rate_limit_chat_message),
+            realtime_connect_user=Policy.parse(
+                "realtime_connect_user", settings.rate_limit_realtime_connect_user
+            ),
+            realtime_connect_client=Policy.parse(
+                "realtime_connect_client", settings.rate_limit_realtime_connect_client
+            ),
+            chat_presence=Policy.parse("chat_presence", settings.rate_limit_chat_presence),
         )

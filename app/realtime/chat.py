@@ -11,7 +11,9 @@ from app.core.schemas import NO_NUL_PATTERN
 from app.realtime import service, ws
 from app.realtime.dependencies import RealtimeDep
 from app.realtime.errors import RoomForbidden
+from app.realtime.limits import LocalWindow
 from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_POLICY, Subscriber
+from app.realtime.runtime import Realtime
 from app.realtime.schemas import ROOM_NAME_PATTERN, ChatUser
 
 logger = logging.getLogger("app.realtime")
@@ -23,6 +25,29 @@ _NO_NUL = re.compile(NO_NUL_PATTERN)
 def _event(kind: str, room: str, user: ChatUser) -> bytes:
     """Join, leave and typing: not stored, so no id (nothing to resume)."""
     return json.dumps({"type": kind, "room": room, "user": user.model_dump()}).encode()
+
+
+def _content_of(data: dict[str, object], max_length: int) -> str | None:
+    content = data.get("content")
+    if (
+        isinstance(content, str)
+        and content.strip()
+        and len(content) <= max_length
+        and _NO_NUL.match(content)
+    ):
+        return content
+    return None
+
+
+async def _throttled(rt: Realtime, presence: LocalWindow, kind: object, user_id: int) -> str | None:
+    """An error frame for a frame over a limit: typing per connection, all frames per user."""
+    if kind == "typing" and (retry_after := presence.hit()) is not None:
+        return ws.error_frame("rate_limited", "Too many presence changes", retry_after=retry_after)
+    decision = await rt.limiter.hit(rt.policies.chat_message, str(user_id))
+    if decision is not None and not decision.allowed:
+        retry_after = int(decision.headers()["Retry-After"])
+        return ws.error_frame("rate_limited", "Too many messages", retry_after=retry_after)
+    return None
 
 
 @router.websocket("/ws/chat/{room}")
@@ -46,6 +71,7 @@ async def chat_socket(websocket: WebSocket, room: str, rt: RealtimeDep) -> None:
     hub = rt.manager.hub
     max_length = rt.settings.chat_message_max_length
     room_lock = rt.room_lock(chat_room.name)
+    presence = LocalWindow(rt.policies.chat_presence)  # this connection's typing frames
 
     async def publish(frame: bytes) -> None:
         try:
@@ -64,24 +90,15 @@ async def chat_socket(websocket: WebSocket, room: str, rt: RealtimeDep) -> None:
         kind = data["type"]
         if kind not in ("message", "typing"):
             raise ws.PolicyViolation(f"unknown frame type {str(kind)[:40]!r}")
-        decision = await rt.limiter.hit(rt.message_policy, str(author.id))
-        if decision is not None and not decision.allowed:
-            retry_after = int(decision.headers()["Retry-After"])
-            subscriber.offer(
-                None,
-                ws.error_frame("rate_limited", "Too many messages", retry_after=retry_after),
-            )
+        refused = await _throttled(rt, presence, kind, author.id)
+        if refused is not None:
+            subscriber.offer(None, refused)
             return
         if kind == "typing":
             await publish(_event("typing", chat_room.name, author))
             return
-        content = data.get("content")
-        if (
-            not isinstance(content, str)
-            or not content.strip()
-            or len(content) > max_length
-            or not _NO_NUL.match(content)
-        ):
+        content = _content_of(data, max_length)
+        if content is None:
             message = f"content must be 1 to {max_length} characters of text"
             subscriber.offer(None, ws.error_frame("validation_error", message))
             return

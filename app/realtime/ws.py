@@ -25,9 +25,11 @@ from app.auth.permissions import Scope
 from app.auth.principal import Principal
 from app.core.config import Settings
 from app.core.dependencies import services_of
-from app.core.errors import Unauthorized
-from app.core.request_context import set_user_id
+from app.core.errors import Unauthorized, error_response
+from app.core.ratelimit import Decision
+from app.core.request_context import client_ip_of, set_user_id
 from app.core.security import InvalidToken
+from app.realtime.limits import connect_refusal
 from app.realtime.manager import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
@@ -43,6 +45,10 @@ from app.realtime.runtime import Realtime
 logger = logging.getLogger("app.realtime")
 CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL_ERROR = 1011
+# Over a connect limit but already accepted (the token came in the first frame, or the server
+# can't send an HTTP denial): the 429 as an application close code.
+CLOSE_RATE_LIMITED = 4429
+DENIAL_EXTENSION = "websocket.http.response"
 # `Sec-WebSocket-Protocol: bearer, <token>`: browsers can't set an Authorization header on a
 # WebSocket, and unlike a query string this header is never written to an access log.
 SUBPROTOCOL = "bearer"
@@ -149,10 +155,28 @@ async def authenticate(websocket: WebSocket, rt: Realtime) -> Authenticated | No
         await websocket.close(CLOSE_POLICY)  # before accepting: the handshake gets 403
         return None
     token, subprotocol = _offered_token(websocket)
+    claimed = _claimed_user(websocket, token)
+    refusal = await connect_refusal(rt, client=client_ip_of(websocket.scope), user_id=claimed)
+    if refusal is not None:
+        await _refuse(websocket, refusal)
+        return None
     await websocket.accept(subprotocol=subprotocol)
     if rt.manager.stopping.is_set():
         await close(websocket, CLOSE_GOING_AWAY, "server shutting down")
         return None
+    auth = await _authenticate_accepted(websocket, rt, token)
+    if auth is not None and claimed is None:
+        # The token came in the first frame: the user's connects are counted only now.
+        refusal = await connect_refusal(rt, client=None, user_id=auth.principal.id)
+        if refusal is not None:
+            await close(websocket, CLOSE_RATE_LIMITED, _too_many(refusal))
+            return None
+    return auth
+
+
+async def _authenticate_accepted(
+    websocket: WebSocket, rt: Realtime, token: str | None
+) -> Authenticated | None:
     try:
         credentials = await _credentials(websocket, rt.settings, token)
     except PolicyViolation as exc:
@@ -163,6 +187,36 @@ async def authenticate(websocket: WebSocket, rt: Realtime) -> Authenticated | No
         return None
     principal = await _verify(websocket, credentials[0])
     return Authenticated(principal, credentials[1]) if principal is not None else None
+
+
+def _claimed_user(websocket: WebSocket, token: str | None) -> int | None:
+    """The user a handshake's token names, if it is one we signed (whether it is still valid
+    is checked after the accept, where a refusal has its own close code)."""
+    if token is None:
+        return None
+    try:
+        return services_of(websocket).token_verifier.decode(token).user_id
+    except InvalidToken:
+        return None
+
+
+def _too_many(decision: Decision) -> str:
+    return f"Too many connections; retry in {decision.headers()['Retry-After']} s"
+
+
+async def _refuse(websocket: WebSocket, decision: Decision) -> None:
+    """Over a connect limit before the accept: an HTTP 429 in the error envelope where the
+    server can answer a handshake with a response (uvicorn can), else accept and close 4429."""
+    message = _too_many(decision)
+    if DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
+        response = error_response(
+            websocket, status=429, code="rate_limited", message=message,
+            headers=decision.headers(),
+        )  # fmt: skip
+        await websocket.send_denial_response(response)
+        return
+    await websocket.accept()
+    await close(websocket, CLOSE_RATE_LIMITED, message)
 
 
 async def _credentials(
