@@ -12,7 +12,8 @@ from app.realtime import service, ws
 from app.realtime.dependencies import RealtimeDep
 from app.realtime.errors import RoomForbidden
 from app.realtime.limits import LocalWindow
-from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_POLICY, Subscriber
+from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_POLICY, MissedFrames, Subscriber
+from app.realtime.models import ChatRoom
 from app.realtime.runtime import Realtime
 from app.realtime.schemas import ROOM_NAME_PATTERN, ChatUser
 
@@ -50,6 +51,21 @@ async def _throttled(rt: Realtime, presence: LocalWindow, kind: object, user_id:
     return None
 
 
+def _stored(rt: Realtime, room: ChatRoom) -> tuple[MissedFrames, ws.LatestId]:
+    """How a connection to `room` reads what it missed, and where a newcomer stands."""
+
+    async def missed(after_id: int) -> list[tuple[int, str]]:
+        async with rt.sessionmaker() as session:
+            messages = await service.missed_messages(session=session, room=room, after_id=after_id)
+        return [(m.id, m.model_dump_json()) for m in messages]
+
+    async def latest() -> int:
+        async with rt.sessionmaker() as session:
+            return await service.latest_message_id(session=session, room=room)
+
+    return missed, latest
+
+
 @router.websocket("/ws/chat/{room}")
 async def chat_socket(websocket: WebSocket, room: str, rt: RealtimeDep) -> None:
     auth = await ws.authenticate(websocket, rt)
@@ -72,19 +88,13 @@ async def chat_socket(websocket: WebSocket, room: str, rt: RealtimeDep) -> None:
     max_length = rt.settings.chat_message_max_length
     room_lock = rt.room_lock(chat_room.name)
     presence = LocalWindow(rt.policies.chat_presence)  # this connection's typing frames
+    missed, latest = _stored(rt, chat_room)
 
     async def publish(frame: bytes) -> None:
         try:
             await hub.publish(channel, frame)
         except (RedisError, OSError) as exc:  # stored messages are caught up on reconnect
             logger.warning("chat frame not published to %s: %s", channel, exc)
-
-    async def missed(after_id: int) -> list[tuple[int, str]]:
-        async with rt.sessionmaker() as session:
-            messages = await service.missed_messages(
-                session=session, room=chat_room, after_id=after_id
-            )
-        return [(m.id, m.model_dump_json()) for m in messages]
 
     async def on_frame(subscriber: Subscriber, data: dict[str, object]) -> None:
         kind = data["type"]
@@ -130,6 +140,7 @@ async def chat_socket(websocket: WebSocket, room: str, rt: RealtimeDep) -> None:
         channels=[channel],
         on_frame=on_frame,
         missed=missed,
+        latest=latest,
         on_open=joined,
         on_close=left,
     )

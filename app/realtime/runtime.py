@@ -81,7 +81,10 @@ async def start_realtime(
         leases.start()
     notifier = NotificationService(hub, on_published=relay.note_published if relay else None)
     manager = ConnectionManager(
-        hub, max_per_user=settings.ws_max_connections_per_user, leases=leases
+        hub,
+        max_per_user=settings.ws_max_connections_per_user,
+        leases=leases,
+        resync_concurrency=settings.realtime_resync_concurrency,
     )
     watch = SessionWatch(
         manager,

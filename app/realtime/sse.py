@@ -26,6 +26,7 @@ from app.realtime.manager import (
     Subscriber,
     TooManyConnections,
 )
+from app.realtime.ws import resume
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 RETRY_MILLISECONDS = 2000
@@ -83,21 +84,20 @@ async def notification_stream(
         for channel in channels:
             await rt.manager.join(subscriber, channel)
         yield ServerSentEvent(comment="connected", retry=RETRY_MILLISECONDS)
-        sent: set[int] = set()
-        after = _resume_point(last_event_id, last_id)
-        if after is not None:
+
+        async def missed(after_id: int) -> list[tuple[int, str]]:
             async with rt.sessionmaker() as session:
-                missed = await service.missed_notifications(
-                    session=session, user_id=principal.id, after_id=after
+                found = await service.missed_notifications(
+                    session=session, user_id=principal.id, after_id=after_id
                 )
-            for notification in missed:
-                sent.add(notification.id)
-                yield ServerSentEvent(
-                    raw_data=notification.model_dump_json(),
-                    id=str(notification.id),
-                    event="notification",
-                )
-        subscriber.release(sent)
+            return [(n.id, n.model_dump_json()) for n in found]
+
+        async def latest() -> int:
+            async with rt.sessionmaker() as session:
+                return await service.latest_notification_id(session=session)
+
+        # Missed ones are queued like live ones: a hub reconnect later catches up the same way.
+        await resume(subscriber, missed, latest, _resume_point(last_event_id, last_id))
         # Ends when the server shuts down, when this client fell too far behind (it
         # reconnects with Last-Event-ID and reads the rest from the database), or when its
         # session ended (it must not reconnect with the same token).

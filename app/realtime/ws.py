@@ -36,6 +36,7 @@ from app.realtime.manager import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_UNAUTHORIZED,
+    MissedFrames,
     ShuttingDown,
     Subscriber,
     TooManyConnections,
@@ -56,7 +57,7 @@ PONG = '{"type":"pong"}'
 _MAX_REASON_BYTES = 123  # what fits in a close frame
 
 FrameHandler = Callable[[Subscriber, dict[str, Any]], Awaitable[None]]
-MissedFrames = Callable[[int], Awaitable[list[tuple[int, str]]]]
+LatestId = Callable[[], Awaitable[int]]
 
 
 class PolicyViolation(Exception):
@@ -312,6 +313,24 @@ class _Connection:
             self.subscriber.close(CLOSE_NORMAL)
 
 
+async def resume(
+    subscriber: Subscriber,
+    missed: MissedFrames | None,
+    latest: LatestId | None,
+    last_id: int | None,
+) -> None:
+    """Between joining the channels (live frames held) and going live: queue what the client
+    missed since `last_id`, and remember where it stands so that what a hub reconnect loses
+    is read from the database too. Without a `last_id` it stands at the newest stored row."""
+    if missed is not None:
+        if last_id is not None:
+            subscriber.follow(missed, last_id)
+            await subscriber.catch_up()
+        elif latest is not None:
+            subscriber.follow(missed, await latest())
+    subscriber.release(set())
+
+
 async def serve(
     websocket: WebSocket,
     rt: Realtime,
@@ -320,6 +339,7 @@ async def serve(
     channels: Sequence[str],
     on_frame: FrameHandler,
     missed: MissedFrames | None = None,
+    latest: LatestId | None = None,
     on_open: Callable[[Subscriber], Awaitable[None]] | None = None,
     on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
@@ -341,12 +361,7 @@ async def serve(
         subscriber.hold()
         for channel in channels:
             await rt.manager.join(subscriber, channel)
-        sent: set[int] = set()
-        if missed is not None and auth.last_id is not None:
-            for frame_id, text in await missed(auth.last_id):
-                subscriber.put_missed(frame_id, text)
-                sent.add(frame_id)
-        subscriber.release(sent)
+        await resume(subscriber, missed, latest, auth.last_id)
         tasks = [asyncio.create_task(connection.write()), asyncio.create_task(connection.read())]
         if on_open is not None:
             await on_open(subscriber)
