@@ -29,8 +29,8 @@ async def send_test_email(
     assert user is not None  # the principal was just loaded
     address = data.to if data is not None and data.to else user.email
     email = outbox.queue(
-        session,
-        settings,
+        session=session,
+        settings=settings,
         recipient=address,
         subject=f"Test message from {settings.app_name}",
         template="test",

@@ -14,9 +14,9 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
-from app.core.errors import NotFound, ServiceUnavailable
 from app.core.request_context import REQUEST_ID
 from app.jobs.celery_app import queue_for
+from app.jobs.errors import QueueUnavailable, TaskNotFound
 from app.jobs.models import FINISHED, Job, JobState
 
 logger = logging.getLogger("app.jobs")
@@ -59,7 +59,7 @@ class Jobs:
                 JobState.FAILURE, "The task could not be queued.", utcnow()
             )  # fmt: skip
             await session.commit()
-            raise ServiceUnavailable("The job queue is unavailable; try again later.") from exc
+            raise QueueUnavailable() from exc
         return job
 
     async def send(
@@ -82,25 +82,25 @@ class Jobs:
 # -- read by the API -------------------------------------------------------------------------
 
 
-async def get_visible(session: AsyncSession, job_id: str, *, user_id: int, is_admin: bool) -> Job:
+async def get_visible(*, session: AsyncSession, job_id: str, user_id: int, is_admin: bool) -> Job:
     """The job, if the caller owns it or is an admin; anyone else is told it does not exist."""
     job = await session.get(Job, job_id)
     if job is None or not (is_admin or job.owner_id == user_id):
-        raise NotFound(f"Task {job_id} not found")
+        raise TaskNotFound(job_id)
     return job
 
 
 async def list_owned(
-    session: AsyncSession, *, owner_id: int, offset: int, limit: int, name: str | None = None
+    *, session: AsyncSession, owner_id: int, offset: int, limit: int, name: str | None = None
 ) -> tuple[Sequence[Job], int]:
     where = [Job.owner_id == owner_id]
     if name is not None:
         where.append(Job.name == name)
-    return await list_jobs(session, where, offset=offset, limit=limit)
+    return await list_jobs(session=session, where=where, offset=offset, limit=limit)
 
 
 async def list_jobs(
-    session: AsyncSession, where: Sequence[ColumnElement[bool]], *, offset: int, limit: int
+    *, session: AsyncSession, where: Sequence[ColumnElement[bool]], offset: int, limit: int
 ) -> tuple[Sequence[Job], int]:
     """A page of jobs matching `where`, newest first, and how many match in all."""
     total = (
@@ -116,7 +116,7 @@ async def list_jobs(
     return rows.scalars().all(), total
 
 
-async def request_cancel(session: AsyncSession, job: Job) -> Job:
+async def request_cancel(*, session: AsyncSession, job: Job) -> Job:
     """Cancel: a job not started yet never runs; a running one stops at its next checkpoint."""
     if job.state in FINISHED:
         return job
@@ -141,6 +141,7 @@ class Delivery:
 
 
 async def mark_started(
+    *,
     session: AsyncSession,
     job_id: str,
     name: str,
@@ -173,7 +174,7 @@ async def mark_started(
     return True
 
 
-async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
+async def mark_progress(*, session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
     """Record progress; returns whether the owner asked to cancel meanwhile."""
     await session.execute(
         update(Job)
@@ -186,10 +187,10 @@ async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, 
 
 
 async def mark_finished(
+    *,
     session: AsyncSession,
     job_id: str,
     state: JobState,
-    *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> Job | None:

@@ -9,6 +9,7 @@ counter in Redis per connection would only add keys and round trips.
 
 import time
 
+from app.core.limit_keys import client_key
 from app.core.ratelimit import Decision, Policy
 from app.realtime.runtime import Realtime
 
@@ -18,8 +19,9 @@ async def connect_refusal(
 ) -> Decision | None:
     """The refusing decision when this connect is over a limit, else None (also when the
     counter store is down: these limits fail open, like the general one)."""
-    if client is not None:
-        decision = await rt.limiter.hit(rt.policies.realtime_connect_client, client)
+    if client is not None:  # an address; keyed as every per-client limit is (IPv6: its /64)
+        key = client_key(client, ipv6_prefix=rt.settings.rate_limit_ipv6_prefix)
+        decision = await rt.limiter.hit(rt.policies.realtime_connect_client, key)
         if decision is not None and not decision.allowed:
             return decision
     if user_id is None:

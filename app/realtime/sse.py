@@ -22,11 +22,13 @@ from app.realtime.limits import connect_refusal
 from app.realtime.manager import (
     CLOSE_FORBIDDEN,
     CLOSE_UNAUTHORIZED,
+    MissedFrames,
     ShuttingDown,
     Subscriber,
     TooManyConnections,
 )
-from app.realtime.ws import resume
+from app.realtime.runtime import Realtime
+from app.realtime.ws import LatestId, resume
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 RETRY_MILLISECONDS = 2000
@@ -54,6 +56,23 @@ async def client_connects(request: Request, rt: RealtimeDep) -> None:
 async def user_connects(principal: StreamPrincipal, rt: RealtimeDep) -> Principal:
     _refuse(await connect_refusal(rt, client=None, user_id=principal.id))
     return principal
+
+
+def _stored(rt: Realtime, user_id: int) -> tuple[MissedFrames, LatestId]:
+    """How a stream reads what it missed, and where a newcomer stands."""
+
+    async def missed(after_id: int) -> list[tuple[int, str]]:
+        async with rt.sessionmaker() as session:
+            found = await service.missed_notifications(
+                session=session, user_id=user_id, after_id=after_id
+            )
+        return [(n.id, n.model_dump_json()) for n in found]
+
+    async def latest() -> int:
+        async with rt.sessionmaker() as session:
+            return await service.latest_notification_id(session=session)
+
+    return missed, latest
 
 
 @router.get("/stream", response_class=EventSourceResponse)
@@ -84,19 +103,8 @@ async def notification_stream(
         for channel in channels:
             await rt.manager.join(subscriber, channel)
         yield ServerSentEvent(comment="connected", retry=RETRY_MILLISECONDS)
-
-        async def missed(after_id: int) -> list[tuple[int, str]]:
-            async with rt.sessionmaker() as session:
-                found = await service.missed_notifications(
-                    session=session, user_id=principal.id, after_id=after_id
-                )
-            return [(n.id, n.model_dump_json()) for n in found]
-
-        async def latest() -> int:
-            async with rt.sessionmaker() as session:
-                return await service.latest_notification_id(session=session)
-
         # Missed ones are queued like live ones: a hub reconnect later catches up the same way.
+        missed, latest = _stored(rt, principal.id)
         await resume(subscriber, missed, latest, _resume_point(last_event_id, last_id))
         # Ends when the server shuts down, when this client fell too far behind (it
         # reconnects with Last-Event-ID and reads the rest from the database), or when its

@@ -77,7 +77,10 @@ async def notify(settings: Settings, user_id: int, title: str) -> int:
             NotificationService.from_settings(settings) as notifier,
             create_sessionmaker(engine)() as session,
         ):
-            return (await notifier.send_to_user(session, user_id, "test", title)).id
+            sent = await notifier.send_to_user(
+                session=session, user_id=user_id, kind="test", title=title
+            )
+            return sent.id
     finally:
         await engine.dispose()
 
