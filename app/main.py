@@ -95,7 +95,7 @@ def _lifespan(
             cache=services.cache,
             sessionmaker=services.sessionmaker,
             limiter=services.limiter,
-            message_policy=policies.chat_message,
+            policies=policies,
         )
         app.state.realtime = realtime
         uninstall_drain = (

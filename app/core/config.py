@@ -227,6 +227,18 @@ class Settings(BaseSettings):
     """above this many members of a room in one process, joins and leaves are not broadcast"""
     rate_limit_chat_message: str = "30/10 seconds"
     """chat frames (messages, typing) per user"""
+    # Each connect costs a token check, database reads and, in chat, a join broadcast: counted
+    # before the handshake is accepted (a refusal is an HTTP 429, not an open socket).
+    rate_limit_realtime_connect_user: str = "30/minute"
+    """WebSocket handshakes and SSE connects per user (all processes, with Redis)"""
+    rate_limit_realtime_connect_client: str = "60/minute"
+    """WebSocket handshakes and SSE connects per client address"""
+    rate_limit_chat_presence: str = "10/10 seconds"
+    """presence frames (typing) per chat connection; joins and leaves count as connects"""
+    # After the hub's Redis connection comes back, each live connection reads what it missed
+    # from the database; this many such reads run at once per process.
+    realtime_resync_concurrency: int = Field(default=4, ge=1, le=64)
+    """after a pub/sub reconnect, database catch-up reads running at once per process"""
     notification_relay_interval_seconds: float = Field(default=0.5, gt=0)
     """embedded mode: how often the API looks for notifications stored by other processes"""
     # How long a stopping process gives its WebSockets and SSE streams to close (1001).

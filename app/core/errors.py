@@ -14,6 +14,7 @@ from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.routing import compile_path
 
 from app.core.request_context import REQUEST_ID_HEADER, request_id_of
@@ -120,7 +121,7 @@ class InvalidCursor(AppError):
 
 
 def error_response(
-    request: Request,
+    request: HTTPConnection,  # a WebSocket too: a refused handshake answers in the envelope
     *,
     status: int,
     code: str,

@@ -158,6 +158,9 @@ class Policies:
     password_reset: Policy
     test_email: Policy
     chat_message: Policy
+    realtime_connect_user: Policy
+    realtime_connect_client: Policy
+    chat_presence: Policy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Policies":
@@ -176,4 +179,11 @@ class Policies:
             ),
             test_email=Policy.parse("test_email", settings.rate_limit_test_email, fail_closed=True),
             chat_message=Policy.parse("chat_message", settings.rate_limit_chat_message),
+            realtime_connect_user=Policy.parse(
+                "realtime_connect_user", settings.rate_limit_realtime_connect_user
+            ),
+            realtime_connect_client=Policy.parse(
+                "realtime_connect_client", settings.rate_limit_realtime_connect_client
+            ),
+            chat_presence=Policy.parse("chat_presence", settings.rate_limit_chat_presence),
         )

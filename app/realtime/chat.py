@@ -13,6 +13,7 @@ from app.core.schemas import NO_NUL_PATTERN
 from app.realtime import service, ws
 from app.realtime.dependencies import RealtimeDep
 from app.realtime.errors import RoomForbidden
+from app.realtime.limits import LocalWindow
 from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_POLICY, Subscriber
 from app.realtime.models import ChatRoom
 from app.realtime.runtime import Realtime
@@ -44,6 +45,7 @@ async def chat_socket(websocket: WebSocket, room: str, rt: RealtimeDep) -> None:
         channels=[member.channel],
         on_frame=member.on_frame,
         missed=member.missed,
+        latest=member.latest,
         on_open=member.joined,
         on_close=member.left,
     )
@@ -74,6 +76,7 @@ class _Member:
         self.channel = service.chat_channel(room.name)
         # Held for as long as this connection is (the runtime keeps room locks weakly).
         self.room_lock = rt.room_lock(room.name)
+        self.presence = LocalWindow(rt.policies.chat_presence)  # this connection's typing
 
     async def publish(self, frame: bytes) -> None:
         try:
@@ -88,18 +91,18 @@ class _Member:
             )
         return [(m.id, m.model_dump_json()) for m in messages]
 
+    async def latest(self) -> int:
+        async with self.rt.sessionmaker() as session:
+            return await service.latest_message_id(session=session, room=self.room)
+
     async def on_frame(self, subscriber: Subscriber, data: dict[str, object]) -> None:
         kind = data["type"]
         if kind not in ("message", "typing"):
             raise ws.PolicyViolation(f"unknown frame type {str(kind)[:40]!r}")
         rt = self.rt
-        decision = await rt.limiter.hit(rt.message_policy, str(self.author.id))
-        if decision is not None and not decision.allowed:
-            retry_after = int(decision.headers()["Retry-After"])
-            subscriber.offer(
-                None,
-                ws.error_frame("rate_limited", "Too many messages", retry_after=retry_after),
-            )
+        refused = await self._throttled(kind)
+        if refused is not None:
+            subscriber.offer(None, refused)
             return
         if kind == "typing":
             await self.publish(_event("typing", self.room.name, self.author))
@@ -116,6 +119,17 @@ class _Member:
                 session=session, room=self.room, author=self.author, content=content
             )
             await self.publish(stored.model_dump_json().encode())
+
+    async def _throttled(self, kind: object) -> str | None:
+        """An error frame for a frame over a limit: typing per connection, all per user."""
+        if kind == "typing" and (retry_after := self.presence.hit()) is not None:
+            message = "Too many presence changes"
+            return ws.error_frame("rate_limited", message, retry_after=retry_after)
+        decision = await self.rt.limiter.hit(self.rt.policies.chat_message, str(self.author.id))
+        if decision is not None and not decision.allowed:
+            retry_after = int(decision.headers()["Retry-After"])
+            return ws.error_frame("rate_limited", "Too many messages", retry_after=retry_after)
+        return None
 
     def _valid(self, content: object) -> TypeGuard[str]:
         return (

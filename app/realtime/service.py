@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, exists, insert, literal, or_, select
+from sqlalchemy import ColumnElement, exists, func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -193,6 +193,14 @@ async def missed_messages(
     return [_message_read(room, message, username) for message, username in rows]
 
 
+async def latest_message_id(*, session: AsyncSession, room: ChatRoom) -> int:
+    """Where a client that gave no last id stands: the room's newest message (or 0)."""
+    found = await session.scalar(
+        select(func.max(ChatMessage.id)).where(ChatMessage.room_id == room.id)
+    )
+    return int(found or 0)
+
+
 # -- notifications -------------------------------------------------------------------------
 
 
@@ -334,6 +342,12 @@ async def missed_notifications(
     )
     rows = (await session.execute(statement)).all()
     return [notification_read(n, read=read_at is not None) for n, read_at in rows]
+
+
+async def latest_notification_id(*, session: AsyncSession) -> int:
+    """Where a client that gave no last id stands: the newest notification of anyone's (ids
+    above it are all newer, whoever they are for), read from the primary key."""
+    return int(await session.scalar(select(func.max(Notification.id))) or 0)
 
 
 async def mark_read(*, session: AsyncSession, user_id: int, notification_id: int) -> None:

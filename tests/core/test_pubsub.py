@@ -63,14 +63,19 @@ async def test_redis_hub_reconnects_by_itself() -> None:
 async def _reconnect_scenario(server: RedisServer) -> None:
     hub = create_hub(server.url)
     assert isinstance(hub, RedisHub)
+    resubscribed: list[bool] = []
+    hub.on_resubscribed(lambda: resubscribed.append(hub.connected.is_set()))
     try:
         await asyncio.wait_for(hub.connected.wait(), 5)
+        assert resubscribed == []  # the first subscribe lost nothing
         async with hub.subscribe("c") as subscription:
             server.kill()
             await until(lambda: not hub.connected.is_set())
             server.revive()
             await asyncio.wait_for(hub.connected.wait(), 10)
             assert hub.reconnects >= 1
+            # Told once, when subscribed again: consumers catch up from their stores then.
+            assert resubscribed == [True]
             await hub.publish("c", b"after")
             assert await asyncio.wait_for(subscription.get(), 5) == b"after"
     finally:
