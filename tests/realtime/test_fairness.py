@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.realtime.conftest import LiveFactory, auth_first, close_code_of, next_of
-from tests.system.conftest import wait_for_window_headroom
+from tests.support.apis import wait_for_window_headroom
+from tests.support.live import LiveFactory, auth_first, close_code_of, next_of
 
 # `\ud800` as JSON escapes it: valid UTF-8 on the wire, a lone surrogate once decoded.
 LONE_SURROGATE = '{"type": "message", "content": "a\\ud800b"}'

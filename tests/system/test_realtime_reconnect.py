@@ -18,9 +18,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.realtime.service import NotificationService
-from tests.conftest import TEST_SECRET
-from tests.servers import RedisServer, running
-from tests.system.conftest import ApiFleet, ApiProcess, ApiSpec, api_env, unique_name
+from tests.support.apis import ApiFleet, ApiProcess, ApiSpec, api_env, unique_name
+from tests.support.servers import RedisServer, running
+from tests.support.settings import TEST_SECRET
 from tests.system.test_realtime import account, next_of, ws_url
 
 pytestmark = pytest.mark.postgres
