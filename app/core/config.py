@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     """a download whose client reads nothing for this long is cut off"""
     stream_lease_seconds: float = Field(default=60.0, ge=3)
     """with Redis, how long a download's slot outlives a dead process"""
+    # Many exports starting at once would otherwise queue their batch queries on the pool
+    # ahead of ordinary requests (measured: 28 starting exports on a pool of 5 pushed other
+    # checkouts past the pool timeout). Keep it below DATABASE_POOL_SIZE.
+    stream_database_concurrency: int = Field(default=2, ge=1)
+    """export batch queries running at once per process; the rest of the pool is for requests"""
 
     # Images (JOBS-4, ITEMS-4). Pillow refuses images above this many pixels (decompression
     # bombs); every step of a pipeline stays under it too. Pillow's own default is ~89M.

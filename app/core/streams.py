@@ -19,6 +19,7 @@ The slot is taken when the response starts and given back when it ends, however 
 so no path between the route and the response can leak one.
 """
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,10 +57,15 @@ class StreamLimiter:
     """At most `max_per_user` streams per user: in this process, and across processes when
     `leases` (Redis) are given."""
 
-    def __init__(self, *, max_per_user: int, leases: Leases | None = None) -> None:
+    def __init__(
+        self, *, max_per_user: int, leases: Leases | None = None, database_concurrency: int = 2
+    ) -> None:
         self.max_per_user = max_per_user
         self._leases = leases
         self._local: dict[int, int] = {}
+        # Held by a stream around each of its database reads (STREAM_DATABASE_CONCURRENCY):
+        # streams wait for each other here, not for the pool ahead of ordinary requests.
+        self.database = asyncio.Semaphore(database_concurrency)
 
     @classmethod
     def start(cls, settings: Settings, redis: Redis | None) -> "StreamLimiter":
@@ -69,7 +75,11 @@ class StreamLimiter:
                 redis, key_prefix=KEY_PREFIX, lease_seconds=settings.stream_lease_seconds
             )
             leases.start()
-        return cls(max_per_user=settings.max_concurrent_streams_per_user, leases=leases)
+        return cls(
+            max_per_user=settings.max_concurrent_streams_per_user,
+            leases=leases,
+            database_concurrency=settings.stream_database_concurrency,
+        )
 
     def active(self, user_id: int) -> int:
         """This process's streams of this user."""
@@ -174,28 +184,35 @@ class LimitedStreamingResponse(StreamingResponse):
             except TimeoutError:
                 raise _WriteTimedOut from None
 
-        async with anyio.create_task_group() as group:
+        try:
+            async with anyio.create_task_group() as group:
 
-            async def until_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
+                async def until_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    group.cancel_scope.cancel()
+
+                group.start_soon(until_disconnect)
+                try:
+                    await self.stream_response(timed_send)
+                except _WriteTimedOut:
+                    # Returning without the end of the body makes the server close the
+                    # connection.
+                    logger.warning(
+                        "stream write timeout",
+                        request_id=request_id_of(scope),
+                        path=scope.get("path"),
+                        user_id=self._user_id,
+                        timeout_seconds=self._write_timeout,
+                    )
+                except OSError:
+                    pass  # the client went away mid-write: nothing is left to answer
                 group.cancel_scope.cancel()
-
-            group.start_soon(until_disconnect)
-            try:
-                await self.stream_response(timed_send)
-            except _WriteTimedOut:
-                # Returning without the end of the body makes the server close the connection.
-                logger.warning(
-                    "stream write timeout",
-                    request_id=request_id_of(scope),
-                    path=scope.get("path"),
-                    user_id=self._user_id,
-                    timeout_seconds=self._write_timeout,
-                )
-            except OSError:
-                pass  # the client went away mid-write: nothing is left to answer
-            group.cancel_scope.cancel()
+        except BaseExceptionGroup as failed:
+            # The body's own error, not wrapped: the error handlers and logs know it by type.
+            if len(failed.exceptions) == 1:
+                raise failed.exceptions[0] from None
+            raise
 
     async def _close_content(self) -> None:
         close: Any = getattr(self._content, "aclose", None)

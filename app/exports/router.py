@@ -34,6 +34,7 @@ def _export(
     chunks = service.stream_export(
         sessionmaker=services.sessionmaker, statement=statement,
         export_format=chosen, batch_size=services.settings.export_batch_size,
+        gate=services.streams.database,
     )  # fmt: skip
     return LimitedStreamingResponse(
         chunks,

@@ -12,6 +12,8 @@ The walk by a unique key never repeats a row and never skips one that existed th
 a row inserted (ids only grow) or deleted during the export may or may not appear, and a row
 updated during it appears once, as it was when its batch was read."""
 
+import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -122,11 +124,13 @@ async def stream_export(
     statement: AnySelect,
     export_format: ExportFormat,
     batch_size: int,
+    gate: asyncio.Semaphore | None = None,
 ) -> AsyncIterator[bytes]:
     """Encoded batches, each read in its own short session (see the module's docstring).
 
     The statement's first column is the key the walk follows: unique and not null (the id,
-    in both queries above); the statement's own order is replaced by it."""
+    in both queries above); the statement's own order is replaced by it. `gate` bounds how
+    many streams read the database at once (app.core.streams)."""
     columns = list(statement.selected_columns)
     names = [str(column.key) for column in columns]
     key: ColumnElement[Any] = columns[0]
@@ -136,7 +140,7 @@ async def stream_export(
     last: object = None
     while True:
         query = page if last is None else page.where(key > last)
-        async with sessionmaker() as session:
+        async with gate or contextlib.nullcontext(), sessionmaker() as session:
             batch = (await session.execute(query)).all()
         if not batch:
             return
