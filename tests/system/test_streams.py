@@ -4,15 +4,15 @@ One `app api` process over PostgreSQL and Redis, with a pool of 5 database conne
 overflow and a short pool timeout (so a starved request would show as a 503 within the
 run). Ten users open 25 exports of their items and 3 file downloads over raw sockets with a
 tiny receive buffer, read the response head, and then stop reading: each response is far
-larger than what the socket buffers hold, so the server's writes block. Meanwhile normal
-traffic (list items, users/me, create item) runs for a few seconds from four clients: it
-must see no error and bounded latency (before the fix, 25 stalled exports held every
+larger than what the socket buffers hold, so the server's writes block. Normal traffic (list
+items, users/me, create item) from four clients runs for the whole life of those streams:
+it must see no error and bounded latency (before the fix, 25 stalled exports held every
 connection and everyone else got 500). A user already streaming 3 downloads gets 429 with
-Retry-After, exports and file downloads counting together. After STREAM_WRITE_TIMEOUT_SECONDS
-the stalled streams are cut off (their bodies end unfinished, the server closes) and their
-leases are gone from Redis.
+Retry-After, exports and file downloads counting together. STREAM_WRITE_TIMEOUT_SECONDS after
+its last write each stalled stream is cut off (its body ends unfinished, the server closes)
+and its lease is gone from Redis.
 
-The figures (latencies, database connections during the stall) are printed: run with -s.
+The figures (latencies, the API's database connections) are printed: run with -s.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ ROWS_PER_USER = 3000
 DESCRIPTION_BYTES = 2000  # ~6 MB per export: beyond what loopback buffers absorb (~3 MB)
 FILE_BYTES = 6 * 1024 * 1024
 TRAFFIC_CLIENTS = 4
-LATENCY_BOUND = 2.0  # asserted on the slowest request; a loaded 2-core CI machine stays far below
+# Asserted on the slowest request (measured: about 1 s on a loaded 2-core machine); a
+# starved request would fail anyway, with 503 after the 2 s pool timeout.
+LATENCY_BOUND = 3.0
 RECEIVE_BUFFER = 4096
 EXPORT = "/api/v1/exports/items?format=csv"
 ITEMS = "/api/v1/items/"
