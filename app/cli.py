@@ -63,9 +63,14 @@ def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_l
         os.environ["ACCESS_LOG"] = "false"  # read by each worker's settings
         get_settings.cache_clear()  # with one worker, uvicorn runs the app in this process
     configure_logging(settings)
+    from app.core.http_server import PROTOCOL
+
     uvicorn.run(
         "app.main:serve_app",
         factory=True,
+        # uvicorn's httptools protocol plus header/line limits, read timeouts and a connection
+        # cap (HTTP_* settings): httptools has none of them. A string, so workers import it.
+        http=PROTOCOL,
         host=host,
         port=port,
         workers=workers,

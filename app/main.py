@@ -16,7 +16,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.core.background import TaskManager
-from app.core.cache import MemoryCache, RedisCache
+from app.core.cache import build_cache
 from app.core.config import Settings, get_settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.dependencies import Services
@@ -26,6 +26,7 @@ from app.core.logging import configure_logging
 from app.core.middleware import (
     BodySizeLimitMiddleware,
     GZipIfAcceptedMiddleware,
+    JSONLimitsMiddleware,
     MetricsMiddleware,
     RateLimitMiddleware,
     SecurityHeadersMiddleware,
@@ -34,7 +35,7 @@ from app.core.middleware import (
 from app.core.proxy import ForwardedHeadersMiddleware
 from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
-from app.core.redis import create_redis
+from app.core.redis import create_cache_redis, create_redis
 from app.core.request_context import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
@@ -75,7 +76,11 @@ def _lifespan(
             hasher=PasswordHasher.from_settings(settings),
             token_verifier=AccessTokenVerifier(settings),
             redis=redis,
-            cache=RedisCache(redis) if redis is not None else MemoryCache(),
+            cache=build_cache(
+                shared=redis,
+                cache_redis=create_cache_redis(settings),
+                memory_max_bytes=settings.cache_memory_max_bytes,
+            ),
             limiter=create_limiter(settings),
             hub=create_hub(settings.redis_url),
             storage=create_storage(settings),
@@ -136,7 +141,13 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
         Middleware(MetricsMiddleware),
     ]
     if settings.rate_limit_enabled:
-        stack.append(Middleware(RateLimitMiddleware, policy=policies.default))
+        stack.append(
+            Middleware(
+                RateLimitMiddleware,
+                policy=policies.default,
+                ipv6_prefix=settings.rate_limit_ipv6_prefix,
+            )
+        )
     stack += [
         Middleware(SecurityHeadersMiddleware, hsts=settings.is_production),
         Middleware(GZipIfAcceptedMiddleware, minimum_size=1000),  # never text/event-stream
@@ -169,6 +180,12 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
                 for path in UPLOAD_PATHS
             ],
         ),
+        Middleware(
+            JSONLimitsMiddleware,
+            max_depth=settings.json_max_depth,
+            max_items=settings.json_max_items,
+            skip_paths=UPLOAD_PATHS,
+        ),
     ]
     return stack
 
@@ -190,7 +207,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
         docs_url=None,
         redoc_url=None,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, max_validation_errors=settings.validation_max_errors)
     include_routes(app)
     if settings.show_docs:
         install_docs(app)

@@ -14,6 +14,7 @@ with status 2 before consuming anything.
 """
 
 import atexit
+import logging
 import sys
 from contextlib import ExitStack
 from typing import Any
@@ -25,7 +26,7 @@ from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.jobs import liveness, runtime
 from app.jobs.broker import BrokerBusy, requeue_invisible, worker_lock
-from app.jobs.celery_app import AppCelery, make_celery
+from app.jobs.celery_app import RECONCILE_TASK, AppCelery, make_celery
 from app.realtime.service import NotificationService
 
 # Each domain's task bodies, imported by workers only (the API sends tasks by name). A domain
@@ -76,5 +77,19 @@ def _claim_embedded_broker(sender: Any = None, **_: Any) -> None:
         print(f"Re-queued {requeued} message(s) left by a stopped worker.", file=sys.stderr)
 
 
+def _reconcile_on_start(sender: Any = None, **_: Any) -> None:
+    """A worker coming back after a crash (or after Redis lost its data) looks for jobs lost
+    meanwhile at once, not at beat's next run: a dead worker's own job is put back now."""
+    if sender is None or sender.app is not celery:
+        return
+    try:
+        celery.send_task(RECONCILE_TASK)
+    except Exception:  # the periodic run will do it; a worker must start regardless
+        logging.getLogger("app.jobs.reconcile").warning(
+            "could not send the job reconciler at start", exc_info=True
+        )
+
+
 signals.setup_logging.connect(_setup_logging)
 signals.worker_init.connect(_claim_embedded_broker)
+signals.worker_ready.connect(_reconcile_on_start)

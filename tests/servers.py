@@ -6,8 +6,9 @@ The servers are started from the Debian binaries installed on the machine:
   (falling back to ``PATH``) on a free loopback port with trust auth and
   durability turned off for speed.  PostgreSQL refuses to run as root, so when
   the tests run as root the server is run as the ``postgres`` user via ``runuser``.
-* ``RedisServer`` runs ``redis-server`` from ``PATH`` on a free loopback port
-  with persistence disabled.
+* ``RedisServer`` runs ``redis-server`` from ``PATH`` on a free loopback port,
+  without persistence unless ``persistent=True`` (the append-only file, fsynced
+  every second, as deployed: what a broker needs to survive a restart).
 
 Both raise ``ServerUnavailable`` (with a human reason) when the binaries are
 missing, and ``ServerStartError`` (with the server's log tail) when they are
@@ -424,12 +425,18 @@ class PostgresServer:
 
 
 class RedisServer:
-    """A private, non-persistent redis-server on a free loopback port."""
+    """A private redis-server on a free loopback port; its data directory (and with
+    `persistent`, its append-only file) lives until `stop`, through `kill`/`halt` + `revive`."""
 
-    def __init__(self, *, binary: str | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self, *, binary: str | None = None, persistent: bool = False, config: Path | None = None
+    ) -> None:
         self._binary = binary
         # Append-only file, as deployed (deploy/redis.conf): queues survive a restart.
         self.persistent = persistent
+        # A shipped config file (memory budget, eviction policy) under this harness's own
+        # port, address, directory and persistence arguments, which win over the file's.
+        self.config = config
         self.port: int | None = None
         self.base_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -484,10 +491,12 @@ class RedisServer:
         self._proc = subprocess.Popen(
             [
                 binary,
+                *([str(self.config)] if self.config is not None else []),
                 "--port", str(self.port),
                 "--bind", HOST,
                 "--save", "",
                 "--appendonly", "yes" if self.persistent else "no",
+                "--appendfsync", "everysec",  # deploy/redis.conf's: at most 1 s lost to a kill
                 "--dir", str(self.base_dir),
                 "--daemonize", "no",
             ],

@@ -1,13 +1,24 @@
 """Cache service: get, set, delete, invalidate by prefix, generations, and a decorator.
 
-Two backends with the same behaviour: process memory (embedded mode) and Redis (shared by
-every process). Keys are built from stable digests, never `hash()`, which differs between
+Backends with the same behaviour: process memory (`MemoryCache`, a byte-bounded LRU) and Redis
+(`RedisCache`). Keys are built from stable digests, never `hash()`, which differs between
 processes. Redis errors never fail a request: a broken cache is a slow cache.
 
 Read-after-write freshness: a plain delete-on-write races with a reader that loaded the old
 row before the write and stores it after the delete. Namespaces therefore carry a generation
 number; writers bump it after their commit, and readers build keys with the generation they
 saw *before* reading the database, so a late store lands under a dead generation.
+
+Where things live (`build_cache`, docs/architecture.md "Redis"): the plain operations (auth
+snapshots and revocation tombstones) go to the shared Redis, which never evicts. Cached
+responses (the versioned operations) never do: anyone can multiply them, and on a
+non-evicting instance they would fill it and block logins and the broker. They go to a
+dedicated Redis run with `allkeys-lru` (CACHE_REDIS_URL), or else to process memory with only
+the namespace generations in the shared Redis, so a write still retires them everywhere.
+
+Generations start at Redis's clock (microseconds) when their key is missing and a bump never
+goes below it, so a key lost to eviction or a restart never brings a number back that old
+entries (in process memory, or stored late) were written under.
 """
 
 import dataclasses
@@ -18,17 +29,43 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any, Protocol
 
+from app.core.metrics import CACHE_LOOKUPS
 from app.core.redis import Redis, RedisError
 
 logger = logging.getLogger("app.cache")
 CachedFunction = Callable[..., Awaitable[bytes]]
 
+# What an entry costs beyond its key and value in process memory (the dict slot, the tuple,
+# the float, object headers), so a flood of tiny entries is bounded as honestly as big ones.
+ENTRY_OVERHEAD_BYTES = 200
+
+# The namespace's generation, seeded from Redis's clock when the key is missing.
+_GENERATION = """
+local generation = redis.call('GET', KEYS[1])
+if not generation then
+    local t = redis.call('TIME')
+    generation = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+    redis.call('SET', KEYS[1], generation)
+end
+"""
+
 # One round trip: the namespace's generation and the entry stored under it.
-_GET_VERSIONED = """
-local generation = redis.call('GET', KEYS[1]) or '0'
-return {generation, redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])}
+_GET_VERSIONED = (
+    _GENERATION + "return {generation, redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])}"
+)
+_GET_GENERATION = _GENERATION + "return generation"
+
+# Never below the clock: a generation key that was lost comes back above every number before.
+_BUMP = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local generation = string.format('%.0f', math.max(current + 1, now))
+redis.call('SET', KEYS[1], generation)
+return generation
 """
 
 
@@ -41,7 +78,16 @@ def stable_key(*parts: object) -> str:
 def _plain(value: object) -> object:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
+    if isinstance(value, Decimal):
+        return canonical_decimal(value)
     return str(value)
+
+
+def canonical_decimal(value: Decimal) -> str:
+    """One spelling per number: 1, 1.0, 1.00, 1e0 and -0 are each one key, not several."""
+    if value.is_zero():
+        return "0"
+    return format(value.normalize(), "f")
 
 
 class Cache(Protocol):
@@ -63,21 +109,30 @@ def _versioned_key(namespace: str, generation: int | str, key: str) -> str:
     return f"cache:{namespace}:{generation}:{key}"
 
 
-class MemoryCache:
-    """Bounded LRU with expiry; one process only (the embedded mode has one)."""
+def _generation_key(namespace: str) -> str:
+    return f"cache:{namespace}:generation"
 
-    def __init__(self, max_entries: int = 10_000) -> None:
-        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+class MemoryCache:
+    """LRU with expiry, bounded in bytes (keys + values + a per-entry overhead); one process."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes, int]] = OrderedDict()
         self._generations: dict[str, int] = {}
-        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self.used_bytes = 0
+
+    @staticmethod
+    def entry_size(key: str, value: bytes) -> int:
+        return len(key.encode()) + len(value) + ENTRY_OVERHEAD_BYTES
 
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        expires, value = entry
+        expires, value, _ = entry
         if expires < time.monotonic():
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         return value
@@ -85,15 +140,28 @@ class MemoryCache:
     async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> bool:
         if only_if_new and await self.get(key) is not None:
             return True
-        self._entries[key] = (time.monotonic() + ttl, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._drop(key)
+        size = self.entry_size(key, value)
+        if size > self._max_bytes:
+            return False  # it would push out everything else and still not fit
+        while self.used_bytes + size > self._max_bytes:
+            _, (_, _, evicted) = self._entries.popitem(last=False)
+            self.used_bytes -= evicted
+        self._entries[key] = (time.monotonic() + ttl, value, size)
+        self.used_bytes += size
         return True
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.used_bytes -= entry[2]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     async def delete(self, *keys: str) -> None:
         for key in keys:
-            self._entries.pop(key, None)
+            self._drop(key)
 
     async def delete_prefix(self, prefix: str) -> int:
         doomed = [key for key in self._entries if key.startswith(prefix)]
@@ -116,13 +184,18 @@ class MemoryCache:
 
     async def close(self) -> None:
         self._entries.clear()
+        self.used_bytes = 0
 
 
 class RedisCache:
-    def __init__(self, redis: Redis, *, scan_batch: int = 500) -> None:
+    """Everything in one Redis: the shared one (plain operations), or the cache instance."""
+
+    def __init__(self, redis: Redis, *, scan_batch: int = 500, owns_client: bool = False) -> None:
         self._redis = redis
         self._scan_batch = scan_batch
+        self._owns_client = owns_client
         self._get_versioned = redis.register_script(_GET_VERSIONED)
+        self._bump = redis.register_script(_BUMP)
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -135,7 +208,7 @@ class RedisCache:
     async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> bool:
         try:
             await self._redis.set(key, value, px=max(1, int(ttl * 1000)), nx=only_if_new)
-        except RedisError as exc:
+        except RedisError as exc:  # an OOM refusal of a full cache instance is one of these
             logger.warning("cache set failed: %s", type(exc).__name__)
             return False
         return True
@@ -168,7 +241,7 @@ class RedisCache:
     async def get_versioned(self, namespace: str, key: str) -> tuple[int, bytes | None]:
         try:
             generation, value = await self._get_versioned(
-                keys=[f"cache:{namespace}:generation"], args=[f"cache:{namespace}:", key]
+                keys=[_generation_key(namespace)], args=[f"cache:{namespace}:", key]
             )
         except RedisError as exc:
             logger.warning("cache get failed: %s", type(exc).__name__)
@@ -182,14 +255,108 @@ class RedisCache:
             await self.set(_versioned_key(namespace, generation, key), value, ttl)
 
     async def bump(self, namespace: str) -> None:
-        try:
-            await self._redis.incr(f"cache:{namespace}:generation")
-        except RedisError as exc:
-            # The write is committed but readers may see the old entry until its TTL ends.
-            logger.error("cache generation bump failed: %s", type(exc).__name__)  # noqa: TRY400
+        await _bump(self._bump, namespace)
 
     async def close(self) -> None:
-        return None  # the Redis client belongs to the lifespan
+        if self._owns_client:  # the shared client belongs to the lifespan
+            await self._redis.aclose()
+
+
+async def _bump(script: Any, namespace: str) -> None:
+    try:
+        await script(keys=[_generation_key(namespace)])
+    except RedisError as exc:
+        # The write is committed but readers may see the old entry until its TTL ends.
+        logger.error("cache generation bump failed: %s", type(exc).__name__)  # noqa: TRY400
+
+
+class LocalEntries:
+    """Entries in this process's memory, generations in the shared Redis: a write anywhere
+    retires them everywhere, and a cache hit costs one small GET there, as a Redis hit did."""
+
+    def __init__(self, generations: Redis, memory: MemoryCache) -> None:
+        self._memory = memory
+        self._generation = generations.register_script(_GET_GENERATION)
+        self._bump = generations.register_script(_BUMP)
+
+    async def get_versioned(self, namespace: str, key: str) -> tuple[int, bytes | None]:
+        try:
+            generation = int(await self._generation(keys=[_generation_key(namespace)]))
+        except RedisError as exc:
+            logger.warning("cache generation read failed: %s", type(exc).__name__)
+            return -1, None  # an entry read now could be one a write elsewhere has retired
+        return generation, await self._memory.get(_versioned_key(namespace, generation, key))
+
+    async def set_versioned(
+        self, namespace: str, generation: int, key: str, value: bytes, ttl: float
+    ) -> None:
+        if generation >= 0:
+            await self._memory.set(_versioned_key(namespace, generation, key), value, ttl)
+
+    async def bump(self, namespace: str) -> None:
+        await _bump(self._bump, namespace)
+
+    async def close(self) -> None:
+        await self._memory.close()
+
+
+class Responses(Protocol):
+    """The versioned half of `Cache`: what `cached` uses."""
+
+    async def get_versioned(self, namespace: str, key: str) -> tuple[int, bytes | None]: ...
+    async def set_versioned(
+        self, namespace: str, generation: int, key: str, value: bytes, ttl: float
+    ) -> None: ...
+    async def bump(self, namespace: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class SplitCache:
+    """Plain operations (auth state) to one store, cached responses to another."""
+
+    def __init__(self, state: Cache, responses: Responses) -> None:
+        self.state = state
+        self.responses = responses
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.state.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> bool:
+        return await self.state.set(key, value, ttl, only_if_new=only_if_new)
+
+    async def delete(self, *keys: str) -> None:
+        await self.state.delete(*keys)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        return await self.state.delete_prefix(prefix)
+
+    async def get_versioned(self, namespace: str, key: str) -> tuple[int, bytes | None]:
+        return await self.responses.get_versioned(namespace, key)
+
+    async def set_versioned(
+        self, namespace: str, generation: int, key: str, value: bytes, ttl: float
+    ) -> None:
+        await self.responses.set_versioned(namespace, generation, key, value, ttl)
+
+    async def bump(self, namespace: str) -> None:
+        await self.responses.bump(namespace)
+
+    async def close(self) -> None:
+        await self.responses.close()
+        await self.state.close()
+
+
+def build_cache(*, shared: Redis | None, cache_redis: Redis | None, memory_max_bytes: int) -> Cache:
+    """The process's cache for its Redis clients (module docstring: where things live).
+
+    `cache_redis` is owned by the cache from here on (closed with it); `shared` is not."""
+    if shared is None and cache_redis is None:
+        return MemoryCache(memory_max_bytes)  # embedded: one process, one budget
+    state: Cache = RedisCache(shared) if shared is not None else MemoryCache(memory_max_bytes)
+    if cache_redis is not None:
+        return SplitCache(state, RedisCache(cache_redis, owns_client=True))
+    assert shared is not None
+    return SplitCache(state, LocalEntries(shared, MemoryCache(memory_max_bytes)))
 
 
 def _glob_escape(text: str) -> str:
@@ -202,7 +369,9 @@ def cached(
     """Cache an async function that returns bytes (a serialized response) by its arguments.
 
     The function takes keyword arguments only, one of them `cache`; the others form the key,
-    except those in `ignore` (a database session is not part of what is being asked).
+    except those in `ignore` (a database session is not part of what is being asked). Pass
+    validated values (parsed filters, not the query string): the key is canonical for them
+    (`stable_key`), so spellings of one query share an entry and unknown parameters none.
     `bump(namespace)` after a write retires every entry at once.
     """
 
@@ -213,7 +382,10 @@ def cached(
             key = stable_key(function.__qualname__, key_parts)
             generation, hit = await cache.get_versioned(namespace, key)
             if hit is not None:
+                CACHE_LOOKUPS.labels(namespace=namespace, result="hit").inc()
                 return hit
+            result_label = "miss" if generation >= 0 else "skip"
+            CACHE_LOOKUPS.labels(namespace=namespace, result=result_label).inc()
             result = await function(cache=cache, **kwargs)
             await cache.set_versioned(namespace, generation, key, result, ttl)
             return result

@@ -131,19 +131,39 @@ class Settings(BaseSettings):
     """Redis for rate limits, cache, pub/sub and the job broker; unset: in-process state"""
     redis_max_connections: int = Field(default=100, ge=1)
     """Redis connections per process"""
+    # Cached responses never go to REDIS_URL: that instance holds the broker and security
+    # state and must not evict, so anything clients can multiply there would block logins.
+    cache_redis_url: str | None = None
+    """a Redis only for cached responses (maxmemory + allkeys-lru); unset: process memory"""
+    cache_memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    """byte budget of the in-process cache (keys + values + per-entry overhead)"""
+    cache_list_max_page: int = Field(default=10, ge=0, le=100_000)
+    """list pages beyond this one are read from the database, never cached"""
 
     rate_limit_enabled: bool = True
     """the global per-client rate limit"""
     rate_limit_default: str = "600/minute"
     """requests per client address, every route but /health* and /metrics"""
+    # Per-client limits count per IPv4 address and per IPv6 network of this prefix length: a
+    # host is handed a whole /64, so a limit per IPv6 address gives it 2^64 budgets.
+    rate_limit_ipv6_prefix: int = Field(default=64, ge=32, le=128)
+    """IPv6 clients are rate limited per network of this prefix length (IPv4: per address)"""
     rate_limit_login: str = "10/minute"
     """login attempts per client address"""
+    # Failed logins, not attempts: a success costs nothing, and resets the client's count.
+    # Counted per (account, client), so a stranger's guesses never lock the owner out.
     rate_limit_login_account: str = "5/minute"
-    """login attempts per account"""
+    """failed logins per account from one client address"""
+    # Against guessing from many addresses. When spent, the owner gets in through the password
+    # reset mail: a completed reset starts this count again.
+    rate_limit_login_account_global: str = "50/hour"
+    """failed logins per account from all clients together"""
     rate_limit_register: str = "5/minute"
     """registrations per client address"""
     rate_limit_password_reset: str = "5/hour"
-    """password reset requests per client address"""
+    """password reset and verification mails per client address, and per target address"""
+    rate_limit_test_email: str = "10/hour"
+    """admin test mails per admin (a `to` address also counts against that mailbox's budget)"""
 
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
     # SQLite file under APP_DATA_DIR). Results: the task API reads the `jobs` table, so by
@@ -171,6 +191,20 @@ class Settings(BaseSettings):
     # after 1, 2, 4, ... seconds, at most this many times.
     job_transient_max_retries: int = Field(default=3, ge=0)
     """a task failing on a database/broker outage is retried this many times"""
+    # The reconciler (app/jobs/reconcile.py) finds jobs whose message the broker lost (a Redis
+    # wiped or restarted without its file) or whose worker died holding it, and sends them
+    # again or fails them. It runs when a worker starts and every interval (beat).
+    job_reconcile_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """how often beat runs the job reconciler (lost messages, dead workers' jobs)"""
+    # A queued job younger than this is left alone: its message may still be on its way.
+    job_reconcile_grace_seconds: float = Field(default=60.0, ge=0)
+    """the reconciler looks only at queued/running jobs older than this"""
+    job_reconcile_max_requeues: int = Field(default=3, ge=0)
+    """a lost job is sent again this many times, then failed with a reason its owner sees"""
+    job_reconcile_inspect_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    """how long the reconciler waits for live workers to say which jobs they hold"""
+    job_reconcile_batch_size: int = Field(default=500, ge=1)
+    """most jobs the reconciler looks at per run (oldest first)"""
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
     """worker processes (app worker -c N overrides); unset: the CPU count"""
     # How often the embedded broker's worker looks for new messages (it cannot be woken).
@@ -218,6 +252,32 @@ class Settings(BaseSettings):
     # connection just as the proxy reuses it, and the proxy answers 502.
     http_keepalive_timeout_seconds: int = Field(default=75, ge=1)
     """idle keep-alive connections close after this; keep it above the proxy's (nginx: 60)"""
+    # Enforced by `app api`'s HTTP protocol (app/core/http_server.py), not by a bare uvicorn:
+    # httptools (llhttp) has no size limit of its own; 48 MiB of headers cost 300 MiB of memory.
+    http_max_request_line_bytes: int = Field(default=8 * 1024, ge=256)
+    """`app api`: a longer request line (method, URL, version) gets 414"""
+    http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """`app api`: more header bytes in total (names and values) get 431"""
+    http_max_headers: int = Field(default=100, ge=8)
+    """`app api`: more header lines than this get 431"""
+    http_header_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
+    """`app api`: a connection whose request head is not complete within this is closed (408)"""
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """`app api`: a request body must progress by HTTP_BODY_MIN_RATE_BYTES per second over each
+    window this long (a window with no byte at all included), or the connection is closed (408)"""
+    http_body_min_rate_bytes: int = Field(default=1024, ge=0)
+    """`app api`: the slowest body upload accepted, in bytes per second (see HTTP_BODY_TIMEOUT)"""
+    http_max_connections: int = Field(default=1000, ge=1)
+    """`app api`: open connections per process (WebSockets and idle keep-alive included); the
+    next ones get 503 with Retry-After"""
+    # App-level: checked by JSONLimitsMiddleware before FastAPI parses and pydantic validates,
+    # whatever the server. A body of 500 000 unknown keys kept a process busy ~10 s.
+    json_max_depth: int = Field(default=32, ge=2, le=500)
+    """a JSON body nested deeper than this (objects and arrays) gets 413"""
+    json_max_items: int = Field(default=10_000, ge=10)
+    """a JSON body with more values than this (object members plus array elements) gets 413"""
+    validation_max_errors: int = Field(default=20, ge=1, le=1000)
+    """a 422 lists at most this many errors, then says how many more there were"""
 
     # Maintenance (JOBS-6). Beat sends a heartbeat this often; readiness calls the jobs side
     # stale (and the service degraded) when the last one is older than the threshold, which
@@ -337,6 +397,7 @@ class Settings(BaseSettings):
     @field_validator(
         "database_url",
         "redis_url",
+        "cache_redis_url",
         "sentry_dsn",
         "metrics_token",
         "celery_broker_url",

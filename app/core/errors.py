@@ -1,6 +1,7 @@
 """The error family and the one place that turns any error into the envelope."""
 
 import socket
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
@@ -24,12 +25,15 @@ CODES_BY_STATUS = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     422: "validation_error",
     416: "range_not_satisfiable",
     429: "rate_limited",
+    431: "request_header_fields_too_large",
     500: "internal_error",
     503: "service_unavailable",
     507: "insufficient_storage",
@@ -97,6 +101,23 @@ class Conflict(AppError):
 
 class ServiceUnavailable(AppError):
     status, code = 503, "service_unavailable"
+
+
+class NoResource(NotFound):
+    """A path a route refuses as if it had no route: the same 404 as an unknown URL."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"No resource at {path}")
+
+
+class InvalidCursor(AppError):
+    """A keyset cursor (app.core.pagination) we did not issue, reported like a bad query."""
+
+    status, code = 422, "validation_error"
+
+    def __init__(self) -> None:
+        detail = ErrorDetail(field="query.cursor", message="not a cursor we issued", type="cursor")
+        super().__init__("Invalid request: query.cursor is not valid", details=[detail])
 
 
 def error_response(
@@ -174,21 +195,50 @@ def _field_path(location: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in location)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    # Never echo `input` back: it may hold a password.
-    details = [
-        ErrorDetail(field=_field_path(err.get("loc", ())), message=err["msg"], type=err["type"])
-        for err in exc.errors()
-    ]
-    summary = "; ".join(f"{d.field}: {d.message}" for d in details[:3])
-    return error_response(
-        request,
-        status=422,
-        code="validation_error",
-        message=f"Invalid request: {summary}" if summary else "Invalid request",
-        details=details,
-    )
+# Whatever the input (a key may be 1 MB long), each text in an error is clipped, and the list is
+# cut at VALIDATION_MAX_ERRORS: 500 000 unknown keys once made a 44 MB error body.
+_MAX_ERROR_TEXT = 120
+_UNPRINTABLE = dict.fromkeys((*range(32), 127), "?")  # JSON escapes them 6 bytes each
+
+
+def _clip(text: str, limit: int = _MAX_ERROR_TEXT) -> str:
+    text = text.translate(_UNPRINTABLE)
+    if len(text.encode()) <= limit:
+        return text
+    clipped = text.encode()[: limit - 3].decode(errors="ignore")
+    return clipped + "..."
+
+
+def validation_error_handler(
+    max_errors: int,
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        # Never echo `input` back: it may hold a password.
+        details = [
+            ErrorDetail(
+                field=_clip(_field_path(err.get("loc", ()))),
+                message=_clip(str(err["msg"])),
+                type=_clip(str(err["type"])),
+            )
+            for err in errors[:max_errors]
+        ]
+        dropped = len(errors) - len(details)
+        if dropped:
+            details.append(
+                ErrorDetail(message=f"{dropped} more errors not listed", type="too_many_errors")
+            )
+        summary = "; ".join(f"{d.field}: {d.message}" for d in details[:3] if d.field is not None)
+        return error_response(
+            request,
+            status=422,
+            code="validation_error",
+            message=f"Invalid request: {summary}" if summary else "Invalid request",
+            details=details,
+        )
+
+    return _validation_error
 
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
@@ -276,14 +326,16 @@ async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, *, max_validation_errors: int = 20) -> None:
     app.add_exception_handler(AppError, _app_error)
     # A database restart is a 503 with Retry-After, like a Redis outage, never a 500.
     for unavailable in (DBAPIError, ConnectionError, socket.gaierror):
         app.add_exception_handler(unavailable, _database_error)
     app.add_exception_handler(PoolTimeout, _pool_timeout)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(
+        RequestValidationError, validation_error_handler(max_validation_errors)
+    )
     app.add_exception_handler(Exception, _unhandled_error)
 
 

@@ -35,6 +35,10 @@ RATE_LIMIT_BACKEND_ERRORS = Counter(
     "Rate limit checks that could not reach the store",
     ["policy"],
 )
+# hit, miss (stored after), or skip (no generation could be read: computed, never stored).
+CACHE_LOOKUPS = Counter(
+    "cache_lookups_total", "Cached-response lookups by outcome", ["namespace", "result"]
+)
 
 SIGNUPS = Counter("user_signups_total", "Accounts created")
 # Job gauges are read from the broker and the database by every API process alike; the most

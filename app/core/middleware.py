@@ -1,9 +1,12 @@
 """Pure-ASGI middleware. Each passes through scope types it doesn't handle, and answers its
 own refusals in the error envelope."""
 
+import json
 import re
 import time
 from collections.abc import Sequence
+from itertools import accumulate
+from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
@@ -13,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.dependencies import services_in
 from app.core.errors import CODES_BY_STATUS, error_response
+from app.core.limit_keys import client_key
 from app.core.metrics import IN_FLIGHT, LATENCY, REQUESTS
 from app.core.proxy import parse_host
 from app.core.ratelimit import Policy
@@ -126,17 +130,20 @@ class GZipIfAcceptedMiddleware(GZipMiddleware):
 
 
 class RateLimitMiddleware:
-    """The global limit per client address; tighter per-route limits are dependencies."""
+    """The global limit per client (app.core.limit_keys.client_key: an IPv4 address, an IPv6
+    network); tighter per-route limits are dependencies."""
 
-    def __init__(self, app: ASGIApp, *, policy: Policy) -> None:
+    def __init__(self, app: ASGIApp, *, policy: Policy, ipv6_prefix: int = 64) -> None:
         self.app = app
         self.policy = policy
+        self.ipv6_prefix = ipv6_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(UNLIMITED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        decision = await services_in(scope).limiter.hit(self.policy, client_ip_of(scope))
+        client = client_key(client_ip_of(scope), ipv6_prefix=self.ipv6_prefix)
+        decision = await services_in(scope).limiter.hit(self.policy, client)
         if decision is None:  # the store is down and this limit fails open
             await self.app(scope, receive, send)
             return
@@ -158,6 +165,10 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+def _host_count(scope: Scope) -> int:
+    return sum(1 for name, _ in scope["headers"] if name == b"host")
+
+
 class TrustedHostMiddleware:
     """Refuses requests for hosts we don't serve (Host header attacks, DNS rebinding).
 
@@ -173,6 +184,13 @@ class TrustedHostMiddleware:
         self.suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and _host_count(scope) > 1:
+            # Two Host headers: a proxy and the app may each believe a different one.
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await send_error(scope, receive, send, status=400, message="Duplicate Host header")
+            return
         if (
             self.allow_any
             or scope["type"] not in ("http", "websocket")
@@ -238,3 +256,149 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+# A JSON string, escapes included (unrolled, so matching is linear), and what a structural scan
+# keeps of a body: brackets only, each worth +1 (opening) or -1 (closing) of depth.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = [0] * 256
+for _opening, _closing in (b"[]", b"{}"):
+    _DEPTH_STEP[_opening], _DEPTH_STEP[_closing] = 1, -1
+_CONTAINERS = (dict, list)
+_HEADS = (64 * 1024, 512 * 1024)  # a flood of values shows in the first of these
+
+
+def _too_deep(max_depth: int) -> str:
+    return f"The JSON body is nested deeper than {max_depth} levels"
+
+
+def _too_many(max_items: int) -> str:
+    return f"The JSON body has more than {max_items} values"
+
+
+def _head_problem(head: bytes, *, max_depth: int, max_items: int) -> str | None:
+    """What is over a limit in the body's first bytes is over in the body: strings blanked
+    out (up to one the cut split), the commas, containers and running depth of what is left."""
+    structure = _JSON_STRING.sub(b"0", head)
+    unterminated = structure.find(b'"')
+    if unterminated >= 0:
+        structure = structure[:unterminated]
+    brackets = structure.translate(None, _NOT_BRACKETS)
+    if structure.count(b",") > max_items:
+        return _too_many(max_items)
+    if brackets and max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > max_depth:
+        return _too_deep(max_depth)
+    return None
+
+
+def json_shape_problem(body: bytes, *, max_depth: int, max_items: int) -> str | None:
+    """Why this JSON body is nested deeper than `max_depth` or has more than `max_items`
+    values (object members plus array elements), or None. Malformed JSON is left to FastAPI
+    (a 422).
+
+    Bracket and comma counts bound both from above at C speed: a normal body stops there
+    (~1 us). A flood (500 000 keys) is caught in the body's first 512 KiB without parsing it.
+    Only what is left is parsed (C) and its containers walked."""
+    opens = body.count(b"[") + body.count(b"{")
+    if opens <= max_depth and opens + body.count(b",") <= max_items:
+        return None
+    for size in _HEADS:
+        if len(body) > size:
+            problem = _head_problem(body[:size], max_depth=max_depth, max_items=max_items)
+            if problem is not None:
+                return problem
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        return _too_deep(max_depth)
+    except ValueError:
+        return None
+    return _walk_problem(value, max_depth=max_depth, max_items=max_items)
+
+
+def _walk_problem(value: object, *, max_depth: int, max_items: int) -> str | None:
+    items = 0
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = []
+    if isinstance(value, _CONTAINERS):
+        stack.append((value, 1))
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return _too_deep(max_depth)
+        items += len(node)
+        if items > max_items:
+            return _too_many(max_items)
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
+    return None
+
+
+def _json_body_expected(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Will FastAPI parse this request's body as JSON? (It does without a Content-Type too.)"""
+    has_body, is_json = False, True
+    for name, value in headers:
+        if name == b"content-length":
+            has_body = value != b"0"
+        elif name == b"transfer-encoding":
+            has_body = True
+        elif name == b"content-type":
+            media_type = value.split(b";", 1)[0].strip().lower()
+            is_json = media_type == b"application/json" or media_type.endswith(b"+json")
+    return has_body and is_json
+
+
+class JSONLimitsMiddleware:
+    """Refuses (413) JSON bodies nested deeper than `max_depth` or with more than `max_items`
+    values, before FastAPI parses them and pydantic validates them: pydantic would make one
+    error per unknown key (500 000 keys kept a process busy ~10 s). Works under any server.
+
+    It sits inside BodySizeLimitMiddleware (the body it reads is capped) and reads the whole
+    body, as FastAPI does for a JSON body anyway, then hands it on unchanged. Paths in
+    `skip_paths` (streamed uploads) are passed through."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_depth: int, max_items: int, skip_paths: Sequence[str] = ()
+    ) -> None:
+        self.app = app
+        self.max_depth = max_depth
+        self.max_items = max_items
+        # One alternation: a single match call per request, not one per pattern.
+        self.skip = re.compile("|".join(f"(?:{p})" for p in skip_paths)) if skip_paths else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not _json_body_expected(scope["headers"])
+            or (self.skip is not None and self.skip.match(scope["path"]))
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client left: nobody to answer
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except HTTPException as exc:  # the body cap, raised by the receive we wrap
+            await send_error(scope, receive, send, status=exc.status_code, message=exc.detail)
+            return
+        body = b"".join(chunks)
+        problem = json_shape_problem(body, max_depth=self.max_depth, max_items=self.max_items)
+        if problem is not None:
+            await send_error(scope, receive, send, status=413, message=problem)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)

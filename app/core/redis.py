@@ -13,14 +13,23 @@ from app.core.config import Settings
 SOCKET_TIMEOUT_SECONDS = 0.5
 CONNECT_TIMEOUT_SECONDS = 0.5
 
-__all__ = ["Redis", "RedisError", "create_redis"]
+__all__ = ["Redis", "RedisError", "create_cache_redis", "create_redis"]
 
 
 def create_redis(settings: Settings) -> Redis | None:
-    if not settings.redis_url:
+    return _client(settings.redis_url, settings)
+
+
+def create_cache_redis(settings: Settings) -> Redis | None:
+    """The dedicated instance for cached responses (CACHE_REDIS_URL), if there is one."""
+    return _client(settings.cache_redis_url, settings)
+
+
+def _client(url: str | None, settings: Settings) -> Redis | None:
+    if not url:
         return None
     return Redis.from_url(
-        settings.redis_url,
+        url,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         health_check_interval=15,

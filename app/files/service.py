@@ -136,7 +136,7 @@ async def variants_of(
     return found
 
 
-def file_read(row: StoredFile, variants: Sequence[StoredFile] = ()) -> FileRead:
+def file_read(row: StoredFile, *, variants: Sequence[StoredFile] = ()) -> FileRead:
     read = FileRead.model_validate(row)
     read.variants = [
         VariantRead(
@@ -182,7 +182,7 @@ class ByteRange:
     partial: bool
 
 
-def parse_range(header: str | None, size: int) -> ByteRange:
+def parse_range(*, header: str | None, size: int) -> ByteRange:
     """One `bytes=` range; several ranges are answered whole (allowed by RFC 9110)."""
     whole = ByteRange(0, size - 1, partial=False)
     if header is None:
@@ -210,7 +210,7 @@ def etag_of(row: StoredFile) -> str:
     return f'"{row.sha256}"'
 
 
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(*, if_none_match: str | None, etag: str) -> bool:
     if not if_none_match:
         return False
     candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}

@@ -11,7 +11,7 @@ from app.jobs.base import JobTask, job
 from app.jobs.runtime import WorkerRuntime
 
 
-@job(service.PROCESS_TASK)
+@job(service.PROCESS_TASK, title="Image processing")
 def process_image(task: JobTask, arguments: dict[str, Any]) -> dict[str, Any]:
     """Run the variants of one request; Pillow works here, in the pool process, not in a loop."""
     spec = ProcessJob.model_validate(arguments)

@@ -7,6 +7,7 @@ Redis brokers differ only in the URLs and transport options below: the tasks are
 """
 
 from datetime import timedelta
+from fnmatch import fnmatchcase
 from typing import Any
 
 from celery import Celery
@@ -17,7 +18,7 @@ from app.core.config import Settings
 from app.jobs import broker
 
 PUBLISH_TIMEOUT_SECONDS = 2.0
-QUEUES = ("default", "email", "images", "reports", "maintenance")
+DEFAULT_QUEUE = "default"  # tasks whose area has no route
 
 # Task names are "app.<area>.<action>"; the area picks the queue, so a slow report never
 # waits behind a campaign, and workers can be split per queue (`app worker -Q images`).
@@ -28,6 +29,22 @@ ROUTES: dict[str, dict[str, str]] = {
     "app.reports.*": {"queue": "reports"},
     "app.maintenance.*": {"queue": "maintenance"},
 }
+# Derived, so a new area edits ROUTES alone: the default queue, then every queue a route names.
+QUEUES: tuple[str, ...] = (
+    DEFAULT_QUEUE,
+    *dict.fromkeys(route["queue"] for route in ROUTES.values()),
+)
+
+RECONCILE_TASK = "app.maintenance.reconcile_jobs"
+
+
+def queue_for(name: str) -> str:
+    """The queue ROUTES send a task to (recorded on its job row, to send it again)."""
+    for pattern, route in ROUTES.items():
+        if fnmatchcase(name, pattern):
+            return route["queue"]
+    return "default"
+
 
 # What beat sends, and when (UTC). The heartbeat's interval is a setting: see make_celery.
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
@@ -51,6 +68,15 @@ def _heartbeat_entry(settings: Settings) -> dict[str, Any]:
         "task": "app.maintenance.heartbeat",
         "schedule": timedelta(seconds=interval),
         "options": {"expires": interval},
+    }
+
+
+def _reconcile_entry(settings: Settings) -> dict[str, Any]:
+    interval = settings.job_reconcile_interval_seconds
+    return {
+        "task": RECONCILE_TASK,
+        "schedule": timedelta(seconds=interval),
+        "options": {"expires": interval},  # the next one is as good as a late one
     }
 
 
@@ -95,7 +121,7 @@ def make_celery(settings: Settings) -> AppCelery:
         timezone="UTC",
         enable_utc=True,
         task_queues=[Queue(name) for name in QUEUES],
-        task_default_queue="default",
+        task_default_queue=DEFAULT_QUEUE,
         task_routes=ROUTES,
         # Nothing in the app reads Celery's results (the task API reads the `jobs` table), so
         # none are written unless CELERY_RESULT_BACKEND asks: with Redis as the result store,
@@ -121,7 +147,11 @@ def make_celery(settings: Settings) -> AppCelery:
         worker_send_task_events=False,
         # Remote control (revoke, inspect) needs broadcast, which the SQLite broker lacks.
         worker_enable_remote_control=not settings.embedded_broker,
-        beat_schedule={**BEAT_SCHEDULE, "heartbeat": _heartbeat_entry(settings)},
+        beat_schedule={
+            **BEAT_SCHEDULE,
+            "heartbeat": _heartbeat_entry(settings),
+            "reconcile-jobs": _reconcile_entry(settings),
+        },
         beat_schedule_filename=str(settings.app_data_dir / "celerybeat-schedule"),
     )
     return celery

@@ -27,7 +27,11 @@ class Job(Base):
     from here (not the result backend) gives owner checks and listing on either broker."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),
+        # The reconciler's query (open rows, oldest first) without a scan of finished ones.
+        Index("ix_jobs_state_created_at", "state", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # the Celery task id
     name: Mapped[str] = mapped_column(String(100))
@@ -39,6 +43,13 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)  # safe to show the owner: no internals
     attempts: Mapped[int] = mapped_column(default=0)
+    # What the reconciler (app/jobs/reconcile.py) needs to send the task again when its
+    # message is lost: recorded at enqueue, or by the worker for tasks sent without a row.
+    args: Mapped[list[Any] | None] = mapped_column(JSON)
+    kwargs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    queue: Mapped[str | None] = mapped_column(String(50))
+    worker: Mapped[str | None] = mapped_column(String(255))  # the node that last started it
+    requeues: Mapped[int] = mapped_column(default=0, server_default="0")  # by the reconciler
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]

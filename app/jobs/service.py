@@ -14,11 +14,14 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
-from app.core.errors import NotFound, ServiceUnavailable
 from app.core.request_context import REQUEST_ID
+from app.jobs.celery_app import queue_for
+from app.jobs.errors import QueueUnavailable, TaskNotFound
 from app.jobs.models import FINISHED, Job, JobState
 
 logger = logging.getLogger("app.jobs")
+# What the owner reads when the reconciler gives a lost job up (app/jobs/reconcile.py).
+LOST_ERROR = "The task was lost when the job queue restarted; submit it again."
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,10 @@ class Jobs:
         committed work stays, and anything that must still happen (an outbox row) is found
         again by the maintenance sweep.
         """
-        job = Job(id=str(uuid.uuid4()), name=name, owner_id=owner_id, state=JobState.PENDING)
+        job = Job(
+            id=str(uuid.uuid4()), name=name, owner_id=owner_id, state=JobState.PENDING,
+            args=list(args), kwargs={}, queue=queue_for(name),
+        )  # fmt: skip
         session.add(job)
         await session.commit()
         try:
@@ -53,7 +59,7 @@ class Jobs:
                 JobState.FAILURE, "The task could not be queued.", utcnow()
             )  # fmt: skip
             await session.commit()
-            raise ServiceUnavailable("The job queue is unavailable; try again later.") from exc
+            raise QueueUnavailable() from exc
         return job
 
     async def send(
@@ -76,25 +82,25 @@ class Jobs:
 # -- read by the API -------------------------------------------------------------------------
 
 
-async def get_visible(session: AsyncSession, job_id: str, *, user_id: int, is_admin: bool) -> Job:
+async def get_visible(*, session: AsyncSession, job_id: str, user_id: int, is_admin: bool) -> Job:
     """The job, if the caller owns it or is an admin; anyone else is told it does not exist."""
     job = await session.get(Job, job_id)
     if job is None or not (is_admin or job.owner_id == user_id):
-        raise NotFound(f"Task {job_id} not found")
+        raise TaskNotFound(job_id)
     return job
 
 
 async def list_owned(
-    session: AsyncSession, *, owner_id: int, offset: int, limit: int, name: str | None = None
+    *, session: AsyncSession, owner_id: int, offset: int, limit: int, name: str | None = None
 ) -> tuple[Sequence[Job], int]:
     where = [Job.owner_id == owner_id]
     if name is not None:
         where.append(Job.name == name)
-    return await list_jobs(session, where, offset=offset, limit=limit)
+    return await list_jobs(session=session, where=where, offset=offset, limit=limit)
 
 
 async def list_jobs(
-    session: AsyncSession, where: Sequence[ColumnElement[bool]], *, offset: int, limit: int
+    *, session: AsyncSession, where: Sequence[ColumnElement[bool]], offset: int, limit: int
 ) -> tuple[Sequence[Job], int]:
     """A page of jobs matching `where`, newest first, and how many match in all."""
     total = (
@@ -110,7 +116,7 @@ async def list_jobs(
     return rows.scalars().all(), total
 
 
-async def request_cancel(session: AsyncSession, job: Job) -> Job:
+async def request_cancel(*, session: AsyncSession, job: Job) -> Job:
     """Cancel: a job not started yet never runs; a running one stops at its next checkpoint."""
     if job.state in FINISHED:
         return job
@@ -124,13 +130,39 @@ async def request_cancel(session: AsyncSession, job: Job) -> Job:
 # -- written by the worker -------------------------------------------------------------------
 
 
-async def mark_started(session: AsyncSession, job_id: str, name: str, owner_id: int | None) -> bool:
-    """STARTED, creating the row for tasks sent without one (beat). False: it was cancelled."""
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a worker knows of the message it runs: recorded so the job can be sent again."""
+
+    worker: str | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    queue: str | None = None
+
+
+async def mark_started(
+    *,
+    session: AsyncSession,
+    job_id: str,
+    name: str,
+    owner_id: int | None,
+    delivery: Delivery | None = None,
+) -> bool:
+    """STARTED, creating the row for tasks sent without one (beat). False: it was cancelled,
+    or the reconciler gave it up (a stray copy of its message must not run it after all)."""
+    delivery = delivery or Delivery()
     job = await session.get(Job, job_id, with_for_update=True)
     if job is None:
         # Column defaults apply at flush; the counters below are read before that.
-        job = Job(id=job_id, name=name, owner_id=owner_id, attempts=0, cancel_requested=False)
+        job = Job(id=job_id, name=name, owner_id=owner_id, attempts=0, cancel_requested=False,
+                  requeues=0)  # fmt: skip
         session.add(job)
+    if job.state == JobState.FAILURE and job.error == LOST_ERROR:
+        return False
+    if job.args is None and delivery.args is not None:
+        job.args, job.kwargs = delivery.args, delivery.kwargs or {}
+        job.queue = job.queue or delivery.queue
+    job.worker = delivery.worker
     if job.cancel_requested:
         job.state = JobState.REVOKED
         job.finished_at = job.finished_at or utcnow()
@@ -142,7 +174,7 @@ async def mark_started(session: AsyncSession, job_id: str, name: str, owner_id: 
     return True
 
 
-async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
+async def mark_progress(*, session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
     """Record progress; returns whether the owner asked to cancel meanwhile."""
     await session.execute(
         update(Job)
@@ -155,10 +187,10 @@ async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, 
 
 
 async def mark_finished(
+    *,
     session: AsyncSession,
     job_id: str,
     state: JobState,
-    *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> Job | None:

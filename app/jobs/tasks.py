@@ -9,14 +9,15 @@ from typing import Any
 
 from app.core.db import utcnow
 from app.jobs import heartbeat as heartbeats
-from app.jobs import service
+from app.jobs import reconcile, service
 from app.jobs.base import JobTask, job
+from app.jobs.celery_app import RECONCILE_TASK
 
 logger = logging.getLogger("app.jobs.tasks")
 DELAY_STEP_SECONDS = 0.5
 
 
-@job("app.noop")
+@job("app.noop", title="Test task")
 def noop(task: JobTask, echo: Any = None, delay: float = 0) -> dict[str, Any]:
     """Does nothing: measures the queue (bench) and proves a worker is up (tests, readiness).
 
@@ -37,7 +38,7 @@ def heartbeat(task: JobTask) -> None:
     task.in_session(lambda session: heartbeats.record(session, source))
 
 
-@job("app.maintenance.purge_jobs")
+@job("app.maintenance.purge_jobs", title="Job history purge")
 def purge_jobs(task: JobTask) -> dict[str, Any]:
     """Job rows finished before the retention cutoff (JOBS-6); idempotent, like all
     maintenance: a re-delivery deletes nothing more."""
@@ -47,3 +48,12 @@ def purge_jobs(task: JobTask) -> dict[str, Any]:
     )
     logger.info("purged %d finished jobs", jobs)
     return {"jobs": jobs}
+
+
+# Untracked: it runs every JOB_RECONCILE_INTERVAL_SECONDS, and its own row would be one more
+# open job for it to look at.
+@job(RECONCILE_TASK, tracked=False)
+def reconcile_jobs(task: JobTask) -> dict[str, Any]:
+    """Jobs whose message the broker lost, or whose worker died holding it: sent again, or
+    failed with a reason their owner sees (app/jobs/reconcile.py). Safe to run twice at once."""
+    return reconcile.reconcile(task)

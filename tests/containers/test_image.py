@@ -106,4 +106,14 @@ def test_every_service_is_up_and_healthy(stack: Stack) -> None:
     assert states.pop("migrate")[::2] == ("exited", 0), states
     for service, (state, health, _) in states.items():
         assert (state, health) == ("running", "healthy"), (service, states)
-    assert {"db", "redis", "api1", "api2", "worker", "worker-media", "beat", "nginx"} <= set(states)
+    assert {
+        "db",
+        "redis",
+        "cache",
+        "api1",
+        "api2",
+        "worker",
+        "worker-media",
+        "beat",
+        "nginx",
+    } <= set(states)

@@ -1,24 +1,48 @@
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 from redis.asyncio import Redis
 
-from app.core.cache import Cache, MemoryCache, RedisCache, cached, stable_key
+from app.core.cache import (
+    Cache,
+    LocalEntries,
+    MemoryCache,
+    RedisCache,
+    SplitCache,
+    cached,
+    stable_key,
+)
+
+
+@pytest.fixture(params=["memory", "redis", "process-entries"])
+def backend_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    """In-process; all in one Redis; entries in process memory with generations in Redis."""
+    if request.param == "memory":
+        return request.param, None
+    url: str = request.getfixturevalue("redis_url")
+    return request.param, url
 
 
 @pytest.fixture
-async def cache(shared_state: str | None) -> AsyncIterator[Cache]:
-    if shared_state is None:
-        yield MemoryCache(max_entries=100)
+async def cache(backend_kind: tuple[str, str | None]) -> AsyncIterator[Cache]:
+    kind, url = backend_kind
+    if url is None:
+        yield MemoryCache(max_bytes=1024 * 1024)
         return
-    redis = Redis.from_url(shared_state)
+    redis = Redis.from_url(url)
     try:
-        yield RedisCache(redis, scan_batch=7)
+        if kind == "redis":
+            yield RedisCache(redis, scan_batch=7)
+        else:
+            state = RedisCache(redis, scan_batch=7)
+            yield SplitCache(state, LocalEntries(redis, MemoryCache(max_bytes=1024 * 1024)))
     finally:
         await redis.aclose()
 
@@ -99,10 +123,70 @@ def test_stable_keys_do_not_depend_on_the_process() -> None:
     assert keys == {stable_key("f", {"b": "x", "a": 1})}
 
 
-async def test_memory_cache_is_bounded() -> None:
-    cache = MemoryCache(max_entries=10)
+async def test_memory_cache_is_bounded_in_bytes() -> None:
+    cache = MemoryCache(max_bytes=10 * MemoryCache.entry_size("k00", b"v"))
     for n in range(50):
-        await cache.set(f"k{n}", b"v", ttl=60)
-    assert len(cache._entries) == 10
+        await cache.set(f"k{n:02}", b"v", ttl=60)
+    assert len(cache) == 10
     assert await cache.get("k49") == b"v"
-    assert await cache.get("k0") is None
+    assert await cache.get("k00") is None
+
+
+async def test_memory_cache_never_exceeds_its_byte_budget() -> None:
+    """Property-style: varied sizes, overwrites, deletes and expiries, checked at every step."""
+    rng = random.Random(1313)
+    budget = 64 * 1024
+    cache = MemoryCache(max_bytes=budget)
+    live: dict[str, bytes] = {}
+    for step in range(5000):
+        key = f"k{rng.randrange(400)}" + "x" * rng.randrange(0, 200)
+        action = rng.random()
+        if action < 0.8:
+            value = os.urandom(rng.choice([0, 1, 10, 100, 1000, 5000, 20_000, budget + 1]))
+            stored = await cache.set(key, value, ttl=rng.choice([60.0, 0.0]))
+            if stored:
+                live[key] = value
+            else:
+                assert MemoryCache.entry_size(key, value) > budget
+                live.pop(key, None)
+        elif action < 0.9:
+            await cache.delete(key)
+            live.pop(key, None)
+        else:
+            found = await cache.get(key)
+            assert found is None or found == live.get(key)
+        assert cache.used_bytes <= budget, step
+        assert cache.used_bytes == sum(
+            MemoryCache.entry_size(k, v) for k, (_, v, _) in cache._entries.items()
+        )
+
+
+@pytest.mark.parametrize("spellings", [["1", "1.0", "1.00", "1e0", "0.1e1"], ["0", "-0", "0.00"]])
+def test_equal_decimals_give_one_key(spellings: list[str]) -> None:
+    assert len({stable_key("f", {"price": Decimal(s)}) for s in spellings}) == 1
+    assert stable_key("f", {"price": Decimal("10")}) != stable_key("f", {"price": Decimal("1")})
+
+
+@pytest.mark.parametrize("backend_kind", ["redis", "process-entries"], indirect=True)
+async def test_a_lost_generation_never_comes_back_lower(
+    cache: Cache, backend_kind: tuple[str, str | None]
+) -> None:
+    """Evicted (cache instance) or lost (restart) generation keys: entries written under an
+    old number, in Redis or in process memory, must stay unreachable."""
+    url = backend_kind[1]
+    assert url is not None
+    generation, _ = await cache.get_versioned("ns", "key")
+    await cache.set_versioned("ns", generation, "key", b"old", ttl=60)
+    redis = Redis.from_url(url)
+    try:
+        for _ in range(3):
+            await redis.delete("cache:ns:generation")  # evicted by allkeys-lru, or a restart
+            fresh, hit = await cache.get_versioned("ns", "key")
+            assert hit is None
+            assert fresh > generation
+            await cache.bump("ns")
+            bumped, _ = await cache.get_versioned("ns", "key")
+            assert bumped > fresh
+            generation = bumped
+    finally:
+        await redis.aclose()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis as SyncRedis
 
 from app.core.config import Settings
 from app.core.errors import CODES_BY_STATUS, ErrorResponse
@@ -25,7 +26,7 @@ from app.files.router import MULTIPART_OVERHEAD_BYTES
 from app.jobs.celery_app import QUEUES
 from tests.certs import make_ca
 from tests.deploy.nginx_conf import Directive, duration_seconds, parse, size_bytes, walk
-from tests.servers import require_server
+from tests.servers import RedisServer, require_server, running
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_DIR = ROOT / "deploy" / "nginx"
@@ -212,7 +213,7 @@ def test_only_nginx_publishes_ports(services: dict[str, dict[str, Any]]) -> None
 
 
 def test_every_service_the_contract_names(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"db", "redis", "nginx", *APP_SERVICES}
+    assert set(services) == {"db", "redis", "cache", "nginx", *APP_SERVICES}
     for name in APP_SERVICES:
         assert services[name]["image"] == "app:latest", name  # APP_IMAGE unset
     assert [name for name, service in services.items() if "build" in service] == ["migrate"]
@@ -528,3 +529,74 @@ def test_container_redis_config(tmp_path: Path) -> None:
     assert appendonly == "yes", "the broker's queued jobs must survive a restart"
     assert policy == "noeviction"
     assert (tmp_path / "appendonlydir").is_dir()
+
+
+def test_cache_redis_is_separate_bounded_and_evicting(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Cached responses have their own instance (deploy/redis-cache.conf): an LRU under a
+    memory budget the container holds, with nothing to persist, so a flood of distinct
+    queries can never fill the broker's and the auth state's Redis (issue 13, item 1)."""
+    cache = services["cache"]
+    for name in ("api1", "api2"):
+        url = services[name]["environment"]["CACHE_REDIS_URL"]
+        assert url.endswith("@cache:6379/0"), name
+        assert url != services[name]["environment"]["REDIS_URL"]
+        assert services[name]["depends_on"]["cache"]["condition"] == "service_healthy"
+    assert cache["command"][:2] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+    assert "--requirepass" in cache["command"]
+    mounts = {volume["target"]: volume for volume in cache["volumes"]}
+    assert set(mounts) == {"/usr/local/etc/redis/redis.conf"}, "no data volume: no persistence"
+    conf = (ROOT / "deploy" / "redis-cache.conf").read_text().splitlines()
+    assert "appendonly no" in conf
+    assert 'save ""' in conf
+    assert mounts["/usr/local/etc/redis/redis.conf"]["source"].endswith("deploy/redis-cache.conf")
+
+    # The file itself, run for real (our port and address win over its own).
+    with running(RedisServer(config=ROOT / "deploy" / "redis-cache.conf"), "redis-server") as s:
+        client = SyncRedis.from_url(s.url, decode_responses=True)
+        try:
+            values = client.config_get("*")
+        finally:
+            client.close()
+    assert values["maxmemory-policy"] == "allkeys-lru"
+    budget = int(str(values["maxmemory"]))
+    assert 0 < budget < int(cache["mem_limit"]) * 0.8, "the container must hold the budget"
+
+
+def _redis_conf(path: Path) -> dict[str, str]:
+    lines = (line.split(None, 1) for line in path.read_text().splitlines())
+    return {parts[0]: parts[1].strip() for parts in lines if parts and not parts[0].startswith("#")}
+
+
+def test_redis_keeps_the_job_queue_through_a_restart(
+    services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The broker's queues and unacked messages survive a Redis restart: the append-only file,
+    fsynced every second, on a named volume; the CI override leaves that alone."""
+    base = _redis_conf(ROOT / "deploy" / "redis.conf")
+    assert base["appendonly"] == "yes"
+    assert base["appendfsync"] == "everysec"
+    container = _redis_conf(ROOT / "deploy" / "redis" / "redis.conf")
+    assert container["include"] == "/usr/local/etc/redis/base.conf"
+    assert set(container) & {"appendonly", "appendfsync", "save"} == set()
+    assert container["dir"] == "/data"
+
+    redis_service = services["redis"]
+    assert "/usr/local/etc/redis/redis.conf" in redis_service["command"]
+    mounts = {m["target"]: m for m in redis_service["volumes"]}
+    assert Path(mounts["/usr/local/etc/redis/base.conf"]["source"]) == ROOT / "deploy/redis.conf"
+    assert mounts["/data"]["type"] == "volume"
+
+    env_file = _write_env(tmp_path / "test.env", REQUIRED_ENV)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    override = ROOT / ".ci" / "compose.ci.yaml"
+    result = subprocess.run(
+        [_compose_binary(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE),
+         "-f", str(override), "config", "--format", "json"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    in_ci = json.loads(result.stdout)["services"]["redis"]
+    assert in_ci["command"] == redis_service["command"]
+    assert in_ci["volumes"] == redis_service["volumes"]

@@ -155,7 +155,7 @@ async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None
     chunks = [
         chunk
         async for chunk in stream_export(
-            sessionmaker=app.state.services.sessionmaker, statement=items_query(owner.id),
+            sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
             export_format="ndjson", batch_size=BATCH,
         )
     ]  # fmt: skip
@@ -172,7 +172,7 @@ async def test_an_export_holds_no_connection_between_batches(
     pool = app.state.services.engine.pool
     rows = 0
     async for chunk in stream_export(
-        sessionmaker=app.state.services.sessionmaker, statement=items_query(owner.id),
+        sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
         export_format="ndjson", batch_size=BATCH,
     ):  # fmt: skip
         rows += chunk.count(b"\n")
@@ -190,7 +190,7 @@ async def test_rows_changed_during_an_export_are_never_repeated_and_others_never
     await make_items(factory, owner, 20)
     ids = [row[0] for row in await db_rows(app, (Item.id,), Item.owner_id == owner.id)]
     chunks = stream_export(
-        sessionmaker=app.state.services.sessionmaker, statement=items_query(owner.id),
+        sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
         export_format="ndjson", batch_size=BATCH,
     )  # fmt: skip
     first = [json.loads(line) for line in (await anext(chunks)).splitlines()]
