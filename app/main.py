@@ -41,6 +41,7 @@ from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
 from app.core.shutdown import exit_cleanly_on_sigterm, install_drain_on_signal
 from app.core.storage import create_storage
+from app.core.streams import StreamLimiter
 from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
 from app.jobs import monitor as job_monitor
 from app.jobs.celery_app import make_celery
@@ -84,6 +85,7 @@ def _lifespan(
             hub=create_hub(settings.redis_url),
             storage=create_storage(settings),
             background=TaskManager(),
+            streams=StreamLimiter.start(settings, redis),
         )
         app.state.services = services
         celery = make_celery(settings)
@@ -111,6 +113,7 @@ def _lifespan(
         finally:
             uninstall_drain()
             await realtime.close()
+            await services.streams.close()
             await background.shutdown(grace=5.0)  # first: its tasks use what closes below
             await services.storage.close()
             celery.close()  # its broker connections and pools

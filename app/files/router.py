@@ -6,10 +6,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.dependencies import CurrentPrincipal
 from app.core.config import Settings
-from app.core.dependencies import SessionDep, SettingsDep, StorageDep
+from app.core.dependencies import ServicesDep, SessionDep, SettingsDep, StorageDep
 from app.core.storage import Storage
+from app.core.streams import LimitedStreamingResponse
 from app.files import service
-from app.files.dependencies import ReadableFile
+from app.files.dependencies import ReadableFile, StreamableFile
 from app.files.models import StoredFile
 from app.files.safety import content_disposition
 from app.files.schemas import FileRead, PresignedURL
@@ -47,6 +48,7 @@ _CONTENT: dict[int | str, dict[str, Any]] = {
     206: {"description": "The requested range"},
     304: {"description": "Not modified (If-None-Match)"},
     416: {"description": "Range not satisfiable"},
+    429: {"description": "Over MAX_CONCURRENT_STREAMS_PER_USER downloads at once"},
 }
 
 
@@ -78,8 +80,9 @@ async def read_file(row: ReadableFile, session: SessionDep) -> FileRead:
 
 @router.get("/{file_id}/content", response_class=StreamingResponse, responses=_CONTENT)
 async def download_file(
-    row: ReadableFile,
-    storage: StorageDep,
+    row: StreamableFile,
+    viewer: CurrentPrincipal,
+    services: ServicesDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -94,12 +97,15 @@ async def download_file(
     if service.etag_matches(if_none_match=if_none_match, etag=etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     byte_range = service.parse_range(header=range_header, size=row.size)
-    chunks = await service.open_content(storage=storage, row=row, byte_range=byte_range)
+    chunks = await service.open_content(storage=services.storage, row=row, byte_range=byte_range)
     headers["Content-Length"] = str(byte_range.end - byte_range.start + 1 if row.size else 0)
     if byte_range.partial:
         headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{row.size}"
-    return StreamingResponse(
+    return LimitedStreamingResponse(
         chunks,
+        limiter=services.streams,
+        user_id=viewer.id,
+        write_timeout=services.settings.stream_write_timeout_seconds,
         status_code=206 if byte_range.partial else 200,
         media_type=row.content_type,
         headers=headers,

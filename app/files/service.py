@@ -234,10 +234,17 @@ async def open_content(
 
 
 async def _chunks(first: bytes, rest: AsyncIterator[bytes] | None) -> AsyncIterator[bytes]:
-    yield first
-    if rest is not None:
-        async for chunk in rest:
-            yield chunk
+    try:
+        yield first
+        if rest is not None:
+            async for chunk in rest:
+                yield chunk
+    finally:
+        # Closing this generator (a download cut off) must close the storage's too, at once,
+        # not when the garbage collector finds it: it holds an open file or S3 response.
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()
 
 
 @dataclass(frozen=True, slots=True)
