@@ -4,9 +4,9 @@
 from sqlalchemy import text
 
 from app.core.errors import POOL_RETRY_AFTER
-from tests.conftest import BuildClient
-from tests.core.test_errors import assert_envelope
-from tests.factories import Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Factory
+from tests.support.settings import BuildClient
 
 
 async def test_an_exhausted_pool_answers_503_with_retry_after(build_client: BuildClient) -> None:

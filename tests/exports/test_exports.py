@@ -175,7 +175,7 @@ async def test_an_export_holds_no_connection_between_batches(
     rows = 0
     async for chunk in stream_export(
         sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
-        export_format="ndjson", batch_size=BATCH,
+        export_format="ndjson", batch_size=app.state.services.settings.export_batch_size,
     ):  # fmt: skip
         rows += chunk.count(b"\n")
         assert pool.checkedout() == 0
@@ -193,10 +193,10 @@ async def test_rows_changed_during_an_export_are_never_repeated_and_others_never
     ids = [row[0] for row in await db_rows(app, (Item.id,), Item.owner_id == owner.id)]
     chunks = stream_export(
         sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
-        export_format="ndjson", batch_size=BATCH,
+        export_format="ndjson", batch_size=app.state.services.settings.export_batch_size,
     )  # fmt: skip
     first = [json.loads(line) for line in (await anext(chunks)).splitlines()]
-    assert [row["id"] for row in first] == ids[:BATCH]
+    assert [row["id"] for row in first] == ids[: app.state.services.settings.export_batch_size]
     deleted = await client.delete(f"/api/v1/items/{ids[15]}", headers=owner.headers)
     assert deleted.status_code == 204, deleted.text
     edited = await client.patch(

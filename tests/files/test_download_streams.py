@@ -8,7 +8,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
-from tests.factories import Factory
+from tests.support.factories import Factory
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(200 * 1024)
 

@@ -35,10 +35,7 @@ from sqlalchemy import text
 from app.core.config import Settings
 from app.core.db import create_engine
 from app.core.streams import KEY_PREFIX, RETRY_AFTER_SECONDS
-from tests.conftest import TEST_SECRET
-from tests.servers import RedisServer
-from tests.system.conftest import (
-    HOST,
+from tests.support.apis import (
     ApiFleet,
     ApiProcess,
     ApiSpec,
@@ -50,6 +47,9 @@ from tests.system.conftest import (
     register,
     unique_name,
 )
+from tests.support.processes import HOST
+from tests.support.servers import RedisServer
+from tests.support.settings import TEST_SECRET
 
 pytestmark = pytest.mark.postgres
 
