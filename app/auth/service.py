@@ -228,8 +228,8 @@ async def rotate_refresh_token(
         revoked = await revoke_session(
             session=session, session_id=auth_session.id, reason="reuse_detected"
         )
-        await session.commit()
-        await publish_revocations(
+        await commit_and_publish_revocations(
+            session=session,
             cache=cache,
             hub=hub,
             settings=settings,
@@ -289,8 +289,9 @@ async def purge_ended_sessions(*, session: AsyncSession, ended_before: datetime)
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def publish_revocations(
+async def commit_and_publish_revocations(
     *,
+    session: AsyncSession,
     cache: Cache,
     hub: Hub,
     settings: Settings,
@@ -299,9 +300,12 @@ async def publish_revocations(
     reason: EndReason,
     whole_account: bool = False,
 ) -> None:
-    """After the commit: every API process stops accepting these sessions' access tokens and
-    ends the WebSockets and SSE streams they opened; `whole_account` ends every connection of
-    the user, whatever session it holds (the account is disabled or gone)."""
+    """Commit what the caller changed, then make every API process stop accepting these
+    sessions' access tokens and end the WebSockets and SSE streams they opened;
+    `whole_account` ends every connection of the user, whatever session it holds (the account
+    is disabled or gone). Never the other way round: a reader between a tombstone and the
+    commit would load the session, still live in the database, back into the cache."""
+    await session.commit()
     ttl = settings.access_token_expire_minutes * 60 + 60
     await principals.mark_revoked(cache=cache, session_ids=session_ids, ttl=ttl)
     event = SessionsEnded(
@@ -338,8 +342,8 @@ async def logout(
     revoked += await revoke_session(
         session=session, session_id=principal.session_id, reason="logout"
     )
-    await session.commit()
-    await publish_revocations(
+    await commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,
@@ -353,8 +357,8 @@ async def logout_all(
     *, session: AsyncSession, cache: Cache, hub: Hub, settings: Settings, user_id: int
 ) -> None:
     revoked = await revoke_all_sessions(session=session, user_id=user_id, reason="logout_all")
-    await session.commit()
-    await publish_revocations(
+    await commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,
@@ -386,8 +390,9 @@ async def change_password(
         reason="password_changed",
         keep_session_id=current_session_id,
     )
-    await session.commit()  # the new hash and the revocations land together or not at all
-    await publish_revocations(
+    # The new hash and the revocations land together or not at all.
+    await commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,

@@ -183,8 +183,8 @@ async def reset_password(
     revoked = await auth_service.revoke_all_sessions(
         session=session, user_id=user_id, reason="password_reset"
     )
-    await session.commit()
-    await auth_service.publish_revocations(
+    await auth_service.commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,

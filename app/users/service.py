@@ -103,9 +103,9 @@ async def admin_update(
     revoked = await auth_service.revoke_all_sessions(
         session=session, user_id=target.id, reason="account_changed"
     )
-    await session.commit()
     disabled = data.is_active is False
-    await auth_service.publish_revocations(
+    await auth_service.commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,
@@ -166,10 +166,10 @@ async def hard_delete(
     ).scalars()
     session_ids = list(live)
     await session.execute(delete(User).where(User.id == target.id))
-    await session.commit()
     # Without tombstones the sessions' cached snapshots would keep the tokens working (on
     # rows that are gone) until they expire.
-    await auth_service.publish_revocations(
+    await auth_service.commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,
