@@ -18,13 +18,16 @@ from app.core.config import Settings
 from app.jobs import broker
 
 PUBLISH_TIMEOUT_SECONDS = 2.0
-QUEUES = ("default", "email", "images", "reports", "maintenance")
+QUEUES = ("default", "email", "images", "images_url", "reports", "maintenance")
 
 # Task names are "app.<area>.<action>"; the area picks the queue, so a slow report never
 # waits behind a campaign, and workers can be split per queue (`app worker -Q images`).
 ROUTES: dict[str, dict[str, str]] = {
     "app.email.*": {"queue": "email"},
     "app.campaigns.*": {"queue": "email"},
+    # Before app.images.*: image jobs fetching a URL wait on upstreams, not on the CPU, and
+    # get worker slots of their own (issue 13 item 7).
+    "app.images.process_url": {"queue": "images_url"},
     "app.images.*": {"queue": "images"},
     "app.reports.*": {"queue": "reports"},
     "app.maintenance.*": {"queue": "maintenance"},
