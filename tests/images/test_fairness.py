@@ -23,6 +23,7 @@ from tests.plugins.workers import JobsStack, wait_for_task
 from tests.servers import free_port
 
 MAX_ACTIVE_JOBS = 3
+MAX_FILES = 6  # room for what the tests below make, uploads and outputs
 # What the test allows another user's job, start to finish, while the upstream hangs; the
 # hang itself lasts until the test releases it (the fetch limits below are far longer).
 OTHER_USER_BOUND_SECONDS = 15.0
@@ -39,6 +40,7 @@ def jobs_overrides() -> dict[str, str]:
         # Longer than any test: only the test's release ends a hang.
         "IMAGE_FETCH_TIMEOUT_SECONDS": "100",
         "IMAGE_FETCH_READ_TIMEOUT_SECONDS": "100",
+        "USER_MAX_FILES": str(MAX_FILES),
     }
 
 
@@ -201,6 +203,19 @@ async def test_active_jobs_are_capped_per_user_and_freed_on_completion(
         await wait_for_task(jobs_client, owner.headers, task_id, stack=jobs_stack)
     accepted = await started(jobs_client, owner, file_id=file_id)
     assert (await wait_for_task(jobs_client, owner.headers, accepted))["state"] == "SUCCESS"
+
+
+async def test_an_output_past_the_quota_fails_the_job_with_the_numbers(
+    jobs_client: httpx.AsyncClient, jobs_factory: Factory, jobs_stack: JobsStack
+) -> None:
+    owner = await jobs_factory.account()
+    file_ids = [await uploaded(jobs_client, owner) for _ in range(MAX_FILES)]
+    task_id = await started(jobs_client, owner, file_id=file_ids[0])
+    body = await wait_for_task(jobs_client, owner.headers, task_id, stack=jobs_stack)
+    assert body["state"] == "FAILURE", body
+    assert f"you have {MAX_FILES} of your {MAX_FILES} files" in body["error"], body
+    usage = (await jobs_client.get("/api/v1/files/usage", headers=owner.headers)).json()
+    assert usage["used_files"] == MAX_FILES  # the refused output left no row
 
 
 @pytest.mark.parametrize(
