@@ -142,7 +142,13 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
         Middleware(MetricsMiddleware),
     ]
     if settings.rate_limit_enabled:
-        stack.append(Middleware(RateLimitMiddleware, policy=policies.default))
+        stack.append(
+            Middleware(
+                RateLimitMiddleware,
+                policy=policies.default,
+                ipv6_prefix=settings.rate_limit_ipv6_prefix,
+            )
+        )
     stack += [
         Middleware(SecurityHeadersMiddleware, hsts=settings.is_production),
         Middleware(GZipIfAcceptedMiddleware, minimum_size=1000),  # never text/event-stream

@@ -44,7 +44,7 @@ async def _rows(settings: Settings, count: int) -> list[int]:
     try:
         async with create_sessionmaker(engine)() as session:
             emails = [
-                outbox.queue(session, settings, recipient=f"user{n}@example.com",
+                outbox.queue(session=session, settings=settings, recipient=f"user{n}@example.com",
                              subject="Bench", template="test", context={"requested_by": "bench"})
                 for n in range(count)
             ]  # fmt: skip

@@ -44,6 +44,7 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
         "rate_limit_default": "100000/minute",
         "rate_limit_login": "100000/minute",
         "rate_limit_login_account": "100000/minute",
+        "rate_limit_login_account_global": "100000/minute",
         "rate_limit_register": "100000/minute",
         # Tests change a dependency and read readiness at once; its reuse has its own test.
         "readiness_cache_seconds": 0,

@@ -29,8 +29,8 @@ class CampaignCreate(InputModel):
     user_ids: list[UserId] | None = Field(
         default=None,
         max_length=10_000,
-        description="Explicit recipients (active users among them); default: every active,"
-        " verified user",
+        description="Explicit recipients (the active, verified users among them); default: every"
+        " active, verified user",
     )
 
     @model_validator(mode="after")

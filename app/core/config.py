@@ -139,14 +139,26 @@ class Settings(BaseSettings):
     """the global per-client rate limit"""
     rate_limit_default: str = "600/minute"
     """requests per client address, every route but /health* and /metrics"""
+    # Per-client limits count per IPv4 address and per IPv6 network of this prefix length: a
+    # host is handed a whole /64, so a limit per IPv6 address gives it 2^64 budgets.
+    rate_limit_ipv6_prefix: int = Field(default=64, ge=32, le=128)
+    """IPv6 clients are rate limited per network of this prefix length (IPv4: per address)"""
     rate_limit_login: str = "10/minute"
     """login attempts per client address"""
+    # Failed logins, not attempts: a success costs nothing, and resets the client's count.
+    # Counted per (account, client), so a stranger's guesses never lock the owner out.
     rate_limit_login_account: str = "5/minute"
-    """login attempts per account"""
+    """failed logins per account from one client address"""
+    # Against guessing from many addresses. When spent, the owner gets in through the password
+    # reset mail: a completed reset starts this count again.
+    rate_limit_login_account_global: str = "50/hour"
+    """failed logins per account from all clients together"""
     rate_limit_register: str = "5/minute"
     """registrations per client address"""
     rate_limit_password_reset: str = "5/hour"
-    """password reset requests per client address"""
+    """password reset and verification mails per client address, and per target address"""
+    rate_limit_test_email: str = "10/hour"
+    """admin test mails per admin (a `to` address also counts against that mailbox's budget)"""
 
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
     # SQLite file under APP_DATA_DIR). Results: the task API reads the `jobs` table, so by

@@ -102,6 +102,23 @@ class ServiceUnavailable(AppError):
     status, code = 503, "service_unavailable"
 
 
+class NoResource(NotFound):
+    """A path a route refuses as if it had no route: the same 404 as an unknown URL."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"No resource at {path}")
+
+
+class InvalidCursor(AppError):
+    """A keyset cursor (app.core.pagination) we did not issue, reported like a bad query."""
+
+    status, code = 422, "validation_error"
+
+    def __init__(self) -> None:
+        detail = ErrorDetail(field="query.cursor", message="not a cursor we issued", type="cursor")
+        super().__init__("Invalid request: query.cursor is not valid", details=[detail])
+
+
 def error_response(
     request: Request,
     *,

@@ -1,10 +1,10 @@
-"""The project's base model, shared constrained types and the page envelope."""
+"""The project's base model, shared constrained types and the two page envelopes."""
 
 import math
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from app.core.db import MAX_ID
 
@@ -57,3 +57,13 @@ class Page(APIModel, Generic[T]):
             has_next=page < total_pages,
             total_pages=total_pages,
         )
+
+
+class CursorPage(APIModel, Generic[T]):
+    """A keyset page (app.core.pagination). A route names its page with a subclass, e.g.
+    `class ItemCursorPage(CursorPage[ItemRead])`, so the OpenAPI schema keeps a readable name
+    (used directly, FastAPI would call it `CursorPage_ItemRead_`); the subclass may restate a
+    field only to describe it for its own listing."""
+
+    items: list[T]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")

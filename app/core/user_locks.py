@@ -25,7 +25,7 @@ class UserLock(Base):
     taken: Mapped[int] = mapped_column(Integer, default=0)
 
 
-async def lock_user(session: AsyncSession, user_id: int, scope: str) -> None:
+async def lock_user(*, session: AsyncSession, user_id: int, scope: str) -> None:
     """Hold `scope`'s lock for `user_id` until the session's transaction ends."""
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     await session.execute(

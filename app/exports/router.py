@@ -47,8 +47,8 @@ async def export_items(
     accept: AcceptHeader = None,
 ) -> StreamingResponse:
     """Your items (not deleted) as CSV or NDJSON, streamed."""
-    chosen = service.choose_format(export_format, accept)
-    return _export(services, service.items_query(owner.id), "items", chosen)
+    chosen = service.choose_format(requested=export_format, accept=accept)
+    return _export(services, service.items_query(owner_id=owner.id), "items", chosen)
 
 
 @router.get("/users", response_class=StreamingResponse, responses=_STREAM)
@@ -59,5 +59,5 @@ async def export_users(
     accept: AcceptHeader = None,
 ) -> StreamingResponse:
     """Every user as CSV or NDJSON, streamed (admin)."""
-    chosen = service.choose_format(export_format, accept)
+    chosen = service.choose_format(requested=export_format, accept=accept)
     return _export(services, service.users_query(), "users", chosen)

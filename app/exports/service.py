@@ -41,7 +41,7 @@ USER_COLUMNS = (
 )  # fmt: skip
 
 
-def choose_format(requested: ExportFormat | None, accept: str | None) -> ExportFormat:
+def choose_format(*, requested: ExportFormat | None, accept: str | None) -> ExportFormat:
     if requested is not None:
         return requested
     if accept and ("application/x-ndjson" in accept or "application/jsonl" in accept):
@@ -49,7 +49,7 @@ def choose_format(requested: ExportFormat | None, accept: str | None) -> ExportF
     return "csv"
 
 
-def items_query(owner_id: int) -> AnySelect:
+def items_query(*, owner_id: int) -> AnySelect:
     return (
         select(*ITEM_COLUMNS)
         .where(Item.owner_id == owner_id, Item.deleted_at.is_(None))

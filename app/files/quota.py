@@ -36,7 +36,7 @@ class Usage:
     files: int
 
 
-async def usage(session: AsyncSession, owner_id: int) -> Usage:
+async def usage(*, session: AsyncSession, owner_id: int) -> Usage:
     row = (
         await session.execute(
             select(func.coalesce(func.sum(StoredFile.size), 0), func.count()).where(
@@ -47,7 +47,7 @@ async def usage(session: AsyncSession, owner_id: int) -> Usage:
     return Usage(bytes=int(row[0]), files=int(row[1]))
 
 
-def check(quota: Quota, used: Usage, size: int) -> None:
+def check(*, quota: Quota, used: Usage, size: int) -> None:
     """Raise QuotaExceeded if one more file of `size` bytes does not fit."""
     if used.files + 1 > quota.max_files:
         raise QuotaExceeded.files(quota.max_files, used.files)
@@ -55,18 +55,18 @@ def check(quota: Quota, used: Usage, size: int) -> None:
         raise QuotaExceeded.bytes(quota.max_bytes, used.bytes, size)
 
 
-def room(quota: Quota, used: Usage) -> int:
+def room(*, quota: Quota, used: Usage) -> int:
     """Bytes one more file may have; raises when not even an empty one fits."""
-    check(quota, used, 0)
+    check(quota=quota, used=used, size=0)
     return quota.max_bytes - used.bytes
 
 
-async def reserve(session: AsyncSession, *, owner_id: int, size: int, quota: Quota) -> None:
+async def reserve(*, session: AsyncSession, owner_id: int, size: int, quota: Quota) -> None:
     """Lock the owner's quota and check that one more file of `size` fits. The caller adds its
     row and commits (which releases the lock); on refusal the transaction is rolled back."""
-    await lock_user(session, owner_id, LOCK_SCOPE)
+    await lock_user(session=session, user_id=owner_id, scope=LOCK_SCOPE)
     try:
-        check(quota, await usage(session, owner_id), size)
+        check(quota=quota, used=await usage(session=session, owner_id=owner_id), size=size)
     except QuotaExceeded:
         await session.rollback()
         raise

@@ -80,7 +80,7 @@ async def storage_usage(
     """Your storage use and quotas: every live file you own counts (uploads, image outputs,
     item image variants, report files)."""
     quota = quota_for(settings)
-    used = await usage(session, owner.id)
+    used = await usage(session=session, owner_id=owner.id)
     return StorageUsage(
         used_bytes=used.bytes, quota_bytes=quota.max_bytes,
         remaining_bytes=max(0, quota.max_bytes - used.bytes),
@@ -93,7 +93,7 @@ async def storage_usage(
 async def read_file(row: ReadableFile, session: SessionDep) -> FileRead:
     """A file's metadata (owner or admin), with the images made from it."""
     variants = await service.variants_of(session=session, file_ids=[row.id])
-    return service.file_read(row, variants[row.id])
+    return service.file_read(row, variants=variants[row.id])
 
 
 @router.get("/{file_id}/content", response_class=StreamingResponse, responses=_CONTENT)
@@ -111,9 +111,9 @@ async def download_file(
         "Content-Disposition": content_disposition(row.filename),
         "Cache-Control": "private, no-cache",
     }
-    if service.etag_matches(if_none_match, etag):
+    if service.etag_matches(if_none_match=if_none_match, etag=etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    byte_range = service.parse_range(range_header, row.size)
+    byte_range = service.parse_range(header=range_header, size=row.size)
     chunks = await service.open_content(storage=storage, row=row, byte_range=byte_range)
     headers["Content-Length"] = str(byte_range.end - byte_range.start + 1 if row.size else 0)
     if byte_range.partial:

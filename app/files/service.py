@@ -51,8 +51,8 @@ async def upload(
     failure undo what was done."""
     # A first look without the lock: a user at the quota is refused before sending a byte, and
     # the read stops as soon as the file passes what is left. The locked check comes last.
-    used = await quota_of.usage(session, owner_id)
-    room = quota_of.room(quota, used)
+    used = await quota_of.usage(session=session, owner_id=owner_id)
+    room = quota_of.room(quota=quota, used=used)
     temp = storage.temp_path()
     key = new_key()
     stored = False
@@ -70,7 +70,7 @@ async def upload(
         filename, stored_type = _accepted(received.raw_filename, received.head, allowed)
         await storage.put(key, temp, content_type=stored_type)
         stored = True
-        await quota_of.reserve(session, owner_id=owner_id, size=received.size, quota=quota)
+        await quota_of.reserve(session=session, owner_id=owner_id, size=received.size, quota=quota)
         row = StoredFile(
             key=key, filename=filename, content_type=stored_type, size=received.size,
             sha256=received.sha256, owner_id=owner_id, item_id=item_id,
@@ -155,7 +155,7 @@ async def variants_of(
     return found
 
 
-def file_read(row: StoredFile, variants: Sequence[StoredFile] = ()) -> FileRead:
+def file_read(row: StoredFile, *, variants: Sequence[StoredFile] = ()) -> FileRead:
     read = FileRead.model_validate(row)
     read.variants = [
         VariantRead(
@@ -201,7 +201,7 @@ class ByteRange:
     partial: bool
 
 
-def parse_range(header: str | None, size: int) -> ByteRange:
+def parse_range(*, header: str | None, size: int) -> ByteRange:
     """One `bytes=` range; several ranges are answered whole (allowed by RFC 9110)."""
     whole = ByteRange(0, size - 1, partial=False)
     if header is None:
@@ -229,7 +229,7 @@ def etag_of(row: StoredFile) -> str:
     return f'"{row.sha256}"'
 
 
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(*, if_none_match: str | None, etag: str) -> bool:
     if not if_none_match:
         return False
     candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}

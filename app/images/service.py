@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.errors import AppError, ServiceUnavailable
+from app.core.errors import ServiceUnavailable
 from app.core.safe_fetch import (
     FetchFailed,
     FetchRefused,
@@ -26,6 +26,7 @@ from app.files.errors import FileNotFound, QuotaExceeded, UnsupportedFileType
 from app.files.models import StoredFile
 from app.files.quota import Quota, reserve
 from app.files.service import download_url
+from app.images.errors import URLNotAllowed
 from app.images.processing import CONTENT_TYPES, Encoded
 from app.images.schemas import ImageOutput, ProcessJob, ProcessRequest, Thumbnail, VariantSpec
 from app.jobs.errors import JobError
@@ -41,10 +42,6 @@ ITEM_VARIANTS = (
     VariantSpec(name="medium", operations=[Thumbnail(op="thumbnail", size=1024)], format="webp"),
 )
 _KEY_NAMESPACE = uuid.UUID("5d3f4c2e-0005-4a1b-9c6e-1a2b3c4d5e6f")
-
-
-class URLNotAllowed(AppError):
-    status, code = 422, "url_not_allowed"
 
 
 # -- the API side ------------------------------------------------------------------------------
@@ -163,7 +160,7 @@ async def read_object(*, storage: Storage, key: str, size: int) -> bytes:
     return b"".join([chunk async for chunk in storage.stream(key, 0, size - 1)])
 
 
-def output_key(task_id: str, variant: str) -> str:
+def output_key(*, task_id: str, variant: str) -> str:
     """The same key on every run of a task: a re-delivered task finds what it already stored."""
     name = uuid.uuid5(_KEY_NAMESPACE, f"{task_id}/{variant}").hex
     return f"{name[:2]}/{name}"
@@ -181,7 +178,7 @@ async def store_output(
 ) -> ImageOutput:
     """Object first, then its row (as uploads do); idempotent by key. With a quota, an output
     that does not fit the owner's fails the job with the numbers."""
-    key = output_key(task_id, variant)
+    key = output_key(task_id=task_id, variant=variant)
     row = (await session.execute(select(StoredFile).where(StoredFile.key == key))).scalar()
     if row is None:
         temp = storage.temp_path()
@@ -192,7 +189,9 @@ async def store_output(
             temp.unlink(missing_ok=True)  # the S3 backend leaves it where it was
         if quota is not None:
             try:
-                await reserve(session, owner_id=job.owner_id, size=len(encoded.data), quota=quota)
+                await reserve(
+                    session=session, owner_id=job.owner_id, size=len(encoded.data), quota=quota
+                )
             except QuotaExceeded as exc:
                 await storage.delete(key)
                 raise JobError(exc.message) from exc

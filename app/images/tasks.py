@@ -41,8 +41,8 @@ def _process(task: JobTask, arguments: dict[str, Any]) -> dict[str, Any]:
 
 # One body, two names: a URL source goes to its own queue (images_url), so a hung upstream
 # never holds a slot that stored-file jobs need (USER_MAX_ACTIVE_URL_IMAGE_JOBS caps a user's).
-process_image = job(service.PROCESS_TASK)(_process)
-process_url_image = job(service.PROCESS_URL_TASK)(_process)
+process_image = job(service.PROCESS_TASK, title="Image processing")(_process)
+process_url_image = job(service.PROCESS_URL_TASK, title="Image processing")(_process)
 
 
 def _read_source(task: JobTask, spec: ProcessJob) -> bytes:

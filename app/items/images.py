@@ -53,4 +53,4 @@ async def list_item_images(item: OwnedItem, session: SessionDep) -> list[FileRea
     """An item's images (owner or admin), each with its variants once they are ready."""
     rows = await files.list_for_item(session=session, item_id=item.id)
     variants = await files.variants_of(session=session, file_ids=[row.id for row in rows])
-    return [files.file_read(row, variants[row.id]) for row in rows]
+    return [files.file_read(row, variants=variants[row.id]) for row in rows]

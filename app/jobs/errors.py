@@ -1,7 +1,20 @@
-"""Exceptions a task raises on purpose; their messages are shown to the task's owner. And the
-API's refusal of one job too many."""
+"""The job machinery's errors: what the API answers about jobs (a missing task, the queue
+down, one job too many), and the exceptions a task raises on purpose (their messages are shown
+to the task's owner)."""
 
-from app.core.errors import AppError, ErrorDetail
+from app.core.errors import AppError, ErrorDetail, NotFound, ServiceUnavailable
+
+
+class TaskNotFound(NotFound):
+    """Also the answer for someone else's job: its existence is not disclosed."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"Task {job_id} not found")
+
+
+class QueueUnavailable(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__("The job queue is unavailable; try again later.")
 
 
 class JobError(Exception):

@@ -32,6 +32,7 @@ class Notifier(Protocol):
 
     async def send_to_user(
         self,
+        *,
         session: AsyncSession,
         user_id: int,
         kind: str,

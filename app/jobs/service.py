@@ -14,11 +14,10 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
-from app.core.errors import NotFound, ServiceUnavailable
 from app.core.request_context import REQUEST_ID
 from app.core.user_locks import lock_user
 from app.jobs.celery_app import queue_for
-from app.jobs.errors import TooManyJobs
+from app.jobs.errors import QueueUnavailable, TaskNotFound, TooManyJobs
 from app.jobs.models import ACTIVE, FINISHED, Job, JobState
 
 logger = logging.getLogger("app.jobs")
@@ -83,14 +82,14 @@ class Jobs:
                 JobState.FAILURE, "The task could not be queued.", utcnow()
             )  # fmt: skip
             await session.commit()
-            raise ServiceUnavailable("The job queue is unavailable; try again later.") from exc
+            raise QueueUnavailable() from exc
         return job
 
     async def _check_active(
         self, session: AsyncSession, owner_id: int, name: str, name_cap: NameCap | None
     ) -> None:
         # Held until the commit that inserts the row: a racing submission counts this one.
-        await lock_user(session, owner_id, LOCK_SCOPE)
+        await lock_user(session=session, user_id=owner_id, scope=LOCK_SCOPE)
         active = (Job.owner_id == owner_id, Job.state.in_(ACTIVE))
         limits: list[tuple[int, str, str, ColumnElement[bool] | None]] = []
         if name_cap is not None:
@@ -127,25 +126,25 @@ class Jobs:
 # -- read by the API -------------------------------------------------------------------------
 
 
-async def get_visible(session: AsyncSession, job_id: str, *, user_id: int, is_admin: bool) -> Job:
+async def get_visible(*, session: AsyncSession, job_id: str, user_id: int, is_admin: bool) -> Job:
     """The job, if the caller owns it or is an admin; anyone else is told it does not exist."""
     job = await session.get(Job, job_id)
     if job is None or not (is_admin or job.owner_id == user_id):
-        raise NotFound(f"Task {job_id} not found")
+        raise TaskNotFound(job_id)
     return job
 
 
 async def list_owned(
-    session: AsyncSession, *, owner_id: int, offset: int, limit: int, name: str | None = None
+    *, session: AsyncSession, owner_id: int, offset: int, limit: int, name: str | None = None
 ) -> tuple[Sequence[Job], int]:
     where = [Job.owner_id == owner_id]
     if name is not None:
         where.append(Job.name == name)
-    return await list_jobs(session, where, offset=offset, limit=limit)
+    return await list_jobs(session=session, where=where, offset=offset, limit=limit)
 
 
 async def list_jobs(
-    session: AsyncSession, where: Sequence[ColumnElement[bool]], *, offset: int, limit: int
+    *, session: AsyncSession, where: Sequence[ColumnElement[bool]], offset: int, limit: int
 ) -> tuple[Sequence[Job], int]:
     """A page of jobs matching `where`, newest first, and how many match in all."""
     total = (
@@ -161,7 +160,7 @@ async def list_jobs(
     return rows.scalars().all(), total
 
 
-async def request_cancel(session: AsyncSession, job: Job) -> Job:
+async def request_cancel(*, session: AsyncSession, job: Job) -> Job:
     """Cancel: a job not started yet never runs; a running one stops at its next checkpoint."""
     if job.state in FINISHED:
         return job
@@ -186,6 +185,7 @@ class Delivery:
 
 
 async def mark_started(
+    *,
     session: AsyncSession,
     job_id: str,
     name: str,
@@ -218,7 +218,7 @@ async def mark_started(
     return True
 
 
-async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
+async def mark_progress(*, session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
     """Record progress; returns whether the owner asked to cancel meanwhile."""
     await session.execute(
         update(Job)
@@ -231,10 +231,10 @@ async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, 
 
 
 async def mark_finished(
+    *,
     session: AsyncSession,
     job_id: str,
     state: JobState,
-    *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> Job | None:

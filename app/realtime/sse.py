@@ -21,6 +21,8 @@ from app.realtime.manager import (
     Subscriber,
     TooManyConnections,
 )
+from app.realtime.runtime import Realtime
+from app.realtime.schemas import NotificationRead
 
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 RETRY_MILLISECONDS = 2000
@@ -30,6 +32,13 @@ def _resume_point(last_event_id: str | None, last_id: int | None) -> int | None:
     if last_event_id is not None and last_event_id.isdigit() and len(last_event_id) < 20:
         return int(last_event_id)
     return last_id
+
+
+async def _missed(rt: Realtime, user_id: int, after: int | None) -> list[NotificationRead]:
+    if after is None:
+        return []
+    async with rt.sessionmaker() as session:
+        return await service.missed_notifications(session=session, user_id=user_id, after_id=after)
 
 
 @router.get("/stream", response_class=EventSourceResponse)
@@ -58,21 +67,14 @@ async def notification_stream(
         for channel in channels:
             await rt.manager.join(subscriber, channel)
         yield ServerSentEvent(comment="connected", retry=RETRY_MILLISECONDS)
-        sent: set[int] = set()
-        after = _resume_point(last_event_id, last_id)
-        if after is not None:
-            async with rt.sessionmaker() as session:
-                missed = await service.missed_notifications(
-                    session=session, user_id=principal.id, after_id=after
-                )
-            for notification in missed:
-                sent.add(notification.id)
-                yield ServerSentEvent(
-                    raw_data=notification.model_dump_json(),
-                    id=str(notification.id),
-                    event="notification",
-                )
-        subscriber.release(sent)
+        missed = await _missed(rt, principal.id, _resume_point(last_event_id, last_id))
+        for notification in missed:
+            yield ServerSentEvent(
+                raw_data=notification.model_dump_json(),
+                id=str(notification.id),
+                event="notification",
+            )
+        subscriber.release({notification.id for notification in missed})
         # Ends when the server shuts down, when this client fell too far behind (it
         # reconnects with Last-Event-ID and reads the rest from the database), or when its
         # session ended (it must not reconnect with the same token).

@@ -254,15 +254,7 @@ async def serve(
     tasks: list[asyncio.Task[None]] = []
     try:
         await rt.watch.confirm(subscriber)  # closes it if the session ended meanwhile
-        subscriber.hold()
-        for channel in channels:
-            await rt.manager.join(subscriber, channel)
-        sent: set[int] = set()
-        if missed is not None and auth.last_id is not None:
-            for frame_id, text in await missed(auth.last_id):
-                subscriber.put_missed(frame_id, text)
-                sent.add(frame_id)
-        subscriber.release(sent)
+        await _subscribe(rt, subscriber, channels, missed, auth.last_id)
         tasks = [asyncio.create_task(connection.write()), asyncio.create_task(connection.read())]
         if on_open is not None:
             await on_open(subscriber)
@@ -282,3 +274,23 @@ async def serve(
         finally:
             # Last: a graceful shutdown waits for this, so the 1001 has gone out by then.
             rt.manager.unregister(subscriber)
+
+
+async def _subscribe(
+    rt: Realtime,
+    subscriber: Subscriber,
+    channels: Sequence[str],
+    missed: MissedFrames | None,
+    last_id: int | None,
+) -> None:
+    """Join the channels, then queue what was missed since `last_id`. Live frames are held
+    until then, and those already caught up are dropped, so none is lost or sent twice."""
+    subscriber.hold()
+    for channel in channels:
+        await rt.manager.join(subscriber, channel)
+    sent: set[int] = set()
+    if missed is not None and last_id is not None:
+        for frame_id, text in await missed(last_id):
+            subscriber.put_missed(frame_id, text)
+            sent.add(frame_id)
+    subscriber.release(sent)

@@ -150,6 +150,9 @@ async def test_admin_test_mail_is_a_task_the_admin_can_watch(
     refused = await jobs_client.post("/api/v1/email/test", headers=user.headers)
     assert refused.status_code == 403
 
+    unverified = await jobs_client.post("/api/v1/email/test", headers=admin.headers)
+    assert unverified.status_code == 409, unverified.text  # never to an unproven address
+    await jobs_factory.set_fields(admin.id, is_verified=True)
     own = await jobs_client.post("/api/v1/email/test", headers=admin.headers)
     other = await jobs_client.post(
         "/api/v1/email/test",

@@ -155,7 +155,7 @@ async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None
     chunks = [
         chunk
         async for chunk in stream_export(
-            sessionmaker=app.state.services.sessionmaker, statement=items_query(owner.id),
+            sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
             export_format="ndjson", batch_size=BATCH,
         )
     ]  # fmt: skip

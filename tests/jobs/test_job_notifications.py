@@ -40,6 +40,7 @@ async def test_a_finished_task_notifies_its_owner_on_ws_and_sse(jobs_stack: Jobs
 
         assert on_ws == on_sse
         assert on_ws["kind"] == "job.succeeded"
+        assert on_ws["title"] == "Test task finished"  # the task's title names it
         assert on_ws["data"]["task_id"] == job.id
         assert on_ws["data"]["state"] == "SUCCESS"
         assert on_ws["data"]["result"] == {"echo": "done"}

@@ -93,7 +93,12 @@ async def notify(server: LiveServer, user_id: int, title: str) -> dict[str, obje
     """What the jobs feature calls when a user's task finishes: the service, in-process."""
     async with server.app.state.services.sessionmaker() as session:
         sent = await server.realtime.notifier.send_to_user(
-            session, user_id, "job.finished", title, "Your report is ready", {"task_id": "t-1"}
+            session=session,
+            user_id=user_id,
+            kind="job.finished",
+            title=title,
+            body="Your report is ready",
+            data={"task_id": "t-1"},
         )
     return sent.model_dump(mode="json")
 
@@ -232,7 +237,8 @@ WORKER_SCRIPT = textwrap.dedent(
                 create_sessionmaker(engine)() as session,
             ):
                 sent = await notifier.send_to_user(
-                    session, int(sys.argv[1]), "job.failed", "Import failed", "Line 3", {}
+                    session=session, user_id=int(sys.argv[1]), kind="job.failed",
+                    title="Import failed", body="Line 3", data={},
                 )
                 print(sent.id)
         finally:

@@ -106,7 +106,9 @@ async def test_a_client_of_process_a_receives_what_a_client_of_b_sends(
                 NotificationService.from_settings(settings) as notifier,
                 create_sessionmaker(engine)() as session,
             ):
-                sent = await notifier.send_to_user(session, alice_id, "job.finished", "Done")
+                sent = await notifier.send_to_user(
+                    session=session, user_id=alice_id, kind="job.finished", title="Done"
+                )
         finally:
             await engine.dispose()
         assert (await next_of(alerts, "notification"))["id"] == sent.id

@@ -1,6 +1,6 @@
 """user_locks: the per-user mutex behind storage quotas and the active-jobs cap (issue 13)
 
-Revision ID: 3b8d5f1a0009
+Revision ID: 0009
 Revises: 7a1c9e2f0008
 Create Date: 2026-12-03 12:20:00.000000
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "3b8d5f1a0009"
+revision: str = "0009"
 down_revision: str | None = "7a1c9e2f0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
