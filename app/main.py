@@ -89,7 +89,11 @@ def _lifespan(
         )
         app.state.services = services
         celery = make_celery(settings)
-        app.state.jobs = Jobs(celery)
+        app.state.jobs = Jobs(
+            celery,
+            max_active_per_owner=settings.user_max_active_jobs,
+            retry_after_seconds=settings.user_jobs_retry_after_seconds,
+        )
         realtime = await start_realtime(
             settings=settings,
             hub=services.hub,

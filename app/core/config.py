@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     """S3 secret key; usually unset, like STORAGE_S3_ACCESS_KEY_ID"""
     presigned_url_expire_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     """lifetime of GET /files/{id}/url links (S3 only)"""
+    # Per-user quotas (issue 13 item 7): every live file the user owns counts (uploads, image
+    # outputs, item variants, report files); uploads and image jobs are refused past them.
+    user_storage_quota_bytes: int = Field(default=1024**3, ge=0)
+    """bytes of live files per user; an upload that would pass it gets 413 (admins included)"""
+    user_max_files: int = Field(default=1000, ge=0)
+    """live files per user; an upload past it gets 413 (admins included)"""
     export_batch_size: int = Field(default=1000, ge=1, le=100_000)
     """rows fetched and encoded per batch in exports"""
     # Streams (exports, file downloads) hold no database connection while the client reads,
@@ -122,6 +128,10 @@ class Settings(BaseSettings):
     """largest source image read from storage or fetched from a URL"""
     image_fetch_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
     """the whole URL fetch of an image source (DNS, redirects, body)"""
+    image_fetch_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """connecting to an image URL's host (each redirect hop)"""
+    image_fetch_read_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """longest silence while reading an image URL's answer"""
     # URL sources may only resolve to public addresses; these CIDRs open an intranet range
     # (cloud metadata addresses stay refused whatever is listed here).
     ssrf_allowed_networks: CommaList = []
@@ -205,6 +215,15 @@ class Settings(BaseSettings):
     """how long the reconciler waits for live workers to say which jobs they hold"""
     job_reconcile_batch_size: int = Field(default=500, ge=1)
     """most jobs the reconciler looks at per run (oldest first)"""
+    # Fairness (issue 13 item 7): jobs a user may have queued or running at once (PENDING,
+    # STARTED, PROGRESS, RETRY), and of those, image jobs fetching a URL, which run on their own
+    # queue: a user's hung upstreams hold at most that many worker slots.
+    user_max_active_jobs: int = Field(default=5, ge=1)
+    """queued or running jobs per user; one more gets 429 with Retry-After"""
+    user_max_active_url_image_jobs: int = Field(default=1, ge=1)
+    """queued or running image jobs from a URL per user; one more gets 429 with Retry-After"""
+    user_jobs_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    """the Retry-After of a 429 for too many active jobs"""
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
     """worker processes (app worker -c N overrides); unset: the CPU count"""
     # How often the embedded broker's worker looks for new messages (it cannot be woken).

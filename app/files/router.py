@@ -12,8 +12,9 @@ from app.core.streams import LimitedStreamingResponse
 from app.files import service
 from app.files.dependencies import ReadableFile, StreamableFile
 from app.files.models import StoredFile
+from app.files.quota import quota_for, usage
 from app.files.safety import content_disposition
-from app.files.schemas import FileRead, PresignedURL
+from app.files.schemas import FileRead, PresignedURL, StorageUsage
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -38,7 +39,10 @@ MULTIPART_BODY: dict[str, Any] = {
     }
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "The file is over MAX_UPLOAD_BYTES"},
+    413: {
+        "description": "The file is over MAX_UPLOAD_BYTES, or over the owner's storage quota "
+        "(USER_STORAGE_QUOTA_BYTES) or file count (USER_MAX_FILES): see the error's code"
+    },
     415: {"description": "Extension not allowed, or content not matching it"},
     503: {"description": "Storage unavailable"},
     507: {"description": "Storage full"},
@@ -69,6 +73,22 @@ async def upload_file(
     """Upload one file (multipart field `file`), streamed to storage as it arrives."""
     row = await _store(request, session, storage, settings, owner_id=owner.id)
     return service.file_read(row)
+
+
+@router.get("/usage", response_model=StorageUsage)
+async def storage_usage(
+    owner: CurrentPrincipal, session: SessionDep, settings: SettingsDep
+) -> StorageUsage:
+    """Your storage use and quotas: every live file you own counts (uploads, image outputs,
+    item image variants, report files)."""
+    quota = quota_for(settings)
+    used = await usage(session=session, owner_id=owner.id)
+    return StorageUsage(
+        used_bytes=used.bytes, quota_bytes=quota.max_bytes,
+        remaining_bytes=max(0, quota.max_bytes - used.bytes),
+        used_files=used.files, quota_files=quota.max_files,
+        remaining_files=max(0, quota.max_files - used.files),
+    )  # fmt: skip
 
 
 @router.get("/{file_id}", response_model=FileRead)
@@ -144,5 +164,6 @@ async def _store(
         body=request.stream(),
         content_type=request.headers.get("content-type"),
         max_bytes=settings.max_upload_bytes,
+        quota=quota_for(settings),
         **target,
     )

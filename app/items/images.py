@@ -5,6 +5,7 @@ from fastapi import APIRouter, Request, status
 
 from app.core.dependencies import SessionDep, SettingsDep, StorageDep
 from app.files import service as files
+from app.files.quota import quota_for
 from app.files.router import MULTIPART_BODY, UPLOAD_ERRORS
 from app.files.safety import IMAGE_EXTENSIONS
 from app.files.schemas import FileRead
@@ -39,6 +40,7 @@ async def upload_item_image(
         content_type=request.headers.get("content-type"),
         max_bytes=settings.max_upload_bytes,
         owner_id=item.owner_id,
+        quota=quota_for(settings),
         item_id=item.id,
         allowed=IMAGE_EXTENSIONS,
     )

@@ -25,6 +25,9 @@ DEFAULT_QUEUE = "default"  # tasks whose area has no route
 ROUTES: dict[str, dict[str, str]] = {
     "app.email.*": {"queue": "email"},
     "app.campaigns.*": {"queue": "email"},
+    # Before app.images.*: image jobs fetching a URL wait on upstreams, not on the CPU, and
+    # get worker slots of their own (issue 13 item 7).
+    "app.images.process_url": {"queue": "images_url"},
     "app.images.*": {"queue": "images"},
     "app.reports.*": {"queue": "reports"},
     "app.maintenance.*": {"queue": "maintenance"},

@@ -15,13 +15,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
 from app.core.request_context import REQUEST_ID
+from app.core.user_locks import lock_user
 from app.jobs.celery_app import queue_for
-from app.jobs.errors import QueueUnavailable, TaskNotFound
-from app.jobs.models import FINISHED, Job, JobState
+from app.jobs.errors import QueueUnavailable, TaskNotFound, TooManyJobs
+from app.jobs.models import ACTIVE, FINISHED, Job, JobState
 
 logger = logging.getLogger("app.jobs")
 # What the owner reads when the reconciler gives a lost job up (app/jobs/reconcile.py).
 LOST_ERROR = "The task was lost when the job queue restarted; submit it again."
+LOCK_SCOPE = "jobs"
+
+
+@dataclass(frozen=True, slots=True)
+class NameCap:
+    """A tighter cap for one kind of job (by task name), on top of USER_MAX_ACTIVE_JOBS."""
+
+    limit: int
+    setting: str  # named in the 429, so an operator knows what to raise
+    what: str  # "image jobs from a URL"
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,9 @@ class Jobs:
     """Sends tasks. The same object serves the API (app.state.jobs) and the worker."""
 
     celery: Celery
+    # USER_MAX_ACTIVE_JOBS; None: no cap (tests of the machinery, internal senders).
+    max_active_per_owner: int | None = None
+    retry_after_seconds: int = 5
 
     async def enqueue(
         self,
@@ -37,6 +51,8 @@ class Jobs:
         *args: Any,
         owner_id: int | None = None,
         countdown: float | None = None,
+        capped: bool = True,
+        name_cap: NameCap | None = None,
     ) -> Job:
         """Record the job, commit it with whatever else the session holds, then send it.
 
@@ -44,7 +60,14 @@ class Jobs:
         yet. If the broker is down the job is marked failed and the caller gets a 503: the
         committed work stays, and anything that must still happen (an outbox row) is found
         again by the maintenance sweep.
+
+        With an owner and `capped`, the owner's active jobs are counted under their lock and
+        one past USER_MAX_ACTIVE_JOBS (or past `name_cap` jobs of this name) is a
+        429. Uncapped jobs (what the service starts itself, like an upload's variants) still
+        count against the cap.
         """
+        if owner_id is not None and capped:
+            await self._check_active(session, owner_id, name, name_cap)
         job = Job(
             id=str(uuid.uuid4()), name=name, owner_id=owner_id, state=JobState.PENDING,
             args=list(args), kwargs={}, queue=queue_for(name),
@@ -61,6 +84,27 @@ class Jobs:
             await session.commit()
             raise QueueUnavailable() from exc
         return job
+
+    async def _check_active(
+        self, session: AsyncSession, owner_id: int, name: str, name_cap: NameCap | None
+    ) -> None:
+        # Held until the commit that inserts the row: a racing submission counts this one.
+        await lock_user(session=session, user_id=owner_id, scope=LOCK_SCOPE)
+        active = (Job.owner_id == owner_id, Job.state.in_(ACTIVE))
+        limits: list[tuple[int, str, str, ColumnElement[bool] | None]] = []
+        if name_cap is not None:
+            cap = (name_cap.limit, name_cap.what, name_cap.setting, Job.name == name)
+            limits.append(cap)
+        if self.max_active_per_owner is not None:
+            limits.append((self.max_active_per_owner, "jobs", "USER_MAX_ACTIVE_JOBS", None))
+        for limit, what, setting, extra in limits:
+            where = [*active, extra] if extra is not None else list(active)
+            count = (
+                await session.execute(select(func.count()).select_from(Job).where(*where))
+            ).scalar_one()
+            if count >= limit:
+                await session.rollback()
+                raise TooManyJobs(what, limit, setting, self.retry_after_seconds)
 
     async def send(
         self, name: str, *args: Any, task_id: str | None = None, countdown: float | None = None

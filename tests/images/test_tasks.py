@@ -24,7 +24,13 @@ MAX_PIXELS = 20_000_000
 @pytest.fixture(scope="module")
 def jobs_overrides() -> dict[str, str]:
     # 127.0.0.2 plays the intranet an operator opened; 127.0.0.1 stays refused.
-    return {"SSRF_ALLOWED_NETWORKS": "127.0.0.2/32", "IMAGE_MAX_PIXELS": str(MAX_PIXELS)}
+    return {
+        "SSRF_ALLOWED_NETWORKS": "127.0.0.2/32",
+        "IMAGE_MAX_PIXELS": str(MAX_PIXELS),
+        # Several URL jobs of one user at once; the caps have their own tests (test_fairness).
+        "USER_MAX_ACTIVE_JOBS": "20",
+        "USER_MAX_ACTIVE_URL_IMAGE_JOBS": "20",
+    }
 
 
 @pytest.fixture(scope="module")
