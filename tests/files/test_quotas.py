@@ -13,9 +13,9 @@ from sqlalchemy import select
 from app.auth.models import Role
 from app.core.config import Settings
 from app.files.models import StoredFile
-from tests.conftest import _empty_postgres, make_settings
-from tests.core.test_errors import assert_envelope
-from tests.factories import Account, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
+from tests.support.settings import empty_postgres, make_settings
 
 QUOTA_BYTES = 350_000
 MAX_FILES = 4
@@ -26,7 +26,7 @@ SMALL = b"\x89PNG\r\n\x1a\n" + os.urandom(1_000)
 @pytest.fixture
 async def settings(database_url: str | None, tmp_path: Path) -> Settings:
     if database_url is not None:
-        await _empty_postgres(database_url)
+        await empty_postgres(database_url)
     return make_settings(
         tmp_path, database_url, user_storage_quota_bytes=QUOTA_BYTES, user_max_files=MAX_FILES
     )

@@ -16,11 +16,11 @@ import pytest
 
 from app.core.safe_fetch import FetchFailed, parse_networks, safe_fetch
 from app.jobs.models import ACTIVE
-from tests.core.test_errors import assert_envelope
-from tests.factories import Account, Factory
 from tests.images.helpers import image_bytes
-from tests.plugins.workers import JobsStack, wait_for_task
-from tests.servers import free_port
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
+from tests.support.processes import free_port
+from tests.support.workers import JobsStack, wait_for_task
 
 MAX_ACTIVE_JOBS = 3
 MAX_FILES = 6  # room for what the tests below make, uploads and outputs

@@ -12,10 +12,10 @@ from sqlalchemy import update
 
 from app.core.config import Settings
 from app.jobs.models import Job, JobState
-from tests.conftest import _empty_postgres, make_settings
-from tests.core.test_errors import assert_envelope
-from tests.factories import Account, Factory
 from tests.images.helpers import image_bytes
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
+from tests.support.settings import empty_postgres, make_settings
 
 MAX_ACTIVE = 3
 
@@ -23,7 +23,7 @@ MAX_ACTIVE = 3
 @pytest.fixture
 async def settings(database_url: str | None, tmp_path: Path) -> Settings:
     if database_url is not None:
-        await _empty_postgres(database_url)
+        await empty_postgres(database_url)
     return make_settings(tmp_path, database_url, user_max_active_jobs=MAX_ACTIVE)
 
 
