@@ -2,6 +2,7 @@
 
 import asyncio
 import atexit
+import math
 import os
 import random
 import shutil
@@ -82,6 +83,10 @@ def _run_api(settings: Settings, *, host: str, port: int, workers: int, access_l
         server_header=False,
         timeout_keep_alive=settings.http_keepalive_timeout_seconds,
         timeout_graceful_shutdown=30,
+        # With --workers, uvicorn kills a child that hasn't answered its health ping within
+        # this (default 5 s). A child starting on a busy machine (imports, the database wait
+        # of STARTUP_TIMEOUT_SECONDS) took longer and was killed in a loop; give it that long.
+        timeout_worker_healthcheck=max(5, math.ceil(settings.startup_timeout_seconds)),
         # WebSockets (RT-5): a frame cap far below uvicorn's 16 MiB, protocol pings that close
         # dead peers, and no per-message compression: chat frames are small, and compressing
         # each one once per client costs CPU and a zlib context (~100 KiB) per connection.

@@ -41,6 +41,7 @@ from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
 from app.core.shutdown import exit_cleanly_on_sigterm, install_drain_on_signal
 from app.core.storage import create_storage
+from app.core.streams import StreamLimiter
 from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
 from app.jobs import monitor as job_monitor
 from app.jobs.celery_app import make_celery
@@ -84,10 +85,15 @@ def _lifespan(
             hub=create_hub(settings.redis_url),
             storage=create_storage(settings),
             background=TaskManager(),
+            streams=StreamLimiter.start(settings, redis),
         )
         app.state.services = services
         celery = make_celery(settings)
-        app.state.jobs = Jobs(celery)
+        app.state.jobs = Jobs(
+            celery,
+            max_active_per_owner=settings.user_max_active_jobs,
+            retry_after_seconds=settings.user_jobs_retry_after_seconds,
+        )
         realtime = await start_realtime(
             settings=settings,
             hub=services.hub,
@@ -95,7 +101,7 @@ def _lifespan(
             cache=services.cache,
             sessionmaker=services.sessionmaker,
             limiter=services.limiter,
-            message_policy=policies.chat_message,
+            policies=policies,
         )
         app.state.realtime = realtime
         uninstall_drain = (
@@ -111,6 +117,7 @@ def _lifespan(
         finally:
             uninstall_drain()
             await realtime.close()
+            await services.streams.close()
             await background.shutdown(grace=5.0)  # first: its tasks use what closes below
             await services.storage.close()
             celery.close()  # its broker connections and pools
@@ -138,7 +145,13 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
         Middleware(MetricsMiddleware),
     ]
     if settings.rate_limit_enabled:
-        stack.append(Middleware(RateLimitMiddleware, policy=policies.default))
+        stack.append(
+            Middleware(
+                RateLimitMiddleware,
+                policy=policies.default,
+                ipv6_prefix=settings.rate_limit_ipv6_prefix,
+            )
+        )
     stack += [
         Middleware(SecurityHeadersMiddleware, hsts=settings.is_production),
         Middleware(GZipIfAcceptedMiddleware, minimum_size=1000),  # never text/event-stream

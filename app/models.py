@@ -2,6 +2,7 @@
 
 from app.auth import models as auth_models
 from app.campaigns import models as campaigns_models
+from app.core import user_locks as core_models
 from app.email import models as email_models
 from app.files import models as files_models
 from app.items import models as items_models
@@ -11,6 +12,7 @@ from app.realtime import models as realtime_models
 __all__ = [
     "auth_models",
     "campaigns_models",
+    "core_models",
     "email_models",
     "files_models",
     "items_models",

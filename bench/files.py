@@ -9,6 +9,12 @@ RSS growth (VmRSS from /proc, sampled every 20 ms while the export streams). On 
 uploads a `--upload-mb` file and compares the time with `shutil.copyfile` of the same file.
 """
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/files.py`: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import asyncio
 import hashlib
@@ -16,12 +22,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 from sqlalchemy import bindparam, text
@@ -29,18 +33,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.config import Settings
 from app.core.db import UTCDateTime
+from tests.support.processes import GroupProcess, free_port, http_ok
 
 APP = str(Path(sys.executable).parent / "app")
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdefghijkl"
 PASSWORD = "Bench-password-1"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -82,20 +79,21 @@ async def fill_items(database_url: str, owner_id: int, rows: int) -> None:
     await engine.dispose()
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(
-        [APP, "api", "--port", str(port), "--no-access-log"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    server.kill()
-    raise RuntimeError("the server did not start")
+def start_server(env: dict[str, str], port: int, log: Path) -> GroupProcess:
+    server = GroupProcess(
+        [APP, "api", "--port", str(port), "--no-access-log"], env=env, stdout=log, name="app api"
+    )
+    try:
+        server.wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{port}/health"),
+            timeout=30,
+            interval=0.1,
+            what="GET /health",
+        )
+    except AssertionError:
+        server.kill()
+        raise
+    return server
 
 
 def login(base: str) -> tuple[int, dict[str, str]]:
@@ -186,7 +184,7 @@ def run_one(database_url: str | None, rows: int, upload_mb: int) -> dict[str, ob
         env["DATABASE_URL"] = database_url
     subprocess.run([APP, "migrate"], env=env, check=True, capture_output=True)
     port = free_port()
-    server = start_server(env, port)
+    server = start_server(env, port, work / "api.log")
     base = f"http://127.0.0.1:{port}"
     try:
         owner_id, headers = login(base)
@@ -199,8 +197,7 @@ def run_one(database_url: str | None, rows: int, upload_mb: int) -> dict[str, ob
             result["upload"] = upload(base, headers, work, upload_mb)
         return result
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop(grace=30)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -19,40 +19,29 @@ before and after each wrk run, divided by the requests wrk completed. All server
 JSON on stdout; progress on stderr.
 """
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/http_servers.py`: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import contextlib
 import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.run import (
-    HOST,
-    ITEM_BODY,
-    LUA_SCRIPT,
-    WRK_GRACE_S,
-    WRK_TIMEOUT,
-    Load,
-    Server,
-    Target,
-    free_port,
-    get_token,
-    parse_wrk,
-    prepare_database,
-    progress,
-    request_headers,
-    service_env,
-    serving,
-    wait_ready,
-)
+from bench.common import HOST, progress
+from bench.service import Server, prepare_database, service_env, serving, wait_ready
+from bench.targets import ITEM_BODY, Target, get_token, request_headers
+from bench.wrk import LUA_SCRIPT, WRK_GRACE_S, WRK_TIMEOUT, Load, parse_wrk
+from tests.support.processes import free_port
 
 BIN = Path(sys.executable).parent
 CANDIDATES = ("uvicorn", "app-api", "granian")
@@ -131,12 +120,12 @@ def measure(server: Server, target: Target, load: Load, token: str) -> dict[str,
     wrk = ["wrk", "-t1", f"-c{load.connections}", f"-d{load.duration}s",
            f"--timeout={WRK_TIMEOUT}", "--latency", "-s", str(LUA_SCRIPT),
            server.base_url + target.path]  # fmt: skip
-    before = group_cpu_seconds(server.process.pid)
+    before = group_cpu_seconds(server.group.pid)
     done = subprocess.run(
         wrk, env=env, capture_output=True, text=True, timeout=load.duration + WRK_GRACE_S,
         check=True,
     )  # fmt: skip
-    cpu = group_cpu_seconds(server.process.pid) - before
+    cpu = group_cpu_seconds(server.group.pid) - before
     result = parse_wrk(done.stdout, load.connections)
     return {
         "rps": round(result.rps, 1),

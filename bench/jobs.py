@@ -11,15 +11,19 @@ bounded below by the poll; Redis wakes the worker at once. The figure to compare
 machines is the ratio of the two, measured in the same run.
 """
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/jobs.py`: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -31,10 +35,9 @@ from app.core.migrate import upgrade_to_head
 from app.jobs.celery_app import make_celery
 from app.jobs.models import Job, JobState
 from app.jobs.service import Jobs
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.run import running_redis
-from tests.workers import WorkerProcess
+from tests.support.servers import RedisServer
+from tests.support.waiting import eventually_async
+from tests.support.workers import WorkerProcess
 
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdefghijkl"
 DEADLINE_S = 120.0
@@ -55,18 +58,18 @@ async def measure(settings: Settings, tasks: int, burst: int) -> dict[str, Any]:
         for _ in range(tasks):
             sent = datetime.now(UTC)
             task_id = await jobs.send("app.noop")
-            deadline = time.monotonic() + DEADLINE_S
-            while True:
+
+            async def started_at(task_id: str = task_id) -> datetime | None:
                 async with sessionmaker() as session:
-                    started = (
+                    return (
                         await session.execute(select(Job.started_at).where(Job.id == task_id))
                     ).scalar()
-                if started is not None:
-                    latencies.append((started - sent).total_seconds() * 1000)
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"task {task_id} never started")
-                await asyncio.sleep(0.005)  # polling the row; the figure is the row's timestamp
+
+            # Polling the row; the figure is the row's timestamp, not when the poll saw it.
+            started: datetime = await eventually_async(
+                started_at, timeout=DEADLINE_S, interval=0.005, what=f"task {task_id} to start"
+            )
+            latencies.append((started - sent).total_seconds() * 1000)
         began = time.monotonic()
         ids = [await jobs.send("app.noop") for _ in range(burst)]
         deadline = time.monotonic() + DEADLINE_S
@@ -137,8 +140,8 @@ def main() -> None:
             results["embedded"] = run_broker("embedded", workdir, args, None)
         if args.broker in ("redis", "both"):
             print("redis broker...", file=sys.stderr)
-            with running_redis(workdir) as url:
-                results["redis"] = run_broker("redis", workdir, args, url)
+            with RedisServer() as redis_server:
+                results["redis"] = run_broker("redis", workdir, args, redis_server.url)
     if "embedded" in results and "redis" in results:
         results["redis_to_embedded_p50_latency"] = round(
             results["redis"]["latency_ms"]["p50"] / results["embedded"]["latency_ms"]["p50"], 3

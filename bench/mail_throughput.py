@@ -10,13 +10,13 @@ whole path: claim (conditional UPDATE), MIME from the templates, SMTP session, t
 "sent" before the end of DATA. Bounded: a run that passes --deadline stops and says so.
 """
 
-# ruff: noqa: E402 - the imports after the sys.path fix below must come after it
 import sys
 from pathlib import Path
 
 # Run as a script, this file's directory comes first on sys.path, and its name would shadow
 # the standard library's `email` package: put the repository root there instead.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+if not __package__:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 
 import argparse
@@ -32,9 +32,9 @@ from app.core.db import create_engine, create_sessionmaker
 from app.core.migrate import upgrade_to_head
 from app.email import service as outbox
 from app.jobs.celery_app import make_celery
-from tests.servers import RedisServer
-from tests.smtp import start_smtp_server
-from tests.workers import WorkerProcess
+from tests.support.servers import RedisServer
+from tests.support.smtp import start_smtp_server
+from tests.support.workers import WorkerProcess
 
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdefghijkl"
 
@@ -44,7 +44,7 @@ async def _rows(settings: Settings, count: int) -> list[int]:
     try:
         async with create_sessionmaker(engine)() as session:
             emails = [
-                outbox.queue(session, settings, recipient=f"user{n}@example.com",
+                outbox.queue(session=session, settings=settings, recipient=f"user{n}@example.com",
                              subject="Bench", template="test", context={"requested_by": "bench"})
                 for n in range(count)
             ]  # fmt: skip

@@ -20,30 +20,34 @@ the server for CPU: the figures are an upper bound on what the server alone cost
 JSON goes to stdout; progress to stderr.
 """
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/realtime.py`: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import asyncio
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.support.processes import HOST, GroupProcess, free_port, http_ok
+from tests.support.servers import RedisServer, ServerUnavailable
+
 APP = str(Path(sys.executable).parent / "app")
-HOST = "127.0.0.1"
 PASSWORD = "Bench-password-1"
 ROOM = "bench"
 START_DEADLINE = 60.0
@@ -55,13 +59,6 @@ def progress(message: str) -> None:
     print(f"[realtime bench] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -70,29 +67,16 @@ def rss_kib(pid: int) -> int:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+def redis_server() -> Iterator[str]:
+    server = RedisServer()
     try:
-        deadline = time.monotonic() + START_DEADLINE
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"redis://{HOST}:{port}/0"
+        server.start()
+    except ServerUnavailable as exc:
+        raise SystemExit(str(exc)) from None
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 def service_env(data_dir: Path, clients: int, redis_url: str | None) -> dict[str, str]:
@@ -112,34 +96,23 @@ def service_env(data_dir: Path, clients: int, redis_url: str | None) -> dict[str
     return env
 
 
-def start_api(env: dict[str, str], workdir: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_api(env: dict[str, str], workdir: Path, name: str) -> tuple[GroupProcess, str]:
     port = free_port()
-    log = (workdir / f"{name}.log").open("wb")
-    proc = subprocess.Popen(
+    proc = GroupProcess(
         [APP, "api", "--host", HOST, "--port", str(port), "--no-access-log"],
-        env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env, cwd=workdir, stdout=workdir / f"{name}.log", name=name,
     )  # fmt: skip
     url = f"http://{HOST}:{port}"
-    deadline = time.monotonic() + START_DEADLINE
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{name} did not start; see {workdir / (name + '.log')}")
-        time.sleep(0.05)
+    try:
+        proc.wait_until(lambda: http_ok(url + "/health"), timeout=START_DEADLINE, what="/health")
+    except AssertionError:
+        proc.kill()
+        raise SystemExit(f"{name} did not start; see {workdir / (name + '.log')}") from None
+    return proc, url
 
 
-def stop_api(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def stop_api(proc: GroupProcess) -> None:
+    proc.stop(signal.SIGINT, grace=30)
 
 
 def token_for(url: str, username: str) -> str:
@@ -296,7 +269,7 @@ def main() -> None:
         finally:
             stop_api(proc)
         progress(f"two processes and Redis, {args.clients} clients")
-        with redis_server(workdir) as redis_url:
+        with redis_server() as redis_url:
             env = service_env(workdir / "two", args.clients, redis_url)
             migrate(env, workdir)
             first, url_a = start_api(env, workdir, "two-a")

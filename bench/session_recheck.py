@@ -11,22 +11,24 @@ hub's event was lost) and CPU time (what the process pays every period).
 JSON goes to stdout.
 """
 
+import sys
+from pathlib import Path
+
+if not __package__:  # run as `python bench/session_recheck.py`: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import principal as principals
 from app.core.cache import RedisCache
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.servers import RedisServer, running
+from tests.support.servers import RedisServer, running
 
 SNAPSHOT = {"user_id": 1, "role": "user", "is_active": True, "is_verified": True}
 

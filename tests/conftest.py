@@ -2,54 +2,36 @@
 
 Each test gets an isolated database: a fresh copy of a migrated SQLite file, or a
 PostgreSQL database emptied before the test. The app runs in-process with its real
-lifespan, and httpx talks to it through ASGI.
+lifespan, and httpx talks to it through ASGI. Plain helpers (settings builders, servers,
+factories) are in tests.support; nothing imports from this file.
 """
 
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.config import Settings
-from app.core.db import Base
 from app.core.migrate import upgrade_to_head
 from app.main import create_app
-from tests.factories import Factory
-from tests.servers import PostgresServer, RedisServer, running
+from tests.support.factories import Factory
+from tests.support.servers import PostgresServer, RedisServer, running
+from tests.support.settings import (
+    AppClient,
+    BuildClient,
+    asgi_client,
+    empty_postgres,
+    make_settings,
+    started_app,
+)
 
 # The real-worker fixtures (jobs_stack, jobs_app, jobs_client, jobs_factory), for any folder.
 pytest_plugins = ["tests.plugins.workers", "tests.plugins.smtp"]
-
-TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs512-0123456789abcdefgh"
-
-
-def make_settings(data_dir: Path, database_url: str | None = None, **overrides: object) -> Settings:
-    # Any: each field checks its own value; `object` would also be matched against the typed
-    # BaseSettings keywords (_env_file, _case_sensitive...).
-    values: dict[str, Any] = {
-        "environment": "test",
-        "secret_key": TEST_SECRET,
-        "app_data_dir": data_dir,
-        "database_url": database_url,
-        "password_hash_concurrency": 4,
-        # Tests register and log in far more often than people; the limits have their own tests.
-        "rate_limit_default": "100000/minute",
-        "rate_limit_login": "100000/minute",
-        "rate_limit_login_account": "100000/minute",
-        "rate_limit_register": "100000/minute",
-        # Tests change a dependency and read readiness at once; its reuse has its own test.
-        "readiness_cache_seconds": 0,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session")
@@ -105,16 +87,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def _empty_postgres(url: str) -> None:
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as connection:
-            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
 def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | None:
     """Resolved lazily, so a SQLite-only run never starts PostgreSQL."""
@@ -129,23 +101,8 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
 @pytest.fixture
 async def settings(database_url: str | None, tmp_path: Path) -> Settings:
     if database_url is not None:
-        await _empty_postgres(database_url)
+        await empty_postgres(database_url)
     return make_settings(tmp_path, database_url)
-
-
-@asynccontextmanager
-async def started_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    """The app with its lifespan run, as a server would run it."""
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@asynccontextmanager
-async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        yield http
 
 
 @pytest.fixture
@@ -163,10 +120,6 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def factory(client: httpx.AsyncClient, app: FastAPI) -> Factory:
     return Factory(client, app)
-
-
-AppClient = tuple[FastAPI, httpx.AsyncClient]
-BuildClient = Callable[..., AbstractAsyncContextManager[AppClient]]
 
 
 @pytest.fixture

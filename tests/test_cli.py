@@ -5,31 +5,15 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import TEST_SECRET
-from tests.servers import free_port
-
-APP = str(Path(sys.executable).parent / "app")
-
-
-def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "FIRST_"))}
-    env.update({"APP_DATA_DIR": str(data_dir), "SECRET_KEY": TEST_SECRET, **extra})
-    return env
-
-
-def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [APP, *args], env=env, capture_output=True, text=True, timeout=120, check=False,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+from tests.support.cli import APP, cli_env, run
+from tests.support.processes import GroupProcess, free_port, http_ok
+from tests.support.waiting import eventually
 
 
 def counts(db: Path) -> tuple[int, int, list[str]]:
@@ -93,24 +77,17 @@ def start_serve(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     """`app serve` on a free port, its output in a file (read while it runs); waits for /health."""
     port = free_port()
     log = data_dir / "serve.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [APP, "serve", "--port", str(port)], env=cli_env(data_dir), stdin=subprocess.DEVNULL,
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    serve = GroupProcess(
+        [APP, "serve", "--port", str(port)], env=cli_env(data_dir), stdout=log, name="app serve"
+    )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return process, base, log
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            pytest.fail(f"serve did not come up:\n{log.read_text()}")
-        time.sleep(0.1)
+    try:
+        serve.wait_until(lambda: http_ok(f"{base}/health"), timeout=60, what="GET /health")
+    except AssertionError as exc:
+        serve.process.kill()
+        serve.process.wait()
+        pytest.fail(f"serve did not come up: {exc}")
+    return serve.process, base, log
 
 
 def child_pids(log: Path) -> dict[str, int]:
@@ -160,10 +137,12 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_serve_stops_its_worker_and_beat(tmp_path: Path, sig: signal.Signals) -> None:
     process, _, log = start_serve(tmp_path)
-    deadline = time.monotonic() + 60
-    while len(children := child_pids(log)) < 2:
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)  # waiting for the supervisor's log lines, bounded by the deadline
+
+    def both_started() -> dict[str, int] | None:
+        found = child_pids(log)
+        return found if len(found) >= 2 else None
+
+    children = eventually(both_started, timeout=60, what=f"the supervisor's log lines in {log}")
     for pid in children.values():
         os.kill(pid, 0)  # running now
     stop_serve(process, log, sig)
@@ -177,11 +156,10 @@ def test_serve_runs_a_worker_that_sends_the_welcome_mail(served: tuple[str, Path
                 "password": "Cli-password-1", "password_confirm": "Cli-password-1"}  # fmt: skip
         assert client.post("/api/v1/auth/register", json=body).status_code == 201
     outbox = data_dir / "outbox"
-    deadline = time.monotonic() + 60
-    while not list(outbox.glob("*.eml")):
-        assert time.monotonic() < deadline, "no welcome mail from the worker"
-        time.sleep(0.1)  # waiting for the worker's file, bounded by the deadline
-    mail = next(outbox.glob("*.eml")).read_text()
+    mails = eventually(
+        lambda: list(outbox.glob("*.eml")), timeout=60, what="a welcome mail from the worker"
+    )
+    mail = mails[0].read_text()
     assert "To: mailed@example.com" in mail
 
 

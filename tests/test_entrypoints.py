@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import pytest
 
 from app.core.migrate import upgrade_to_head
 from app.jobs.celery_app import make_celery
-from tests.conftest import TEST_SECRET, make_settings
-from tests.servers import RedisServer, free_port, require_server, running, tail
-from tests.workers import subprocess_env
+from tests.support.processes import GroupProcess, free_port, tail
+from tests.support.servers import RedisServer, require_server, running
+from tests.support.settings import TEST_SECRET, make_settings
+from tests.support.workers import subprocess_env
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent  # pyproject.toml: `fastapi run` reads it here
@@ -33,25 +33,16 @@ LIVENESS_INTERVAL = "1"
 
 
 def wait_until(condition: Callable[[], bool], what: str, process: "Process") -> None:
-    deadline = time.monotonic() + READY_SECONDS
-    while not condition():
-        if process.popen.poll() is not None:
-            pytest.fail(f"{what}: exited with {process.popen.returncode}\n{process.tail()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {READY_SECONDS:.0f}s\n{process.tail()}")
-        time.sleep(0.1)  # polling a condition, bounded by the deadline
+    process.wait_until(condition, timeout=READY_SECONDS, what=what, interval=0.1)
 
 
-class Process:
+class Process(GroupProcess):
     """A command in its own process group, its output in a file read while it runs."""
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        super().__init__(argv, env=env, cwd=ROOT, stdout=log)
         self.log = log
-        with log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        self.popen = self.process
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -60,18 +51,14 @@ class Process:
         return tail(self.log, 60)
 
     def terminate(self) -> int:
-        """SIGTERM, as `docker stop` sends it; the group is killed if it overstays."""
+        """SIGTERM to the leader only, as `docker stop` sends it (what it started must stop
+        with it); the group is killed if it overstays."""
         self.popen.send_signal(signal.SIGTERM)
         try:
             return self.popen.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"did not stop within {STOP_SECONDS:.0f}s of SIGTERM\n{self.tail()}")
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait()
 
     def assert_stops_cleanly(self) -> None:
         status = self.terminate()

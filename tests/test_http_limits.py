@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from app.core.migrate import upgrade_to_head
-from tests.conftest import make_settings
-from tests.servers import free_port, tail
-from tests.test_cli import APP, cli_env
+from tests.support.cli import APP, cli_env
+from tests.support.processes import free_port, tail
+from tests.support.settings import make_settings
 
 HEADER_TIMEOUT = 1.5
 BODY_TIMEOUT = 1.0

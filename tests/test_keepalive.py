@@ -4,16 +4,14 @@ just closed answers 502)."""
 
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.servers import free_port, tail
-from tests.test_cli import APP, cli_env
+from tests.support.cli import APP, cli_env
+from tests.support.processes import GroupProcess, free_port, http_ok
 
 KEEPALIVE_SECONDS = 2  # short, so the test is; the default is 75
 
@@ -23,31 +21,17 @@ def api(tmp_path: Path) -> Iterator[int]:
     port = free_port()
     env = cli_env(tmp_path, HTTP_KEEPALIVE_TIMEOUT_SECONDS=str(KEEPALIVE_SECONDS))
     log = tmp_path / "api.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [APP, "api", "--port", str(port), "--no-access-log"], env=env,
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    api = GroupProcess(
+        [APP, "api", "--port", str(port), "--no-access-log"], env=env, stdout=log, name="app api"
+    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, tail(log)
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"app api did not come up\n{tail(log)}"
-            time.sleep(0.05)
+        api.wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout=60, what="GET /health"
+        )
         yield port
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
+        stopped = api.stop(signal.SIGINT, grace=30)
+        assert stopped, f"app api ignored SIGINT and was killed\n{api.logs()}"
 
 
 def _get_health(connection: socket.socket) -> None:

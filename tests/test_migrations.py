@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.db import Base, utcnow
 from app.core.migrate import alembic_config, upgrade_to_head
-from tests.conftest import make_settings
-from tests.servers import PostgresServer
+from tests.support.servers import PostgresServer
+from tests.support.settings import make_settings
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

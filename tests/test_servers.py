@@ -1,4 +1,4 @@
-"""The throwaway real-server helpers in tests/servers.py actually work."""
+"""The throwaway real-server helpers in tests/support/servers.py actually work."""
 
 from __future__ import annotations
 
@@ -10,11 +10,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from tests.servers import (
-    PostgresServer,
-    ServerUnavailable,
-    require_server,
-)
+from tests.support.servers import PostgresServer, ServerUnavailable, require_server
 
 pytestmark = pytest.mark.postgres
 

@@ -6,10 +6,10 @@ that served the request (Celery jobs, which every process sees, are under /tasks
 
 from fastapi import APIRouter, status
 
+from app.admin.errors import BackgroundTaskNotFound
 from app.admin.schemas import BackgroundTaskId, BackgroundTaskRead
 from app.auth.dependencies import AdminPrincipal
 from app.core.dependencies import BackgroundDep
-from app.core.errors import NotFound
 
 router = APIRouter(prefix="/admin/background-tasks", tags=["admin"])
 
@@ -31,5 +31,5 @@ async def cancel_background_task(
     """Cancel a running task (a finished one is answered as it is)."""
     info = await manager.cancel(task_id)
     if info is None:
-        raise NotFound(f"Background task {task_id} not found")
+        raise BackgroundTaskNotFound(task_id)
     return BackgroundTaskRead.model_validate(info)

@@ -6,18 +6,21 @@ need the user's row, for which `CurrentUser` loads it.
 
 from typing import Annotated
 
-from fastapi import Depends, Form, Request, Response, Security
+from fastapi import Depends, Request, Response, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
+from starlette.requests import HTTPConnection
 
 from app.auth import principal as principals
+from app.auth.errors import AccountDisabled, AdminRequired, EmailNotVerified, MissingScope
 from app.auth.models import User
 from app.auth.permissions import SCOPE_DESCRIPTIONS, Scope
 from app.auth.principal import Principal
-from app.auth.schemas import LoginForm
+from app.auth.throttle import LoginThrottle
 from app.core.dependencies import Services, SessionDep, SettingsDep, services_of
-from app.core.errors import Forbidden, Unauthorized
-from app.core.limits import enforce
-from app.core.request_context import client_ip_of, set_user_id
+from app.core.errors import Unauthorized
+from app.core.limit_keys import address_key
+from app.core.limits import client_of, enforce
+from app.core.request_context import set_user_id
 from app.core.security import AccessClaims, InvalidToken
 
 TOKEN_URL = "/api/v1/auth/token"
@@ -51,7 +54,7 @@ async def get_principal(
     set_user_id(request.scope, principal.id)
     missing = sorted(set(security_scopes.scopes) - principal.scopes)
     if missing:
-        raise Forbidden(f"Missing scope: {' '.join(missing)}")
+        raise MissingScope(missing)
     return principal
 
 
@@ -59,7 +62,7 @@ async def get_active_principal(
     principal: Annotated[Principal, Security(get_principal)],
 ) -> Principal:
     if not principal.is_active:
-        raise Forbidden("This account is disabled")
+        raise AccountDisabled()
     return principal
 
 
@@ -67,7 +70,7 @@ async def get_verified_principal(
     principal: Annotated[Principal, Security(get_active_principal)], settings: SettingsDep
 ) -> Principal:
     if settings.require_verified_email and not principal.is_verified:
-        raise Forbidden("Verify your email address first")
+        raise EmailNotVerified()
     return principal
 
 
@@ -75,7 +78,7 @@ async def get_admin_principal(
     principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.ADMIN])],
 ) -> Principal:
     if not principal.is_admin:
-        raise Forbidden("Administrator role required")
+        raise AdminRequired()
     return principal
 
 
@@ -97,44 +100,47 @@ async def get_optional_principal(request: Request, token: BearerToken) -> Princi
     return await get_active_principal(principal)
 
 
-async def limit_login(
-    request: Request, response: Response, form: Annotated[LoginForm, Form()]
-) -> None:
-    """Per client and per account: guessing one password from many addresses is slowed too."""
-    policies = services_of(request).policies
-    await enforce(request, response, policies.login, client_ip_of(request.scope))
-    await enforce(request, response, policies.login_account, form.username.lower())
+async def limit_login(request: Request, response: Response) -> None:
+    """Attempts per client, whatever the account (spraying many accounts from one client);
+    failures per account are counted by the login itself (app.auth.throttle), which knows the
+    account and whether the password was right."""
+    await enforce(request, response, services_of(request).policies.login, client_of(request))
+
+
+async def get_login_throttle(connection: HTTPConnection) -> LoginThrottle:
+    return LoginThrottle.of(connection)
 
 
 async def limit_register(request: Request, response: Response) -> None:
-    await enforce(
-        request, response, services_of(request).policies.register, client_ip_of(request.scope)
-    )
+    await enforce(request, response, services_of(request).policies.register, client_of(request))
 
 
 async def limit_password_reset(request: Request, response: Response) -> None:
-    """Per client and per target address: nobody can flood one inbox from many clients."""
+    """Per client and per target mailbox (every spelling of it: address_key): nobody can
+    flood one inbox from many clients."""
     policy = services_of(request).policies.password_reset
-    await enforce(request, response, policy, client_ip_of(request.scope))
+    await enforce(request, response, policy, client_of(request))
     try:
         body = await request.json()  # FastAPI has read (and cached) the body already
     except ValueError:
         return  # the route answers 422
     if isinstance(body, dict) and isinstance(body.get("email"), str):
-        await enforce(request, response, policy, "email:" + body["email"].lower())
+        await enforce(request, response, policy, "email:" + address_key(body["email"]))
 
 
 async def limit_verification(
-    request: Request, response: Response, principal: Annotated[Principal, Security(get_principal)]
+    request: Request, response: Response, user: Annotated[User, Depends(get_current_user)]
 ) -> None:
-    """Verification links go to the caller's own inbox; the reset policy bounds them too."""
-    await enforce(
-        request, response, services_of(request).policies.password_reset, f"verify:{principal.id}"
-    )
+    """Verification links go to the caller's own mailbox: the reset policy's per-address
+    budget bounds them too, so reset and verification mails together can't flood one inbox.
+    (`get_current_user` is solved once per request: the route's own `CurrentUser` reuses it.)"""
+    policy = services_of(request).policies.password_reset
+    await enforce(request, response, policy, "email:" + address_key(user.email))
 
 
 CurrentPrincipal = Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])]
 CurrentUser = Annotated[User, Depends(get_current_user)]
+LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
 ItemWriter = Annotated[Principal, Security(get_verified_principal, scopes=[Scope.ITEMS_WRITE])]
 AdminPrincipal = Annotated[Principal, Security(get_admin_principal)]
 OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]

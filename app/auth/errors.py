@@ -1,4 +1,4 @@
-from app.core.errors import AppError, Unauthorized
+from app.core.errors import AppError, Conflict, ErrorDetail, Forbidden, Unauthorized
 
 
 class InvalidCredentials(AppError):
@@ -8,6 +8,41 @@ class InvalidCredentials(AppError):
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         super().__init__(message, headers=headers)
         self.status = status
+
+
+class AlreadyRegistered(Conflict):
+    def __init__(self, details: list[ErrorDetail] | None = None) -> None:
+        super().__init__("Username or email is already registered", details=details)
+
+
+class AlreadyVerified(Conflict):
+    def __init__(self) -> None:
+        super().__init__("Your email address is already verified")
+
+
+class AccountDisabled(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("This account is disabled")
+
+
+class EmailNotVerified(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("Verify your email address first")
+
+
+class AdminRequired(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("Administrator role required")
+
+
+class MissingScope(Forbidden):
+    def __init__(self, scopes: list[str]) -> None:
+        super().__init__(f"Missing scope: {' '.join(scopes)}")
+
+
+class MissingPermission(Forbidden):
+    def __init__(self, permission: str) -> None:
+        super().__init__(f"Missing permission: {permission}")
 
 
 class InvalidRefreshToken(Unauthorized):

@@ -6,6 +6,7 @@ from app.auth import events, service, verification
 from app.auth.dependencies import (
     CurrentPrincipal,
     CurrentUser,
+    LoginThrottleDep,
     limit_login,
     limit_password_reset,
     limit_register,
@@ -70,7 +71,7 @@ async def register(
     )
     # After the answer has gone: sign-up never waits on the broker (the outbox sweep sends
     # the welcome mail if this is lost), and the analytics event may be lost.
-    background.add_task(outbox.dispatch, jobs, [welcome_email_id])
+    background.add_task(outbox.dispatch, jobs=jobs, email_ids=[welcome_email_id])
     background.add_task(events.user_signed_up, user_id=user.id)
     return UserPrivate.model_validate(user)
 
@@ -82,11 +83,16 @@ async def login(
     session: SessionDep,
     hasher: HasherDep,
     settings: SettingsDep,
+    throttle: LoginThrottleDep,
     user_agent: Annotated[str | None, Header(max_length=1000)] = None,
 ) -> TokenResponse:
     """Log in with the OAuth2 password form (username or email) for an access/refresh pair."""
     user = await service.authenticate(
-        session=session, hasher=hasher, login=form.username, password=form.password
+        session=session,
+        hasher=hasher,
+        throttle=throttle,
+        login=form.username,
+        password=form.password,
     )
     pair = await service.start_session(
         session=session,
@@ -232,14 +238,17 @@ async def reset_password(
     hub: HubDep,
     settings: SettingsDep,
     hasher: HasherDep,
+    throttle: LoginThrottleDep,
 ) -> None:
-    """Spend a reset token: new password, and every session of the account ends."""
+    """Spend a reset token: new password, and every session of the account ends; the
+    account's failed-login counts start again."""
     await verification.reset_password(
         session=session,
         cache=cache,
         hub=hub,
         settings=settings,
         hasher=hasher,
+        throttle=throttle,
         token=data.token,
         new_password=data.new_password,
     )

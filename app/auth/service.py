@@ -9,18 +9,25 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import principal as principals
-from app.auth.errors import InvalidCredentials, InvalidRefreshToken
+from app.auth.errors import (
+    AccountDisabled,
+    AlreadyRegistered,
+    InvalidCredentials,
+    InvalidRefreshToken,
+)
 from app.auth.models import AuthSession, RefreshToken, Role, User
 from app.auth.permissions import ROLE_SCOPES, grantable_scopes
 from app.auth.principal import Principal
 from app.auth.revocation import EndReason, SessionsEnded, announce
 from app.auth.schemas import RegisterRequest, SuperuserFields
+from app.auth.throttle import LoginThrottle, account_key
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import Conflict, ErrorDetail, Forbidden
+from app.core.errors import ErrorDetail
 from app.core.pubsub import Hub
 from app.core.security import (
+    HasherBusy,
     PasswordHasher,
     create_access_token,
     hash_opaque_token,
@@ -83,8 +90,8 @@ async def _create_user(
         if welcome is not None:
             await session.flush()  # the user's id, for the mail's row
             welcome_email = outbox.queue(
-                session,
-                welcome,
+                session=session,
+                settings=welcome,
                 recipient=user.email,
                 subject=f"Welcome to {welcome.app_name}",
                 template="welcome",
@@ -94,7 +101,7 @@ async def _create_user(
         await session.commit()
     except IntegrityError as exc:  # lost a race with a concurrent registration
         await session.rollback()
-        raise Conflict("Username or email is already registered") from exc
+        raise AlreadyRegistered() from exc
     return user, welcome_email.id if welcome_email is not None else None
 
 
@@ -112,7 +119,7 @@ async def _ensure_available(*, session: AsyncSession, username: str, email: str)
     if any(row.email == email for row in taken):
         details.append(ErrorDetail(field="body.email", message="already registered", type="taken"))
     if details:
-        raise Conflict("Username or email is already registered", details=details)
+        raise AlreadyRegistered(details)
 
 
 async def get_by_login(*, session: AsyncSession, login: str) -> User | None:
@@ -123,17 +130,29 @@ async def get_by_login(*, session: AsyncSession, login: str) -> User | None:
 
 
 async def authenticate(
-    *, session: AsyncSession, hasher: PasswordHasher, login: str, password: str
+    *,
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    throttle: LoginThrottle,
+    login: str,
+    password: str,
 ) -> User:
-    """The user for these credentials; unknown user and wrong password look the same."""
+    """The user for these credentials; unknown user and wrong password look the same (and
+    count against the same kind of failure budget: app.auth.throttle)."""
     user = await get_by_login(session=session, login=login)
-    valid, upgraded_hash = await hasher.verify_and_update(
-        password, user.hashed_password if user else None
-    )
+    attempt = await throttle.attempt(account_key(user_id=user.id if user else None, login=login))
+    try:
+        valid, upgraded_hash = await hasher.verify_and_update(
+            password, user.hashed_password if user else None
+        )
+    except HasherBusy:
+        await throttle.not_checked(attempt)  # a 503 under load is no failed guess
+        raise
     if user is None or not valid:
         raise InvalidCredentials()
+    await throttle.succeeded(attempt)  # the password was right, whatever comes next
     if not user.is_active:
-        raise Forbidden("This account is disabled")
+        raise AccountDisabled()
     if upgraded_hash is not None:  # an old bcrypt (or weaker argon2) hash: store Argon2id now
         user.hashed_password = upgraded_hash
     user.last_login_at = utcnow()
@@ -209,8 +228,8 @@ async def rotate_refresh_token(
         revoked = await revoke_session(
             session=session, session_id=auth_session.id, reason="reuse_detected"
         )
-        await session.commit()
-        await publish_revocations(
+        await commit_and_publish_revocations(
+            session=session,
             cache=cache,
             hub=hub,
             settings=settings,
@@ -270,8 +289,9 @@ async def purge_ended_sessions(*, session: AsyncSession, ended_before: datetime)
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def publish_revocations(
+async def commit_and_publish_revocations(
     *,
+    session: AsyncSession,
     cache: Cache,
     hub: Hub,
     settings: Settings,
@@ -280,9 +300,12 @@ async def publish_revocations(
     reason: EndReason,
     whole_account: bool = False,
 ) -> None:
-    """After the commit: every API process stops accepting these sessions' access tokens and
-    ends the WebSockets and SSE streams they opened; `whole_account` ends every connection of
-    the user, whatever session it holds (the account is disabled or gone)."""
+    """Commit what the caller changed, then make every API process stop accepting these
+    sessions' access tokens and end the WebSockets and SSE streams they opened;
+    `whole_account` ends every connection of the user, whatever session it holds (the account
+    is disabled or gone). Never the other way round: a reader between a tombstone and the
+    commit would load the session, still live in the database, back into the cache."""
+    await session.commit()
     ttl = settings.access_token_expire_minutes * 60 + 60
     await principals.mark_revoked(cache=cache, session_ids=session_ids, ttl=ttl)
     event = SessionsEnded(
@@ -319,8 +342,8 @@ async def logout(
     revoked += await revoke_session(
         session=session, session_id=principal.session_id, reason="logout"
     )
-    await session.commit()
-    await publish_revocations(
+    await commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,
@@ -334,8 +357,8 @@ async def logout_all(
     *, session: AsyncSession, cache: Cache, hub: Hub, settings: Settings, user_id: int
 ) -> None:
     revoked = await revoke_all_sessions(session=session, user_id=user_id, reason="logout_all")
-    await session.commit()
-    await publish_revocations(
+    await commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,
@@ -367,8 +390,9 @@ async def change_password(
         reason="password_changed",
         keep_session_id=current_session_id,
     )
-    await session.commit()  # the new hash and the revocations land together or not at all
-    await publish_revocations(
+    # The new hash and the revocations land together or not at all.
+    await commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,

@@ -11,7 +11,7 @@ from app.jobs.base import JobTask, job
 logger = logging.getLogger(__name__)
 
 
-@job("app.maintenance.purge_sessions")
+@job("app.maintenance.purge_sessions", title="Session purge")
 def purge_sessions(task: JobTask) -> dict[str, Any]:
     """Sessions that ended before the retention cutoff, with their refresh tokens. Idempotent.
 

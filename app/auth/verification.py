@@ -15,12 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import principal as principals
 from app.auth import service as auth_service
+from app.auth.errors import AlreadyVerified
 from app.auth.models import ActionToken, AuthSession, TokenPurpose, User
 from app.auth.revocation import EndReason
+from app.auth.throttle import LoginThrottle, account_key
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import AppError, Conflict
+from app.core.errors import AppError
 from app.core.pubsub import Hub
 from app.core.security import PasswordHasher, hash_opaque_token, new_opaque_token
 from app.email import service as outbox
@@ -90,12 +92,12 @@ async def request_verification(
     *, session: AsyncSession, settings: Settings, jobs: Jobs, user: User
 ) -> None:
     if user.is_verified:
-        raise Conflict("Your email address is already verified")
+        raise AlreadyVerified()
     minutes = settings.email_verify_token_expire_minutes
     link = await _issue(session, settings, user, TokenPurpose.VERIFY_EMAIL, minutes)
     email = outbox.queue(
-        session,
-        settings,
+        session=session,
+        settings=settings,
         recipient=user.email,
         subject=f"Confirm your email address for {settings.app_name}",
         template="verify",
@@ -103,7 +105,7 @@ async def request_verification(
         user_id=user.id,
     )
     await session.commit()
-    await outbox.dispatch(jobs, [email.id])
+    await outbox.dispatch(jobs=jobs, email_ids=[email.id])
 
 
 async def verify_email(*, session: AsyncSession, cache: Cache, token: str) -> None:
@@ -138,8 +140,8 @@ async def request_password_reset(
             minutes = settings.password_reset_token_expire_minutes
             link = await _issue(session, settings, user, TokenPurpose.RESET_PASSWORD, minutes)
             email = outbox.queue(
-                session,
-                settings,
+                session=session,
+                settings=settings,
                 recipient=user.email,
                 subject=f"Reset your {settings.app_name} password",
                 template="reset",
@@ -151,7 +153,7 @@ async def request_password_reset(
                 user_id=user.id,
             )
             await session.commit()
-        await outbox.dispatch(jobs, [email.id])
+        await outbox.dispatch(jobs=jobs, email_ids=[email.id])
     except Exception:
         logger.exception("password reset request failed")
 
@@ -163,10 +165,13 @@ async def reset_password(
     hub: Hub,
     settings: Settings,
     hasher: PasswordHasher,
+    throttle: LoginThrottle,
     token: str,
     new_password: str,
 ) -> None:
-    """Set the password and end every session of the user, in one transaction."""
+    """Set the password and end every session of the user, in one transaction. The link
+    reached the owner's mailbox, so the account's failed logins are forgiven: this is how the
+    owner gets past a global failure budget a stranger has spent."""
     new_hash = await hasher.hash(new_password)  # before the token is spent: it may be slow
     user_id = await _spend(session, token, TokenPurpose.RESET_PASSWORD)
     user = await session.get(User, user_id)
@@ -178,8 +183,8 @@ async def reset_password(
     revoked = await auth_service.revoke_all_sessions(
         session=session, user_id=user_id, reason="password_reset"
     )
-    await session.commit()
-    await auth_service.publish_revocations(
+    await auth_service.commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,
@@ -187,3 +192,4 @@ async def reset_password(
         session_ids=revoked,
         reason=EndReason.PASSWORD_RESET,
     )
+    await throttle.reset(account_key(user_id=user_id, login=user.email))

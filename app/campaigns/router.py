@@ -16,7 +16,7 @@ router = APIRouter(prefix="/campaigns", tags=["email"])
 
 
 async def _read(session: SessionDep, campaign: Campaign) -> CampaignRead:
-    numbers = await service.counts(session, campaign)
+    numbers = await service.counts(session=session, campaign=campaign)
     return CampaignRead(
         id=campaign.id,
         subject=campaign.subject,
@@ -39,7 +39,7 @@ async def create_campaign(
 ) -> CampaignAccepted:
     """Mail every active verified user, or the given users: one mail each, even after a crash."""
     campaign = service.create(
-        session,
+        session=session,
         created_by=admin.id,
         subject=data.subject,
         body_text=data.body_text,
@@ -48,7 +48,7 @@ async def create_campaign(
     )
     await session.flush()
     job = await jobs.enqueue(session, service.RUN_TASK, campaign.id, owner_id=admin.id)
-    await service.remember_job(session, campaign.id, job.id)
+    await service.remember_job(session=session, campaign_id=campaign.id, job_id=job.id)
     return CampaignAccepted(
         **accepted(job).model_dump(),
         campaign_id=campaign.id,
@@ -61,7 +61,9 @@ async def list_campaigns(
     admin: AdminPrincipal, session: SessionDep, page: PageNumber = 1, per_page: PerPage = 20
 ) -> Page[CampaignRead]:
     """Campaigns, newest first, with their counts."""
-    rows, total = await service.list_page(session, offset=(page - 1) * per_page, limit=per_page)
+    rows, total = await service.list_page(
+        session=session, offset=(page - 1) * per_page, limit=per_page
+    )
     items = [await _read(session, row) for row in rows]
     return Page[CampaignRead].build(items, total=total, page=page, per_page=per_page)
 
@@ -71,4 +73,4 @@ async def read_campaign(
     campaign_id: PrimaryKey, admin: AdminPrincipal, session: SessionDep
 ) -> CampaignRead:
     """Progress: total, sent, failed, pending; `completed` when nothing is pending."""
-    return await _read(session, await service.get(session, campaign_id))
+    return await _read(session, await service.get(session=session, campaign_id=campaign_id))

@@ -30,8 +30,8 @@ class CampaignCreate(InputModel):
         default=None,
         min_length=1,
         max_length=10_000,
-        description="Explicit recipients (active users among them); default (left out): every"
-        " active, verified user",
+        description="Explicit recipients (the active, verified users among them); default (left"
+        " out): every active, verified user",
     )
 
 

@@ -42,13 +42,13 @@ class CampaignTask(JobTask):
 
 
 async def _final_counts(session: AsyncSession, campaign_id: int) -> dict[str, Any]:
-    campaign = await service.get(session, campaign_id)
-    numbers = await service.counts(session, campaign)
+    campaign = await service.get(session=session, campaign_id=campaign_id)
+    numbers = await service.counts(session=session, campaign=campaign)
     return {"campaign_id": campaign.id, "total": numbers.total,
             "sent": numbers.sent, "failed": numbers.failed}  # fmt: skip
 
 
-@job(service.RUN_TASK, base=CampaignTask)
+@job(service.RUN_TASK, title="Email campaign", base=CampaignTask)
 def run_campaign(task: JobTask, campaign_id: int) -> dict[str, Any]:
     """List the recipients (once, idempotently), then one send task per pending row."""
     runtime = task.runtime
@@ -71,10 +71,13 @@ def run_campaign(task: JobTask, campaign_id: int) -> dict[str, Any]:
 async def _list_recipients(
     session: AsyncSession, settings: Settings, campaign_id: int, job_id: str
 ) -> tuple[list[int], service.Counts | None]:
-    campaign = await service.get(session, campaign_id)
-    pending = await service.list_recipients(session, settings, campaign, job_id)
-    return pending, await service.record_progress(session, campaign_id)
+    campaign = await service.get(session=session, campaign_id=campaign_id)
+    pending = await service.list_recipients(
+        session=session, settings=settings, campaign=campaign, job_id=job_id
+    )
+    return pending, await service.record_progress(session=session, campaign_id=campaign_id)
 
 
 async def _cancel(session: AsyncSession, campaign_id: int) -> None:
-    await service.cancel(session, await service.get(session, campaign_id))
+    campaign = await service.get(session=session, campaign_id=campaign_id)
+    await service.cancel(session=session, campaign=campaign)

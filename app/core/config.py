@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     """database connections kept open per process"""
     database_max_overflow: int = Field(default=10, ge=0)
     """connections opened beyond the pool under load, per process"""
+    database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """wait for a free pooled connection; past it the request gets 503 with Retry-After"""
 
     jwt_issuer: str = "app"
     """the iss claim of tokens, checked on every token"""
@@ -96,8 +98,27 @@ class Settings(BaseSettings):
     """S3 secret key; usually unset, like STORAGE_S3_ACCESS_KEY_ID"""
     presigned_url_expire_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
     """lifetime of GET /files/{id}/url links (S3 only)"""
+    # Per-user quotas (issue 13 item 7): every live file the user owns counts (uploads, image
+    # outputs, item variants, report files); uploads and image jobs are refused past them.
+    user_storage_quota_bytes: int = Field(default=1024**3, ge=0)
+    """bytes of live files per user; an upload that would pass it gets 413 (admins included)"""
+    user_max_files: int = Field(default=1000, ge=0)
+    """live files per user; an upload past it gets 413 (admins included)"""
     export_batch_size: int = Field(default=1000, ge=1, le=100_000)
     """rows fetched and encoded per batch in exports"""
+    # Streams (exports, file downloads) hold no database connection while the client reads,
+    # but each costs a socket and a task: capped per user, across processes with Redis.
+    max_concurrent_streams_per_user: int = Field(default=3, ge=1)
+    """export and file downloads one user may have running at once; more get 429"""
+    stream_write_timeout_seconds: float = Field(default=60.0, gt=0)
+    """a download whose client reads nothing for this long is cut off"""
+    stream_lease_seconds: float = Field(default=60.0, ge=3)
+    """with Redis, how long a download's slot outlives a dead process"""
+    # Many exports starting at once would otherwise queue their batch queries on the pool
+    # ahead of ordinary requests (measured: 28 starting exports on a pool of 5 pushed other
+    # checkouts past the pool timeout). Keep it below DATABASE_POOL_SIZE.
+    stream_database_concurrency: int = Field(default=2, ge=1)
+    """export batch queries running at once per process; the rest of the pool is for requests"""
 
     # Images (JOBS-4, ITEMS-4). Pillow refuses images above this many pixels (decompression
     # bombs); every step of a pipeline stays under it too. Pillow's own default is ~89M.
@@ -107,6 +128,10 @@ class Settings(BaseSettings):
     """largest source image read from storage or fetched from a URL"""
     image_fetch_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
     """the whole URL fetch of an image source (DNS, redirects, body)"""
+    image_fetch_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """connecting to an image URL's host (each redirect hop)"""
+    image_fetch_read_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """longest silence while reading an image URL's answer"""
     # URL sources may only resolve to public addresses; these CIDRs open an intranet range
     # (cloud metadata addresses stay refused whatever is listed here).
     ssrf_allowed_networks: CommaList = []
@@ -129,14 +154,26 @@ class Settings(BaseSettings):
     """the global per-client rate limit"""
     rate_limit_default: str = "600/minute"
     """requests per client address, every route but /health* and /metrics"""
+    # Per-client limits count per IPv4 address and per IPv6 network of this prefix length: a
+    # host is handed a whole /64, so a limit per IPv6 address gives it 2^64 budgets.
+    rate_limit_ipv6_prefix: int = Field(default=64, ge=32, le=128)
+    """IPv6 clients are rate limited per network of this prefix length (IPv4: per address)"""
     rate_limit_login: str = "10/minute"
     """login attempts per client address"""
+    # Failed logins, not attempts: a success costs nothing, and resets the client's count.
+    # Counted per (account, client), so a stranger's guesses never lock the owner out.
     rate_limit_login_account: str = "5/minute"
-    """login attempts per account"""
+    """failed logins per account from one client address"""
+    # Against guessing from many addresses. When spent, the owner gets in through the password
+    # reset mail: a completed reset starts this count again.
+    rate_limit_login_account_global: str = "50/hour"
+    """failed logins per account from all clients together"""
     rate_limit_register: str = "5/minute"
     """registrations per client address"""
     rate_limit_password_reset: str = "5/hour"
-    """password reset requests per client address"""
+    """password reset and verification mails per client address, and per target address"""
+    rate_limit_test_email: str = "10/hour"
+    """admin test mails per admin (a `to` address also counts against that mailbox's budget)"""
 
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
     # SQLite file under APP_DATA_DIR). Results: the task API reads the `jobs` table, so by
@@ -178,6 +215,15 @@ class Settings(BaseSettings):
     """how long the reconciler waits for live workers to say which jobs they hold"""
     job_reconcile_batch_size: int = Field(default=500, ge=1)
     """most jobs the reconciler looks at per run (oldest first)"""
+    # Fairness (issue 13 item 7): jobs a user may have queued or running at once (PENDING,
+    # STARTED, PROGRESS, RETRY), and of those, image jobs fetching a URL, which run on their own
+    # queue: a user's hung upstreams hold at most that many worker slots.
+    user_max_active_jobs: int = Field(default=5, ge=1)
+    """queued or running jobs per user; one more gets 429 with Retry-After"""
+    user_max_active_url_image_jobs: int = Field(default=1, ge=1)
+    """queued or running image jobs from a URL per user; one more gets 429 with Retry-After"""
+    user_jobs_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    """the Retry-After of a 429 for too many active jobs"""
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
     """worker processes (app worker -c N overrides); unset: the CPU count"""
     # How often the embedded broker's worker looks for new messages (it cannot be woken).
@@ -215,6 +261,18 @@ class Settings(BaseSettings):
     """above this many members of a room in one process, joins and leaves are not broadcast"""
     rate_limit_chat_message: str = "30/10 seconds"
     """chat frames (messages, typing) per user"""
+    # Each connect costs a token check, database reads and, in chat, a join broadcast: counted
+    # before the handshake is accepted (a refusal is an HTTP 429, not an open socket).
+    rate_limit_realtime_connect_user: str = "30/minute"
+    """WebSocket handshakes and SSE connects per user (all processes, with Redis)"""
+    rate_limit_realtime_connect_client: str = "60/minute"
+    """WebSocket handshakes and SSE connects per client address"""
+    rate_limit_chat_presence: str = "10/10 seconds"
+    """presence frames (typing) per chat connection; joins and leaves count as connects"""
+    # After the hub's Redis connection comes back, each live connection reads what it missed
+    # from the database; this many such reads run at once per process.
+    realtime_resync_concurrency: int = Field(default=4, ge=1, le=64)
+    """after a pub/sub reconnect, database catch-up reads running at once per process"""
     notification_relay_interval_seconds: float = Field(default=0.5, gt=0)
     """embedded mode: how often the API looks for notifications stored by other processes"""
     # How long a stopping process gives its WebSockets and SSE streams to close (1001).

@@ -29,6 +29,7 @@ from app.core.ratelimit import Policies, RateLimiter
 from app.core.redis import Redis
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.storage import Storage
+from app.core.streams import StreamLimiter
 
 
 # eq=False: one container is one process's services, compared and hashed by identity (the
@@ -49,6 +50,7 @@ class Services:
     hub: Hub
     storage: Storage
     background: TaskManager
+    streams: StreamLimiter
 
 
 def services_of(connection: HTTPConnection) -> Services:
@@ -88,6 +90,18 @@ async def get_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]
             raise
 
 
+async def get_short_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
+    """`get_session` for routes that stream a body, closed when the route returns (scope
+    "function" below): a request-scoped session lives until the last byte is sent, and its
+    connection with it, so stalled readers could hold the whole pool."""
+    async with services_of(connection).sessionmaker() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+
+
 async def get_hasher(connection: HTTPConnection) -> PasswordHasher:
     return services_of(connection).hasher
 
@@ -111,6 +125,7 @@ async def get_background(connection: HTTPConnection) -> TaskManager:
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+ShortSessionDep = Annotated[AsyncSession, Depends(get_short_session, scope="function")]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 HubDep = Annotated[Hub, Depends(get_hub)]

@@ -13,7 +13,9 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.routing import compile_path
 
 from app.core.request_context import REQUEST_ID_HEADER, request_id_of
@@ -102,8 +104,25 @@ class ServiceUnavailable(AppError):
     status, code = 503, "service_unavailable"
 
 
+class NoResource(NotFound):
+    """A path a route refuses as if it had no route: the same 404 as an unknown URL."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"No resource at {path}")
+
+
+class InvalidCursor(AppError):
+    """A keyset cursor (app.core.pagination) we did not issue, reported like a bad query."""
+
+    status, code = 422, "validation_error"
+
+    def __init__(self) -> None:
+        detail = ErrorDetail(field="query.cursor", message="not a cursor we issued", type="cursor")
+        super().__init__("Invalid request: query.cursor is not valid", details=[detail])
+
+
 def error_response(
-    request: Request,
+    request: HTTPConnection,  # a WebSocket too: a refused handshake answers in the envelope
     *,
     status: int,
     code: str,
@@ -286,11 +305,34 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# Seconds a client should wait when every pooled connection was busy past the pool timeout.
+POOL_RETRY_AFTER = "2"
+
+
+async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
+    """Every pooled connection stayed busy for DATABASE_POOL_TIMEOUT_SECONDS: overload, not a
+    bug, so 503 with Retry-After (it was a 500 with a traceback)."""
+    structlog.stdlib.get_logger("app.errors").warning(
+        "database pool exhausted",
+        request_id=request_id_of(request.scope),
+        method=request.method,
+        path=request.url.path,
+    )
+    return error_response(
+        request,
+        status=503,
+        code="service_unavailable",
+        message="The service is busy; try again soon.",
+        headers={"Retry-After": POOL_RETRY_AFTER},
+    )
+
+
 def install_error_handlers(app: FastAPI, *, max_validation_errors: int = 20) -> None:
     app.add_exception_handler(AppError, _app_error)
     # A database restart is a 503 with Retry-After, like a Redis outage, never a 500.
     for unavailable in (DBAPIError, ConnectionError, socket.gaierror):
         app.add_exception_handler(unavailable, _database_error)
+    app.add_exception_handler(PoolTimeout, _pool_timeout)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(
         RequestValidationError, validation_error_handler(max_validation_errors)

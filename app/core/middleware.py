@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.dependencies import services_in
 from app.core.errors import CODES_BY_STATUS, error_response
+from app.core.limit_keys import client_key
 from app.core.metrics import IN_FLIGHT, LATENCY, REQUESTS
 from app.core.proxy import parse_host
 from app.core.ratelimit import Policy
@@ -129,17 +130,20 @@ class GZipIfAcceptedMiddleware(GZipMiddleware):
 
 
 class RateLimitMiddleware:
-    """The global limit per client address; tighter per-route limits are dependencies."""
+    """The global limit per client (app.core.limit_keys.client_key: an IPv4 address, an IPv6
+    network); tighter per-route limits are dependencies."""
 
-    def __init__(self, app: ASGIApp, *, policy: Policy) -> None:
+    def __init__(self, app: ASGIApp, *, policy: Policy, ipv6_prefix: int = 64) -> None:
         self.app = app
         self.policy = policy
+        self.ipv6_prefix = ipv6_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(UNLIMITED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        decision = await services_in(scope).limiter.hit(self.policy, client_ip_of(scope))
+        client = client_key(client_ip_of(scope), ipv6_prefix=self.ipv6_prefix)
+        decision = await services_in(scope).limiter.hit(self.policy, client)
         if decision is None:  # the store is down and this limit fails open
             await self.app(scope, receive, send)
             return

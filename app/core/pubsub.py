@@ -4,8 +4,9 @@ In embedded mode it is in-process fan-out. With Redis, each process holds one pu
 connection (no socket timeout: it is idle most of the time) read by a background task that
 reconnects with backoff and re-subscribes by itself, and fans messages out to local
 subscribers. Pub/sub delivers at most once: a message published while a process is
-reconnecting is lost to it, so consumers that must not miss anything (notifications) read
-what they missed from the database after a reconnect; `reconnects` counts them for that.
+reconnecting is lost to it, so consumers that must not miss anything (chat messages,
+notifications) register with `on_resubscribed` and read what they missed from the database
+once the subscription is back; `reconnects` counts the losses.
 
 Each local subscriber has a bounded queue: a subscriber that stops reading loses its oldest
 messages instead of growing without end or holding up the others.
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -31,6 +32,7 @@ class Hub(Protocol):
 
     async def publish(self, channel: str, message: bytes) -> None: ...
     def subscribe(self, channel: str) -> "Subscription": ...
+    def on_resubscribed(self, callback: Callable[[], None]) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -66,9 +68,22 @@ class _LocalFanout:
     def __init__(self) -> None:
         self._subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
         self.reconnects = 0
+        self._resubscribed: list[Callable[[], None]] = []
 
     def subscribe(self, channel: str) -> Subscription:
         return Subscription(self, channel)
+
+    def on_resubscribed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (it must not block) each time the subscription is back after a
+        loss: whatever was published meanwhile never reached this process."""
+        self._resubscribed.append(callback)
+
+    def _announce_resubscribed(self) -> None:
+        for callback in self._resubscribed:
+            try:
+                callback()
+            except Exception:  # one consumer's bug must not stop the listener
+                logger.exception("hub resubscribe callback failed")
 
     def _deliver(self, channel: str, message: bytes) -> None:
         for subscription in tuple(self._subscribers.get(channel, ())):
@@ -102,6 +117,7 @@ class RedisHub(_LocalFanout):
         self._listener_client = Redis.from_url(url, socket_timeout=None, socket_connect_timeout=2)
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self._lost = False  # since the last subscribe: messages may have been missed
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen_forever(), name="redis-hub-listener")
@@ -118,6 +134,7 @@ class RedisHub(_LocalFanout):
                 raise
             except (RedisError, OSError) as exc:
                 self.connected.clear()
+                self._lost = True
                 logger.warning("hub lost Redis (%s); reconnecting in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -131,6 +148,10 @@ class RedisHub(_LocalFanout):
             # round trip and nothing is missed between a subscriber arriving and SUBSCRIBE.
             await pubsub.psubscribe(self._prefix + "*")
             self.connected.set()
+            if self._lost:
+                self._lost = False
+                logger.info("hub subscribed to Redis again")
+                self._announce_resubscribed()
             while True:
                 message = await pubsub.get_message(timeout=None)
                 if message is None or message["type"] != "pmessage":

@@ -41,6 +41,7 @@ class Decision:
     limit: int
     remaining: int
     reset_after: float
+    key: str = ""  # the window's counter, for a refund
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -64,6 +65,10 @@ def _bounded(identifier: str) -> str:
     return "sha256:" + hashlib.sha256(identifier.encode(errors="surrogatepass")).hexdigest()
 
 
+def _key(policy: Policy, identifiers: tuple[str, ...], window: int) -> str:
+    return policy.limit.key_for(policy.name, *map(_bounded, identifiers), str(window))
+
+
 class LimiterUnavailable(Exception):
     """The counter store can't be reached and the policy fails closed."""
 
@@ -77,7 +82,7 @@ class RateLimiter:
         period = policy.limit.get_expiry()
         now = time.time()
         window = int(now // period)
-        key = policy.limit.key_for(policy.name, *map(_bounded, identifiers), str(window))
+        key = _key(policy, identifiers, window)
         try:
             count = await self.storage.incr(key, period)
         except (StorageError, RedisError, OSError) as exc:
@@ -92,10 +97,36 @@ class RateLimiter:
             limit=amount,
             remaining=max(0, amount - count),
             reset_after=(window + 1) * period - now,
+            key=key,
         )
         if not decision.allowed:
             RATE_LIMIT_REJECTIONS.labels(policy=policy.name).inc()
         return decision
+
+    async def refund(self, policy: Policy, decision: Decision) -> None:
+        """Give back the hit that made `decision`: a limit on failures counts every attempt
+        up front (concurrent attempts can't all slip under it) and refunds the successes.
+
+        The refund goes to the window the hit was counted in: once that window is over, its
+        key is never read again, so a refund that comes too late changes nothing."""
+        try:
+            await self.storage.incr(decision.key, policy.limit.get_expiry(), amount=-1)
+        except (StorageError, RedisError, OSError) as exc:
+            # The hit stays counted: the limit errs on the strict side.
+            RATE_LIMIT_BACKEND_ERRORS.labels(policy=policy.name).inc()
+            logger.warning("rate limit refund failed for %s: %s", policy.name, exc)
+
+    async def clear(self, policy: Policy, *identifiers: str) -> None:
+        """Start the current window's count for these identifiers again (older windows have
+        expired or will never be read)."""
+        period = policy.limit.get_expiry()
+        window = int(time.time() // period)
+        key = _key(policy, identifiers, window)
+        try:
+            await self.storage.clear(key)
+        except (StorageError, RedisError, OSError) as exc:
+            RATE_LIMIT_BACKEND_ERRORS.labels(policy=policy.name).inc()
+            logger.warning("rate limit clear failed for %s: %s", policy.name, exc)
 
     async def close(self) -> None:
         if isinstance(self.storage, MemoryStorage) and self.storage.timer is not None:
@@ -122,9 +153,14 @@ class Policies:
     default: Policy
     login: Policy
     login_account: Policy
+    login_account_global: Policy
     register: Policy
     password_reset: Policy
+    test_email: Policy
     chat_message: Policy
+    realtime_connect_user: Policy
+    realtime_connect_client: Policy
+    chat_presence: Policy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Policies":
@@ -134,9 +170,20 @@ class Policies:
             login_account=Policy.parse(
                 "login_account", settings.rate_limit_login_account, fail_closed=True
             ),
+            login_account_global=Policy.parse(
+                "login_account_global", settings.rate_limit_login_account_global, fail_closed=True
+            ),
             register=Policy.parse("register", settings.rate_limit_register, fail_closed=True),
             password_reset=Policy.parse(
                 "password_reset", settings.rate_limit_password_reset, fail_closed=True
             ),
+            test_email=Policy.parse("test_email", settings.rate_limit_test_email, fail_closed=True),
             chat_message=Policy.parse("chat_message", settings.rate_limit_chat_message),
+            realtime_connect_user=Policy.parse(
+                "realtime_connect_user", settings.rate_limit_realtime_connect_user
+            ),
+            realtime_connect_client=Policy.parse(
+                "realtime_connect_client", settings.rate_limit_realtime_connect_client
+            ),
+            chat_presence=Policy.parse("chat_presence", settings.rate_limit_chat_presence),
         )

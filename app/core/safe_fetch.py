@@ -160,7 +160,7 @@ async def resolve(url: httpx.URL, allowed: Collection[IPNetwork]) -> Target:
     return Target(url, addresses[0])
 
 
-def pinned_request(target: Target) -> httpx.Request:
+def pinned_request(target: Target, timeout: httpx.Timeout | None = None) -> httpx.Request:
     """A GET to the vetted address that still speaks to the named host (Host, SNI, TLS)."""
     url = target.url
     headers = {
@@ -169,7 +169,13 @@ def pinned_request(target: Target) -> httpx.Request:
         # Raw bytes only: a decompressed body could be far larger than the bytes we counted.
         "Accept-Encoding": "identity",
     }
-    extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
+    extensions: dict[str, object] = (
+        {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
+    )
+    if timeout is not None:
+        # A request built by hand carries no timeout (the client's default is applied only by
+        # build_request): without this, a silent upstream is bounded by time_limit alone.
+        extensions["timeout"] = timeout.as_dict()
     return httpx.Request(
         "GET", url.copy_with(host=str(target.ip)), headers=headers, extensions=extensions
     )
@@ -183,11 +189,15 @@ async def safe_fetch(
     time_limit: float,
     allowed_content_types: Collection[str] | None = None,
     allowed_networks: Collection[IPNetwork] = (),
+    step_timeout: httpx.Timeout | None = None,
 ) -> bytes:
-    """The body of `url`, or FetchRefused / FetchFailed with a message safe to show."""
+    """The body of `url`, or FetchRefused / FetchFailed with a message safe to show.
+    `time_limit` bounds the whole fetch; `step_timeout` (connect, read, ...) each step of it."""
     try:
         async with asyncio.timeout(time_limit):
-            return await _fetch(client, url, max_bytes, allowed_content_types, allowed_networks)
+            return await _fetch(
+                client, url, max_bytes, allowed_content_types, allowed_networks, step_timeout
+            )
     except TimeoutError as exc:
         raise FetchFailed(f"The URL did not answer within {time_limit:g} seconds.") from exc
 
@@ -198,14 +208,17 @@ async def _fetch(
     max_bytes: int,
     allowed_content_types: Collection[str] | None,
     allowed_networks: Collection[IPNetwork],
+    step_timeout: httpx.Timeout | None,
 ) -> bytes:
     current = check_url(url)
     for _hop in range(MAX_REDIRECTS + 1):
         target = await resolve(current, allowed_networks)
         try:
             response = await client.send(
-                pinned_request(target), stream=True, follow_redirects=False
+                pinned_request(target, step_timeout), stream=True, follow_redirects=False
             )
+        except httpx.TimeoutException as exc:
+            raise FetchFailed("The URL did not answer in time.") from exc
         except httpx.TransportError as exc:
             raise FetchFailed("The URL could not be reached.") from exc
         try:
@@ -249,6 +262,8 @@ async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
             body += chunk
             if len(body) > max_bytes:  # a lying or absent Content-Length
                 raise too_large
+    except httpx.TimeoutException as exc:
+        raise FetchFailed("The URL stopped sending its content.") from exc
     except httpx.TransportError as exc:
         raise FetchFailed("The URL's content could not be read.") from exc
     return bytes(body)

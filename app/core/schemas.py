@@ -1,4 +1,4 @@
-"""The project's base model, shared constrained types and the page envelope."""
+"""The project's base model, shared constrained types and the two page envelopes."""
 
 import math
 import re
@@ -75,3 +75,13 @@ class Page(APIModel, Generic[T]):
             has_next=page < total_pages,
             total_pages=total_pages,
         )
+
+
+class CursorPage(APIModel, Generic[T]):
+    """A keyset page (app.core.pagination). A route names its page with a subclass, e.g.
+    `class ItemCursorPage(CursorPage[ItemRead])`, so the OpenAPI schema keeps a readable name
+    (used directly, FastAPI would call it `CursorPage_ItemRead_`); the subclass may restate a
+    field only to describe it for its own listing."""
+
+    items: list[T]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")

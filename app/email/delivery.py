@@ -23,6 +23,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from app.core.config import Settings
+from app.email.errors import ClaimLost, DeliveryError
 
 logger = logging.getLogger("app.email")
 # Records a mail as sent; calls its argument with "is the claim still ours" as soon as the
@@ -39,18 +40,6 @@ _environment = Environment(
     undefined=StrictUndefined,
     keep_trailing_newline=True,
 )
-
-
-class DeliveryError(Exception):
-    """SMTP refused or failed. Permanent (5xx) failures are not retried."""
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-class ClaimLost(Exception):
-    """Another sender took the row over (our lease ran out): this one must not finish."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,21 +7,37 @@ import them: the campaigns package registers these hooks when its tasks module i
 (every worker imports it, app/worker.py).
 """
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
+# Protocols rather than Callable types: the hooks are campaign service functions, which take
+# keyword arguments only, and a Callable type cannot say so.
+class BodyContext(Protocol):
+    """The template context of a campaign's mail."""
+
+    async def __call__(self, *, session: AsyncSession, campaign_id: int) -> dict[str, Any]: ...
+
+
+class RecordProgress(Protocol):
+    """One of the campaign's mails is final (sent, failed or cancelled)."""
+
+    async def __call__(self, *, session: AsyncSession, campaign_id: int) -> object: ...
+
+
+class InProgress(Protocol):
+    """The ids of the campaigns still sending, for the sweep to bring up to date."""
+
+    async def __call__(self, *, session: AsyncSession) -> list[int]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CampaignHooks:
-    # The template context of a campaign's mail.
-    body_context: Callable[[AsyncSession, int], Awaitable[dict[str, Any]]]
-    # One of the campaign's mails is final (sent, failed or cancelled).
-    record_progress: Callable[[AsyncSession, int], Awaitable[object]]
-    # The ids of the campaigns still sending, for the sweep to bring up to date.
-    in_progress: Callable[[AsyncSession], Awaitable[list[int]]]
+    body_context: BodyContext
+    record_progress: RecordProgress
+    in_progress: InProgress
 
 
 _registered: CampaignHooks | None = None

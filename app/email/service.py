@@ -26,9 +26,9 @@ SEND_TASK = "app.email.send"
 
 
 def queue(
+    *,
     session: AsyncSession,
     settings: Settings,
-    *,
     recipient: str,
     subject: str,
     template: str,
@@ -51,7 +51,7 @@ def queue(
     return email
 
 
-async def dispatch(jobs: Jobs, email_ids: list[int]) -> None:
+async def dispatch(*, jobs: Jobs, email_ids: list[int]) -> None:
     """Send the tasks for committed rows. A broker failure is logged, not raised: the rows
     are safe in the database and the sweep sends them later."""
     for email_id in email_ids:
@@ -83,7 +83,9 @@ class Final:
     campaign_id: int | None
 
 
-async def claim(session: AsyncSession, email_id: int, lease_seconds: int) -> Claimed | Busy | Final:
+async def claim(
+    *, session: AsyncSession, email_id: int, lease_seconds: int
+) -> Claimed | Busy | Final:
     now = utcnow()
     token = uuid.uuid4().hex
     result = await session.execute(
@@ -123,7 +125,7 @@ def _claimed(email_id: int, token: str, *statuses: EmailStatus) -> Any:
     return (Email.id == email_id) & (Email.claim == token) & Email.status.in_(statuses)
 
 
-async def mark_sent(session: AsyncSession, email_id: int, token: str) -> bool:
+async def mark_sent(*, session: AsyncSession, email_id: int, token: str) -> bool:
     """Commit "sent" while the message is still unfinished on the wire; False: claim lost."""
     result = await session.execute(
         update(Email)
@@ -134,7 +136,7 @@ async def mark_sent(session: AsyncSession, email_id: int, token: str) -> bool:
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-async def forget_context(session: AsyncSession, email_id: int, template: str) -> None:
+async def forget_context(*, session: AsyncSession, email_id: int, template: str) -> None:
     """Once a mail is final, the single-use link it carried is not kept in the database."""
     if template in SENSITIVE_TEMPLATES:
         await session.execute(update(Email).where(Email.id == email_id).values(context=None))
@@ -142,7 +144,7 @@ async def forget_context(session: AsyncSession, email_id: int, template: str) ->
 
 
 async def release_for_retry(
-    session: AsyncSession, email_id: int, token: str, error: str, retry_at: datetime
+    *, session: AsyncSession, email_id: int, token: str, error: str, retry_at: datetime
 ) -> None:
     """Back to pending after a transient failure (also undoing an early "sent")."""
     await session.execute(
@@ -161,7 +163,7 @@ async def release_for_retry(
 
 
 async def mark_failed(
-    session: AsyncSession, email_id: int, token: str, error: str, template: str
+    *, session: AsyncSession, email_id: int, token: str, error: str, template: str
 ) -> None:
     values: dict[str, Any] = {
         "status": EmailStatus.FAILED,
@@ -179,7 +181,7 @@ async def mark_failed(
     await session.commit()
 
 
-async def due_for_sweep(session: AsyncSession, settings: Settings, *, limit: int) -> list[int]:
+async def due_for_sweep(*, session: AsyncSession, settings: Settings, limit: int) -> list[int]:
     """Rows a lost message or a dead sender left behind: pending well past their due time,
     or claimed by a sender whose lease has run out."""
     now = utcnow()

@@ -15,7 +15,8 @@ from app.core.config import Settings
 from app.core.db import utcnow
 from app.email import delivery
 from app.email import service as outbox
-from app.email.delivery import ClaimLost, DeliveryError, Outgoing
+from app.email.delivery import Outgoing
+from app.email.errors import ClaimLost, DeliveryError
 from app.email.hooks import campaign_hooks, registered
 from app.jobs.base import JobTask, job
 from app.jobs.errors import JobError
@@ -44,14 +45,20 @@ def _deliver(task: JobTask, email_id: int) -> dict[str, Any]:
     if not _send(task, claimed, outgoing, message):
         return {"email_id": email_id, "status": "taken_over"}
     template = outgoing.template
-    task.in_session(lambda session: outbox.forget_context(session, email_id, template))
+    task.in_session(
+        lambda session: outbox.forget_context(session=session, email_id=email_id, template=template)
+    )
     _after(task, claimed.campaign_id)
     return {"email_id": email_id, "status": "sent"}
 
 
 def _claim(task: JobTask, email_id: int) -> outbox.Claimed | outbox.Final:
     lease_seconds = task.runtime.settings.email_lease_seconds
-    claimed = task.in_session(lambda session: outbox.claim(session, email_id, lease_seconds))
+    claimed = task.in_session(
+        lambda session: outbox.claim(
+            session=session, email_id=email_id, lease_seconds=lease_seconds
+        )
+    )
     if isinstance(claimed, outbox.Busy):
         # Another sender is on it (this is a duplicate delivery); look again when its lease
         # ends, in case that sender died.
@@ -66,7 +73,9 @@ def _build(task: JobTask, claimed: outbox.Claimed) -> tuple[Outgoing, EmailMessa
     try:
         if campaign_id is not None:
             body_context = campaign_hooks().body_context
-            context = task.in_session(lambda session: body_context(session, campaign_id))
+            context = task.in_session(
+                lambda session: body_context(session=session, campaign_id=campaign_id)
+            )
             outgoing = replace(outgoing, context=context)
         return outgoing, delivery.build_message(outgoing, task.runtime.settings)
     except Exception as exc:  # a template or header problem: retrying won't fix it
@@ -84,7 +93,7 @@ def _send(
 
     def commit_sent(then: Callable[[bool], None] = lambda _ours: None) -> bool:
         async def step(session: AsyncSession) -> bool:
-            still_ours = await outbox.mark_sent(session, email_id, token)
+            still_ours = await outbox.mark_sent(session=session, email_id=email_id, token=token)
             then(still_ours)  # before the session closes: see delivery._transmit
             return still_ours
 
@@ -124,7 +133,11 @@ def _failed_attempt(task: JobTask, claimed: outbox.Claimed, exc: DeliveryError) 
     retry_at = utcnow() + timedelta(seconds=countdown)
     task.in_session(
         lambda session: outbox.release_for_retry(
-            session, email_id, claimed.claim, str(exc), retry_at
+            session=session,
+            email_id=email_id,
+            token=claimed.claim,
+            error=str(exc),
+            retry_at=retry_at,
         )
     )
     logger.warning(
@@ -138,7 +151,11 @@ def _fail(task: JobTask, claimed: outbox.Claimed, error: str) -> None:
     outgoing = claimed.outgoing
     task.in_session(
         lambda session: outbox.mark_failed(
-            session, outgoing.email_id, claimed.claim, error, outgoing.template
+            session=session,
+            email_id=outgoing.email_id,
+            token=claimed.claim,
+            error=error,
+            template=outgoing.template,
         )
     )
     logger.error(
@@ -151,7 +168,7 @@ def _fail(task: JobTask, claimed: outbox.Claimed, error: str) -> None:
 def _after(task: JobTask, campaign_id: int | None) -> None:
     if campaign_id is not None:
         record_progress = campaign_hooks().record_progress
-        task.in_session(lambda session: record_progress(session, campaign_id))
+        task.in_session(lambda session: record_progress(session=session, campaign_id=campaign_id))
 
 
 # Retries are decided from the row's attempt count (it survives crashes and duplicate
@@ -162,7 +179,7 @@ def send(task: JobTask, email_id: int) -> dict[str, Any]:
     return _deliver(task, email_id)
 
 
-@job("app.email.send_test", max_retries=None)
+@job("app.email.send_test", title="Test email", max_retries=None)
 def send_test(task: JobTask, email_id: int) -> dict[str, Any]:
     """The admin's test mail: the same delivery, with a task row the admin can watch."""
     return _deliver(task, email_id)
@@ -191,11 +208,11 @@ def sweep_outbox(task: JobTask) -> dict[str, Any]:
 
 async def _sweep(session: AsyncSession, settings: Settings) -> tuple[list[int], int]:
     """The rows to send again, after bringing every running campaign's counts up to date."""
-    email_ids = await outbox.due_for_sweep(session, settings, limit=SWEEP_BATCH)
+    email_ids = await outbox.due_for_sweep(session=session, settings=settings, limit=SWEEP_BATCH)
     hooks = registered()
     running: list[int] = []
     if hooks is not None:  # none: this process knows no campaigns, so none is running
-        running = await hooks.in_progress(session)
+        running = await hooks.in_progress(session=session)
         for campaign_id in running:
-            await hooks.record_progress(session, campaign_id)
+            await hooks.record_progress(session=session, campaign_id=campaign_id)
     return email_ids, len(running)

@@ -1,4 +1,4 @@
-from app.core.errors import AppError, NotFound
+from app.core.errors import AppError, ErrorDetail, NotFound
 
 
 class FileNotFound(NotFound):
@@ -34,3 +34,44 @@ class RangeNotSatisfiable(AppError):
     def __init__(self, size: int) -> None:
         super().__init__("The requested range is not satisfiable")
         self.headers = {"Content-Range": f"bytes */{size}"}
+
+
+class QuotaExceeded(AppError):
+    """413, not 507: the service has room, this user has used theirs (507 stays "storage full").
+    The details carry the numbers for clients: the quota, the usage, what is left."""
+
+    status = 413
+
+    def __init__(self, code: str, message: str, numbers: dict[str, int]) -> None:
+        super().__init__(
+            message,
+            details=[
+                ErrorDetail(field=name, message=str(value), type="quota")
+                for name, value in numbers.items()
+            ],
+        )
+        self.code = code
+
+    @classmethod
+    def bytes(cls, quota: int, used: int, size: int, *, cut: bool = False) -> "QuotaExceeded":
+        """`cut`: the read stopped at `size` bytes, the file is at least that large."""
+        left = max(0, quota - used)
+        shown = f"over {size - 1}" if cut else str(size)
+        return cls(
+            "storage_quota_exceeded",
+            f"Storage quota exceeded: the file is {shown} bytes, you use {used} of your "
+            f"{quota} bytes and {left} are left (USER_STORAGE_QUOTA_BYTES). Delete files to "
+            "free space.",
+            {"quota_bytes": quota, "used_bytes": used, "remaining_bytes": left,
+             "file_bytes": size},
+        )  # fmt: skip
+
+    @classmethod
+    def files(cls, quota: int, used: int) -> "QuotaExceeded":
+        left = max(0, quota - used)
+        return cls(
+            "file_count_exceeded",
+            f"File count quota exceeded: you have {used} of your {quota} files and {left} are "
+            "left (USER_MAX_FILES). Delete files to free space.",
+            {"quota_files": quota, "used_files": used, "remaining_files": left},
+        )

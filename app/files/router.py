@@ -6,14 +6,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.dependencies import CurrentPrincipal
 from app.core.config import Settings
-from app.core.dependencies import SessionDep, SettingsDep, StorageDep
+from app.core.dependencies import ServicesDep, SessionDep, SettingsDep, StorageDep
 from app.core.errors import ErrorResponse
 from app.core.storage import Storage
+from app.core.streams import LimitedStreamingResponse
 from app.files import service
-from app.files.dependencies import ReadableFile
+from app.files.dependencies import ReadableFile, StreamableFile
 from app.files.models import StoredFile
+from app.files.quota import quota_for, usage
 from app.files.safety import content_disposition
-from app.files.schemas import FileRead, PresignedURL
+from app.files.schemas import FileRead, PresignedURL, StorageUsage
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -38,7 +40,11 @@ MULTIPART_BODY: dict[str, Any] = {
     }
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "The file is over MAX_UPLOAD_BYTES"},
+    413: {
+        "model": ErrorResponse,
+        "description": "The file is over MAX_UPLOAD_BYTES, or over the owner's storage quota "
+        "(USER_STORAGE_QUOTA_BYTES) or file count (USER_MAX_FILES): see the error's code",
+    },
     415: {
         "model": ErrorResponse,
         "description": "Not multipart/form-data, extension not allowed, or content not matching it",
@@ -54,6 +60,10 @@ _CONTENT: dict[int | str, dict[str, Any]] = {
     206: {"content": _BYTES, "description": "The requested range (one `bytes=` range)"},
     304: {"description": "Not modified (If-None-Match)"},
     416: {"model": ErrorResponse, "description": "Range not satisfiable"},
+    429: {
+        "model": ErrorResponse,
+        "description": "Over MAX_CONCURRENT_STREAMS_PER_USER downloads at once",
+    },
     503: {"model": ErrorResponse, "description": "Storage unavailable"},
 }
 
@@ -77,17 +87,34 @@ async def upload_file(
     return service.file_read(row)
 
 
+@router.get("/usage", response_model=StorageUsage)
+async def storage_usage(
+    owner: CurrentPrincipal, session: SessionDep, settings: SettingsDep
+) -> StorageUsage:
+    """Your storage use and quotas: every live file you own counts (uploads, image outputs,
+    item image variants, report files)."""
+    quota = quota_for(settings)
+    used = await usage(session=session, owner_id=owner.id)
+    return StorageUsage(
+        used_bytes=used.bytes, quota_bytes=quota.max_bytes,
+        remaining_bytes=max(0, quota.max_bytes - used.bytes),
+        used_files=used.files, quota_files=quota.max_files,
+        remaining_files=max(0, quota.max_files - used.files),
+    )  # fmt: skip
+
+
 @router.get("/{file_id}", response_model=FileRead)
 async def read_file(row: ReadableFile, session: SessionDep) -> FileRead:
     """A file's metadata (owner or admin), with the images made from it."""
     variants = await service.variants_of(session=session, file_ids=[row.id])
-    return service.file_read(row, variants[row.id])
+    return service.file_read(row, variants=variants[row.id])
 
 
 @router.get("/{file_id}/content", response_class=StreamingResponse, responses=_CONTENT)
 async def download_file(
-    row: ReadableFile,
-    storage: StorageDep,
+    row: StreamableFile,
+    viewer: CurrentPrincipal,
+    services: ServicesDep,
     range_header: Annotated[str | None, Header(alias="range")] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -99,15 +126,18 @@ async def download_file(
         "Content-Disposition": content_disposition(row.filename),
         "Cache-Control": "private, no-cache",
     }
-    if service.etag_matches(if_none_match, etag):
+    if service.etag_matches(if_none_match=if_none_match, etag=etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    byte_range = service.parse_range(range_header, row.size)
-    chunks = await service.open_content(storage=storage, row=row, byte_range=byte_range)
+    byte_range = service.parse_range(header=range_header, size=row.size)
+    chunks = await service.open_content(storage=services.storage, row=row, byte_range=byte_range)
     headers["Content-Length"] = str(byte_range.end - byte_range.start + 1 if row.size else 0)
     if byte_range.partial:
         headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{row.size}"
-    return StreamingResponse(
+    return LimitedStreamingResponse(
         chunks,
+        limiter=services.streams,
+        user_id=viewer.id,
+        write_timeout=services.settings.stream_write_timeout_seconds,
         status_code=206 if byte_range.partial else 200,
         media_type=row.content_type,
         headers=headers,
@@ -146,5 +176,6 @@ async def _store(
         body=request.stream(),
         content_type=request.headers.get("content-type"),
         max_bytes=settings.max_upload_bytes,
+        quota=quota_for(settings),
         **target,
     )

@@ -39,3 +39,14 @@ class FileRead(APIModel):
 class PresignedURL(APIModel):
     url: str
     expires_in: int = Field(description="Seconds the URL stays valid")
+
+
+class StorageUsage(APIModel):
+    """A user's storage against USER_STORAGE_QUOTA_BYTES and USER_MAX_FILES."""
+
+    used_bytes: int
+    quota_bytes: int
+    remaining_bytes: int
+    used_files: int
+    quota_files: int
+    remaining_files: int

@@ -12,8 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.principal import Principal
 from app.core.db import utcnow
 from app.core.storage import Storage, StorageUnavailable, new_key, storage_error_for
-from app.files.errors import FileNotFound, RangeNotSatisfiable, UnsupportedFileType
+from app.files import quota as quota_of
+from app.files.errors import (
+    FileNotFound,
+    FileTooLarge,
+    QuotaExceeded,
+    RangeNotSatisfiable,
+    UnsupportedFileType,
+)
 from app.files.models import StoredFile
+from app.files.quota import Quota
 from app.files.safety import (
     ALLOWED_EXTENSIONS,
     content_type_for,
@@ -35,23 +43,34 @@ async def upload(
     content_type: str | None,
     max_bytes: int,
     owner_id: int,
+    quota: Quota,
     item_id: int | None = None,
     allowed: Collection[str] = ALLOWED_EXTENSIONS,
 ) -> StoredFile:
-    """Spool, check, store the object, then write the row; on any failure undo what was done."""
+    """Spool, check, store the object, then write the row under the owner's quota lock; on any
+    failure undo what was done."""
+    # A first look without the lock: a user at the quota is refused before sending a byte, and
+    # the read stops as soon as the file passes what is left. The locked check comes last.
+    used = await quota_of.usage(session=session, owner_id=owner_id)
+    room = quota_of.room(quota=quota, used=used)
     temp = storage.temp_path()
     key = new_key()
     stored = False
     try:
         try:
             received = await receive_file(
-                body, content_type=content_type, max_bytes=max_bytes, target=temp
+                body, content_type=content_type, max_bytes=min(max_bytes, room), target=temp
             )
+        except FileTooLarge as exc:
+            if room < max_bytes:
+                raise QuotaExceeded.bytes(quota.max_bytes, used.bytes, room + 1, cut=True) from exc
+            raise
         except OSError as exc:
             raise storage_error_for(exc) from exc
         filename, stored_type = _accepted(received.raw_filename, received.head, allowed)
         await storage.put(key, temp, content_type=stored_type)
         stored = True
+        await quota_of.reserve(session=session, owner_id=owner_id, size=received.size, quota=quota)
         row = StoredFile(
             key=key, filename=filename, content_type=stored_type, size=received.size,
             sha256=received.sha256, owner_id=owner_id, item_id=item_id,
@@ -136,7 +155,7 @@ async def variants_of(
     return found
 
 
-def file_read(row: StoredFile, variants: Sequence[StoredFile] = ()) -> FileRead:
+def file_read(row: StoredFile, *, variants: Sequence[StoredFile] = ()) -> FileRead:
     read = FileRead.model_validate(row)
     read.variants = [
         VariantRead(
@@ -182,7 +201,7 @@ class ByteRange:
     partial: bool
 
 
-def parse_range(header: str | None, size: int) -> ByteRange:
+def parse_range(*, header: str | None, size: int) -> ByteRange:
     """One `bytes=` range; several ranges are answered whole (allowed by RFC 9110)."""
     whole = ByteRange(0, size - 1, partial=False)
     if header is None:
@@ -210,7 +229,7 @@ def etag_of(row: StoredFile) -> str:
     return f'"{row.sha256}"'
 
 
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(*, if_none_match: str | None, etag: str) -> bool:
     if not if_none_match:
         return False
     candidates = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
@@ -234,10 +253,17 @@ async def open_content(
 
 
 async def _chunks(first: bytes, rest: AsyncIterator[bytes] | None) -> AsyncIterator[bytes]:
-    yield first
-    if rest is not None:
-        async for chunk in rest:
-            yield chunk
+    try:
+        yield first
+        if rest is not None:
+            async for chunk in rest:
+                yield chunk
+    finally:
+        # Closing this generator (a download cut off) must close the storage's too, at once,
+        # not when the garbage collector finds it: it holds an open file or S3 response.
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()
 
 
 @dataclass(frozen=True, slots=True)

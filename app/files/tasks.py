@@ -11,7 +11,7 @@ from app.jobs.base import JobTask, job
 logger = logging.getLogger(__name__)
 
 
-@job("app.maintenance.purge_files")
+@job("app.maintenance.purge_files", title="File purge")
 def purge_files(task: JobTask) -> dict[str, Any]:
     """Unlinked files, objects without a row and stale temp files (as `app purge-files`).
     Idempotent: a re-delivery deletes nothing more."""

@@ -32,8 +32,11 @@ class ReceivedFile:
 
 @dataclass
 class _PartState:
-    """What the parser's (synchronous) callbacks collect between two network chunks."""
+    """What the parser's (synchronous) callbacks collect between two network chunks; its
+    `on_*` methods are those callbacks."""
 
+    max_bytes: int
+    hasher: "hashlib._Hash"
     header_field: bytearray = field(default_factory=bytearray)
     header_value: bytearray = field(default_factory=bytearray)
     headers: dict[bytes, bytes] = field(default_factory=dict)
@@ -45,6 +48,59 @@ class _PartState:
     size: int = 0
     head: bytearray = field(default_factory=bytearray)
 
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    # The parser itself caps each part's headers (count and line length): they stay small.
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[bytes(self.header_field).lower()] = bytes(self.header_value)
+        self.header_field.clear()
+        self.header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        disposition = self.headers.get(b"content-disposition", b"").decode("latin-1")
+        _, options = parse_options_header(disposition)
+        if options.get(b"name") == FILE_FIELD and not self.file_done and b"filename" in options:
+            self.in_file = True
+            # Browsers send UTF-8 names as raw bytes; the parser handed them over as latin-1.
+            raw = options[b"filename"]
+            try:
+                self.filename = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.filename = raw.decode("latin-1")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self.in_file:
+            return  # other fields are ignored; the body cap bounds them
+        chunk = data[start:end]
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise FileTooLarge(self.max_bytes)
+        self.hasher.update(chunk)
+        if len(self.head) < SNIFF_BYTES:
+            self.head += chunk[: SNIFF_BYTES - len(self.head)]
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+
+    def on_part_end(self) -> None:
+        if self.in_file:
+            self.in_file = False
+            self.file_done = True
+        self.headers = {}
+
 
 def _boundary(content_type: str | None) -> bytes:
     kind, options = parse_options_header(content_type)
@@ -54,60 +110,6 @@ def _boundary(content_type: str | None) -> bytes:
     if not boundary or len(boundary) > 200:
         raise BadUpload("The multipart body has no valid boundary")
     return boundary
-
-
-def _callbacks(state: _PartState, max_bytes: int, hasher: "hashlib._Hash") -> dict[str, object]:
-    # The parser itself caps each part's headers (count and line length): they stay small.
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state.header_field += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state.header_value += data[start:end]
-
-    def on_header_end() -> None:
-        state.headers[bytes(state.header_field).lower()] = bytes(state.header_value)
-        state.header_field.clear()
-        state.header_value.clear()
-
-    def on_headers_finished() -> None:
-        disposition = state.headers.get(b"content-disposition", b"").decode("latin-1")
-        _, options = parse_options_header(disposition)
-        if options.get(b"name") == FILE_FIELD and not state.file_done and b"filename" in options:
-            state.in_file = True
-            # Browsers send UTF-8 names as raw bytes; the parser handed them over as latin-1.
-            raw = options[b"filename"]
-            try:
-                state.filename = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                state.filename = raw.decode("latin-1")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if not state.in_file:
-            return  # other fields are ignored; the body cap bounds them
-        chunk = data[start:end]
-        state.size += len(chunk)
-        if state.size > max_bytes:
-            raise FileTooLarge(max_bytes)
-        hasher.update(chunk)
-        if len(state.head) < SNIFF_BYTES:
-            state.head += chunk[: SNIFF_BYTES - len(state.head)]
-        state.pending.append(chunk)
-        state.pending_bytes += len(chunk)
-
-    def on_part_end() -> None:
-        if state.in_file:
-            state.in_file = False
-            state.file_done = True
-        state.headers = {}
-
-    return {
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-    }
 
 
 async def _flush(handle: IO[bytes], state: _PartState) -> None:
@@ -123,9 +125,9 @@ async def receive_file(
 ) -> ReceivedFile:
     """Spool the `file` field of a multipart body to `target`; the caller removes `target`."""
     boundary = _boundary(content_type)
-    state = _PartState()
     hasher = hashlib.sha256()
-    parser = MultipartParser(boundary, _callbacks(state, max_bytes, hasher))  # type: ignore[arg-type]
+    state = _PartState(max_bytes, hasher)
+    parser = MultipartParser(boundary, state.callbacks())  # type: ignore[arg-type]
     handle = await anyio.to_thread.run_sync(target.open, "wb")
     try:
         async for chunk in body:

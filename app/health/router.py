@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core import metrics
 from app.core.dependencies import Services, ServicesDep, SettingsDep
-from app.core.errors import NotFound, Unauthorized
+from app.core.errors import NoResource, Unauthorized
 from app.jobs import heartbeat
 from app.jobs.heartbeat import HeartbeatStatus
 
@@ -160,7 +160,7 @@ async def prometheus_metrics(
     (and not at all without a token set): it tells an attacker a lot."""
     if settings.is_production:
         if settings.metrics_token is None:
-            raise NotFound(f"No resource at {request.url.path}")
+            raise NoResource(request.url.path)
         expected = f"Bearer {settings.metrics_token.get_secret_value()}"
         if not secrets.compare_digest((authorization or "").encode(), expected.encode()):
             raise Unauthorized("A metrics token is required")

@@ -18,6 +18,10 @@ router = APIRouter(prefix="/images", tags=["images"])
         404: {"description": "No such file of yours"},
         415: {"description": "The file is not an image"},
         422: {"description": "Invalid operations, or a URL that may not be fetched"},
+        429: {
+            "description": "Too many of your jobs queued or running (USER_MAX_ACTIVE_JOBS, "
+            "USER_MAX_ACTIVE_URL_IMAGE_JOBS); see Retry-After"
+        },
         503: {"description": "The job queue is unavailable"},
     },
 )

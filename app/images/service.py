@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
-from app.core.errors import AppError, ServiceUnavailable
+from app.core.errors import ServiceUnavailable
 from app.core.safe_fetch import (
     FetchFailed,
     FetchRefused,
@@ -22,27 +22,26 @@ from app.core.safe_fetch import (
     safe_fetch,
 )
 from app.core.storage import Storage
-from app.files.errors import FileNotFound, UnsupportedFileType
+from app.files.errors import FileNotFound, QuotaExceeded, UnsupportedFileType
 from app.files.models import StoredFile
+from app.files.quota import Quota, reserve
 from app.files.service import download_url
+from app.images.errors import URLNotAllowed
 from app.images.processing import CONTENT_TYPES, Encoded
 from app.images.schemas import ImageOutput, ProcessJob, ProcessRequest, Thumbnail, VariantSpec
 from app.jobs.errors import JobError
 from app.jobs.models import Job
-from app.jobs.service import Jobs
+from app.jobs.service import Jobs, NameCap
 
 logger = logging.getLogger("app.images")
 PROCESS_TASK = "app.images.process"
+PROCESS_URL_TASK = "app.images.process_url"  # routed to the images_url queue
 # What every item image becomes once uploaded (ITEMS-4); WEBP: small, and every browser has it.
 ITEM_VARIANTS = (
     VariantSpec(name="thumbnail", operations=[Thumbnail(op="thumbnail", size=256)], format="webp"),
     VariantSpec(name="medium", operations=[Thumbnail(op="thumbnail", size=1024)], format="webp"),
 )
 _KEY_NAMESPACE = uuid.UUID("5d3f4c2e-0005-4a1b-9c6e-1a2b3c4d5e6f")
-
-
-class URLNotAllowed(AppError):
-    status, code = 422, "url_not_allowed"
 
 
 # -- the API side ------------------------------------------------------------------------------
@@ -66,9 +65,19 @@ async def start(
             VariantSpec(name=request.variant, operations=request.operations, format=request.format)
         ],
     )
-    return await jobs.enqueue(
-        session, PROCESS_TASK, arguments.model_dump(mode="json"), owner_id=owner_id
+    if url is None:
+        return await jobs.enqueue(
+            session, PROCESS_TASK, arguments.model_dump(mode="json"), owner_id=owner_id
+        )
+    cap = NameCap(
+        limit=settings.user_max_active_url_image_jobs,
+        setting="USER_MAX_ACTIVE_URL_IMAGE_JOBS",
+        what="image jobs from a URL",
     )
+    return await jobs.enqueue(
+        session, PROCESS_URL_TASK, arguments.model_dump(mode="json"), owner_id=owner_id,
+        name_cap=cap,
+    )  # fmt: skip
 
 
 async def _owned_image(session: AsyncSession, file_id: int, owner_id: int) -> StoredFile:
@@ -100,9 +109,11 @@ async def enqueue_item_variants(*, session: AsyncSession, jobs: Jobs, row: Store
         owner_id=row.owner_id, file_id=row.id, item_id=row.item_id, variants=list(ITEM_VARIANTS)
     )
     try:
+        # Uncapped: the upload was accepted, its variants follow (they count while queued).
         job = await jobs.enqueue(
-            session, PROCESS_TASK, arguments.model_dump(mode="json"), owner_id=row.owner_id
-        )
+            session, PROCESS_TASK, arguments.model_dump(mode="json"), owner_id=row.owner_id,
+            capped=False,
+        )  # fmt: skip
     except ServiceUnavailable:
         logger.warning("variants of file %s not queued: the queue is down", row.id)
         return
@@ -121,6 +132,10 @@ async def fetch_source(*, http: httpx.AsyncClient, settings: Settings, url: str)
             url,
             max_bytes=settings.image_max_source_bytes,
             time_limit=settings.image_fetch_timeout_seconds,
+            step_timeout=httpx.Timeout(
+                settings.image_fetch_read_timeout_seconds,
+                connect=settings.image_fetch_connect_timeout_seconds,
+            ),
             allowed_content_types=CONTENT_TYPES,
             allowed_networks=parse_networks(settings.ssrf_allowed_networks),
         )
@@ -145,7 +160,7 @@ async def read_object(*, storage: Storage, key: str, size: int) -> bytes:
     return b"".join([chunk async for chunk in storage.stream(key, 0, size - 1)])
 
 
-def output_key(task_id: str, variant: str) -> str:
+def output_key(*, task_id: str, variant: str) -> str:
     """The same key on every run of a task: a re-delivered task finds what it already stored."""
     name = uuid.uuid5(_KEY_NAMESPACE, f"{task_id}/{variant}").hex
     return f"{name[:2]}/{name}"
@@ -159,9 +174,11 @@ async def store_output(
     variant: str,
     encoded: Encoded,
     task_id: str,
+    quota: Quota | None = None,
 ) -> ImageOutput:
-    """Object first, then its row (as uploads do); idempotent by key."""
-    key = output_key(task_id, variant)
+    """Object first, then its row (as uploads do); idempotent by key. With a quota, an output
+    that does not fit the owner's fails the job with the numbers."""
+    key = output_key(task_id=task_id, variant=variant)
     row = (await session.execute(select(StoredFile).where(StoredFile.key == key))).scalar()
     if row is None:
         temp = storage.temp_path()
@@ -170,6 +187,14 @@ async def store_output(
             await storage.put(key, temp, content_type=encoded.content_type)
         finally:
             temp.unlink(missing_ok=True)  # the S3 backend leaves it where it was
+        if quota is not None:
+            try:
+                await reserve(
+                    session=session, owner_id=job.owner_id, size=len(encoded.data), quota=quota
+                )
+            except QuotaExceeded as exc:
+                await storage.delete(key)
+                raise JobError(exc.message) from exc
         row = _output_row(job, variant, encoded, key)
         session.add(row)
         try:

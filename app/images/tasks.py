@@ -4,6 +4,7 @@ is a PROGRESS step, and a checkpoint where the owner's cancel takes effect."""
 import uuid
 from typing import Any
 
+from app.files.quota import quota_for
 from app.images import service
 from app.images.processing import Encoded, apply, decode, describe, encode
 from app.images.schemas import ImageOutput, ProcessJob, ProcessResult
@@ -11,8 +12,7 @@ from app.jobs.base import JobTask, job
 from app.jobs.runtime import WorkerRuntime
 
 
-@job(service.PROCESS_TASK)
-def process_image(task: JobTask, arguments: dict[str, Any]) -> dict[str, Any]:
+def _process(task: JobTask, arguments: dict[str, Any]) -> dict[str, Any]:
     """Run the variants of one request; Pillow works here, in the pool process, not in a loop."""
     spec = ProcessJob.model_validate(arguments)
     max_pixels = task.runtime.settings.image_max_pixels
@@ -39,6 +39,12 @@ def process_image(task: JobTask, arguments: dict[str, Any]) -> dict[str, Any]:
     return ProcessResult(outputs=outputs).model_dump(mode="json")
 
 
+# One body, two names: a URL source goes to its own queue (images_url), so a hung upstream
+# never holds a slot that stored-file jobs need (USER_MAX_ACTIVE_URL_IMAGE_JOBS caps a user's).
+process_image = job(service.PROCESS_TASK, title="Image processing")(_process)
+process_url_image = job(service.PROCESS_URL_TASK, title="Image processing")(_process)
+
+
 def _read_source(task: JobTask, spec: ProcessJob) -> bytes:
     runtime = task.runtime
     if spec.url is not None:
@@ -54,6 +60,8 @@ def _store(
     task: JobTask, spec: ProcessJob, variant: str, encoded: Encoded, task_id: str
 ) -> ImageOutput:
     storage = task.runtime.storage
+    # An item's own variants are the service's doing, bounded per upload: counted, not refused.
+    quota = quota_for(task.runtime.settings) if spec.item_id is None else None
     return task.in_session(
         lambda session: service.store_output(
             session=session,
@@ -62,6 +70,7 @@ def _store(
             variant=variant,
             encoded=encoded,
             task_id=task_id,
+            quota=quota,
         )
     )
 

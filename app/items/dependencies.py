@@ -7,16 +7,16 @@ from fastapi import Depends
 from app.auth.dependencies import ItemWriter
 from app.auth.permissions import Permission, has_permission
 from app.core.dependencies import SessionDep
-from app.core.errors import Forbidden
 from app.core.schemas import PrimaryKey
 from app.items import service
+from app.items.errors import NotItemOwner
 from app.items.models import Item
 
 
 async def owned_item(item_id: PrimaryKey, user: ItemWriter, session: SessionDep) -> Item:
     item = await service.get_visible(session=session, item_id=item_id, viewer=user)
     if item.owner_id != user.id and not has_permission(user, Permission.MANAGE_ANY_ITEM):
-        raise Forbidden("Only the owner or an admin may change this item")
+        raise NotItemOwner()
     return item
 
 

@@ -1,4 +1,4 @@
-from app.core.errors import AppError, ErrorDetail, NotFound
+from app.core.errors import Forbidden, NotFound
 
 
 class ItemNotFound(NotFound):
@@ -6,9 +6,6 @@ class ItemNotFound(NotFound):
         super().__init__(f"Item {item_id} not found")
 
 
-class InvalidCursor(AppError):
-    status, code = 422, "validation_error"
-
+class NotItemOwner(Forbidden):
     def __init__(self) -> None:
-        detail = ErrorDetail(field="query.cursor", message="not a cursor we issued", type="cursor")
-        super().__init__("Invalid request: query.cursor is not valid", details=[detail])
+        super().__init__("Only the owner or an admin may change this item")

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Request, status
 
 from app.core.dependencies import SessionDep, SettingsDep, StorageDep
 from app.files import service as files
+from app.files.quota import quota_for
 from app.files.router import MULTIPART_BODY, UPLOAD_ERRORS
 from app.files.safety import IMAGE_EXTENSIONS
 from app.files.schemas import FileRead
@@ -39,6 +40,7 @@ async def upload_item_image(
         content_type=request.headers.get("content-type"),
         max_bytes=settings.max_upload_bytes,
         owner_id=item.owner_id,
+        quota=quota_for(settings),
         item_id=item.id,
         allowed=IMAGE_EXTENSIONS,
     )
@@ -51,4 +53,4 @@ async def list_item_images(item: OwnedItem, session: SessionDep) -> list[FileRea
     """An item's images (owner or admin), each with its variants once they are ready."""
     rows = await files.list_for_item(session=session, item_id=item.id)
     variants = await files.variants_of(session=session, file_ids=[row.id for row in rows])
-    return [files.file_read(row, variants[row.id]) for row in rows]
+    return [files.file_read(row, variants=variants[row.id]) for row in rows]

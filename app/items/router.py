@@ -5,9 +5,9 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import WithJsonSchema
 
 from app.auth.dependencies import ItemWriter, OptionalPrincipal
+from app.auth.errors import MissingPermission
 from app.auth.permissions import Permission, has_permission
 from app.core.dependencies import CacheDep, ServicesDep, SessionDep
-from app.core.errors import Forbidden
 from app.core.schemas import OptionalId, Page, PageNumber, PerPage, PrimaryKey, SearchTerm
 from app.items import service
 from app.items.dependencies import OwnedItem
@@ -103,7 +103,7 @@ async def delete_item(
         await service.soft_delete(session=session, cache=cache, item=item)
         return
     if not has_permission(user, Permission.HARD_DELETE_ITEM):
-        raise Forbidden(f"Missing permission: {Permission.HARD_DELETE_ITEM}")
+        raise MissingPermission(Permission.HARD_DELETE_ITEM)
     await service.hard_delete(session=session, cache=cache, item=item)
 
 

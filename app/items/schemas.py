@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, WithJsonSchema
 
-from app.core.schemas import APIModel, CleanStr, InputModel
+from app.core.schemas import APIModel, CleanStr, CursorPage, InputModel
 from app.items.models import Currency
 
 Title = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200)]
@@ -56,6 +56,5 @@ class ItemRead(APIModel):
     deleted_at: datetime | None = Field(description="Set on soft-deleted items (admins only)")
 
 
-class ItemCursorPage(APIModel):
-    items: list[ItemRead]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+class ItemCursorPage(CursorPage[ItemRead]):
+    pass

@@ -1,6 +1,3 @@
-import base64
-import binascii
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -12,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.principal import Principal
 from app.core.cache import Cache, cached
 from app.core.db import utcnow
-from app.core.pagination import order_clauses, paginate
+from app.core.pagination import after_cursor, cursor_page, order_clauses, paginate
 from app.core.schemas import Page
 from app.files import service as files_service
-from app.items.errors import InvalidCursor, ItemNotFound
+from app.items.errors import ItemNotFound
 from app.items.models import Currency, Item
 from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
 
@@ -156,28 +153,9 @@ async def list_after_cursor(
     *, session: AsyncSession, filters: ItemFilters, limit: int, cursor: str | None
 ) -> tuple[Sequence[Item], str | None]:
     """Newest first, keyset on the primary key: page N costs the same as page 1."""
-    statement = filters.apply(select(Item)).order_by(Item.id.desc()).limit(limit + 1)
-    if cursor is not None:
-        statement = statement.where(Item.id < decode_cursor(cursor))
+    statement = after_cursor(filters.apply(select(Item)), Item.id, cursor=cursor, limit=limit)
     rows = (await session.execute(statement)).scalars().all()
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], encode_cursor(rows[limit - 1].id)
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"id": last_id}).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = json.loads(raw)["id"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise InvalidCursor() from exc
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
-        raise InvalidCursor()
-    return value
+    return cursor_page(rows, limit=limit, key=lambda item: item.id)
 
 
 async def update(*, session: AsyncSession, cache: Cache, item: Item, data: ItemUpdate) -> Item:

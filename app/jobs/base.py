@@ -1,7 +1,7 @@
 """The base of every task: its row kept current, the request ID in its logs, progress,
 cancellation at checkpoints, and errors shown to the owner only when they are safe to show.
 
-    @job("app.maintenance.purge_jobs")
+    @job("app.maintenance.purge_jobs", title="Job history purge")
     def purge_jobs(task: JobTask) -> dict[str, Any]:
         cutoff = utcnow() - timedelta(days=task.runtime.settings.job_retention_days)
         jobs = task.in_session(
@@ -54,7 +54,9 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
     # open after its body returns (a campaign, finished by its last mail) says False: the
     # reconciler then looks at its queued row only.
     reconcile_running = True
-    title = "Your task"  # how notifications name it: "Image processing finished"
+    # How the owner's notification names it ("Image processing finished"); `job()` requires it
+    # of every tracked task, so this default is only for a JobTask made some other way.
+    title = "Your task"
 
     @property
     def runtime(self) -> WorkerRuntime:
@@ -106,7 +108,13 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             queue=(request.delivery_info or {}).get("routing_key"),
         )
         return self._record(
-            lambda session: service.mark_started(session, request.id, self.name, owner, delivery),
+            lambda session: service.mark_started(
+                session=session,
+                job_id=request.id,
+                name=self.name,
+                owner_id=owner,
+                delivery=delivery,
+            ),
             "recording the start",
         )
 
@@ -119,7 +127,9 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             return
 
         if self._record(
-            lambda session: service.mark_progress(session, self.request.id, meta),
+            lambda session: service.mark_progress(
+                session=session, job_id=self.request.id, progress=meta
+            ),
             "recording progress",
         ):
             raise Cancelled()
@@ -134,7 +144,9 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
         )
 
         async def finish(session: AsyncSession) -> None:
-            job = await service.mark_finished(session, task_id, state, result=stored, error=error)
+            job = await service.mark_finished(
+                session=session, job_id=task_id, state=state, result=stored, error=error
+            )
             if job is not None:
                 await self.on_finished(session, job.owner_id, task_id, state, stored, error)
 
@@ -157,8 +169,8 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             return
         succeeded = state == JobState.SUCCESS
         await self.runtime.notifications.send_to_user(
-            session,
-            owner_id,
+            session=session,
+            user_id=owner_id,
             kind="job.succeeded" if succeeded else "job.failed",
             title=f"{self.title} {'finished' if succeeded else 'failed'}",
             body="" if succeeded else (error or ""),
@@ -192,9 +204,13 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def job(name: str, **options: Any) -> Callable[[F], F]:
+def job(name: str, *, title: str | None = None, **options: Any) -> Callable[[F], F]:
     """Declare a task: bound (its first argument is the JobTask), on JobTask (or `base=`, a
-    subclass), named."""
+    subclass), named. A tracked task needs a `title`: its owner's notification names it."""
+    if title is not None:
+        options["title"] = title
+    elif options.get("tracked", True):
+        raise TypeError(f"task {name} is tracked: give it a title for its owner's notifications")
 
     def decorate(function: F) -> F:
         options.setdefault("base", JobTask)

@@ -18,17 +18,25 @@ from app.core.config import Settings
 from app.jobs import broker
 
 PUBLISH_TIMEOUT_SECONDS = 2.0
-QUEUES = ("default", "email", "images", "reports", "maintenance")
+DEFAULT_QUEUE = "default"  # tasks whose area has no route
 
 # Task names are "app.<area>.<action>"; the area picks the queue, so a slow report never
 # waits behind a campaign, and workers can be split per queue (`app worker -Q images`).
 ROUTES: dict[str, dict[str, str]] = {
     "app.email.*": {"queue": "email"},
     "app.campaigns.*": {"queue": "email"},
+    # Before app.images.*: image jobs fetching a URL wait on upstreams, not on the CPU, and
+    # get worker slots of their own (issue 13 item 7).
+    "app.images.process_url": {"queue": "images_url"},
     "app.images.*": {"queue": "images"},
     "app.reports.*": {"queue": "reports"},
     "app.maintenance.*": {"queue": "maintenance"},
 }
+# Derived, so a new area edits ROUTES alone: the default queue, then every queue a route names.
+QUEUES: tuple[str, ...] = (
+    DEFAULT_QUEUE,
+    *dict.fromkeys(route["queue"] for route in ROUTES.values()),
+)
 
 RECONCILE_TASK = "app.maintenance.reconcile_jobs"
 
@@ -116,7 +124,7 @@ def make_celery(settings: Settings) -> AppCelery:
         timezone="UTC",
         enable_utc=True,
         task_queues=[Queue(name) for name in QUEUES],
-        task_default_queue="default",
+        task_default_queue=DEFAULT_QUEUE,
         task_routes=ROUTES,
         # Nothing in the app reads Celery's results (the task API reads the `jobs` table), so
         # none are written unless CELERY_RESULT_BACKEND asks: with Redis as the result store,

@@ -19,6 +19,8 @@ class JobState(StrEnum):
 
 
 FINISHED = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
+# Queued or running: what USER_MAX_ACTIVE_JOBS counts (RETRY waits for its next run).
+ACTIVE = frozenset({JobState.PENDING, JobState.STARTED, JobState.PROGRESS, JobState.RETRY})
 
 
 class Job(Base):

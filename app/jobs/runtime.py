@@ -32,6 +32,7 @@ class Notifier(Protocol):
 
     async def send_to_user(
         self,
+        *,
         session: AsyncSession,
         user_id: int,
         kind: str,
@@ -67,7 +68,11 @@ class WorkerRuntime:
         self.engine = create_engine(self.settings)
         self.sessionmaker = create_sessionmaker(self.engine)
         self.storage = create_storage(self.settings)
-        self.jobs = Jobs(self.celery)
+        self.jobs = Jobs(
+            self.celery,
+            max_active_per_owner=self.settings.user_max_active_jobs,
+            retry_after_seconds=self.settings.user_jobs_retry_after_seconds,
+        )
         # With Redis, notifications reach every API process; in embedded mode the API relays
         # them from the database (app/realtime/relay.py), so there is nothing to publish to.
         if _notifier_factory is None:

@@ -14,14 +14,25 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import utcnow
-from app.core.errors import NotFound, ServiceUnavailable
 from app.core.request_context import REQUEST_ID
+from app.core.user_locks import lock_user
 from app.jobs.celery_app import queue_for
-from app.jobs.models import FINISHED, Job, JobState
+from app.jobs.errors import QueueUnavailable, TaskNotFound, TooManyJobs
+from app.jobs.models import ACTIVE, FINISHED, Job, JobState
 
 logger = logging.getLogger("app.jobs")
 # What the owner reads when the reconciler gives a lost job up (app/jobs/reconcile.py).
 LOST_ERROR = "The task was lost when the job queue restarted; submit it again."
+LOCK_SCOPE = "jobs"
+
+
+@dataclass(frozen=True, slots=True)
+class NameCap:
+    """A tighter cap for one kind of job (by task name), on top of USER_MAX_ACTIVE_JOBS."""
+
+    limit: int
+    setting: str  # named in the 429, so an operator knows what to raise
+    what: str  # "image jobs from a URL"
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,9 @@ class Jobs:
     """Sends tasks. The same object serves the API (app.state.jobs) and the worker."""
 
     celery: Celery
+    # USER_MAX_ACTIVE_JOBS; None: no cap (tests of the machinery, internal senders).
+    max_active_per_owner: int | None = None
+    retry_after_seconds: int = 5
 
     async def enqueue(
         self,
@@ -37,6 +51,8 @@ class Jobs:
         *args: Any,
         owner_id: int | None = None,
         countdown: float | None = None,
+        capped: bool = True,
+        name_cap: NameCap | None = None,
     ) -> Job:
         """Record the job, commit it with whatever else the session holds, then send it.
 
@@ -44,7 +60,14 @@ class Jobs:
         yet. If the broker is down the job is marked failed and the caller gets a 503: the
         committed work stays, and anything that must still happen (an outbox row) is found
         again by the maintenance sweep.
+
+        With an owner and `capped`, the owner's active jobs are counted under their lock and
+        one past USER_MAX_ACTIVE_JOBS (or past `name_cap` jobs of this name) is a
+        429. Uncapped jobs (what the service starts itself, like an upload's variants) still
+        count against the cap.
         """
+        if owner_id is not None and capped:
+            await self._check_active(session, owner_id, name, name_cap)
         job = Job(
             id=str(uuid.uuid4()), name=name, owner_id=owner_id, state=JobState.PENDING,
             args=list(args), kwargs={}, queue=queue_for(name),
@@ -59,8 +82,29 @@ class Jobs:
                 JobState.FAILURE, "The task could not be queued.", utcnow()
             )  # fmt: skip
             await session.commit()
-            raise ServiceUnavailable("The job queue is unavailable; try again later.") from exc
+            raise QueueUnavailable() from exc
         return job
+
+    async def _check_active(
+        self, session: AsyncSession, owner_id: int, name: str, name_cap: NameCap | None
+    ) -> None:
+        # Held until the commit that inserts the row: a racing submission counts this one.
+        await lock_user(session=session, user_id=owner_id, scope=LOCK_SCOPE)
+        active = (Job.owner_id == owner_id, Job.state.in_(ACTIVE))
+        limits: list[tuple[int, str, str, ColumnElement[bool] | None]] = []
+        if name_cap is not None:
+            cap = (name_cap.limit, name_cap.what, name_cap.setting, Job.name == name)
+            limits.append(cap)
+        if self.max_active_per_owner is not None:
+            limits.append((self.max_active_per_owner, "jobs", "USER_MAX_ACTIVE_JOBS", None))
+        for limit, what, setting, extra in limits:
+            where = [*active, extra] if extra is not None else list(active)
+            count = (
+                await session.execute(select(func.count()).select_from(Job).where(*where))
+            ).scalar_one()
+            if count >= limit:
+                await session.rollback()
+                raise TooManyJobs(what, limit, setting, self.retry_after_seconds)
 
     async def send(
         self, name: str, *args: Any, task_id: str | None = None, countdown: float | None = None
@@ -82,25 +126,25 @@ class Jobs:
 # -- read by the API -------------------------------------------------------------------------
 
 
-async def get_visible(session: AsyncSession, job_id: str, *, user_id: int, is_admin: bool) -> Job:
+async def get_visible(*, session: AsyncSession, job_id: str, user_id: int, is_admin: bool) -> Job:
     """The job, if the caller owns it or is an admin; anyone else is told it does not exist."""
     job = await session.get(Job, job_id)
     if job is None or not (is_admin or job.owner_id == user_id):
-        raise NotFound(f"Task {job_id} not found")
+        raise TaskNotFound(job_id)
     return job
 
 
 async def list_owned(
-    session: AsyncSession, *, owner_id: int, offset: int, limit: int, name: str | None = None
+    *, session: AsyncSession, owner_id: int, offset: int, limit: int, name: str | None = None
 ) -> tuple[Sequence[Job], int]:
     where = [Job.owner_id == owner_id]
     if name is not None:
         where.append(Job.name == name)
-    return await list_jobs(session, where, offset=offset, limit=limit)
+    return await list_jobs(session=session, where=where, offset=offset, limit=limit)
 
 
 async def list_jobs(
-    session: AsyncSession, where: Sequence[ColumnElement[bool]], *, offset: int, limit: int
+    *, session: AsyncSession, where: Sequence[ColumnElement[bool]], offset: int, limit: int
 ) -> tuple[Sequence[Job], int]:
     """A page of jobs matching `where`, newest first, and how many match in all."""
     total = (
@@ -116,7 +160,7 @@ async def list_jobs(
     return rows.scalars().all(), total
 
 
-async def request_cancel(session: AsyncSession, job: Job) -> Job:
+async def request_cancel(*, session: AsyncSession, job: Job) -> Job:
     """Cancel: a job not started yet never runs; a running one stops at its next checkpoint."""
     if job.state in FINISHED:
         return job
@@ -141,6 +185,7 @@ class Delivery:
 
 
 async def mark_started(
+    *,
     session: AsyncSession,
     job_id: str,
     name: str,
@@ -173,7 +218,7 @@ async def mark_started(
     return True
 
 
-async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
+async def mark_progress(*, session: AsyncSession, job_id: str, progress: dict[str, Any]) -> bool:
     """Record progress; returns whether the owner asked to cancel meanwhile."""
     await session.execute(
         update(Job)
@@ -186,10 +231,10 @@ async def mark_progress(session: AsyncSession, job_id: str, progress: dict[str, 
 
 
 async def mark_finished(
+    *,
     session: AsyncSession,
     job_id: str,
     state: JobState,
-    *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> Job | None:

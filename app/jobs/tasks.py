@@ -17,7 +17,7 @@ logger = logging.getLogger("app.jobs.tasks")
 DELAY_STEP_SECONDS = 0.5
 
 
-@job("app.noop")
+@job("app.noop", title="Test task")
 def noop(task: JobTask, echo: Any = None, delay: float = 0) -> dict[str, Any]:
     """Does nothing: measures the queue (bench) and proves a worker is up (tests, readiness).
 
@@ -38,7 +38,7 @@ def heartbeat(task: JobTask) -> None:
     task.in_session(lambda session: heartbeats.record(session, source))
 
 
-@job("app.maintenance.purge_jobs")
+@job("app.maintenance.purge_jobs", title="Job history purge")
 def purge_jobs(task: JobTask) -> dict[str, Any]:
     """Job rows finished before the retention cutoff (JOBS-6); idempotent, like all
     maintenance: a re-delivery deletes nothing more."""

@@ -11,6 +11,11 @@ class RoomForbidden(Forbidden):
         super().__init__(f"Room {name!r} is for members only")
 
 
+class NotRoomManager(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("Only the room's creator or an admin may add members")
+
+
 class RoomExists(Conflict):
     def __init__(self, name: str) -> None:
         super().__init__(f"Room {name!r} already exists")

@@ -8,6 +8,11 @@ up from the database.
 
 Frames travel as the exact text clients receive, so a message costs one JSON decode per
 process (to read its id for de-duplication), not one per client.
+
+Pub/sub may lose messages while the hub reconnects to Redis. Each subscriber that can catch up
+(chat, notifications) keeps the highest id it was given and a way to read rows after it;
+when the hub is subscribed again every such subscriber reads what it missed from the database,
+in id order, ahead of the live frames that arrive meanwhile, and without those it already had.
 """
 
 import asyncio
@@ -15,7 +20,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from app.core.pubsub import Hub, Subscription
 from app.realtime.leases import ConnectionLeases
@@ -30,6 +35,8 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 
 Frame = tuple[int | None, str]  # (id for de-duplication, or None for events; the text)
+# Stored frames after an id, oldest first (at most a bounded page: see service.CATCH_UP_LIMIT).
+MissedFrames = Callable[[int], Awaitable[list[tuple[int, str]]]]
 
 
 class TooManyConnections(Exception):
@@ -42,8 +49,9 @@ class ShuttingDown(Exception):
 
 
 class Subscriber:
-    __slots__ = ("_frames", "_held", "_ready", "close_code", "close_reason", "closed", "lease",
-                 "limit", "session_id", "user_id")  # fmt: skip
+    __slots__ = ("_catching_up", "_caught_up", "_frames", "_held", "_ready", "close_code",
+                 "close_reason", "closed", "last_id", "lease", "limit", "missed", "session_id",
+                 "user_id")  # fmt: skip
 
     def __init__(self, user_id: int, limit: int, *, session_id: str) -> None:
         self.user_id = user_id
@@ -56,17 +64,32 @@ class Subscriber:
         self.close_reason = ""
         self.closed = asyncio.Event()
         self.lease: str | None = None
+        # The resume point after a hub reconnect: the highest stored id queued for the client.
+        self.last_id: int | None = None
+        self.missed: MissedFrames | None = None
+        # The ids the last catch-up queued: one published late (after its row was read) would
+        # otherwise go out twice. At most one catch-up page.
+        self._caught_up: frozenset[int] = frozenset()
+        self._catching_up = asyncio.Lock()
 
     def offer(self, frame_id: int | None, text: str) -> None:
         """Queue a live frame without waiting; a full buffer closes the subscriber."""
         if self.close_code is not None:
+            return
+        if frame_id is not None and frame_id in self._caught_up:
             return
         buffer = self._held if self._held is not None else self._frames
         if len(buffer) >= self.limit:
             self.close(CLOSE_TRY_AGAIN_LATER, "too slow: send queue full")
             return
         buffer.append((frame_id, text))
+        if buffer is self._frames:
+            self._advance(frame_id)
         self._ready.set()
+
+    def _advance(self, frame_id: int | None) -> None:
+        if frame_id is not None and (self.last_id is None or frame_id > self.last_id):
+            self.last_id = frame_id
 
     def hold(self) -> None:
         """Keep live frames aside while the missed ones are read from the database."""
@@ -74,15 +97,44 @@ class Subscriber:
 
     def put_missed(self, frame_id: int, text: str) -> None:
         """A frame read from the database: its own bound (the catch-up limit), not the live one."""
+        if self.close_code is not None:
+            return
         self._frames.append((frame_id, text))
+        self._advance(frame_id)
         self._ready.set()
 
     def release(self, already_sent: set[int]) -> None:
         """Live frames held during catch-up follow it, minus those the catch-up had."""
         held, self._held = self._held or [], None
+        if already_sent:
+            self._caught_up = frozenset(already_sent)
         for frame_id, text in held:
-            if frame_id is None or frame_id not in already_sent:
-                self.offer(frame_id, text)
+            self.offer(frame_id, text)
+
+    def follow(self, missed: MissedFrames, after_id: int) -> None:
+        """Catch up from `after_id` with `missed` whenever live frames may have been lost."""
+        self.missed = missed
+        if self.last_id is None or after_id > self.last_id:
+            self.last_id = after_id
+
+    async def catch_up(self) -> int:
+        """Queue the stored frames after `last_id`, ahead of the live ones that arrive
+        meanwhile (held, then released minus duplicates); how many were queued."""
+        async with self._catching_up:
+            if self.missed is None or self.last_id is None or self.close_code is not None:
+                self.release(set())
+                return 0
+            if self._held is None:
+                self.hold()
+            sent: set[int] = set()
+            try:
+                for frame_id, text in await self.missed(self.last_id):
+                    if frame_id not in self._caught_up:
+                        self.put_missed(frame_id, text)
+                    sent.add(frame_id)
+            finally:
+                self.release(sent)
+            return len(sent)
 
     async def next(self) -> Frame | None:
         """The next frame to send, or None once the subscriber is closed."""
@@ -115,12 +167,21 @@ class _Channel:
 
 class ConnectionManager:
     def __init__(
-        self, hub: Hub, *, max_per_user: int, leases: ConnectionLeases | None = None
+        self,
+        hub: Hub,
+        *,
+        max_per_user: int,
+        leases: ConnectionLeases | None = None,
+        resync_concurrency: int = 4,
     ) -> None:
         self.hub = hub
         self.max_per_user = max_per_user
         self.leases = leases
         self.stopping = asyncio.Event()
+        self._resync_slots = asyncio.Semaphore(resync_concurrency)
+        self._resyncs: set[asyncio.Task[None]] = set()
+        self.resynced = 0  # catch-ups run after hub reconnects (for tests and operators)
+        hub.on_resubscribed(self.resync)
         self._channels: dict[str, _Channel] = {}
         self._per_user: dict[int, set[Subscriber]] = {}
         self._subscribers: set[Subscriber] = set()
@@ -219,6 +280,29 @@ class ConnectionManager:
         finally:
             await channel.subscription.__aexit__(None, None, None)
 
+    def resync(self) -> None:
+        """The hub is subscribed again after a loss: every subscriber that can catch up reads
+        what was published meanwhile from the database (a few reads at a time)."""
+        for subscriber in tuple(self._subscribers):
+            if subscriber.missed is not None and subscriber.close_code is None:
+                task = asyncio.create_task(self._resync_one(subscriber), name="realtime resync")
+                self._resyncs.add(task)
+                task.add_done_callback(self._resyncs.discard)
+
+    async def _resync_one(self, subscriber: Subscriber) -> None:
+        async with self._resync_slots:
+            if subscriber.close_code is not None:
+                return
+            try:
+                found = await subscriber.catch_up()
+            except Exception as exc:  # the database is down too: the client resumes itself
+                logger.warning("catch-up after hub reconnect failed: %s", exc)
+                subscriber.close(CLOSE_TRY_AGAIN_LATER, "missed messages unavailable; reconnect")
+                return
+            self.resynced += 1
+            if found:
+                logger.info("caught up %d frames after hub reconnect", found)
+
     def stop(self) -> None:
         """Close every subscriber with 1001 and refuse new ones (graceful shutdown)."""
         self.stopping.set()
@@ -234,6 +318,7 @@ class ConnectionManager:
     async def close(self) -> None:
         self.stop()
         tasks = [c.task for c in self._channels.values() if c.task is not None]
+        tasks += self._resyncs
         self._channels.clear()
         for task in tasks:
             task.cancel()

@@ -26,6 +26,10 @@ async def notifications_socket(websocket: WebSocket, rt: RealtimeDep) -> None:
             )
         return [(n.id, n.model_dump_json()) for n in found]
 
+    async def latest() -> int:
+        async with rt.sessionmaker() as session:
+            return await service.latest_notification_id(session=session)
+
     async def on_frame(_subscriber: Subscriber, data: dict[str, object]) -> None:
         raise ws.PolicyViolation("this socket only sends; mark notifications read over REST")
 
@@ -36,4 +40,5 @@ async def notifications_socket(websocket: WebSocket, rt: RealtimeDep) -> None:
         channels=[service.user_channel(user_id), service.BROADCAST_CHANNEL],
         on_frame=on_frame,
         missed=missed,
+        latest=latest,
     )

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 
-from app.core.errors import NotFound
+from app.core.errors import NoResource
 from app.core.static import WholeFileResponse
 
 router = APIRouter(include_in_schema=False)
@@ -28,5 +28,5 @@ async def chat_page() -> WholeFileResponse:
 async def chat_asset(name: str) -> WholeFileResponse:
     media_types = {"chat.js": "text/javascript", "chat.css": "text/css"}
     if name not in media_types:  # a fixed list: no path ever reaches the file system
-        raise NotFound(f"No resource at /chat/{name}")
+        raise NoResource(f"/chat/{name}")
     return WholeFileResponse(STATIC / name, media_type=media_types[name], headers=PAGE_HEADERS)

@@ -97,4 +97,6 @@ async def broadcast(
     data: BroadcastCreate, _admin: AdminPrincipal, session: SessionDep, rt: RealtimeDep
 ) -> NotificationRead:
     """Send a notification to everyone (admin)."""
-    return await rt.notifier.broadcast(session, data.kind, data.title, data.body, data.data)
+    return await rt.notifier.broadcast(
+        session=session, kind=data.kind, title=data.title, body=data.body, data=data.data
+    )

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.pubsub import Hub
-from app.core.ratelimit import Policy, RateLimiter
+from app.core.ratelimit import Policies, RateLimiter
 from app.core.redis import Redis
 from app.realtime.leases import ConnectionLeases
 from app.realtime.manager import ConnectionManager
@@ -26,7 +26,7 @@ class Realtime:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     limiter: RateLimiter
-    message_policy: Policy
+    policies: Policies
     manager: ConnectionManager
     notifier: NotificationService
     relay: NotificationRelay | None
@@ -67,7 +67,7 @@ async def start_realtime(
     cache: Cache,
     sessionmaker: async_sessionmaker[AsyncSession],
     limiter: RateLimiter,
-    message_policy: Policy,
+    policies: Policies,
 ) -> Realtime:
     relay = None
     if settings.redis_url is None:
@@ -81,7 +81,10 @@ async def start_realtime(
         leases.start()
     notifier = NotificationService(hub, on_published=relay.note_published if relay else None)
     manager = ConnectionManager(
-        hub, max_per_user=settings.ws_max_connections_per_user, leases=leases
+        hub,
+        max_per_user=settings.ws_max_connections_per_user,
+        leases=leases,
+        resync_concurrency=settings.realtime_resync_concurrency,
     )
     watch = SessionWatch(
         manager,
@@ -95,7 +98,7 @@ async def start_realtime(
         settings=settings,
         sessionmaker=sessionmaker,
         limiter=limiter,
-        message_policy=message_policy,
+        policies=policies,
         manager=manager,
         notifier=notifier,
         relay=relay,

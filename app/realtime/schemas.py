@@ -3,7 +3,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
-from app.core.schemas import NO_NUL_PATTERN, APIModel, InputModel
+from app.core.schemas import NO_NUL_PATTERN, APIModel, CursorPage, InputModel
 
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 RoomName = Annotated[str, StringConstraints(pattern=ROOM_NAME_PATTERN)]
@@ -45,7 +45,7 @@ class ChatMessageRead(APIModel):
     created_at: datetime
 
 
-class ChatMessagePage(APIModel):
+class ChatMessagePage(CursorPage[ChatMessageRead]):
     items: list[ChatMessageRead] = Field(description="Newest first")
     next_cursor: str | None = Field(description="Pass as `cursor` for older messages; null at end")
 
@@ -62,7 +62,7 @@ class NotificationRead(APIModel):
     created_at: datetime
 
 
-class NotificationPage(APIModel):
+class NotificationPage(CursorPage[NotificationRead]):
     items: list[NotificationRead] = Field(description="Newest first")
     next_cursor: str | None = Field(description="Pass as `cursor` for older ones; null at end")
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import ColumnElement, exists, insert, literal, or_, select
+from sqlalchemy import ColumnElement, exists, func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,13 +19,19 @@ from app.auth.models import User
 from app.auth.principal import Principal
 from app.core.config import Settings
 from app.core.db import BigIntPK, UTCDateTime, utcnow
-from app.core.errors import Forbidden, NotFound
+from app.core.pagination import after_cursor, cursor_page
 from app.core.pubsub import Publisher, create_publisher
-from app.items.service import decode_cursor, encode_cursor
-from app.realtime.errors import NotificationNotFound, RoomExists, RoomForbidden, RoomNotFound
+from app.realtime.errors import (
+    NotificationNotFound,
+    NotRoomManager,
+    RoomExists,
+    RoomForbidden,
+    RoomNotFound,
+)
 from app.realtime.models import ChatMessage, ChatRoom, ChatRoomMember, Notification
 from app.realtime.models import NotificationRead as ReadMark
 from app.realtime.schemas import ChatMessageRead, ChatUser, NotificationRead, RoomCreate
+from app.users.errors import UserNotFound
 
 logger = logging.getLogger("app.realtime")
 CATCH_UP_LIMIT = 1000  # more missed than this: the client pages the rest over REST
@@ -106,9 +112,9 @@ async def add_member(
     *, session: AsyncSession, room: ChatRoom, user_id: int, actor: Principal
 ) -> None:
     if room.created_by != actor.id and not actor.is_admin:
-        raise Forbidden("Only the room's creator or an admin may add members")
+        raise NotRoomManager()
     if await session.get(User, user_id) is None:
-        raise NotFound(f"User {user_id} not found")
+        raise UserNotFound(user_id)
     if await _is_member(session, room, user_id):
         return
     session.add(ChatRoomMember(room_id=room.id, user_id=user_id))
@@ -132,7 +138,7 @@ async def list_rooms(*, session: AsyncSession, principal: Principal) -> Sequence
 async def chat_user(*, session: AsyncSession, user_id: int) -> ChatUser:
     username = await session.scalar(select(User.username).where(User.id == user_id))
     if username is None:
-        raise NotFound(f"User {user_id} not found")
+        raise UserNotFound(user_id)
     return ChatUser(id=user_id, username=username)
 
 
@@ -167,13 +173,11 @@ async def history(
     *, session: AsyncSession, room: ChatRoom, limit: int, cursor: str | None
 ) -> tuple[list[ChatMessageRead], str | None]:
     """Newest first, keyset on the id: an old page costs what the first one does."""
-    statement = _message_rows(room).order_by(ChatMessage.id.desc()).limit(limit + 1)
-    if cursor is not None:
-        statement = statement.where(ChatMessage.id < decode_cursor(cursor))
-    rows = (await session.execute(statement)).all()
-    items = [_message_read(room, message, username) for message, username in rows[:limit]]
-    next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
-    return items, next_cursor
+    statement = after_cursor(_message_rows(room), ChatMessage.id, cursor=cursor, limit=limit)
+    rows, next_cursor = cursor_page(
+        (await session.execute(statement)).all(), limit=limit, key=lambda row: row[0].id
+    )
+    return [_message_read(room, message, username) for message, username in rows], next_cursor
 
 
 async def missed_messages(
@@ -187,6 +191,14 @@ async def missed_messages(
     )
     rows = (await session.execute(statement)).all()
     return [_message_read(room, message, username) for message, username in rows]
+
+
+async def latest_message_id(*, session: AsyncSession, room: ChatRoom) -> int:
+    """Where a client that gave no last id stands: the room's newest message (or 0)."""
+    found = await session.scalar(
+        select(func.max(ChatMessage.id)).where(ChatMessage.room_id == room.id)
+    )
+    return int(found or 0)
 
 
 # -- notifications -------------------------------------------------------------------------
@@ -244,6 +256,7 @@ class NotificationService:
 
     async def send_to_user(
         self,
+        *,
         session: AsyncSession,
         user_id: int,
         kind: str,
@@ -258,6 +271,7 @@ class NotificationService:
 
     async def broadcast(
         self,
+        *,
         session: AsyncSession,
         kind: str,
         title: str,
@@ -303,17 +317,14 @@ async def list_notifications(
             (ReadMark.notification_id == Notification.id) & (ReadMark.user_id == user_id),
         )
         .where(_visible_to(user_id))
-        .order_by(Notification.id.desc())
-        .limit(limit + 1)
     )
     if unread_only:
         statement = statement.where(ReadMark.read_at.is_(None))
-    if cursor is not None:
-        statement = statement.where(Notification.id < decode_cursor(cursor))
-    rows = (await session.execute(statement)).all()
-    items = [notification_read(n, read=read_at is not None) for n, read_at in rows[:limit]]
-    next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
-    return items, next_cursor
+    statement = after_cursor(statement, Notification.id, cursor=cursor, limit=limit)
+    rows, next_cursor = cursor_page(
+        (await session.execute(statement)).all(), limit=limit, key=lambda row: row[0].id
+    )
+    return [notification_read(n, read=read_at is not None) for n, read_at in rows], next_cursor
 
 
 async def missed_notifications(
@@ -331,6 +342,12 @@ async def missed_notifications(
     )
     rows = (await session.execute(statement)).all()
     return [notification_read(n, read=read_at is not None) for n, read_at in rows]
+
+
+async def latest_notification_id(*, session: AsyncSession) -> int:
+    """Where a client that gave no last id stands: the newest notification of anyone's (ids
+    above it are all newer, whoever they are for), read from the primary key."""
+    return int(await session.scalar(select(func.max(Notification.id))) or 0)
 
 
 async def mark_read(*, session: AsyncSession, user_id: int, notification_id: int) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,15 +25,18 @@ from app.auth.permissions import Scope
 from app.auth.principal import Principal
 from app.core.config import Settings
 from app.core.dependencies import services_of
-from app.core.errors import Unauthorized
-from app.core.request_context import set_user_id
+from app.core.errors import Unauthorized, error_response
+from app.core.ratelimit import Decision
+from app.core.request_context import client_ip_of, set_user_id
 from app.core.security import InvalidToken
+from app.realtime.limits import connect_refusal
 from app.realtime.manager import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     CLOSE_UNAUTHORIZED,
+    MissedFrames,
     ShuttingDown,
     Subscriber,
     TooManyConnections,
@@ -40,7 +44,12 @@ from app.realtime.manager import (
 from app.realtime.runtime import Realtime
 
 logger = logging.getLogger("app.realtime")
+CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL_ERROR = 1011
+# Over a connect limit but already accepted (the token came in the first frame, or the server
+# can't send an HTTP denial): the 429 as an application close code.
+CLOSE_RATE_LIMITED = 4429
+DENIAL_EXTENSION = "websocket.http.response"
 # `Sec-WebSocket-Protocol: bearer, <token>`: browsers can't set an Authorization header on a
 # WebSocket, and unlike a query string this header is never written to an access log.
 SUBPROTOCOL = "bearer"
@@ -48,11 +57,27 @@ PONG = '{"type":"pong"}'
 _MAX_REASON_BYTES = 123  # what fits in a close frame
 
 FrameHandler = Callable[[Subscriber, dict[str, Any]], Awaitable[None]]
-MissedFrames = Callable[[int], Awaitable[list[tuple[int, str]]]]
+LatestId = Callable[[], Awaitable[int]]
 
 
 class PolicyViolation(Exception):
     """The client broke the protocol: the connection is closed with 1008."""
+
+    code = CLOSE_POLICY
+
+
+class InvalidFrameData(PolicyViolation):
+    """Text that is not valid Unicode (a lone surrogate from a `\\ud800` escape): 1007.
+
+    Such a str cannot be encoded, so it would fail deep in the database driver or the JSON
+    encoder (a 1011 and a traceback); it is refused where frames are parsed instead."""
+
+    code = CLOSE_INVALID_DATA
+
+
+# A JSON escape of a UTF-16 surrogate: only text with one can decode to a lone surrogate, so
+# only that text pays for the full check (re-encoding what was decoded).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +127,19 @@ def _parse(message: MutableMapping[str, Any]) -> dict[str, Any]:
         data = json.loads(text)
     except ValueError as exc:
         raise PolicyViolation("frames must be JSON") from exc
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:  # paired surrogates decode to one character: fine
+            raise InvalidFrameData("text must be valid Unicode (no lone surrogates)") from exc
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise PolicyViolation("frames must be JSON objects with a type")
     return data
+
+
+def _log_refusal(exc: PolicyViolation) -> None:
+    """One line, no traceback: a client's bad frame is its problem, not a server fault."""
+    logger.info("websocket closed (%d): %s", exc.code, exc)
 
 
 async def close(websocket: WebSocket, code: int, reason: str = "") -> None:
@@ -121,19 +156,68 @@ async def authenticate(websocket: WebSocket, rt: Realtime) -> Authenticated | No
         await websocket.close(CLOSE_POLICY)  # before accepting: the handshake gets 403
         return None
     token, subprotocol = _offered_token(websocket)
+    claimed = _claimed_user(websocket, token)
+    refusal = await connect_refusal(rt, client=client_ip_of(websocket.scope), user_id=claimed)
+    if refusal is not None:
+        await _refuse(websocket, refusal)
+        return None
     await websocket.accept(subprotocol=subprotocol)
     if rt.manager.stopping.is_set():
         await close(websocket, CLOSE_GOING_AWAY, "server shutting down")
         return None
+    auth = await _authenticate_accepted(websocket, rt, token)
+    if auth is not None and claimed is None:
+        # The token came in the first frame: the user's connects are counted only now.
+        refusal = await connect_refusal(rt, client=None, user_id=auth.principal.id)
+        if refusal is not None:
+            await close(websocket, CLOSE_RATE_LIMITED, _too_many(refusal))
+            return None
+    return auth
+
+
+async def _authenticate_accepted(
+    websocket: WebSocket, rt: Realtime, token: str | None
+) -> Authenticated | None:
     try:
         credentials = await _credentials(websocket, rt.settings, token)
     except PolicyViolation as exc:
-        await close(websocket, CLOSE_POLICY, str(exc))
+        _log_refusal(exc)
+        await close(websocket, exc.code, str(exc))
         return None
     if credentials is None:
         return None
     principal = await _verify(websocket, credentials[0])
     return Authenticated(principal, credentials[1]) if principal is not None else None
+
+
+def _claimed_user(websocket: WebSocket, token: str | None) -> int | None:
+    """The user a handshake's token names, if it is one we signed (whether it is still valid
+    is checked after the accept, where a refusal has its own close code)."""
+    if token is None:
+        return None
+    try:
+        return services_of(websocket).token_verifier.decode(token).user_id
+    except InvalidToken:
+        return None
+
+
+def _too_many(decision: Decision) -> str:
+    return f"Too many connections; retry in {decision.headers()['Retry-After']} s"
+
+
+async def _refuse(websocket: WebSocket, decision: Decision) -> None:
+    """Over a connect limit before the accept: an HTTP 429 in the error envelope where the
+    server can answer a handshake with a response (uvicorn can), else accept and close 4429."""
+    message = _too_many(decision)
+    if DENIAL_EXTENSION in websocket.scope.get("extensions", {}):
+        response = error_response(
+            websocket, status=429, code="rate_limited", message=message,
+            headers=decision.headers(),
+        )  # fmt: skip
+        await websocket.send_denial_response(response)
+        return
+    await websocket.accept()
+    await close(websocket, CLOSE_RATE_LIMITED, message)
 
 
 async def _credentials(
@@ -207,7 +291,8 @@ class _Connection:
                 else:
                     await self.on_frame(self.subscriber, data)
         except PolicyViolation as exc:
-            self.subscriber.close(CLOSE_POLICY, str(exc))
+            _log_refusal(exc)
+            self.subscriber.close(exc.code, str(exc))
         except TimeoutError:
             self.subscriber.close(CLOSE_NORMAL, "idle timeout")
         except WebSocketDisconnect:
@@ -228,6 +313,24 @@ class _Connection:
             self.subscriber.close(CLOSE_NORMAL)
 
 
+async def resume(
+    subscriber: Subscriber,
+    missed: MissedFrames | None,
+    latest: LatestId | None,
+    last_id: int | None,
+) -> None:
+    """Between joining the channels (live frames held) and going live: queue what the client
+    missed since `last_id`, and remember where it stands so that what a hub reconnect loses
+    is read from the database too. Without a `last_id` it stands at the newest stored row."""
+    if missed is not None:
+        if last_id is not None:
+            subscriber.follow(missed, last_id)
+            await subscriber.catch_up()
+        elif latest is not None:
+            subscriber.follow(missed, await latest())
+    subscriber.release(set())
+
+
 async def serve(
     websocket: WebSocket,
     rt: Realtime,
@@ -236,6 +339,7 @@ async def serve(
     channels: Sequence[str],
     on_frame: FrameHandler,
     missed: MissedFrames | None = None,
+    latest: LatestId | None = None,
     on_open: Callable[[Subscriber], Awaitable[None]] | None = None,
     on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
@@ -254,15 +358,7 @@ async def serve(
     tasks: list[asyncio.Task[None]] = []
     try:
         await rt.watch.confirm(subscriber)  # closes it if the session ended meanwhile
-        subscriber.hold()
-        for channel in channels:
-            await rt.manager.join(subscriber, channel)
-        sent: set[int] = set()
-        if missed is not None and auth.last_id is not None:
-            for frame_id, text in await missed(auth.last_id):
-                subscriber.put_missed(frame_id, text)
-                sent.add(frame_id)
-        subscriber.release(sent)
+        await _subscribe(rt, subscriber, channels, missed, latest, auth.last_id)
         tasks = [asyncio.create_task(connection.write()), asyncio.create_task(connection.read())]
         if on_open is not None:
             await on_open(subscriber)
@@ -282,3 +378,19 @@ async def serve(
         finally:
             # Last: a graceful shutdown waits for this, so the 1001 has gone out by then.
             rt.manager.unregister(subscriber)
+
+
+async def _subscribe(
+    rt: Realtime,
+    subscriber: Subscriber,
+    channels: Sequence[str],
+    missed: MissedFrames | None,
+    latest: LatestId | None,
+    last_id: int | None,
+) -> None:
+    """Join the channels, then queue what was missed since `last_id`. Live frames are held
+    until then, and those already caught up are dropped, so none is lost or sent twice."""
+    subscriber.hold()
+    for channel in channels:
+        await rt.manager.join(subscriber, channel)
+    await resume(subscriber, missed, latest, last_id)

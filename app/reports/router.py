@@ -36,7 +36,7 @@ async def list_reports(
 ) -> Page[TaskRead]:
     """Report tasks by any admin and the scheduled daily ones, newest first."""
     rows, total = await service.list_report_jobs(
-        session, offset=(page - 1) * per_page, limit=per_page
+        session=session, offset=(page - 1) * per_page, limit=per_page
     )
     return Page[TaskRead].build(
         [TaskRead.model_validate(row) for row in rows], total=total, page=page, per_page=per_page

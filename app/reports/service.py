@@ -30,7 +30,7 @@ class ActivityReport:
     summary: ActivitySummary
 
 
-def utc_day(column: InstrumentedAttribute[datetime], dialect: str) -> ColumnElement[str]:
+def utc_day(*, column: InstrumentedAttribute[datetime], dialect: str) -> ColumnElement[str]:
     """'YYYY-MM-DD' of a UTC timestamp. SQLite stores our timestamps as UTC text; PostgreSQL
     holds timestamptz, rendered in the session's time zone unless converted explicitly."""
     if dialect == "postgresql":
@@ -38,7 +38,7 @@ def utc_day(column: InstrumentedAttribute[datetime], dialect: str) -> ColumnElem
     return func.strftime("%Y-%m-%d", column)
 
 
-def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
+def day_bounds(*, start: date, end: date) -> tuple[datetime, datetime]:
     """[start 00:00 UTC, the day after end 00:00 UTC): the range as a half-open interval."""
     return (
         datetime.combine(start, time.min, tzinfo=UTC),
@@ -48,12 +48,12 @@ def day_bounds(start: date, end: date) -> tuple[datetime, datetime]:
 
 async def activity(*, session: AsyncSession, start: date, end: date) -> ActivityReport:
     dialect = session.get_bind().dialect.name
-    since, until = day_bounds(start, end)
+    since, until = day_bounds(start=start, end=end)
 
     def per_day(
         column: InstrumentedAttribute[datetime], counted: ColumnElement[int]
     ) -> Select[str, int]:
-        day = utc_day(column, dialect).label("day")
+        day = utc_day(column=column, dialect=dialect).label("day")
         return select(day, counted).where(column >= since, column < until).group_by(day)
 
     queries = {
@@ -96,7 +96,7 @@ async def activity(*, session: AsyncSession, start: date, end: date) -> Activity
     return ActivityReport(days=days, summary=summary)
 
 
-async def first_superuser_id(session: AsyncSession) -> int | None:
+async def first_superuser_id(*, session: AsyncSession) -> int | None:
     """Who owns the scheduled daily report: the oldest active superuser, if there is one."""
     return (
         await session.execute(
@@ -109,9 +109,9 @@ async def first_superuser_id(session: AsyncSession) -> int | None:
 
 
 async def list_report_jobs(
-    session: AsyncSession, *, offset: int, limit: int
+    *, session: AsyncSession, offset: int, limit: int
 ) -> tuple[Sequence[Job], int]:
     """Every report task, whoever started it (admins only see this list)."""
     return await jobs_service.list_jobs(
-        session, [Job.name.in_(REPORT_TASKS)], offset=offset, limit=limit
+        session=session, where=[Job.name.in_(REPORT_TASKS)], offset=offset, limit=limit
     )

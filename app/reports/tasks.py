@@ -19,12 +19,12 @@ logger = logging.getLogger(__name__)
 STEPS = 1 + len(output.FORMATS)  # counting, then one per format
 
 
-@job("app.reports.activity")
+@job("app.reports.activity", title="Activity report")
 def activity_report(task: JobTask, owner_id: int, start: str, end: str) -> dict[str, Any]:
     return _build(task, owner_id, date.fromisoformat(start), date.fromisoformat(end))
 
 
-@job("app.reports.daily")
+@job("app.reports.daily", title="Daily activity report")
 def daily_report(task: JobTask) -> dict[str, Any]:
     """Yesterday (UTC), owned by the first superuser: the one account sure to be an admin."""
     job_id = task.request.id
@@ -34,7 +34,7 @@ def daily_report(task: JobTask) -> dict[str, Any]:
 
 
 async def _give_to_first_superuser(session: AsyncSession, job_id: str) -> int:
-    owner_id = await service.first_superuser_id(session)
+    owner_id = await service.first_superuser_id(session=session)
     if owner_id is None:
         raise JobError("No active superuser to own the daily report.")
     # Beat sent it without an owner; the row now shows in the superuser's task list.

@@ -26,7 +26,11 @@ async def list_tasks(
 ) -> Page[TaskRead]:
     """Your tasks, newest first."""
     rows, total = await service.list_owned(
-        session, owner_id=principal.id, offset=(page - 1) * per_page, limit=per_page, name=name
+        session=session,
+        owner_id=principal.id,
+        offset=(page - 1) * per_page,
+        limit=per_page,
+        name=name,
     )
     return Page[TaskRead].build(
         [TaskRead.model_validate(row) for row in rows], total=total, page=page, per_page=per_page
@@ -37,7 +41,7 @@ async def list_tasks(
 async def read_task(task_id: TaskId, session: SessionDep, principal: CurrentPrincipal) -> TaskRead:
     """State, progress, result or a safe error message. Someone else's task is 404."""
     job = await service.get_visible(
-        session, task_id, user_id=principal.id, is_admin=principal.is_admin
+        session=session, job_id=task_id, user_id=principal.id, is_admin=principal.is_admin
     )
     return TaskRead.model_validate(job)
 
@@ -48,6 +52,6 @@ async def cancel_task(
 ) -> TaskRead:
     """Cancel: a queued task never runs; a running one stops at its next checkpoint."""
     job = await service.get_visible(
-        session, task_id, user_id=principal.id, is_admin=principal.is_admin
+        session=session, job_id=task_id, user_id=principal.id, is_admin=principal.is_admin
     )
-    return TaskRead.model_validate(await service.request_cancel(session, job))
+    return TaskRead.model_validate(await service.request_cancel(session=session, job=job))

@@ -5,6 +5,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import service as auth_service
+from app.auth.errors import MissingPermission
 from app.auth.models import AuthSession, Role, User
 from app.auth.permissions import Permission, has_permission
 from app.auth.principal import Principal
@@ -12,10 +13,9 @@ from app.auth.revocation import EndReason
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.core.errors import Forbidden
 from app.core.pagination import order_clauses, paginate
 from app.core.pubsub import Hub
-from app.users.errors import UserNotFound
+from app.users.errors import CannotDeleteSelf, CannotDemoteSelf, UserNotFound
 from app.users.schemas import UserAdminUpdate, UserSelfUpdate
 
 UserOrder = Literal[
@@ -74,9 +74,9 @@ def _check_may_manage(actor: Principal, target: User, data: UserAdminUpdate) -> 
     privileged = (Role.ADMIN, Role.SUPERUSER)
     touches_privileged = target.role in privileged or data.role in privileged
     if touches_privileged and not has_permission(actor, Permission.GRANT_PRIVILEGED_ROLES):
-        raise Forbidden(f"Missing permission: {Permission.GRANT_PRIVILEGED_ROLES}")
+        raise MissingPermission(Permission.GRANT_PRIVILEGED_ROLES)
     if actor.id == target.id and (data.role not in (None, actor.role) or data.is_active is False):
-        raise Forbidden("You cannot change your own role or deactivate yourself")
+        raise CannotDemoteSelf()
 
 
 async def admin_update(
@@ -103,9 +103,9 @@ async def admin_update(
     revoked = await auth_service.revoke_all_sessions(
         session=session, user_id=target.id, reason="account_changed"
     )
-    await session.commit()
     disabled = data.is_active is False
-    await auth_service.publish_revocations(
+    await auth_service.commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,
@@ -149,9 +149,9 @@ async def hard_delete(
     target: User,
 ) -> None:
     if not has_permission(actor, Permission.HARD_DELETE_USER):
-        raise Forbidden(f"Missing permission: {Permission.HARD_DELETE_USER}")
+        raise MissingPermission(Permission.HARD_DELETE_USER)
     if actor.id == target.id:
-        raise Forbidden("You cannot delete yourself")
+        raise CannotDeleteSelf()
     # The row lock holds back a concurrent login (its session's foreign key waits on it), so
     # the sessions listed here are all the cascade removes: each gets a tombstone below.
     await session.execute(select(User.id).where(User.id == target.id).with_for_update())
@@ -166,10 +166,10 @@ async def hard_delete(
     ).scalars()
     session_ids = list(live)
     await session.execute(delete(User).where(User.id == target.id))
-    await session.commit()
     # Without tombstones the sessions' cached snapshots would keep the tokens working (on
     # rows that are gone) until they expire.
-    await auth_service.publish_revocations(
+    await auth_service.commit_and_publish_revocations(
+        session=session,
         cache=cache,
         hub=hub,
         settings=settings,

@@ -2,14 +2,13 @@
 
 import asyncio
 
-import anyio
 import httpx
 from fastapi import FastAPI
 
 from app.auth.models import Role
-from tests.core.test_errors import assert_envelope
-from tests.core.test_metrics import sample
-from tests.factories import Factory
+from tests.support.assertions import assert_envelope, sample
+from tests.support.factories import Factory
+from tests.support.waiting import eventually_async
 
 URL = "/api/v1/admin/background-tasks"
 
@@ -58,18 +57,19 @@ async def test_job_gauges_show_waiting_messages_and_job_states(
                 await app.state.jobs.enqueue(session, "app.noop", n, owner_id=owner.id)
         await app.state.jobs.send("app.images.process", 1)  # no row: the images queue
 
-        text = ""
-        with anyio.move_on_after(10):
-            while True:
-                text = (await client.get("/metrics")).text
-                if (
-                    sample(text, "jobs_queue_depth", {"queue": "default"}) == 3
-                    and sample(text, "jobs_queue_depth", {"queue": "images"}) == 1
-                    and sample(text, "jobs_queue_depth", {"queue": "email"}) == 1
-                    and sample(text, "jobs_by_state", {"state": "PENDING"}) == 3
-                ):
-                    break
-                await anyio.sleep(0.05)
+        async def gauges_show_the_queues() -> str | None:
+            text = (await client.get("/metrics")).text
+            queued = (
+                sample(text, "jobs_queue_depth", {"queue": "default"}) == 3
+                and sample(text, "jobs_queue_depth", {"queue": "images"}) == 1
+                and sample(text, "jobs_queue_depth", {"queue": "email"}) == 1
+                and sample(text, "jobs_by_state", {"state": "PENDING"}) == 3
+            )
+            return text if queued else None
+
+        text = await eventually_async(
+            gauges_show_the_queues, timeout=10, what=f"queue gauges ({shared_state})"
+        )
         assert sample(text, "jobs_queue_depth", {"queue": "default"}) == 3, shared_state
         assert sample(text, "jobs_queue_depth", {"queue": "images"}) == 1
         assert sample(text, "jobs_queue_depth", {"queue": "email"}) == 1  # the welcome mail

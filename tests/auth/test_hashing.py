@@ -8,9 +8,9 @@ from sqlalchemy import select
 
 from app.auth.models import User
 from app.core.security import HasherBusy, PasswordHasher
-from tests.conftest import BuildClient
-from tests.core.test_errors import assert_envelope
-from tests.factories import DEFAULT_PASSWORD, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import DEFAULT_PASSWORD, Factory
+from tests.support.settings import BuildClient
 
 
 async def test_old_bcrypt_hash_verifies_and_is_upgraded(

@@ -5,9 +5,9 @@ import httpx
 import jwt
 
 from app.auth.models import Role
-from tests.conftest import TEST_SECRET
-from tests.core.test_errors import assert_envelope
-from tests.factories import DEFAULT_PASSWORD, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import DEFAULT_PASSWORD, Factory
+from tests.support.settings import TEST_SECRET
 
 
 async def test_login_by_username_or_email(client: httpx.AsyncClient, factory: Factory) -> None:

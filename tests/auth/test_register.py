@@ -1,8 +1,8 @@
 import httpx
 import pytest
 
-from tests.core.test_errors import assert_envelope
-from tests.factories import DEFAULT_PASSWORD, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import DEFAULT_PASSWORD, Factory
 
 
 def body(**overrides: str) -> dict[str, str]:

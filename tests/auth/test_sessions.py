@@ -6,8 +6,8 @@ import httpx
 from sqlalchemy import select
 
 from app.auth.models import AuthSession, Role
-from tests.core.test_errors import assert_envelope
-from tests.factories import DEFAULT_PASSWORD, Account, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import DEFAULT_PASSWORD, Account, Factory
 
 
 async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:

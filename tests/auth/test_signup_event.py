@@ -5,8 +5,8 @@ import logging
 import httpx
 import pytest
 
-from tests.core.test_metrics import sample
-from tests.factories import Factory
+from tests.support.assertions import sample
+from tests.support.factories import Factory
 
 
 async def test_a_sign_up_logs_an_event_and_counts_it(

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from app.auth.models import AuthSession, RefreshToken
 from app.core.db import utcnow
-from tests.factories import Factory
-from tests.plugins.workers import JobsStack, run_by_name
+from tests.support.factories import Factory
+from tests.support.workers import JobsStack, run_by_name
 
 
 async def test_purge_sessions_removes_ended_sessions_and_their_refresh_tokens(

@@ -18,9 +18,9 @@ from app.core.security import (
     InvalidToken,
     create_access_token,
 )
-from tests.conftest import TEST_SECRET, make_settings
-from tests.core.test_errors import assert_envelope
-from tests.factories import Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Factory
+from tests.support.settings import TEST_SECRET, make_settings
 
 
 def claims_of(token: str) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from sqlalchemy import select, update
 from app.auth.models import ActionToken
 from app.core.db import utcnow
 from app.email.models import Email
-from tests.conftest import BuildClient
-from tests.factories import Factory
+from tests.support.factories import Factory
+from tests.support.settings import BuildClient
 
 
 async def _last_link(app: FastAPI, recipient: str, template: str) -> str:

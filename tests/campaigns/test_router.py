@@ -2,7 +2,7 @@
 
 import httpx
 
-from tests.factories import Factory
+from tests.support.factories import Factory
 
 
 async def test_campaigns_are_for_admins_and_validated(

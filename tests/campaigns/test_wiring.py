@@ -6,7 +6,7 @@ from pathlib import Path
 from app.campaigns import service
 from app.email import hooks
 from app.worker import TASK_MODULES, create_worker_celery
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 def test_a_worker_has_the_campaign_task_under_its_old_name_and_queue(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import ssl
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+
+from tests.support.waiting import eventually
 
 T = TypeVar("T")
 
@@ -111,16 +112,9 @@ def _run(command: Sequence[str], *, check: bool, timeout: float) -> str:
     return result.stdout
 
 
-def wait_for(condition: Callable[[], T | bool | None], timeout: float, what: str) -> T:
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str) -> T:
     """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(POLL_INTERVAL)
+    return eventually(condition, timeout=timeout, what=what, interval=POLL_INTERVAL)
 
 
 def login(client: httpx.Client, username: str, password: str) -> str:
@@ -160,8 +154,8 @@ def job_state(client: httpx.Client, token: str, task_id: str) -> str:
 def wait_jobs_succeed(client: httpx.Client, token: str, task_ids: Sequence[str]) -> None:
     """Every task reaches SUCCESS (a FAILURE or REVOKED fails at once, with its error)."""
     pending = set(task_ids)
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while pending:
+
+    def all_succeeded() -> bool:
         for task_id in sorted(pending):
             response = client.get(f"/api/v1/tasks/{task_id}", headers=bearer(token))
             assert response.status_code == 200, response.text
@@ -169,9 +163,11 @@ def wait_jobs_succeed(client: httpx.Client, token: str, task_ids: Sequence[str])
             if task["state"] == "SUCCESS":
                 pending.discard(task_id)
             elif task["state"] in {"FAILURE", "REVOKED"}:
-                pytest.fail(f"task {task_id} ended {task['state']}: {task}")
-        if pending and time.monotonic() > deadline:
-            states = {task_id: job_state(client, token, task_id) for task_id in pending}
-            pytest.fail(f"tasks not done after {JOB_TIMEOUT:.0f} s: {states}")
-        if pending:
-            time.sleep(0.5)
+                pytest.fail(f"task {task_id} ended {task['state']}: {task}")  # not retried
+        return not pending
+
+    try:
+        eventually(all_succeeded, timeout=JOB_TIMEOUT, interval=0.5, what="every task to succeed")
+    except AssertionError as exc:
+        states = {task_id: job_state(client, token, task_id) for task_id in pending}
+        pytest.fail(f"{exc}; still pending: {states}")

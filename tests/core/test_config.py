@@ -5,7 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.core.config import Settings
-from tests.conftest import TEST_SECRET
+from tests.support.settings import TEST_SECRET
 
 
 def build(**values: Any) -> Settings:

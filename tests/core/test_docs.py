@@ -3,7 +3,7 @@ from pathlib import Path
 import httpx
 
 from app.main import create_app
-from tests.conftest import TEST_SECRET, make_settings
+from tests.support.settings import TEST_SECRET, make_settings
 
 
 async def test_docs_are_served_without_a_cdn(client: httpx.AsyncClient) -> None:

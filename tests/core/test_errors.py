@@ -8,22 +8,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.servers import free_port
-
-ENVELOPE_KEYS = {"status", "code", "message", "details", "request_id", "timestamp", "path"}
-
-
-def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
-    assert set(error) == ENVELOPE_KEYS
-    assert error["status"] == status
-    assert error["code"] == code
-    assert error["request_id"] == response.headers["x-request-id"]
-    assert error["path"] == response.request.url.path
-    assert error["timestamp"].endswith("Z")
-    return dict(error)
+from tests.support.assertions import assert_envelope
+from tests.support.processes import free_port
 
 
 async def test_unknown_path_is_404_envelope(client: httpx.AsyncClient) -> None:

@@ -12,7 +12,7 @@ from app.core.db import utcnow
 from app.core.storage import LocalStorage
 from app.jobs import heartbeat
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 async def test_liveness(client: httpx.AsyncClient) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from app.core.errors import AppError
 from app.core.http import UpstreamTimeout, UpstreamUnavailable, create_http_client, fetch
-from tests.servers import free_port
+from tests.support.processes import free_port
 
 
 @pytest.fixture

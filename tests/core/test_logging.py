@@ -8,8 +8,8 @@ import pytest
 import structlog
 
 from app.core.logging import configure_logging
-from tests.conftest import BuildClient, make_settings
-from tests.factories import Factory
+from tests.support.factories import Factory
+from tests.support.settings import BuildClient, make_settings
 
 
 @pytest.fixture

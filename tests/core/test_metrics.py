@@ -2,18 +2,10 @@ import shutil
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from tests.conftest import TEST_SECRET, BuildClient, make_settings
-
-
-def sample(text: str, name: str, labels: dict[str, str]) -> float:
-    for family in text_string_to_metric_families(text):
-        for metric in family.samples:
-            if metric.name == name and all(metric.labels.get(k) == v for k, v in labels.items()):
-                return float(metric.value)
-    return 0.0
+from tests.support.assertions import sample
+from tests.support.settings import TEST_SECRET, BuildClient, make_settings
 
 
 async def test_requests_are_counted_by_route_template(build_client: BuildClient) -> None:

@@ -11,10 +11,11 @@ from fastapi.responses import StreamingResponse
 from websockets.asyncio.client import connect
 
 from app.main import create_app
-from tests.conftest import BuildClient, make_settings
-from tests.core.test_errors import assert_envelope
-from tests.factories import Factory
-from tests.servers import free_port
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Factory
+from tests.support.processes import free_port
+from tests.support.settings import BuildClient, make_settings
+from tests.support.waiting import eventually_async
 
 
 async def test_gzip_above_1000_bytes_only(build_client: BuildClient) -> None:
@@ -156,9 +157,9 @@ async def test_websockets_pass_through_the_whole_stack(
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:  # the server's own startup, in this loop
-            assert not serving.done(), "server failed to start"
-            await asyncio.sleep(0.01)
+        await eventually_async(  # the server's own startup, in this loop
+            lambda: _started(server, serving), timeout=15, interval=0.01, what="uvicorn to start"
+        )
         async with connect(f"ws://127.0.0.1:{port}/ws/echo") as websocket:
             await websocket.send("x" * 4096)  # over the HTTP body cap: not an HTTP body
             assert await websocket.recv() == "x" * 4096
@@ -204,3 +205,8 @@ async def test_personal_answers_are_never_stored(
     anonymous = await client.get(f"/api/v1/items/{item_id}")
     assert anonymous.status_code == 200
     assert "cache-control" not in anonymous.headers
+
+
+def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
+    assert not serving.done(), "server failed to start"
+    return server.started

@@ -21,8 +21,9 @@ from websockets.asyncio.client import connect
 
 from app.core.proxy import ForwardedHeadersMiddleware, trusted_hosts
 from app.main import create_app
-from tests.conftest import make_settings
-from tests.servers import free_port
+from tests.support.processes import free_port
+from tests.support.settings import make_settings
+from tests.support.waiting import eventually_async
 
 FORGED = {
     "X-Forwarded-For": "203.0.113.7",
@@ -209,9 +210,9 @@ async def _served(app: FastAPI) -> AsyncIterator[int]:
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            assert not serving.done(), "server failed to start"
-            await asyncio.sleep(0.01)
+        await eventually_async(  # the server's own startup, in this loop
+            lambda: _started(server, serving), timeout=15, interval=0.01, what="uvicorn to start"
+        )
         yield port
     finally:
         server.should_exit = True
@@ -249,3 +250,8 @@ async def test_websockets_through_a_real_server(
     else:
         assert seen == {"client": "127.0.0.1", "scheme": "ws", "host": f"127.0.0.1:{port}",
                         "url": f"ws://127.0.0.1:{port}/ws/probe"}  # fmt: skip
+
+
+def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
+    assert not serving.done(), "server failed to start"
+    return server.started

@@ -1,18 +1,16 @@
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from app.core.pubsub import QUEUE_SIZE, Hub, RedisHub, create_hub
-from tests.servers import RedisServer, running
+from tests.support.servers import RedisServer, running
+from tests.support.waiting import eventually_async
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # waiting on another task or process, with a deadline
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+    """Waiting on another task or process."""
+    await eventually_async(condition, timeout=timeout, interval=0.01, what="the hub's state")
 
 
 @pytest.fixture
@@ -65,14 +63,19 @@ async def test_redis_hub_reconnects_by_itself() -> None:
 async def _reconnect_scenario(server: RedisServer) -> None:
     hub = create_hub(server.url)
     assert isinstance(hub, RedisHub)
+    resubscribed: list[bool] = []
+    hub.on_resubscribed(lambda: resubscribed.append(hub.connected.is_set()))
     try:
         await asyncio.wait_for(hub.connected.wait(), 5)
+        assert resubscribed == []  # the first subscribe lost nothing
         async with hub.subscribe("c") as subscription:
             server.kill()
             await until(lambda: not hub.connected.is_set())
             server.revive()
             await asyncio.wait_for(hub.connected.wait(), 10)
             assert hub.reconnects >= 1
+            # Told once, when subscribed again: consumers catch up from their stores then.
+            assert resubscribed == [True]
             await hub.publish("c", b"after")
             assert await asyncio.wait_for(subscription.get(), 5) == b"after"
     finally:

@@ -1,18 +1,23 @@
+import asyncio
 import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from sqlalchemy import select
 
+from app.email.models import Email
 from app.main import create_app
-from tests.conftest import BuildClient, make_settings
-from tests.core.test_errors import assert_envelope
-from tests.factories import DEFAULT_PASSWORD, Factory
-from tests.servers import free_port
+from tests.support.assertions import assert_envelope
+from tests.support.factories import DEFAULT_PASSWORD, Factory
+from tests.support.processes import free_port
+from tests.support.settings import BuildClient, make_settings
 
 TIGHT = {"rate_limit_default": "5/hour"}
 
@@ -61,38 +66,244 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(
         assert fresh.status_code == 200
 
 
-async def test_login_is_limited_per_client_and_per_account(build_client: BuildClient) -> None:
-    limits = {"rate_limit_login": "6/hour", "rate_limit_login_account": "3/hour",
-              "trusted_proxies": "127.0.0.1/32"}  # fmt: skip
-    async with build_client(**limits) as (app, client):
-        factory = Factory(client, app)
-        await factory.register("victim")
-        await factory.register("other")
+PROXIED = {"trusted_proxies": "127.0.0.1/32"}  # X-Forwarded-For names the client
+LOGIN = "/api/v1/auth/token"
+RESET = "/api/v1/auth/password-reset/request"
 
-        async def login(user: str, ip: str) -> httpx.Response:
-            return await client.post(
-                "/api/v1/auth/token",
-                data={"username": user, "password": "Wrong-guess-1"},
-                headers={"X-Forwarded-For": ip},
-            )
 
-        # Three guesses at one account from three addresses use up the account's budget...
-        for ip in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
-            assert (await login("victim", ip)).status_code == 401
-        blocked = await login("VICTIM", "203.0.113.4")
-        assert_envelope(blocked, 429, "rate_limited")
-        assert int(blocked.headers["retry-after"]) >= 1
-        # ...even with the right password, while another account is untouched.
-        right = await client.post(
-            "/api/v1/auth/token", data={"username": "victim", "password": DEFAULT_PASSWORD},
-            headers={"X-Forwarded-For": "203.0.113.5"},
-        )  # fmt: skip
-        assert right.status_code == 429
-        assert (await login("other", "203.0.113.5")).status_code == 401
-        # One address spraying many accounts hits the per-client limit.
+async def _login(
+    client: httpx.AsyncClient, name: str, ip: str, password: str = "Wrong-guess-1"
+) -> httpx.Response:
+    return await client.post(
+        LOGIN, data={"username": name, "password": password}, headers={"X-Forwarded-For": ip}
+    )
+
+
+async def test_login_attempts_are_limited_per_client(build_client: BuildClient) -> None:
+    async with build_client(rate_limit_login="6/hour", **PROXIED) as (_, client):
+        # One address spraying many accounts hits the per-client limit...
         for n in range(6):
-            await login(f"spray{n}", "198.51.100.1")
-        assert (await login("spray9", "198.51.100.1")).status_code == 429
+            assert (await _login(client, f"spray{n}", "198.51.100.1")).status_code == 401
+        assert_envelope(await _login(client, "spray9", "198.51.100.1"), 429, "rate_limited")
+        # ...and so does an IPv6 host rotating through the addresses of its /64.
+        for n in range(6):
+            assert (
+                await _login(client, f"spray{n}", f"2001:db8:5:6::{n + 1:x}")
+            ).status_code == 401
+        assert (await _login(client, "spray9", "2001:db8:5:6:ffff::1")).status_code == 429
+        assert (await _login(client, "spray9", "2001:db8:5:7::1")).status_code == 401
+
+
+async def test_username_and_email_share_one_failure_budget(build_client: BuildClient) -> None:
+    async with build_client(rate_limit_login_account="3/hour", **PROXIED) as (app, client):
+        factory = Factory(client, app)
+        await factory.register("Victim")
+        await factory.register("other")
+        ip = "203.0.113.1"
+        for name in ("victim", "VICTIM@example.com", "Victim"):
+            assert (await _login(client, name, ip)).status_code == 401
+        for name in ("victim@EXAMPLE.COM", "vIcTiM"):
+            blocked = await _login(client, name, ip, password=DEFAULT_PASSWORD)
+            assert_envelope(blocked, 429, "rate_limited")
+            assert int(blocked.headers["retry-after"]) >= 1
+        # Another account is untouched, from the same client.
+        assert (await _login(client, "other", ip)).status_code == 401
+
+
+async def test_a_strangers_failures_do_not_lock_the_owner_out(build_client: BuildClient) -> None:
+    async with build_client(rate_limit_login_account="3/hour", **PROXIED) as (app, client):
+        await Factory(client, app).register("owner")
+        answers = [(await _login(client, "owner", "198.51.100.66")).status_code for _ in range(5)]
+        assert answers == [401, 401, 401, 429, 429]
+        # The stranger's budget is spent; the owner, elsewhere, logs in.
+        assert (await _login(client, "owner", "203.0.113.8", DEFAULT_PASSWORD)).status_code == 200
+        # The refusal reads the same for an account that doesn't exist.
+        for _ in range(3):
+            await _login(client, "nobody", "198.51.100.66")
+        unknown = await _login(client, "nobody", "198.51.100.66")
+        known = await _login(client, "owner", "198.51.100.66")
+        messages = [assert_envelope(r, 429, "rate_limited")["message"] for r in (known, unknown)]
+        assert [str(m).split(";")[0] for m in messages] == [
+            "Too many failed logins (a password reset lifts this)"
+        ] * 2
+
+
+async def test_concurrent_guesses_cannot_slip_past_the_failure_budget(
+    build_client: BuildClient,
+) -> None:
+    limits = {"rate_limit_login_account": "3/hour", "rate_limit_login_account_global": "5/hour"}
+    async with build_client(**limits, **PROXIED) as (app, client):
+        await Factory(client, app).register("crowded")
+        # Each attempt is counted before its password is checked: twenty at once from one
+        # client get exactly the client's three guesses, from twenty clients the global five.
+        one = await asyncio.gather(*(_login(client, "crowded", "198.51.100.9") for _ in range(20)))
+        assert sorted(r.status_code for r in one) == [401] * 3 + [429] * 17
+        many = await asyncio.gather(
+            *(_login(client, "crowded", f"203.0.113.{n + 100}") for n in range(20))
+        )
+        assert sorted(r.status_code for r in many) == [401] * 2 + [429] * 18
+
+
+async def test_budgets_do_not_tell_which_addresses_have_an_account(
+    build_client: BuildClient,
+) -> None:
+    async with build_client(rate_limit_login_account="2/hour", **PROXIED) as (app, client):
+        await Factory(client, app).register("known")
+        ip = "198.51.100.77"
+        answers = {}
+        for name in ("known", "unknown"):
+            spent = [await _login(client, f"{name}@example.com", ip) for _ in range(3)]
+            # Another spelling of the address: no account has it, whether or not one has the
+            # address itself, so it has its own budget in both cases.
+            variant = await _login(client, f"{name}+x@example.com", ip)
+            answers[name] = [r.status_code for r in [*spent, variant]]
+        assert answers["known"] == answers["unknown"] == [401, 401, 429, 401]
+
+
+async def test_a_login_the_hasher_refused_is_no_failure(build_client: BuildClient) -> None:
+    limits = {"rate_limit_login_account": "6/hour", "password_hash_concurrency": 1,
+              "password_hash_max_waiting_per_thread": 1}  # fmt: skip
+    async with build_client(**limits, **PROXIED) as (app, client):
+        await Factory(client, app).register("busy")
+        ip = "203.0.113.50"
+        flood = await asyncio.gather(*(_login(client, "busy", ip) for _ in range(6)))
+        statuses = [r.status_code for r in flood]
+        checked = statuses.count(401)
+        assert checked + statuses.count(503) == 6
+        assert statuses.count(503) >= 1  # the hasher did refuse some
+        # Only the guesses that were checked count: the rest of the budget is still there.
+        after = [(await _login(client, "busy", ip)).status_code for _ in range(7 - checked)]
+        assert after == [401] * (6 - checked) + [429]
+
+
+async def test_success_does_not_consume_the_failure_budget(build_client: BuildClient) -> None:
+    limits = {"rate_limit_login_account": "2/hour", "rate_limit_login_account_global": "3/hour"}
+    async with build_client(**limits, **PROXIED) as (app, client):
+        await Factory(client, app).register("regular")
+        ip = "203.0.113.9"
+        for _ in range(5):
+            assert (await _login(client, "regular", ip, DEFAULT_PASSWORD)).status_code == 200
+        assert (await _login(client, "regular", ip)).status_code == 401
+        # A success forgives this client's failures (the global count keeps them).
+        assert (await _login(client, "regular", ip, DEFAULT_PASSWORD)).status_code == 200
+        assert (await _login(client, "regular", ip)).status_code == 401
+        assert (await _login(client, "regular", ip)).status_code == 401
+        assert (await _login(client, "regular", ip)).status_code == 429
+
+
+async def test_the_global_budget_blocks_and_a_completed_reset_clears_it(
+    build_client: BuildClient,
+) -> None:
+    limits = {"rate_limit_login_account": "100/hour", "rate_limit_login_account_global": "4/hour"}
+    async with build_client(**limits, **PROXIED) as (app, client):
+        account = await Factory(client, app).register("target")
+        # Guesses spread over many clients spend the account's global budget...
+        for n in range(4):
+            assert (await _login(client, "target", f"198.51.100.{n + 1}")).status_code == 401
+        owner_ip = "203.0.113.20"
+        refused = await _login(client, "target@example.com", owner_ip, DEFAULT_PASSWORD)
+        assert_envelope(refused, 429, "rate_limited")
+        # ...and the owner gets back in through the reset mail.
+        headers = {"X-Forwarded-For": owner_ip}
+        asked = await client.post(RESET, json={"email": account["email"]}, headers=headers)
+        assert asked.status_code == 202
+        token = await _last_reset_token(app, account["email"])
+        new_password = "Brand-new-pass-2"
+        reset = await client.post(
+            "/api/v1/auth/password-reset",
+            json={"token": token, "new_password": new_password},
+            headers=headers,
+        )
+        assert reset.status_code == 204
+        assert (await _login(client, "target", owner_ip, new_password)).status_code == 200
+        assert (await _login(client, "target", "198.51.100.1")).status_code == 401
+
+
+async def test_ipv6_clients_are_limited_per_network(build_client: BuildClient) -> None:
+    async with build_client(**TIGHT, **PROXIED) as (_, client):
+
+        async def get(ip: str) -> int:
+            response = await client.get("/api/v1/items/", headers={"X-Forwarded-For": ip})
+            return response.status_code
+
+        # Six addresses of one /64 are one client with one budget...
+        rotating = [f"2001:db8:a:b:{n:x}::{n + 1:x}" for n in range(6)]
+        assert [await get(ip) for ip in rotating] == [200] * 5 + [429]
+        # ...another /64 is another client.
+        assert await get("2001:db8:a:c::1") == 200
+        # An IPv4 client seen through a dual-stack socket is the IPv4 client.
+        assert [await get("203.0.113.30") for _ in range(5)] == [200] * 5
+        assert await get("::ffff:203.0.113.30") == 429
+
+
+async def test_ipv6_prefix_is_a_setting(build_client: BuildClient) -> None:
+    async with build_client(**TIGHT, **PROXIED, rate_limit_ipv6_prefix=48) as (_, client):
+        for n in range(5):
+            headers = {"X-Forwarded-For": f"2001:db8:a:{n:x}::1"}
+            assert (await client.get("/api/v1/items/", headers=headers)).status_code == 200
+        headers = {"X-Forwarded-For": "2001:db8:a:ffff::1"}
+        assert (await client.get("/api/v1/items/", headers=headers)).status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("victim@example.com", "VICTIM@Example.COM"),
+        ("victim@example.com", "ｖｉｃｔｉｍ＠ｅｘａｍｐｌｅ．ｃｏｍ"),  # noqa: RUF001
+        ("victim@example.com", "victim+anything@example.com"),
+        ("victim@bücher.example", "victim@xn--bcher-kva.example"),
+        ("victim@example.com", "victim@example.com."),
+    ],
+    ids=["case", "full-width", "plus-tag", "idn", "trailing-dot"],
+)
+async def test_spellings_of_one_address_share_the_reset_budget(
+    build_client: BuildClient, first: str, second: str
+) -> None:
+    async with build_client(rate_limit_password_reset="1/hour", **PROXIED) as (_, client):
+        # Each request from its own client: only the per-address budget is shared.
+        one = await client.post(
+            RESET, json={"email": first}, headers={"X-Forwarded-For": "203.0.113.1"}
+        )
+        assert one.status_code in (202, 422)
+        two = await client.post(
+            RESET, json={"email": second}, headers={"X-Forwarded-For": "203.0.113.2"}
+        )
+        assert_envelope(two, 429, "rate_limited")
+        other = await client.post(
+            RESET,
+            json={"email": "someone-else@example.com"},
+            headers={"X-Forwarded-For": "203.0.113.3"},
+        )
+        assert other.status_code == 202
+
+
+async def test_verification_and_reset_mails_share_the_mailbox_budget(
+    build_client: BuildClient,
+) -> None:
+    async with build_client(rate_limit_password_reset="2/hour", **PROXIED) as (app, client):
+        account = await Factory(client, app).account(username="Inbox")
+        verify = "/api/v1/auth/verify/request"
+        assert (await client.post(verify, headers=account.headers)).status_code == 202
+        tagged = account.email.replace("@", "+spam@").upper()
+        other_client = {"X-Forwarded-For": "203.0.113.40"}
+        asked = await client.post(RESET, json={"email": tagged}, headers=other_client)
+        assert asked.status_code == 202
+        assert_envelope(await client.post(verify, headers=account.headers), 429, "rate_limited")
+
+
+async def _last_reset_token(app: FastAPI, recipient: str) -> str:
+    async with app.state.services.sessionmaker() as session:
+        email = (
+            await session.execute(
+                select(Email)
+                .where(Email.recipient == recipient, Email.template == "reset")
+                .order_by(Email.id.desc())
+                .limit(1)
+            )
+        ).scalar_one()
+    assert email.context is not None
+    link: str = email.context["link"]
+    return parse_qs(urlsplit(link).query)["token"][0]
 
 
 async def test_register_is_limited_per_client(build_client: BuildClient) -> None:

@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from app.core.safe_fetch import FetchFailed, parse_networks, safe_fetch
-from tests.certs import make_ca
+from tests.support.certs import make_ca
 
 # "localhost" is loopback, which safe_fetch refuses unless a test opens it; both families,
 # because which one localhost resolves to (and which safe_fetch picks) depends on the machine.

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from app.core.sentry import init_sentry
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 PROBE = """
 import json, sentry_sdk

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from app.core.startup import Unreachable, dependencies, wait_for_dependencies
-from tests.conftest import TEST_SECRET, make_settings
-from tests.servers import RedisServer, free_port, running
-from tests.workers import APP, subprocess_env
+from tests.support.processes import free_port
+from tests.support.servers import RedisServer, running
+from tests.support.settings import TEST_SECRET, make_settings
+from tests.support.workers import APP, subprocess_env
 
 PASSWORD = "Pa55-word-never-shown"  # must not appear in any output
 TIMEOUT_SECONDS = 1.0

@@ -29,7 +29,9 @@ from typing import IO
 
 import redis
 
-from tests.servers import PostgresServer, RedisServer, require_server, tail
+from tests.support.processes import tail
+from tests.support.servers import PostgresServer, RedisServer, require_server
+from tests.support.waiting import eventually
 
 NETNS_ETC = Path("/etc/netns")
 COMMAND_TIMEOUT_SECONDS = 10.0
@@ -362,8 +364,5 @@ def wait_for(
 ) -> float:
     """Poll `condition` until true; seconds it took. Raises with `what` after `timeout`."""
     started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(interval)
+    eventually(condition, timeout=timeout, what=what, interval=interval)
     return time.monotonic() - started

@@ -40,8 +40,6 @@ from app.core.config import Settings
 from app.core.errors import ErrorResponse
 from app.core.migrate import upgrade_to_head
 from app.realtime.leases import KEY_PREFIX
-from tests.certs import make_ca
-from tests.conftest import TEST_SECRET
 from tests.deploy.netns import (
     BridgedPostgres,
     BridgedRedis,
@@ -53,8 +51,10 @@ from tests.deploy.netns import (
     sweep_leftovers,
     wait_for,
 )
-from tests.servers import ServerUnavailable, require_server
-from tests.workers import subprocess_env
+from tests.support.certs import make_ca
+from tests.support.servers import ServerUnavailable, require_server
+from tests.support.settings import TEST_SECRET
+from tests.support.workers import subprocess_env
 
 pytestmark = pytest.mark.postgres
 

@@ -24,9 +24,9 @@ from app.core.config import Settings
 from app.core.errors import CODES_BY_STATUS, ErrorResponse
 from app.files.router import MULTIPART_OVERHEAD_BYTES
 from app.jobs.celery_app import QUEUES
-from tests.certs import make_ca
 from tests.deploy.nginx_conf import Directive, duration_seconds, parse, size_bytes, walk
-from tests.servers import RedisServer, require_server, running
+from tests.support.certs import make_ca
+from tests.support.servers import RedisServer, require_server, running
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_DIR = ROOT / "deploy" / "nginx"

@@ -9,8 +9,9 @@ import pytest
 
 from app.core.config import Settings
 from app.email import delivery
-from tests.conftest import make_settings
-from tests.smtp import SmtpServer, start_smtp_server
+from app.email.errors import ClaimLost, DeliveryError
+from tests.support.settings import make_settings
+from tests.support.smtp import SmtpServer, start_smtp_server
 
 
 def _claim_held(then: Callable[[bool], None]) -> bool:
@@ -85,7 +86,7 @@ def test_starttls_is_required_when_configured(tmp_path: Path, plain_smtp: SmtpSe
         then(True)
         return True
 
-    with pytest.raises(delivery.DeliveryError, match="STARTTLS") as caught:
+    with pytest.raises(DeliveryError, match="STARTTLS") as caught:
         delivery.send_smtp(settings, outgoing, delivery.build_message(outgoing, settings), commit)
 
     assert not caught.value.permanent
@@ -99,7 +100,7 @@ def test_a_lost_claim_never_finishes_the_message(tmp_path: Path, plain_smtp: Smt
     )
     outgoing = _outgoing(settings)
 
-    with pytest.raises(delivery.ClaimLost):
+    with pytest.raises(ClaimLost):
         delivery.send_smtp(
             settings, outgoing, delivery.build_message(outgoing, settings), _claim_lost
         )
@@ -114,7 +115,7 @@ def test_a_refused_recipient_is_a_permanent_failure(tmp_path: Path, plain_smtp: 
         tmp_path, smtp_host="127.0.0.1", smtp_port=plain_smtp.port, smtp_security="none"
     )
     outgoing = _outgoing(settings, "reject-me@example.com")
-    with pytest.raises(delivery.DeliveryError, match="550") as caught:
+    with pytest.raises(DeliveryError, match="550") as caught:
         delivery.send_smtp(
             settings, outgoing, delivery.build_message(outgoing, settings), _claim_held
         )

@@ -6,7 +6,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -15,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.models import Role
 from app.email.models import Email, EmailStatus
-from tests.factories import Account, Factory
-from tests.plugins.workers import JobsStack, wait_for_task
-from tests.smtp import SmtpServer, message_parts
+from tests.support.factories import Account, Factory
+from tests.support.smtp import SmtpServer, message_parts
+from tests.support.waiting import eventually_async
+from tests.support.workers import JobsStack, wait_for_task
 
 BASE_URL = "https://app.example.test"
 MAIL_DEADLINE_SECONDS = 30.0
@@ -46,12 +46,16 @@ def jobs_overrides(smtp_server: SmtpServer) -> dict[str, str]:
 async def _mail_to(
     server: SmtpServer, address: str, *, count: int = 1, stack: JobsStack | None = None
 ) -> list[EmailMessage]:
-    with anyio.move_on_after(MAIL_DEADLINE_SECONDS):
-        while len(server.sink.to(address)) < count:
-            await anyio.sleep(0.05)
-        return [item.message for item in server.sink.to(address)]
-    log = stack.worker.tail() if stack is not None else ""
-    raise AssertionError(f"no mail to {address} after {MAIL_DEADLINE_SECONDS}s\n{log}")
+    try:
+        await eventually_async(
+            lambda: len(server.sink.to(address)) >= count,
+            timeout=MAIL_DEADLINE_SECONDS,
+            what=f"{count} mail(s) to {address}",
+        )
+    except AssertionError as exc:
+        log = stack.worker.tail() if stack is not None else ""
+        raise AssertionError(f"{exc}\n{log}") from None
+    return [item.message for item in server.sink.to(address)]
 
 
 def _token_from(message: EmailMessage, page: str) -> str:
@@ -150,6 +154,9 @@ async def test_admin_test_mail_is_a_task_the_admin_can_watch(
     refused = await jobs_client.post("/api/v1/email/test", headers=user.headers)
     assert refused.status_code == 403
 
+    unverified = await jobs_client.post("/api/v1/email/test", headers=admin.headers)
+    assert unverified.status_code == 409, unverified.text  # never to an unproven address
+    await jobs_factory.set_fields(admin.id, is_verified=True)
     own = await jobs_client.post("/api/v1/email/test", headers=admin.headers)
     other = await jobs_client.post(
         "/api/v1/email/test",

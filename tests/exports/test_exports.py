@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from app.auth.models import Role
+from app.core.config import Settings
 from app.exports.service import (
     ITEM_COLUMNS,
     USER_COLUMNS,
@@ -22,9 +23,8 @@ from app.exports.service import (
     stream_export,
 )
 from app.items.models import Item
-from tests.core.test_errors import assert_envelope
-from tests.exports.conftest import BATCH
-from tests.factories import Account, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
 
 FORMULAS = ['=HYPERLINK("http://x")', "+1+2", "-3", "@SUM(A1)", "\tTab", "plain"]
 
@@ -147,7 +147,9 @@ async def test_unknown_format_is_422(client: httpx.AsyncClient, factory: Factory
     assert_envelope(response, 422, "validation_error")
 
 
-async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None:
+async def test_exports_stream_in_batches(
+    factory: Factory, app: FastAPI, settings: Settings
+) -> None:
     """One encoded chunk per database batch (7 rows here), never the whole table at once.
     (httpx's ASGI transport gathers the body, so this reads the service's iterator itself.)"""
     owner = await factory.account()
@@ -155,11 +157,56 @@ async def test_exports_stream_in_batches(factory: Factory, app: FastAPI) -> None
     chunks = [
         chunk
         async for chunk in stream_export(
-            sessionmaker=app.state.services.sessionmaker, statement=items_query(owner.id),
-            export_format="ndjson", batch_size=BATCH,
+            sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
+            export_format="ndjson", batch_size=settings.export_batch_size,
         )
     ]  # fmt: skip
     assert [chunk.count(b"\n") for chunk in chunks] == [7, 7, 6]
+
+
+async def test_an_export_holds_no_connection_between_batches(
+    factory: Factory, app: FastAPI
+) -> None:
+    """While the client reads a batch (the generator suspended at its yield), the export
+    holds no pooled connection: a stalled reader can't starve the pool (issue 13)."""
+    owner = await factory.account()
+    await make_items(factory, owner, 20)
+    pool = app.state.services.engine.pool
+    rows = 0
+    async for chunk in stream_export(
+        sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
+        export_format="ndjson", batch_size=app.state.services.settings.export_batch_size,
+    ):  # fmt: skip
+        rows += chunk.count(b"\n")
+        assert pool.checkedout() == 0
+    assert rows == 20
+
+
+async def test_rows_changed_during_an_export_are_never_repeated_and_others_never_skipped(
+    client: httpx.AsyncClient, factory: Factory, app: FastAPI
+) -> None:
+    """Not one snapshot, but a keyset walk: between two batches a row ahead is deleted, one
+    behind is updated and one is added; every row that existed throughout comes exactly
+    once, in id order, the deleted one doesn't, the new one (a higher id) does."""
+    owner = await factory.account()
+    await make_items(factory, owner, 20)
+    ids = [row[0] for row in await db_rows(app, (Item.id,), Item.owner_id == owner.id)]
+    chunks = stream_export(
+        sessionmaker=app.state.services.sessionmaker, statement=items_query(owner_id=owner.id),
+        export_format="ndjson", batch_size=app.state.services.settings.export_batch_size,
+    )  # fmt: skip
+    first = [json.loads(line) for line in (await anext(chunks)).splitlines()]
+    assert [row["id"] for row in first] == ids[: app.state.services.settings.export_batch_size]
+    deleted = await client.delete(f"/api/v1/items/{ids[15]}", headers=owner.headers)
+    assert deleted.status_code == 204, deleted.text
+    edited = await client.patch(
+        f"/api/v1/items/{ids[2]}", json={"title": "edited"}, headers=owner.headers
+    )
+    assert edited.status_code == 200, edited.text
+    added = await factory.item(owner, title="added late", price="1.00")
+    rest = [json.loads(line) for chunk in [c async for c in chunks] for line in chunk.splitlines()]
+    exported = [row["id"] for row in first + rest]
+    assert exported == [i for i in ids if i != ids[15]] + [added["id"]]
 
 
 SIGNS = tuple("=+-@\uff1d\uff0b\uff0d\uff20")

@@ -10,11 +10,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from app.core.config import Settings
-from tests.conftest import _empty_postgres, make_settings
-from tests.servers import free_port
-
-S3_KEY_ID, S3_SECRET = "testing-key", "testing-secret"
-BOTH_STORAGES = pytest.mark.parametrize("storage_backend", ["local", "s3"], indirect=True)
+from tests.support.processes import free_port
+from tests.support.settings import empty_postgres, make_settings
+from tests.support.uploads import S3_KEY_ID, S3_SECRET
 
 
 @pytest.fixture(scope="session")
@@ -65,5 +63,5 @@ async def settings(
     database_url: str | None, tmp_path: Path, storage_overrides: dict[str, object]
 ) -> Settings:
     if database_url is not None:
-        await _empty_postgres(database_url)
+        await empty_postgres(database_url)
     return make_settings(tmp_path, database_url, **storage_overrides)

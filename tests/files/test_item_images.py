@@ -10,11 +10,10 @@ from fastapi import FastAPI
 from app.auth.models import Role
 from app.core.storage import LocalStorage, new_key
 from app.files.service import PurgeReport, purge_orphans
-from tests.core.test_errors import assert_envelope
-from tests.factories import Factory
-from tests.files.conftest import BOTH_STORAGES
-from tests.files.test_uploads import PNG, rows, stored_objects
-from tests.test_cli import cli_env, run
+from tests.support.assertions import assert_envelope
+from tests.support.cli import cli_env, run
+from tests.support.factories import Factory
+from tests.support.uploads import BOTH_STORAGES, PNG, rows, stored_objects
 
 
 async def test_owner_attaches_images_to_an_item(

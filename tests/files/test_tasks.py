@@ -12,8 +12,8 @@ from sqlalchemy import select
 from app.core.db import utcnow
 from app.core.storage import new_key
 from app.files.models import StoredFile
-from tests.factories import Factory
-from tests.plugins.workers import JobsStack, run_by_name
+from tests.support.factories import Factory
+from tests.support.workers import JobsStack, run_by_name
 
 
 async def test_purge_files_removes_unlinked_rows_orphans_and_stale_temp_files(

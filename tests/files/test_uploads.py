@@ -12,19 +12,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
 
 from app.auth.models import Role
 from app.core.config import Settings
 from app.core.storage import StorageUnavailable
-from app.files.models import StoredFile
 from app.main import create_app
-from tests.conftest import make_settings
-from tests.core.test_errors import assert_envelope
-from tests.factories import Account, Factory
-from tests.files.conftest import BOTH_STORAGES
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
+from tests.support.settings import make_settings
+from tests.support.uploads import BOTH_STORAGES, PNG, rows, stored_objects
 
-PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(300 * 1024)
 ZIP = b"PK\x03\x04" + os.urandom(2048)
 BOUNDARY = "test-boundary-7f3a"
 KEY_PATH = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}$")
@@ -50,15 +47,6 @@ async def upload(
     return await client.post(
         "/api/v1/files", files={"file": (name, content, "image/png")}, headers=account.headers
     )
-
-
-async def rows(app: FastAPI) -> list[StoredFile]:
-    async with app.state.services.sessionmaker() as session:
-        return list((await session.execute(select(StoredFile))).scalars().all())
-
-
-async def stored_objects(app: FastAPI) -> list[str]:
-    return [stored.key async for stored in app.state.services.storage.list_keys()]
 
 
 def leftover_temp_files(settings: Settings) -> list[Path]:

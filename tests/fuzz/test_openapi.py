@@ -58,8 +58,8 @@ from schemathesis.specs.openapi.checks import (
 
 from app.auth import service as auth_service
 from app.auth.models import Role, User
-from tests.factories import DEFAULT_PASSWORD as PASSWORD
-from tests.factories import Account, Factory
+from tests.support.factories import DEFAULT_PASSWORD as PASSWORD
+from tests.support.factories import Account, Factory
 
 pytestmark = pytest.mark.fuzz
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from tests.servers import free_port
+from tests.support.processes import free_port
 
 HOLD_SECONDS = 30.0  # the longest a "slow" response holds its connection (ended at shutdown)
 

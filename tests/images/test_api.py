@@ -8,10 +8,10 @@ import httpx
 import pytest
 
 from app.auth.models import Role
-from tests.conftest import BuildClient
-from tests.core.test_errors import assert_envelope
-from tests.factories import Account, Factory
 from tests.images.helpers import image_bytes
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
+from tests.support.settings import BuildClient
 
 GRAY = [{"op": "grayscale"}]
 

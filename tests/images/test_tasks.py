@@ -14,9 +14,9 @@ from sqlalchemy import select
 from app.files.models import StoredFile
 from app.images.schemas import ProcessJob, VariantSpec
 from app.images.service import PROCESS_TASK
-from tests.factories import Account, Factory
 from tests.images.helpers import Upstream, image_bytes, open_image, serving
-from tests.plugins.workers import JobsStack, wait_for_task
+from tests.support.factories import Account, Factory
+from tests.support.workers import JobsStack, wait_for_task
 
 MAX_PIXELS = 20_000_000
 
@@ -24,7 +24,13 @@ MAX_PIXELS = 20_000_000
 @pytest.fixture(scope="module")
 def jobs_overrides() -> dict[str, str]:
     # 127.0.0.2 plays the intranet an operator opened; 127.0.0.1 stays refused.
-    return {"SSRF_ALLOWED_NETWORKS": "127.0.0.2/32", "IMAGE_MAX_PIXELS": str(MAX_PIXELS)}
+    return {
+        "SSRF_ALLOWED_NETWORKS": "127.0.0.2/32",
+        "IMAGE_MAX_PIXELS": str(MAX_PIXELS),
+        # Several URL jobs of one user at once; the caps have their own tests (test_fairness).
+        "USER_MAX_ACTIVE_JOBS": "20",
+        "USER_MAX_ACTIVE_URL_IMAGE_JOBS": "20",
+    }
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ from app.auth.models import Role
 from app.core.cache import MemoryCache, SplitCache
 from app.core.metrics import CACHE_LOOKUPS
 from app.main import create_app
-from tests.conftest import make_settings
-from tests.factories import Factory
-from tests.servers import RedisServer, running
+from tests.support.factories import Factory
+from tests.support.servers import RedisServer, running
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_CONF = ROOT / "deploy" / "redis-cache.conf"

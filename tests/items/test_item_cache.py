@@ -1,8 +1,8 @@
 """Cached item reads never show stale data after a write (memory and Redis caches)."""
 
 from app.auth.models import Role
-from tests.conftest import BuildClient
-from tests.factories import Factory
+from tests.support.factories import Factory
+from tests.support.settings import BuildClient
 
 
 async def test_read_after_write_is_fresh(build_client: BuildClient) -> None:

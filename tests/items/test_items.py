@@ -4,8 +4,8 @@ import httpx
 import pytest
 
 from app.auth.models import Role
-from tests.core.test_errors import assert_envelope
-from tests.factories import Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Factory
 
 
 async def test_create_and_read(client: httpx.AsyncClient, factory: Factory) -> None:

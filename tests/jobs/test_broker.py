@@ -9,8 +9,8 @@ from kombu.connection import Connection
 
 from app.jobs import broker
 from app.jobs.broker import BrokerBusy, requeue_invisible, worker_lock
-from tests.conftest import make_settings
-from tests.workers import APP, subprocess_env
+from tests.support.settings import make_settings
+from tests.support.workers import APP, subprocess_env
 
 
 def _rows(database: Path) -> list[tuple[int, bool]]:

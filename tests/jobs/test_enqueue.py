@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from app.jobs.models import Job, JobState
 from app.main import create_app
-from tests.conftest import make_settings
-from tests.servers import free_port
+from tests.support.processes import free_port
+from tests.support.settings import make_settings
 
 
 @pytest.mark.parametrize("with_redis_results", [True, False])

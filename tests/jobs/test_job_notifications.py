@@ -11,10 +11,9 @@ from websockets.asyncio.client import ClientConnection
 
 from app.jobs.models import Job
 from app.main import create_app
-from tests.factories import Account, Factory
-from tests.plugins.workers import JobsStack
-from tests.realtime.conftest import DEADLINE, LiveServer, next_of, serve
-from tests.realtime.test_notifications import ready, sse
+from tests.support.factories import Account, Factory
+from tests.support.live import DEADLINE, LiveServer, next_of, ready, serve, sse
+from tests.support.workers import JobsStack
 
 
 async def test_a_finished_task_notifies_its_owner_on_ws_and_sse(jobs_stack: JobsStack) -> None:
@@ -40,6 +39,7 @@ async def test_a_finished_task_notifies_its_owner_on_ws_and_sse(jobs_stack: Jobs
 
         assert on_ws == on_sse
         assert on_ws["kind"] == "job.succeeded"
+        assert on_ws["title"] == "Test task finished"  # the task's title names it
         assert on_ws["data"]["task_id"] == job.id
         assert on_ws["data"]["state"] == "SUCCESS"
         assert on_ws["data"]["result"] == {"echo": "done"}

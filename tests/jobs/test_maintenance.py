@@ -2,15 +2,12 @@
 readiness reads; the job-row purge runs by name, as beat sends it. The other domains' purges
 are tested beside them (tests/auth/test_tasks.py, tests/files/test_tasks.py)."""
 
-import os
 import signal
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -18,9 +15,10 @@ from sqlalchemy import select
 
 from app.core.db import utcnow
 from app.jobs.models import Job, JobState
-from tests.factories import Factory
-from tests.plugins.workers import JobsStack, run_by_name
-from tests.workers import APP, STOP_DEADLINE_SECONDS, subprocess_env
+from tests.support.factories import Factory
+from tests.support.processes import GroupProcess
+from tests.support.waiting import eventually_async
+from tests.support.workers import APP, STOP_DEADLINE_SECONDS, JobsStack, run_by_name, subprocess_env
 
 STALE_AFTER_SECONDS = 3.0
 
@@ -38,24 +36,12 @@ class BeatProcess:
 
     def __init__(self, stack: JobsStack) -> None:
         self.log_file = stack.settings.app_data_dir / "beat.log"
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [APP, "beat"],
-                env=subprocess_env(stack.values),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.group = GroupProcess(
+            [APP, "beat"], env=subprocess_env(stack.values), stdout=self.log_file, name="beat"
+        )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_DEADLINE_SECONDS)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        self.group.stop(signal.SIGTERM, grace=STOP_DEADLINE_SECONDS)
 
     def tail(self) -> str:
         return self.log_file.read_text(errors="replace")[-4000:]
@@ -81,22 +67,31 @@ async def test_beat_heartbeat_shows_in_readiness_and_goes_stale_without_beat(
     jobs_stack: JobsStack, jobs_client: httpx.AsyncClient, beat: BeatProcess
 ) -> None:
     started = utcnow()
-    body: dict[str, Any] = {}
-    with anyio.move_on_after(30):
-        while True:
-            body = await _readiness(jobs_client)
-            last = body["jobs"]["last_heartbeat"]
-            if body["jobs"]["status"] == "ok" and last and last > started.isoformat():
-                break
-            await anyio.sleep(0.1)
-    assert body["jobs"]["status"] == "ok", (body, beat.tail(), jobs_stack.worker.tail())
+
+    async def fresh_heartbeat() -> dict[str, Any] | None:
+        body = await _readiness(jobs_client)
+        last = body["jobs"]["last_heartbeat"]
+        fresh = body["jobs"]["status"] == "ok" and last and last > started.isoformat()
+        return body if fresh else None
+
+    try:
+        body = await eventually_async(
+            fresh_heartbeat, timeout=30, interval=0.1, what="a fresh beat heartbeat"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{beat.tail()}\n{jobs_stack.worker.tail()}") from None
     assert body["status"] == "ok"
     assert 0 <= body["jobs"]["age_seconds"] <= STALE_AFTER_SECONDS
 
     beat.stop()
-    with anyio.move_on_after(STALE_AFTER_SECONDS + 10):
-        while (body := await _readiness(jobs_client))["jobs"]["status"] != "stale":
-            await anyio.sleep(0.1)
+
+    async def stale() -> dict[str, Any] | None:
+        body = await _readiness(jobs_client)
+        return body if body["jobs"]["status"] == "stale" else None
+
+    body = await eventually_async(
+        stale, timeout=STALE_AFTER_SECONDS + 10, interval=0.1, what="the heartbeat to go stale"
+    )
     assert body["jobs"]["status"] == "stale", body
     assert body["jobs"]["age_seconds"] > STALE_AFTER_SECONDS
     assert body["status"] == "degraded"  # the API still serves: 200, not 503

@@ -7,7 +7,6 @@ PostgreSQL, Redis with its append-only file as deployed, and a real worker. The 
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,9 +22,11 @@ from app.core.migrate import upgrade_to_head
 from app.jobs.celery_app import make_celery
 from app.jobs.models import FINISHED, JobState
 from app.jobs.transient import is_transient
-from tests.conftest import TEST_SECRET, make_settings
-from tests.servers import PostgresServer, RedisServer, free_port, running
-from tests.workers import WorkerProcess
+from tests.support.processes import free_port
+from tests.support.servers import PostgresServer, RedisServer, running
+from tests.support.settings import TEST_SECRET, make_settings
+from tests.support.waiting import eventually
+from tests.support.workers import WorkerProcess
 
 DEADLINE_SECONDS = 90.0
 DELAY_SECONDS = 6.0  # long enough to restart a server under the running job
@@ -91,12 +92,10 @@ class Outages:
 
 
 def wait_until(condition: Callable[[], Any], what: str, worker: WorkerProcess) -> Any:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{worker.tail(80)}")
-        time.sleep(0.1)  # polling a condition, bounded by the deadline
-    return value
+    try:
+        return eventually(condition, timeout=DEADLINE_SECONDS, interval=0.1, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{worker.tail(80)}") from None
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ from app.jobs.celery_app import RECONCILE_TASK, AppCelery, make_celery
 from app.jobs.models import FINISHED, JobState
 from app.jobs.reconcile import ADVISORY_LOCK_KEY
 from app.jobs.service import LOST_ERROR, Jobs
-from tests.conftest import TEST_SECRET, make_settings
-from tests.servers import PostgresServer, RedisServer, running
-from tests.workers import WorkerProcess
+from tests.support.servers import PostgresServer, RedisServer, running
+from tests.support.settings import TEST_SECRET, make_settings
+from tests.support.workers import WorkerProcess
 
 DEADLINE_SECONDS = 45.0
 RECONCILE_EVERY_SECONDS = 3.0  # the tests' stand-in for beat

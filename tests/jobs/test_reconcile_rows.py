@@ -15,8 +15,8 @@ from app.core.db import utcnow
 from app.jobs.celery_app import RECONCILE_TASK
 from app.jobs.models import FINISHED, Job, JobState
 from app.jobs.service import LOST_ERROR
-from tests.factories import Account, Factory
-from tests.plugins.workers import JobsStack
+from tests.support.factories import Account, Factory
+from tests.support.workers import JobsStack
 
 MAX_REQUEUES = 1
 DEADLINE_SECONDS = 30.0

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from app.jobs.celery_app import queue_for
 from app.worker import TASK_MODULES, create_worker_celery
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 def test_every_scheduled_task_exists_and_routes_off_the_default_queue(tmp_path: Path) -> None:

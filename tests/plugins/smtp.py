@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.smtp import SmtpServer, start_smtp_server
+from tests.support.smtp import SmtpServer, start_smtp_server
 
 
 @pytest.fixture(scope="module")

@@ -4,39 +4,27 @@ redis-server broker, PostgreSQL database). Tests in a module share the worker an
 (data is made unique per test by the factory), and each test gets its own in-process API app
 on the same settings.
 
+It needs only the root conftest's fixtures (sqlite_template, postgres_server, redis_server);
+its helpers (JobsStack, wait_for_task, run_by_name) are plain code in tests.support.workers.
 A module adds settings for both sides (SMTP, time limits) by overriding `jobs_overrides`.
 """
 
 import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import anyio
 import httpx
 import pytest
 import redis
 from fastapi import FastAPI
 
-from app.core.config import Settings
-from app.jobs.models import FINISHED, Job
-from tests.conftest import TEST_SECRET, asgi_client, make_settings, started_app
-from tests.factories import Factory
-from tests.servers import PostgresServer, RedisServer
-from tests.workers import WorkerProcess
+from tests.support.factories import Factory
+from tests.support.servers import PostgresServer, RedisServer
+from tests.support.settings import TEST_SECRET, asgi_client, make_settings, started_app
+from tests.support.workers import JobsStack, WorkerProcess
 
 BROKER_REDIS_DB = 7  # away from the logical databases other tests flush
-TASK_DEADLINE_SECONDS = 60.0
-
-
-@dataclass
-class JobsStack:
-    broker: str
-    settings: Settings
-    values: dict[str, str]  # the same settings, as the worker's environment
-    worker: WorkerProcess
 
 
 @pytest.fixture(scope="module")
@@ -109,42 +97,3 @@ async def jobs_client(jobs_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def jobs_factory(jobs_client: httpx.AsyncClient, jobs_app: FastAPI) -> Factory:
     return Factory(jobs_client, jobs_app)
-
-
-async def wait_for_task(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    task_id: str,
-    *,
-    until: frozenset[str] = frozenset(FINISHED),
-    deadline: float = TASK_DEADLINE_SECONDS,
-    stack: JobsStack | None = None,
-) -> dict[str, Any]:
-    """Poll the task API until the task reaches one of `until` (finished, by default)."""
-    body: dict[str, Any] = {}
-    with anyio.move_on_after(deadline):
-        while True:
-            response = await client.get(f"/api/v1/tasks/{task_id}", headers=headers)
-            if response.status_code == 404:  # sent without a row: the worker makes it
-                await anyio.sleep(0.05)
-                continue
-            assert response.status_code == 200, response.text
-            body = response.json()
-            if body["state"] in until:
-                return body
-            await anyio.sleep(0.05)
-    log = stack.worker.tail() if stack is not None else ""
-    raise AssertionError(f"task {task_id} still {body.get('state')} after {deadline}s\n{log}")
-
-
-async def run_by_name(app: FastAPI, stack: JobsStack, name: str) -> Job:
-    """Send by name without a row, as beat does; the task makes its row when it starts."""
-    task_id = await app.state.jobs.send(name)
-    with anyio.move_on_after(TASK_DEADLINE_SECONDS):
-        while True:
-            async with app.state.services.sessionmaker() as session:
-                job: Job | None = await session.get(Job, task_id)
-            if job is not None and job.state in FINISHED:
-                return job
-            await anyio.sleep(0.05)
-    raise AssertionError(f"{name} did not finish\n{stack.worker.tail()}")

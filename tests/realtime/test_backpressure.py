@@ -6,7 +6,8 @@ import json
 import socket
 from urllib.parse import urlsplit
 
-from tests.realtime.conftest import LiveFactory, close_code_of, next_of, until
+from tests.support.live import DEADLINE, LiveFactory, close_code_of, next_of
+from tests.support.waiting import eventually_async
 
 MESSAGES = 200
 PAYLOAD = "x" * 40_000  # big frames fill the socket buffers quickly
@@ -64,7 +65,12 @@ async def test_a_client_that_never_reads_is_dropped_while_others_keep_receiving(
             sending = asyncio.create_task(send_all())
             fast_got = asyncio.create_task(receive_all(fast_ws))
             sender_got = asyncio.create_task(receive_all(sender_ws))
-            await until(lambda: manager.members("chat:flood") == 2, what="the slow client dropped")
+            await eventually_async(
+                lambda: manager.members("chat:flood") == 2,
+                timeout=DEADLINE,
+                interval=0.005,
+                what="the slow client dropped",
+            )
             # Read now: the close frame is queued behind everything the socket still holds.
             assert await close_code_of(slow_ws) == 1013
             await sending

@@ -7,7 +7,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from app.auth.models import Role
-from tests.realtime.conftest import LiveFactory, auth_first, close_code_of, next_of
+from tests.support.live import LiveFactory, auth_first, close_code_of, next_of
 
 
 async def test_auth_failures_close_with_their_codes(live: LiveFactory) -> None:

@@ -13,7 +13,8 @@ import pytest
 from redis.asyncio import Redis
 
 from app.realtime.leases import KEY_PREFIX, ConnectionLeases
-from tests.servers import free_port
+from tests.support.processes import free_port
+from tests.support.waiting import eventually_async
 
 LIMIT = 2
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,10 +37,10 @@ def process(redis: Redis, lease_seconds: float = 60.0) -> ConnectionLeases:
 
 
 async def eventually_acquire(leases: ConnectionLeases, within: float) -> str:
-    deadline = time.monotonic() + within
-    while (lease := await leases.acquire(USER, LIMIT)) is None:
-        assert time.monotonic() < deadline, "no slot freed in time"
-        await asyncio.sleep(0.02)  # polling another party's expiry, with a deadline
+    # Polling another party's expiry.
+    lease: str = await eventually_async(
+        lambda: leases.acquire(USER, LIMIT), timeout=within, interval=0.02, what="a freed slot"
+    )
     return lease
 
 

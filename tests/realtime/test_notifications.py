@@ -7,93 +7,28 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
-from websockets.asyncio.client import ClientConnection
 
 from app.auth.models import Role
-from tests.conftest import TEST_SECRET
-from tests.factories import Account
-from tests.realtime.conftest import DEADLINE, LiveFactory, LiveServer, next_of
-from tests.servers import RedisServer
-
-STREAM = "/api/v1/notifications/stream"
-
-
-@dataclass
-class Event:
-    event: str | None = None
-    id: str | None = None
-    data: list[str] = field(default_factory=list)
-    comments: list[str] = field(default_factory=list)
-
-    def json(self) -> dict[str, object]:
-        value: dict[str, object] = json.loads("\n".join(self.data))
-        return value
-
-
-class EventStream:
-    """A Server-Sent Events reader over a real HTTP response."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._lines = response.aiter_lines()
-
-    async def next(self, timeout: float = DEADLINE) -> Event:
-        event = Event()
-        async with asyncio.timeout(timeout):
-            async for line in self._lines:
-                if not line:
-                    if event.data or event.comments or event.event:
-                        return event
-                    continue
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "":
-                    event.comments.append(value)
-                elif name == "data":
-                    event.data.append(value)
-                elif name in ("event", "id"):
-                    setattr(event, name, value)
-        raise AssertionError("the stream ended")
-
-    async def next_notification(self) -> Event:
-        while True:
-            event = await self.next()
-            if event.event == "notification":
-                return event
-
-
-@asynccontextmanager
-async def sse(server: LiveServer, account: Account, **headers: str) -> AsyncIterator[EventStream]:
-    async with server.http.stream(
-        "GET", STREAM, headers={**account.headers, **headers}, timeout=DEADLINE
-    ) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        stream = EventStream(response)
-        first = await stream.next()  # sent once subscribed: from here nothing is missed
-        assert first.comments == ["connected"]
-        yield stream
-
-
-async def ready(ws: ClientConnection) -> None:
-    """A pong comes back only once the socket is subscribed."""
-    await ws.send('{"type": "ping"}')
-    await next_of(ws, "pong")
+from tests.support.factories import Account
+from tests.support.live import STREAM, LiveFactory, LiveServer, next_of, ready, sse
+from tests.support.servers import RedisServer
+from tests.support.settings import TEST_SECRET
 
 
 async def notify(server: LiveServer, user_id: int, title: str) -> dict[str, object]:
     """What the jobs feature calls when a user's task finishes: the service, in-process."""
     async with server.app.state.services.sessionmaker() as session:
         sent = await server.realtime.notifier.send_to_user(
-            session, user_id, "job.finished", title, "Your report is ready", {"task_id": "t-1"}
+            session=session,
+            user_id=user_id,
+            kind="job.finished",
+            title=title,
+            body="Your report is ready",
+            data={"task_id": "t-1"},
         )
     return sent.model_dump(mode="json")
 
@@ -232,7 +167,8 @@ WORKER_SCRIPT = textwrap.dedent(
                 create_sessionmaker(engine)() as session,
             ):
                 sent = await notifier.send_to_user(
-                    session, int(sys.argv[1]), "job.failed", "Import failed", "Line 3", {}
+                    session=session, user_id=int(sys.argv[1]), kind="job.failed",
+                    title="Import failed", body="Line 3", data={},
                 )
                 print(sent.id)
         finally:

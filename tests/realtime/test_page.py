@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import Account
-from tests.realtime.conftest import LiveFactory, LiveServer
-from tests.servers import require_server
+from tests.support.factories import Account
+from tests.support.live import LiveFactory, LiveServer
+from tests.support.servers import require_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytest.importorskip("playwright.async_api")
@@ -78,7 +78,11 @@ async def test_two_people_chat_in_the_browser(live: LiveFactory) -> None:
             # A notification for alice (a finished job) appears on her page only.
             async with server.app.state.services.sessionmaker() as session:
                 await server.realtime.notifier.send_to_user(
-                    session, alice.id, "job.finished", "Export ready", "3 rows"
+                    session=session,
+                    user_id=alice.id,
+                    kind="job.finished",
+                    title="Export ready",
+                    body="3 rows",
                 )
             await expect(a.locator("#notifications li")).to_have_text(["Export ready 3 rows"])
             await expect(b.locator("#notifications li")).to_have_count(0)

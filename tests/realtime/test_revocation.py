@@ -13,9 +13,16 @@ from app.auth.revocation import EndReason, SessionsEnded
 from app.core.db import utcnow
 from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 from app.realtime.revocation import close_code_for
-from tests.factories import Account
-from tests.realtime.conftest import LiveFactory, LiveServer, close_code_of
-from tests.realtime.test_notifications import STREAM, EventStream, ready, sse
+from tests.support.factories import Account
+from tests.support.live import (
+    STREAM,
+    EventStream,
+    LiveFactory,
+    LiveServer,
+    close_code_of,
+    ready,
+    sse,
+)
 
 BOUND_SECONDS = 3.0  # the target is 1 s; a loaded CI machine must not flake
 

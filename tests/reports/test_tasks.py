@@ -9,7 +9,6 @@ import zipfile
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
-import anyio
 import httpx
 import openpyxl
 import pytest
@@ -21,9 +20,10 @@ from app.core.db import utcnow
 from app.files.models import StoredFile
 from app.items.models import Item
 from app.jobs.models import FINISHED, Job
-from tests.core.test_errors import assert_envelope
-from tests.factories import Account, Factory
-from tests.plugins.workers import TASK_DEADLINE_SECONDS, JobsStack, wait_for_task
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
+from tests.support.waiting import eventually_async
+from tests.support.workers import TASK_DEADLINE_SECONDS, JobsStack, wait_for_task
 
 JST = timezone(timedelta(hours=9))
 DAYS = [date(2020, 3, 1), date(2020, 3, 2), date(2020, 3, 3)]
@@ -252,11 +252,17 @@ async def test_the_daily_report_covers_yesterday_for_the_first_superuser(
 
 async def _wait_for_row(app: FastAPI, task_id: str, stack: JobsStack, attempts: int = 1) -> Job:
     """Tasks sent without a row (as beat sends them) get one when they start."""
-    with anyio.move_on_after(TASK_DEADLINE_SECONDS):
-        while True:
-            async with app.state.services.sessionmaker() as session:
-                job: Job | None = await session.get(Job, task_id)
-            if job is not None and job.state in FINISHED and job.attempts >= attempts:
-                return job
-            await anyio.sleep(0.05)
-    raise AssertionError(f"task {task_id} did not finish\n{stack.worker.tail()}")
+
+    async def finished() -> Job | None:
+        async with app.state.services.sessionmaker() as session:
+            job: Job | None = await session.get(Job, task_id)
+        done = job is not None and job.state in FINISHED and job.attempts >= attempts
+        return job if done else None
+
+    try:
+        found: Job = await eventually_async(
+            finished, timeout=TASK_DEADLINE_SECONDS, what=f"task {task_id} to finish"
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{stack.worker.tail()}") from None
+    return found

@@ -4,7 +4,6 @@ of a multi-worker process counts the requests of all its workers."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,8 +16,7 @@ import redis
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import RedisServer
-from tests.system.conftest import (
+from tests.support.apis import (
     ApiFleet,
     ApiProcess,
     ApiSpec,
@@ -33,6 +31,8 @@ from tests.system.conftest import (
     unique_name,
     wait_for_window_headroom,
 )
+from tests.support.servers import RedisServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -287,10 +287,12 @@ def test_metrics_count_the_requests_of_every_worker(
 
         # A worker counts a request just after answering it: allow that instant, then every
         # scrape, whichever worker answers it, must give the sum of both.
-        deadline = time.monotonic() + 2
-        while scraped_list_requests(client) != sent:
-            assert time.monotonic() < deadline, (scraped_list_requests(client), sent)
-            time.sleep(0.02)
+        eventually(
+            lambda: scraped_list_requests(client) == sent,
+            timeout=2,
+            interval=0.02,
+            what=f"a scrape counting all {sent} requests",
+        )
         by_worker = list_requests_by_worker(metrics_dir)
         assert len(by_worker) >= 2, by_worker  # more if the supervisor replaced a worker
         assert sum(by_worker.values()) == sent, by_worker

@@ -18,10 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.realtime.service import NotificationService
-from tests.conftest import TEST_SECRET
-from tests.servers import RedisServer
-from tests.system.conftest import (
-    _RUNNING,
+from tests.support.apis import (
+    RUNNING,
     STOP_DEADLINE_SECONDS,
     ApiFleet,
     ApiProcess,
@@ -32,6 +30,9 @@ from tests.system.conftest import (
     register,
     unique_name,
 )
+from tests.support.servers import RedisServer
+from tests.support.settings import TEST_SECRET
+from tests.support.waiting import eventually_async
 
 pytestmark = pytest.mark.postgres
 
@@ -106,7 +107,9 @@ async def test_a_client_of_process_a_receives_what_a_client_of_b_sends(
                 NotificationService.from_settings(settings) as notifier,
                 create_sessionmaker(engine)() as session,
             ):
-                sent = await notifier.send_to_user(session, alice_id, "job.finished", "Done")
+                sent = await notifier.send_to_user(
+                    session=session, user_id=alice_id, kind="job.finished", title="Done"
+                )
         finally:
             await engine.dispose()
         assert (await next_of(alerts, "notification"))["id"] == sent.id
@@ -148,19 +151,21 @@ async def test_the_per_user_cap_holds_across_processes(
             assert third.protocol.close_rcvd is not None
             assert third.protocol.close_rcvd.code == 1008
         await second.close()
+
         # The lease goes back in A's next round, without waiting on Redis in the close.
-        async with asyncio.timeout(DEADLINE):
-            while True:
-                async with connect(ws_url(b, "/ws/chat/cap"), subprotocols=bearer) as again:  # type: ignore[arg-type]
-                    joined = None
-                    with contextlib.suppress(ConnectionClosed):
-                        joined = await next_of(again, "join")
-                    if joined is not None:
-                        assert joined["user"]["id"] == user_id  # type: ignore[index]
-                        break
-                    assert again.protocol.close_rcvd is not None
-                    assert again.protocol.close_rcvd.code == 1008  # A has not released yet
-                await asyncio.sleep(0.05)  # polling A's release, bounded by the timeout
+        async def joined_again() -> bool:
+            async with connect(ws_url(b, "/ws/chat/cap"), subprotocols=bearer) as again:  # type: ignore[arg-type]
+                joined = None
+                with contextlib.suppress(ConnectionClosed):
+                    joined = await next_of(again, "join")
+                if joined is not None:
+                    assert joined["user"]["id"] == user_id  # type: ignore[index]
+                    return True
+                assert again.protocol.close_rcvd is not None
+                assert again.protocol.close_rcvd.code == 1008  # A has not released yet
+                return False
+
+        await eventually_async(joined_again, timeout=DEADLINE, what="A to release the lease")
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
@@ -197,8 +202,8 @@ async def test_shutdown_closes_websockets_with_1001_and_ends_sse_streams(
     assert returncode in (0, -stop_signal), api.describe()
     log = api.stderr.read_text()
     assert "Cancel" not in log, log  # nothing was left for uvicorn's graceful timeout
-    if api in _RUNNING:
-        _RUNNING.remove(api)  # stopped here, with its own signal
+    if api in RUNNING:
+        RUNNING.remove(api)  # stopped here, with its own signal
 
 
 async def test_a_token_in_the_query_string_never_reaches_the_logs(

@@ -15,8 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import RedisServer, running
-from tests.system.conftest import (
+from tests.support.apis import (
     ApiFleet,
     ApiSpec,
     api_env,
@@ -28,6 +27,7 @@ from tests.system.conftest import (
     register,
     unique_name,
 )
+from tests.support.servers import RedisServer, running
 
 pytestmark = pytest.mark.postgres
 

@@ -32,9 +32,7 @@ from app.auth.models import ActionToken, Role, TokenPurpose, User
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker, utcnow
 from app.core.security import hash_opaque_token, new_opaque_token
-from tests.conftest import TEST_SECRET
-from tests.servers import RedisServer, running
-from tests.system.conftest import (
+from tests.support.apis import (
     PASSWORD,
     ApiFleet,
     ApiProcess,
@@ -46,6 +44,8 @@ from tests.system.conftest import (
     register,
     unique_name,
 )
+from tests.support.servers import RedisServer, running
+from tests.support.settings import TEST_SECRET
 
 pytestmark = pytest.mark.postgres
 

@@ -1,14 +1,14 @@
 """The task API against a real worker: owners see their tasks, nobody else does (JOBS-7)."""
 
-import anyio
 import httpx
 from fastapi import FastAPI
 
 from app.auth.models import Role
 from app.core.request_context import REQUEST_ID
 from app.jobs.models import Job
-from tests.factories import Factory
-from tests.plugins.workers import JobsStack, wait_for_task
+from tests.support.factories import Factory
+from tests.support.waiting import eventually_async
+from tests.support.workers import JobsStack, wait_for_task
 
 
 async def _enqueue(
@@ -93,16 +93,15 @@ async def test_the_request_id_reaches_the_tasks_logs(
         REQUEST_ID.reset(token)
     await wait_for_task(jobs_client, owner.headers, task_id, stack=jobs_stack)
 
-    with anyio.fail_after(10):
-        while True:
-            lines = [
-                line
-                for line in jobs_stack.worker.tail(400).splitlines()
-                if "noop ran" in line and task_id in line
-            ]
-            if lines:
-                break
-            await anyio.sleep(0.05)
+    lines = await eventually_async(
+        lambda: [
+            line
+            for line in jobs_stack.worker.tail(400).splitlines()
+            if "noop ran" in line and task_id in line
+        ],
+        timeout=10,
+        what=f"the worker's log line for {task_id}",
+    )
     assert "req-trace-4242" in lines[0]
 
 

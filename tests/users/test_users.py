@@ -2,8 +2,8 @@ import httpx
 import pytest
 
 from app.auth.models import Role
-from tests.core.test_errors import assert_envelope
-from tests.factories import Account, Factory
+from tests.support.assertions import assert_envelope
+from tests.support.factories import Account, Factory
 
 PUBLIC_FIELDS = {"id", "username", "full_name", "bio", "created_at"}
 

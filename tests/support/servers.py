@@ -1,4 +1,4 @@
-"""Throwaway real database servers for the test session (no Docker).
+"""Throwaway real database servers for tests and bench (no Docker), on tests.support.processes.
 
 The servers are started from the Debian binaries installed on the machine:
 
@@ -27,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +34,16 @@ from typing import IO, NoReturn, Protocol, Self, TypeVar
 from urllib.parse import quote
 
 import pytest
+from mirakuru import TCPExecutor
+from mirakuru.exceptions import (
+    AlreadyRunning,
+    ProcessExitedWithError,
+    ProcessFinishedWithError,
+    TimeoutExpired,
+)
+
+from tests.support.processes import HOST, free_port, tail, tcp_executor
+from tests.support.waiting import eventually
 
 __all__ = [
     "PostgresServer",
@@ -44,7 +53,6 @@ __all__ = [
     "require_server",
 ]
 
-HOST = "127.0.0.1"
 PG_USER = "postgres"  # both the OS user (when root) and the database superuser
 _PG_BINARIES = ("initdb", "pg_ctl", "postgres")
 _PG_SETTINGS = {
@@ -96,22 +104,6 @@ def require_server(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: real-server tests must not be skipped)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """Ask the kernel for a free loopback TCP port (racy, but callers retry)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<could not read {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:]) or "<empty>"
 
 
 def _clean_env() -> dict[str, str]:
@@ -271,7 +263,7 @@ class PostgresServer:
             )
             settings = {**_PG_SETTINGS, "unix_socket_directories": f"'{self.socket_dir}'"}
             with (self.data_dir / "postgresql.conf").open("a") as conf:
-                conf.write("\n# added by tests/servers.py\n")
+                conf.write("\n# added by tests/support/servers.py\n")
                 conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
             self._start_on_free_port(bin_dir)
         except BaseException:
@@ -425,7 +417,8 @@ class PostgresServer:
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port; its data directory (and with
+    """A private redis-server on a free loopback port (mirakuru TCPExecutor: started when the
+    port accepts connections, stopped by process group); its data directory (and with
     `persistent`, its append-only file) lives until `stop`, through `kill`/`halt` + `revive`."""
 
     def __init__(
@@ -439,7 +432,7 @@ class RedisServer:
         self.config = config
         self.port: int | None = None
         self.base_dir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._executor: TCPExecutor | None = None
         self._log: IO[bytes] | None = None
 
     @property
@@ -465,6 +458,13 @@ class RedisServer:
             raise RuntimeError("RedisServer is not started")
         return f"redis://{HOST}:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The server's pid, which is also its process group (mirakuru starts a session)."""
+        if self._executor is None or self._executor.process is None:
+            raise RuntimeError("RedisServer is not started")
+        return self._executor.process.pid
+
     def start(self) -> None:
         if self.base_dir is not None:
             raise RuntimeError("RedisServer is already started")
@@ -488,36 +488,32 @@ class RedisServer:
     def _spawn(self, binary: str, port: int | None = None) -> None:
         self.port = port or free_port()
         self._log = self.log_file.open("ab")
-        self._proc = subprocess.Popen(
-            [
-                binary,
-                *([str(self.config)] if self.config is not None else []),
-                "--port", str(self.port),
-                "--bind", HOST,
-                "--save", "",
-                "--appendonly", "yes" if self.persistent else "no",
-                "--appendfsync", "everysec",  # deploy/redis.conf's: at most 1 s lost to a kill
-                "--dir", str(self.base_dir),
-                "--daemonize", "no",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServerStartError(
-                    f"redis-server exited with {self._proc.returncode}\n"
-                    f"--- server log ---\n{tail(self.log_file)}"
-                )
-            if self._ping():
-                return
-            time.sleep(0.05)
-        raise ServerStartError(
-            f"redis-server did not answer PING within {_START_TIMEOUT:.0f}s\n"
-            f"--- server log ---\n{tail(self.log_file)}"
-        )
+        command = [
+            binary,
+            *([str(self.config)] if self.config is not None else []),
+            "--port", str(self.port),
+            "--bind", HOST,
+            "--save", "",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "everysec",  # deploy/redis.conf's: at most 1 s lost to a kill
+            "--dir", str(self.base_dir),
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self._executor = tcp_executor(command, self.port, log=self._log, timeout=_START_TIMEOUT)
+        try:
+            self._executor.start()
+        except AlreadyRunning:
+            raise ServerStartError(f"port {self.port}: Address already in use") from None
+        except (ProcessExitedWithError, TimeoutExpired) as exc:
+            raise ServerStartError(
+                f"redis-server did not start: {exc}\n--- server log ---\n{tail(self.log_file)}"
+            ) from None
+        # Listening is not serving: a persistent server answers -LOADING while it reads its
+        # append-only file back.
+        try:
+            eventually(self._ping, timeout=_START_TIMEOUT, what="redis-server to answer PING")
+        except AssertionError as exc:
+            raise ServerStartError(f"{exc}\n--- server log ---\n{tail(self.log_file)}") from None
 
     def _ping(self) -> bool:
         assert self.port is not None
@@ -529,18 +525,15 @@ class RedisServer:
             return False
 
     def _terminate(self, *, abruptly: bool = False) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                if abruptly:
-                    self._proc.kill()
-                else:
-                    self._proc.terminate()
-                try:
-                    self._proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-            self._proc = None
+        if self._executor is not None:
+            if abruptly:
+                self._executor.kill()
+            else:
+                # A persistent server writes its file on SIGTERM; mirakuru SIGKILLs the group
+                # only if it is still there after the timeout.
+                with contextlib.suppress(ProcessFinishedWithError):
+                    self._executor.stop()
+            self._executor = None
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -571,6 +564,10 @@ class RedisServer:
         """SIGTERM, as a container restart does (a persistent server writes its file first);
         `revive` starts it again on the same port."""
         self._terminate()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
         self,

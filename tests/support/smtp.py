@@ -20,8 +20,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.certs import make_ca
-from tests.servers import free_port
+from tests.support.certs import make_ca
+from tests.support.processes import free_port
 
 SMTP_USER = "mailer"
 SMTP_PASSWORD = "smtp-secret-Pa55"

@@ -1,0 +1,13 @@
+from app.core.errors import Conflict, NotFound
+
+
+class CampaignNotFound(NotFound):
+    def __init__(self, campaign_id: int) -> None:
+        super().__init__(f"Campaign {campaign_id} not found")
+
+
+class AddressNotVerified(Conflict):
+    """Mail goes only to addresses their owners proved they hold."""
+
+    def __init__(self) -> None:
+        super().__init__("Verify your email address first: test mail goes only to verified ones")

@@ -1,0 +1,76 @@
+"""How busy the machine was during a run: the CPU the rest of the machine took (everything
+outside our process groups), from /proc, and the load average."""
+
+import contextlib
+import dataclasses
+import os
+import resource
+import time
+from pathlib import Path
+
+from bench.wrk import WrkResult
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# Process groups of the servers this run started (each has its own, see `serving`); with our
+# own group and our reaped children (wrk), that is "us". Everything else is "the machine".
+OUR_GROUPS: set[int] = set()
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy since boot (all cores, /proc/stat)."""
+    with Path("/proc/stat").open() as stat:
+        fields = [int(n) for n in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def _our_cpu_seconds() -> float:
+    groups = OUR_GROUPS | {os.getpgrp()}
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+        if int(fields[2]) in groups:  # pgrp, field 5
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14, 15
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once waited for
+    return ticks / CLOCK_TICKS + reaped.ru_utime + reaped.ru_stime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    """Enough to tell, after a run, how much CPU other work on the machine took during it."""
+
+    wall: float
+    busy: float | None
+    ours: float | None
+    loadavg_1m: float
+
+    @classmethod
+    def take(cls) -> "CpuSnapshot":
+        busy: float | None = None
+        ours: float | None = None
+        with contextlib.suppress(OSError, ValueError, IndexError):  # no /proc: not Linux
+            busy, ours = _busy_cpu_seconds(), _our_cpu_seconds()
+        return cls(time.monotonic(), busy, ours, round(os.getloadavg()[0], 2))
+
+    def other_cores(self) -> float | None:
+        """Cores' worth of CPU used since this snapshot by processes that aren't ours."""
+        now = CpuSnapshot.take()
+        if (
+            self.busy is None or self.ours is None or now.busy is None or now.ours is None
+            or now.wall <= self.wall
+        ):  # fmt: skip
+            return None
+        other = (now.busy - self.busy) - (now.ours - self.ours)
+        return round(max(0.0, other) / (now.wall - self.wall), 2)
+
+    def annotate(self, result: WrkResult) -> WrkResult:
+        return dataclasses.replace(
+            result, loadavg_1m=self.loadavg_1m, other_cpu_cores=self.other_cores()
+        )
