@@ -55,6 +55,8 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
 # The bytes go out with the media type stored for the file (sniffed on upload, or the format
 # of a made image or report), so any type may come back.
 _BYTES: dict[str, Any] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+# What service.parse_range reads: one `bytes=` range (a list is answered whole).
+RANGE_SCHEMA_PATTERN = r"^\s*bytes=(?:[^,]*,[\s\S]*|\d+-\d*|-\d*[1-9]\d*)\s*$"
 _CONTENT: dict[int | str, dict[str, Any]] = {
     200: {"content": _BYTES, "description": "The whole file, with its stored media type"},
     206: {"content": _BYTES, "description": "The requested range (one `bytes=` range)"},
@@ -115,7 +117,11 @@ async def download_file(
     row: StreamableFile,
     viewer: CurrentPrincipal,
     services: ServicesDep,
-    range_header: Annotated[str | None, Header(alias="range")] = None,
+    range_header: Annotated[
+        str | None,
+        # Stated, not enforced here: a range the service can't read is a 416, as RFC 9110 says.
+        Header(alias="range", json_schema_extra={"pattern": RANGE_SCHEMA_PATTERN}),
+    ] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The file's bytes (owner or admin), with ranges, ETag and a safe download name."""
