@@ -13,7 +13,7 @@ from pydantic import (
 )
 
 from app.auth.models import Role
-from app.core.schemas import APIModel, CleanStr, Email, InputModel
+from app.core.schemas import APIModel, CleanStr, Email, InputModel, any_case
 
 RESERVED_USERNAMES = frozenset(
     {
@@ -23,6 +23,18 @@ RESERVED_USERNAMES = frozenset(
 )  # fmt: skip
 
 
+USERNAME_CHARS = r"[A-Za-z0-9_-]+"
+UPPER_CASE = r"[A-Z]"
+DIGIT = r"\d"
+
+
+# The validators below say which rule failed; these patterns are the same rules for the OpenAPI
+# document (pydantic's Rust regex engine has no look-ahead, so they can't be the validators).
+_RESERVED = "|".join(any_case(name) for name in sorted(RESERVED_USERNAMES))
+USERNAME_SCHEMA_PATTERN = f"^(?!(?:{_RESERVED})$){USERNAME_CHARS}$"
+PASSWORD_SCHEMA_PATTERN = f"^(?=[\\s\\S]*{UPPER_CASE})(?=[\\s\\S]*{DIGIT})"
+
+
 def _not_reserved(username: str) -> str:
     if username.lower() in RESERVED_USERNAMES:
         raise ValueError("this username is reserved")
@@ -30,19 +42,26 @@ def _not_reserved(username: str) -> str:
 
 
 def _strong_password(password: str) -> str:
-    if not re.search(r"[A-Z]", password):
+    if not re.search(UPPER_CASE, password):
         raise ValueError("password needs at least one upper-case letter")
-    if not re.search(r"\d", password):
+    if not re.search(DIGIT, password):
         raise ValueError("password needs at least one digit")
     return password
 
 
 UsernameChars = Annotated[
-    str, StringConstraints(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+    str, StringConstraints(min_length=3, max_length=32, pattern=f"^{USERNAME_CHARS}$")
 ]
-Username = Annotated[UsernameChars, AfterValidator(_not_reserved)]
+Username = Annotated[
+    UsernameChars,
+    AfterValidator(_not_reserved),
+    Field(json_schema_extra={"pattern": USERNAME_SCHEMA_PATTERN}),
+]
 Password = Annotated[
-    str, StringConstraints(min_length=8, max_length=128), AfterValidator(_strong_password)
+    str,
+    StringConstraints(min_length=8, max_length=128),
+    AfterValidator(_strong_password),
+    Field(json_schema_extra={"pattern": PASSWORD_SCHEMA_PATTERN}),
 ]
 # Only checked for length: a stored password may predate today's rules.
 AnyPassword = Annotated[str, StringConstraints(min_length=1, max_length=128)]

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints
 
 from app.campaigns.models import CampaignStatus
 from app.core.db import MAX_ID
@@ -28,16 +28,11 @@ class CampaignCreate(InputModel):
     )
     user_ids: list[UserId] | None = Field(
         default=None,
+        min_length=1,
         max_length=10_000,
-        description="Explicit recipients (the active, verified users among them); default: every"
-        " active, verified user",
+        description="Explicit recipients (the active, verified users among them); default (left"
+        " out): every active, verified user",
     )
-
-    @model_validator(mode="after")
-    def _some_recipients(self) -> "CampaignCreate":
-        if self.user_ids is not None and not self.user_ids:
-            raise ValueError("user_ids must not be empty; leave it out to mail everyone")
-        return self
 
 
 class CampaignRead(APIModel):

@@ -1,8 +1,10 @@
 """The project's base model, shared constrained types and the two page envelopes."""
 
 import math
+import re
 from typing import Annotated, Generic, TypeVar
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
@@ -11,9 +13,25 @@ from app.core.db import MAX_ID
 # Text a database can store: PostgreSQL refuses NUL characters, so refuse them at the edge.
 NO_NUL_PATTERN = r"^[^\x00]*$"
 CleanStr = Annotated[str, StringConstraints(pattern=NO_NUL_PATTERN)]
+
+
+def any_case(word: str) -> str:
+    """A regular expression matching `word` in any letter case (JSON Schema has no flags)."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# email-validator refuses special-use domains (RFC 6761: `.test`, `.local`, ...); "format":
+# "email" alone does not say so.
+_RESERVED_DOMAINS = "|".join(any_case(name) for name in sorted(SPECIAL_USE_DOMAIN_NAMES))
+EMAIL_SCHEMA_PATTERN = rf"^(?![\s\S]*@(?:[\s\S]*\.)?(?:{_RESERVED_DOMAINS})\.?$)"
 # An address as accounts and the outbox store it: at most 254 characters (RFC 5321's path
 # limit), lower-cased so one mailbox is one account.
-Email = Annotated[EmailStr, StringConstraints(max_length=254), AfterValidator(str.lower)]
+Email = Annotated[
+    EmailStr,
+    StringConstraints(max_length=254),
+    AfterValidator(str.lower),
+    Field(json_schema_extra={"pattern": EMAIL_SCHEMA_PATTERN}),
+]
 
 PrimaryKey = Annotated[int, Path(ge=1, le=MAX_ID, description="Resource id")]
 OptionalId = Annotated[int | None, Query(ge=1, le=MAX_ID)]

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.dependencies import CurrentPrincipal
 from app.core.config import Settings
 from app.core.dependencies import ServicesDep, SessionDep, SettingsDep, StorageDep
+from app.core.errors import ErrorResponse
 from app.core.storage import Storage
 from app.core.streams import LimitedStreamingResponse
 from app.files import service
@@ -40,19 +41,32 @@ MULTIPART_BODY: dict[str, Any] = {
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {
+        "model": ErrorResponse,
         "description": "The file is over MAX_UPLOAD_BYTES, or over the owner's storage quota "
-        "(USER_STORAGE_QUOTA_BYTES) or file count (USER_MAX_FILES): see the error's code"
+        "(USER_STORAGE_QUOTA_BYTES) or file count (USER_MAX_FILES): see the error's code",
     },
-    415: {"description": "Extension not allowed, or content not matching it"},
-    503: {"description": "Storage unavailable"},
-    507: {"description": "Storage full"},
+    415: {
+        "model": ErrorResponse,
+        "description": "Not multipart/form-data, extension not allowed, or content not matching it",
+    },
+    503: {"model": ErrorResponse, "description": "Storage unavailable"},
+    507: {"model": ErrorResponse, "description": "Storage full"},
 }
+# The bytes go out with the media type stored for the file (sniffed on upload, or the format
+# of a made image or report), so any type may come back.
+_BYTES: dict[str, Any] = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+# What service.parse_range reads: one `bytes=` range (a list is answered whole).
+RANGE_SCHEMA_PATTERN = r"^\s*bytes=(?:[^,]*,[\s\S]*|\d+-\d*|-\d*[1-9]\d*)\s*$"
 _CONTENT: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/octet-stream": {}}, "description": "The whole file"},
-    206: {"description": "The requested range"},
+    200: {"content": _BYTES, "description": "The whole file, with its stored media type"},
+    206: {"content": _BYTES, "description": "The requested range (one `bytes=` range)"},
     304: {"description": "Not modified (If-None-Match)"},
-    416: {"description": "Range not satisfiable"},
-    429: {"description": "Over MAX_CONCURRENT_STREAMS_PER_USER downloads at once"},
+    416: {"model": ErrorResponse, "description": "Range not satisfiable"},
+    429: {
+        "model": ErrorResponse,
+        "description": "Over MAX_CONCURRENT_STREAMS_PER_USER downloads at once",
+    },
+    503: {"model": ErrorResponse, "description": "Storage unavailable"},
 }
 
 
@@ -103,7 +117,11 @@ async def download_file(
     row: StreamableFile,
     viewer: CurrentPrincipal,
     services: ServicesDep,
-    range_header: Annotated[str | None, Header(alias="range")] = None,
+    range_header: Annotated[
+        str | None,
+        # Stated, not enforced here: a range the service can't read is a 416, as RFC 9110 says.
+        Header(alias="range", json_schema_extra={"pattern": RANGE_SCHEMA_PATTERN}),
+    ] = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The file's bytes (owner or admin), with ranges, ETag and a safe download name."""

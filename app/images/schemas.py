@@ -1,9 +1,9 @@
 """Image operations as data: a discriminated union with bounds, checked at the API and again
 in the worker (a message is only JSON, whoever sent it)."""
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AnyUrl, Field, UrlConstraints, model_validator
+from pydantic import AnyUrl, ConfigDict, Field, UrlConstraints, model_validator
 
 from app.core.db import MAX_ID
 from app.core.schemas import APIModel, InputModel
@@ -20,8 +20,18 @@ HttpUrl = Annotated[
 ]
 
 
+def _present(*names: str) -> dict[str, Any]:
+    """A JSON schema clause: each of `names` given, and not null (the validators below)."""
+    return {
+        "required": list(names),
+        "properties": {name: {"not": {"type": "null"}} for name in names},
+    }
+
+
 class Resize(InputModel):
     """To `width` and/or `height`; with one of them, the other keeps the aspect ratio."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [_present("width"), _present("height")]})
 
     op: Literal["resize"]
     width: Dimension | None = None
@@ -77,6 +87,8 @@ class VariantSpec(InputModel):
 
 class ProcessRequest(InputModel):
     """An uploaded image of yours (`file_id`) or a public http(s) URL (`url`), not both."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [_present("file_id"), _present("url")]})
 
     file_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     url: HttpUrl | None = None

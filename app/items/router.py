@@ -2,6 +2,7 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import WithJsonSchema
 
 from app.auth.dependencies import ItemWriter, OptionalPrincipal
 from app.auth.errors import MissingPermission
@@ -11,13 +12,18 @@ from app.core.schemas import OptionalId, Page, PageNumber, PerPage, PrimaryKey, 
 from app.items import service
 from app.items.dependencies import OwnedItem
 from app.items.models import Currency
-from app.items.schemas import ItemCreate, ItemCursorPage, ItemRead, ItemUpdate
+from app.items.schemas import PRICE_BOUND_PATTERN, ItemCreate, ItemCursorPage, ItemRead, ItemUpdate
 
 router = APIRouter(prefix="/items", tags=["items"])
 list_v1 = APIRouter(prefix="/items", tags=["items"])
 list_v2 = APIRouter(prefix="/items", tags=["items"])
 
-PriceBound = Annotated[Decimal | None, Query(ge=0, max_digits=14, decimal_places=2)]
+PriceBound = Annotated[
+    Decimal | None,
+    Query(ge=0, max_digits=14, decimal_places=2),
+    # A query value is text: the digits and the cents the validation allows, written out.
+    WithJsonSchema({"type": "string", "pattern": PRICE_BOUND_PATTERN}),
+]
 
 
 async def item_filters(

@@ -1,15 +1,30 @@
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, WithJsonSchema
 
 from app.core.schemas import APIModel, CleanStr, CursorPage, InputModel
 from app.items.models import Currency
 
 Title = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200)]
 Description = Annotated[CleanStr, StringConstraints(max_length=5000)]
-Price = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2)]
+# What the validation takes, for the OpenAPI document (pydantic states neither the digits nor
+# the form of the string): a number in cents up to 10 integer digits, or that number written
+# out. The validation also reads other spellings of the same numbers ("15e-1", "1.500").
+PRICE_TEXT_PATTERN = r"^[0-9]{1,10}(\.[0-9]{1,2})?$"
+# Filters on prices allow two more integer digits (max_digits=14).
+PRICE_BOUND_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
+MAX_PRICE = 9_999_999_999.99
+PRICE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": MAX_PRICE, "multipleOf": 0.01},
+        {"type": "string", "pattern": PRICE_TEXT_PATTERN},
+    ]
+}
+Price = Annotated[
+    Decimal, Field(ge=0, max_digits=12, decimal_places=2), WithJsonSchema(PRICE_SCHEMA)
+]
 
 
 class ItemCreate(InputModel):

@@ -21,7 +21,11 @@ How it runs:
 * Every call carries the caller's bearer token. ``case.validate_response`` checks each
   answer: no 5xx, body and content type as documented, and no 401 from an operation that
   needs a token (the token is always live, so a 401 means the protected code was never
-  reached).
+  reached). It also checks that the schema is the validation: a positive case must not be
+  refused as invalid (the schema would be looser than the code) and a negative case must be
+  refused (stricter). Rules no JSON schema can state are in ``CODE_ONLY_RULES``, each with
+  the answer it gives and why; tests/core/test_schema_patterns.py checks the patterns that
+  stand in the document for validators.
 * Runs are derandomized so that CI is reproducible. ``FUZZ_MAX_EXAMPLES=300 FUZZ_RANDOM=1``
   gives a longer, different run locally.
 """
@@ -47,6 +51,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Err
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
     response_schema_conformance,
 )
 
@@ -87,6 +93,122 @@ Case = schemathesis.Case[Operation]
 REQUEST_ARGUMENTS = ("method", "url", "headers", "params", "cookies", "data", "json", "files")
 
 
+@dataclass(frozen=True)
+class CodeOnlyRule:
+    """A rule enforced in code that a JSON schema cannot state (the OpenAPI document says it
+    in words): a generated "valid" case may break it, and the answer must then be this one."""
+
+    status: int
+    code: str
+    fragment: str  # of the detail's message (or of the error's message when it has none)
+    field: str | None  # the detail's field; None for an error without details
+    why: str
+
+
+# A positive case answered with one of these is not a schema looser than the validation.
+CODE_ONLY_RULES: dict[str, list[CodeOnlyRule]] = {
+    "POST /api/v1/auth/register": [
+        CodeOnlyRule(
+            422, "validation_error", "passwords do not match", "body.password_confirm",
+            "password_confirm must equal password: a relation between two fields",
+        ),
+    ],
+    "POST /api/v1/auth/password": [
+        CodeOnlyRule(
+            422, "validation_error", "must differ from the current one", "body.new_password",
+            "new_password must differ from current_password: a relation between two fields",
+        ),
+        CodeOnlyRule(
+            400, "invalid_credentials", "current password is incorrect", None,
+            "which password is the caller's is a fact of the database, not of the schema",
+        ),
+    ],
+    **{
+        label: [
+            CodeOnlyRule(
+                400, "invalid_token", "invalid, expired or already used", None,
+                "only a token the API mailed is valid: a fact of the database",
+            )
+        ]
+        for label in ("POST /api/v1/auth/verify", "POST /api/v1/auth/password-reset")
+    },
+    **{
+        label: [
+            CodeOnlyRule(
+                415, "unsupported_media_type", fragment, None,
+                "the file's name and first bytes decide its type: a binary part has no schema",
+            )
+            for fragment in ("are not accepted", "The content is not a")
+        ]
+        for label in ("POST /api/v1/files", "POST /api/v1/items/{item_id}/images")
+    },
+    "GET /api/v1/files/{file_id}/content": [
+        CodeOnlyRule(
+            416, "range_not_satisfiable", "not satisfiable", None,
+            "whether a well-formed range fits depends on the file's size",
+        ),
+    ],
+    "POST /api/v1/reports": [
+        CodeOnlyRule(
+            422, "validation_error", fragment, "body",
+            "start <= end <= today, at most a year: relations between fields and the clock",
+        )
+        for fragment in ("start must not be after end", "end must not be after today",
+                         "a report covers at most")
+    ],
+    **{
+        label: [
+            CodeOnlyRule(
+                422, "validation_error", "not a cursor we issued", "query.cursor",
+                "a cursor is opaque: only ones the API issued decode to a position",
+            )
+        ]
+        for label in ("GET /api/v2/items/", "GET /api/v1/chat/rooms/{room}/messages",
+                      "GET /api/v1/notifications")
+    },
+}  # fmt: skip
+
+
+def _breaks_only_code_rules(case: Case, response: Any) -> bool:
+    rules = CODE_ONLY_RULES.get(case.operation.label, [])
+    if not any(rule.status == response.status_code for rule in rules):
+        return False
+    error = response.json()["error"]
+    details = error["details"] or [{"field": None, "message": error["message"]}]
+    return all(
+        any(
+            (rule.status, rule.code, rule.field)
+            == (response.status_code, error["code"], d["field"])
+            and rule.fragment in d["message"]
+            for rule in rules
+        )
+        for d in details
+    )
+
+
+def valid_data_is_accepted(ctx: Any, response: Any, case: Case) -> bool | None:
+    """Schemathesis's positive_data_acceptance, but for the listed code-only rules."""
+    __tracebackhide__ = True
+    if _breaks_only_code_rules(case, response):
+        return None
+    return positive_data_acceptance(ctx, response, case)
+
+
+# Refusals other than Schemathesis's defaults (400, 422, ...) that the document declares: a
+# malformed Range is answered 416, as RFC 9110 allows, not 422.
+REFUSAL_STATUSES: dict[str, frozenset[int]] = {
+    "GET /api/v1/files/{file_id}/content": frozenset({416}),
+}
+
+
+def invalid_data_is_refused(ctx: Any, response: Any, case: Case) -> bool | None:
+    """Schemathesis's negative_data_rejection, with the refusals listed above."""
+    __tracebackhide__ = True
+    if response.status_code in REFUSAL_STATUSES.get(case.operation.label, frozenset()):
+        return None
+    return negative_data_rejection(ctx, response, case)
+
+
 def authenticated_call_is_accepted(ctx: Any, response: Any, case: Case) -> None:
     """Every call carries a live token, so a protected operation must never answer 401."""
     if response.status_code == 401 and case.operation.definition.raw.get("security"):
@@ -98,6 +220,8 @@ CHECKS: list[Callable[..., Any]] = [
     response_schema_conformance,
     content_type_conformance,
     authenticated_call_is_accepted,
+    valid_data_is_accepted,
+    invalid_data_is_refused,
 ]
 
 
@@ -175,7 +299,9 @@ class Fuzzer:
         except BaseExceptionGroup as failures:
             # Schemathesis raises a BaseExceptionGroup, which Hypothesis would let through as
             # an interrupt; as an AssertionError it is a failing example, shrunk and reported.
-            raise AssertionError(failures.message) from None
+            details = "\n".join(f"- {failure}" for failure in failures.exceptions)
+            label = case.operation.label
+            raise AssertionError(f"{label}: {failures.message}\n{details}") from None
         finally:
             self.loop.run_until_complete(self.after(case, response))
 
