@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 
 from bench.common import progress
-from bench.cpu import CpuSnapshot
+from bench.cpu import CpuSnapshot, group_cpu_seconds
 from bench.service import Server, Services, scan_service_log
 from bench.targets import (
     ENDPOINTS,
+    FLOOR_ENDPOINTS,
     HEALTH,
     LOGIN,
     LOGIN_FLOOD,
@@ -37,17 +38,32 @@ def measure(label: str, server: Server, target: Target, load: Load, token: str |
     connections = load.connections_for(target)
     progress(f"{label}: {target.method} {target.path}, {connections} connections, {load.duration}s")
     before = CpuSnapshot.take()
+    server_before = group_cpu_seconds(server.group.pid)
     result = finish_wrk(
         start_wrk(
-            server.base_url, target, duration=load.duration, connections=connections, token=token
+            server.base_url, target, duration=load.duration, connections=connections,
+            token=token, pinning=load.pinning,
         )
-    )
-    return before.annotate(result)
+    )  # fmt: skip
+    server_after = group_cpu_seconds(server.group.pid)
+    used = None
+    if server_before is not None and server_after is not None:
+        used = server_after - server_before
+    return before.annotate(result).with_server_cpu(used)
+
+
+def _ratio(ours: float | None, base: float | None) -> float | None:
+    return round(ours / base, 4) if ours and base else None
 
 
 def with_ratio(result: WrkResult, ceiling: WrkResult) -> dict[str, Any]:
-    ratio = result.rps / ceiling.rps if ceiling.rps else None
-    return {**result.as_dict(), "ratio_to_ceiling": round(ratio, 4) if ratio else None}
+    """`cpu_ratio_to_ceiling` (server CPU per request over the bare app's /health, same run) is
+    the issue's figure; `ratio_to_ceiling` (rps over rps) is kept for older results."""
+    return {
+        **result.as_dict(),
+        "ratio_to_ceiling": _ratio(result.rps, ceiling.rps),
+        "cpu_ratio_to_ceiling": _ratio(result.cpu_ms_per_request, ceiling.cpu_ms_per_request),
+    }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,14 +100,15 @@ def login_flood(server: Server, load: Load, token: str) -> Flood:
     progress(f"login flood on {connections} connections, /health probe beside it")
     flood_started = CpuSnapshot.take()
     flood = start_wrk(
-        base_url, LOGIN, duration=load.duration + 1, connections=connections, token=token
-    )
+        base_url, LOGIN, duration=load.duration + 1, connections=connections, token=token,
+        pinning=load.pinning,
+    )  # fmt: skip
     try:
         probe_started = CpuSnapshot.take()
         during = finish_wrk(
             start_wrk(
                 base_url, HEALTH, duration=load.duration, connections=PROBE_CONNECTIONS,
-                token=token,
+                token=token, pinning=load.pinning,
             )
         )  # fmt: skip
         during = probe_started.annotate(during)
@@ -142,7 +159,7 @@ def benchmark_mode(
             server.base_url: stack.enter_context(
                 httpx.Client(base_url=server.base_url, timeout=30.0)
             )
-            for server in (services.full, services.quiet)
+            for server in (services.full, services.quiet, services.floor)
             if server is not None
         }
         full = clients[services.full.base_url]
@@ -170,6 +187,16 @@ def benchmark_mode(
             result = measure(f"{mode}: {name}", server, targets[name], load, token)
             problems += result.problems(f"{mode}.{name}")
             endpoints[name] = with_ratio(result, ceiling)
+            if services.floor is not None and name in FLOOR_ENDPOINTS:
+                # Right after ours, under the same machine load: the same work, done plainly.
+                floor_server = services.floor
+                preflight(clients[floor_server.base_url], f"floor {name}", targets[name], token)
+                floor = measure(f"{mode}: floor {name}", floor_server, targets[name], load, token)
+                problems += floor.problems(f"{mode}.floor.{name}")
+                endpoints[name]["floor"] = floor.as_dict()
+                endpoints[name]["floor_ratio"] = _ratio(
+                    result.cpu_ms_per_request, floor.cpu_ms_per_request
+                )
     # Again after the endpoints (before the flood, whose hashing may outlast it): how far the
     # machine moved meanwhile. The ratios are only as good as this is small.
     recheck = measure(f"{mode}: ceiling again", ceiling_server, HEALTH, load, None)
@@ -188,7 +215,7 @@ def benchmark_mode(
     report["other_cpu_cores_mean"] = started.other_cores()
     report["service_logs"] = {
         server.name: scan_service_log(server.log)
-        for server in (services.full, services.quiet)
+        for server in (services.full, services.quiet, services.floor)
         if server is not None
     }
     for server_name, log in report["service_logs"].items():

@@ -59,6 +59,7 @@ from typing import Any, NoReturn
 
 from bench.common import BENCH_DIR, ROOT, BenchError, progress
 from bench.measure import PROBE_CONNECTIONS, benchmark_mode
+from bench.pinning import choose, default_pin
 from bench.service import (
     NO_LIMIT,
     SEED_ITEMS,
@@ -111,17 +112,19 @@ def settings(args: argparse.Namespace, modes: Sequence[str], only: Sequence[str]
 
 def run(args: argparse.Namespace, modes: Sequence[str]) -> dict[str, Any]:
     only = args.only or list(CHOICES)
-    load = Load(duration=args.duration, connections=args.connections)
+    pinning = choose(args.pin)
+    load = Load(duration=args.duration, connections=args.connections, pinning=pinning)
     report: dict[str, Any] = {"machine": machine(), "settings": settings(args, modes, only)}
+    report["settings"]["pinning"] = pinning.as_dict()
     results: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         prepare_database(workdir, args.database_url)
-        with running_ceiling(workdir) as ceiling:
+        with running_ceiling(workdir, pinning) as ceiling:
             for mode in modes:
-                with running_mode(mode, workdir, args.database_url, only) as services:
+                with running_mode(mode, workdir, args.database_url, only, pinning) as services:
                     results[mode], found, noted = benchmark_mode(ceiling, services, load, only)
                 problems += found
                 warnings += noted
@@ -169,6 +172,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "redis-server; default: both if redis-server is on PATH, else memory",
     )
     parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=default_pin(),
+        help="run each server on one core and wrk on the others (taskset); default: on with "
+        "2+ CPUs and taskset on PATH",
+    )
+    parser.add_argument(
         "--database-url",
         help="bench against this database (e.g. PostgreSQL) instead of a fresh SQLite; "
         "it gets migrated and seeded",
@@ -213,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit(report)
     for name, target in report["targets"].items():
         verdict = "met" if target["met"] else "MISSED"
-        progress(f"target {name}: {target['ratio']} (>= {target['target']}) {verdict}")
+        progress(f"target {name}: {target['figure']} {target['ratio']} "
+                 f"(<= {target['target']}) {verdict}")  # fmt: skip
     for warning in report["warnings"]:
         progress(f"WARNING {warning}")
     for problem in report["problems"]:
