@@ -12,6 +12,7 @@ import httpx
 
 from bench.common import progress
 from bench.cpu import CpuSnapshot, group_cpu_seconds
+from bench.pinning import NO_PINNING
 from bench.service import Server, Services, scan_service_log
 from bench.targets import (
     ENDPOINTS,
@@ -224,3 +225,33 @@ def benchmark_mode(
                             "above INFO (see service_logs)")  # fmt: skip
     report["problems"] = problems
     return report, problems, warnings
+
+
+WORKERS_SCALING_GOAL = 1.8  # the issue: `app api --workers 2` on 2 cores / one worker, rps
+
+
+def workers_scaling(one: Server, many: Server, workers: int, load: Load) -> dict[str, Any]:
+    """Requests/sec of the cached anonymous item read, `app api --workers N` over one worker.
+
+    Neither is pinned (N workers need N cores), so wrk shares the cores with them: on a
+    2-core machine this is a lower bound of what N workers give behind a separate client.
+    """
+    unpinned = dataclasses.replace(load, pinning=NO_PINNING)
+    with httpx.Client(base_url=one.base_url, timeout=30.0) as client:
+        target = service_targets(get_item_id(client))["item_read"]
+    runs: dict[str, WrkResult] = {}
+    for label, server in (("one_worker", one), (f"{workers}_workers", many)):
+        with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
+            preflight(client, label, target, "")
+        runs[label] = measure(f"scaling: {label}", server, target, unpinned, None)
+    single, multi = runs["one_worker"], runs[f"{workers}_workers"]
+    ratio = _ratio(multi.rps, single.rps)
+    return {
+        "endpoint": "item_read",
+        "workers": workers,
+        **{label: run.as_dict() for label, run in runs.items()},
+        "ratio": ratio,
+        "target": WORKERS_SCALING_GOAL,
+        "met": ratio is not None and ratio >= WORKERS_SCALING_GOAL,
+        "problems": [p for k, r in runs.items() for p in r.problems(f"workers_scaling.{k}")],
+    }

@@ -58,7 +58,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from bench.common import BENCH_DIR, ROOT, BenchError, progress
-from bench.measure import PROBE_CONNECTIONS, benchmark_mode
+from bench.measure import PROBE_CONNECTIONS, benchmark_mode, workers_scaling
 from bench.pinning import choose, default_pin
 from bench.service import (
     NO_LIMIT,
@@ -67,6 +67,8 @@ from bench.service import (
     prepare_database,
     running_ceiling,
     running_mode,
+    running_service,
+    service_env,
 )
 from bench.targets import CHOICES, LOGIN_FLOOD, LOGIN_MAX_CONNECTIONS, evaluate_targets
 from bench.wrk import THREADS, Load, wrk_version
@@ -107,6 +109,7 @@ def settings(args: argparse.Namespace, modes: Sequence[str], only: Sequence[str]
         "rate_limits": NO_LIMIT,
         "service_logging": "LOG_LEVEL=info LOG_FORMAT=json",
         "only": list(only),
+        "workers": args.workers,
     }
 
 
@@ -128,6 +131,10 @@ def run(args: argparse.Namespace, modes: Sequence[str]) -> dict[str, Any]:
                     results[mode], found, noted = benchmark_mode(ceiling, services, load, only)
                 problems += found
                 warnings += noted
+        if args.workers > 1:
+            scaling = run_workers_scaling(workdir, args, load)
+            report["workers_scaling"] = scaling
+            problems += scaling["problems"]
     # The first mode's figures where they always were, so older results still compare.
     first = results[modes[0]]
     report["ceiling"] = first["ceiling"]
@@ -140,6 +147,17 @@ def run(args: argparse.Namespace, modes: Sequence[str]) -> dict[str, Any]:
     report["warnings"] = warnings
     report["problems"] = problems
     return report
+
+
+def run_workers_scaling(workdir: Path, args: argparse.Namespace, load: Load) -> dict[str, Any]:
+    env = service_env(workdir / "data", args.database_url, None)
+    with (
+        running_service("scaling one worker", workdir, env, access_log=True) as one,
+        running_service(
+            f"scaling {args.workers} workers", workdir, env, access_log=True, workers=args.workers
+        ) as many,
+    ):
+        return workers_scaling(one, many, args.workers, load)
 
 
 def _positive(text: str) -> int:
@@ -170,6 +188,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=(*MODES, "both"),
         help="memory: rate limits, cache and auth snapshots in process; redis: in a throwaway "
         "redis-server; default: both if redis-server is on PATH, else memory",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="also measure `app api --workers N` against one worker, both unpinned (memory "
+        "mode, cached item read); 1 (the default) skips it",
     )
     parser.add_argument(
         "--pin",
