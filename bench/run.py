@@ -27,10 +27,12 @@ compare between runs and machines; the absolute numbers are context.
 A benchmark of errors is worthless: each endpoint is requested once first and must answer its
 expected status (wrk itself counts 3xx as success), then wrk's non-2xx/3xx count and socket
 errors are reported per endpoint and listed under "problems" (exit status 1 if any). Targets
-(`TARGETS`) are reported as met or not; missing one does not change the exit status.
+(`TARGETS`: server CPU per request over the ceiling's and over the same-work floor's,
+bench/floor_app.py, and p99/p50) are reported as met or not; missing one does not change the
+exit status. Servers are pinned to one core and wrk to the others (`--pin`, bench/pinning.py).
 
     uv run python -m bench.run [--duration 5] [--connections 32] [--mode memory|redis|both]
-                               [--only health,item_read_auth,login]
+                               [--only health,item_read_auth,login] [--no-pin] [--workers 2]
 
 (`uv run python bench/run.py` works too.) JSON goes to stdout and bench/results/latest.json;
 progress goes to stderr. The parts: bench/targets.py (what is requested, the goals),
