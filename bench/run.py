@@ -27,10 +27,12 @@ compare between runs and machines; the absolute numbers are context.
 A benchmark of errors is worthless: each endpoint is requested once first and must answer its
 expected status (wrk itself counts 3xx as success), then wrk's non-2xx/3xx count and socket
 errors are reported per endpoint and listed under "problems" (exit status 1 if any). Targets
-(`TARGETS`) are reported as met or not; missing one does not change the exit status.
+(`TARGETS`: server CPU per request over the ceiling's and over the same-work floor's,
+bench/floor_app.py, and p99/p50) are reported as met or not; missing one does not change the
+exit status. Servers are pinned to one core and wrk to the others (`--pin`, bench/pinning.py).
 
     uv run python -m bench.run [--duration 5] [--connections 32] [--mode memory|redis|both]
-                               [--only health,item_read_auth,login]
+                               [--only health,item_read_auth,login] [--no-pin] [--workers 2]
 
 (`uv run python bench/run.py` works too.) JSON goes to stdout and bench/results/latest.json;
 progress goes to stderr. The parts: bench/targets.py (what is requested, the goals),
@@ -58,7 +60,8 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from bench.common import BENCH_DIR, ROOT, BenchError, progress
-from bench.measure import PROBE_CONNECTIONS, benchmark_mode
+from bench.measure import PROBE_CONNECTIONS, benchmark_mode, workers_scaling
+from bench.pinning import choose, default_pin
 from bench.service import (
     NO_LIMIT,
     SEED_ITEMS,
@@ -66,6 +69,8 @@ from bench.service import (
     prepare_database,
     running_ceiling,
     running_mode,
+    running_service,
+    service_env,
 )
 from bench.targets import CHOICES, LOGIN_FLOOD, LOGIN_MAX_CONNECTIONS, evaluate_targets
 from bench.wrk import THREADS, Load, wrk_version
@@ -106,25 +111,32 @@ def settings(args: argparse.Namespace, modes: Sequence[str], only: Sequence[str]
         "rate_limits": NO_LIMIT,
         "service_logging": "LOG_LEVEL=info LOG_FORMAT=json",
         "only": list(only),
+        "workers": args.workers,
     }
 
 
 def run(args: argparse.Namespace, modes: Sequence[str]) -> dict[str, Any]:
     only = args.only or list(CHOICES)
-    load = Load(duration=args.duration, connections=args.connections)
+    pinning = choose(args.pin)
+    load = Load(duration=args.duration, connections=args.connections, pinning=pinning)
     report: dict[str, Any] = {"machine": machine(), "settings": settings(args, modes, only)}
+    report["settings"]["pinning"] = pinning.as_dict()
     results: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         prepare_database(workdir, args.database_url)
-        with running_ceiling(workdir) as ceiling:
+        with running_ceiling(workdir, pinning) as ceiling:
             for mode in modes:
-                with running_mode(mode, workdir, args.database_url, only) as services:
+                with running_mode(mode, workdir, args.database_url, only, pinning) as services:
                     results[mode], found, noted = benchmark_mode(ceiling, services, load, only)
                 problems += found
                 warnings += noted
+        if args.workers > 1:
+            scaling = run_workers_scaling(workdir, args, load)
+            report["workers_scaling"] = scaling
+            problems += scaling["problems"]
     # The first mode's figures where they always were, so older results still compare.
     first = results[modes[0]]
     report["ceiling"] = first["ceiling"]
@@ -137,6 +149,17 @@ def run(args: argparse.Namespace, modes: Sequence[str]) -> dict[str, Any]:
     report["warnings"] = warnings
     report["problems"] = problems
     return report
+
+
+def run_workers_scaling(workdir: Path, args: argparse.Namespace, load: Load) -> dict[str, Any]:
+    env = service_env(workdir / "data", args.database_url, None)
+    with (
+        running_service("scaling one worker", workdir, env, access_log=True) as one,
+        running_service(
+            f"scaling {args.workers} workers", workdir, env, access_log=True, workers=args.workers
+        ) as many,
+    ):
+        return workers_scaling(one, many, args.workers, load)
 
 
 def _positive(text: str) -> int:
@@ -167,6 +190,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=(*MODES, "both"),
         help="memory: rate limits, cache and auth snapshots in process; redis: in a throwaway "
         "redis-server; default: both if redis-server is on PATH, else memory",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="also measure `app api --workers N` against one worker, both unpinned (memory "
+        "mode, cached item read); 1 (the default) skips it",
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=default_pin(),
+        help="run each server on one core and wrk on the others (taskset); default: on with "
+        "2+ CPUs and taskset on PATH",
     )
     parser.add_argument(
         "--database-url",
@@ -213,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit(report)
     for name, target in report["targets"].items():
         verdict = "met" if target["met"] else "MISSED"
-        progress(f"target {name}: {target['ratio']} (>= {target['target']}) {verdict}")
+        progress(f"target {name}: {target['figure']} {target['ratio']} "
+                 f"(<= {target['target']}) {verdict}")  # fmt: skip
     for warning in report["warnings"]:
         progress(f"WARNING {warning}")
     for problem in report["problems"]:

@@ -18,11 +18,13 @@ from typing import Any
 
 from bench.common import BENCH_DIR, HOST, LOG_NOTABLE_LINES, ROOT, BenchError, log_tail, progress
 from bench.cpu import OUR_GROUPS
-from bench.targets import QUIET_SERVICE_ENDPOINTS
+from bench.pinning import NO_PINNING, Pinning
+from bench.targets import FLOOR_ENDPOINTS, QUIET_SERVICE_ENDPOINTS
 from tests.support.processes import GroupProcess, ProcessDied, free_port, http_ok
 from tests.support.servers import RedisServer, ServerStartError, ServerUnavailable
 
 BARE_APP = BENCH_DIR / "bare_app.py"
+FLOOR_APP = BENCH_DIR / "floor_app.py"
 SECRET_KEY = "bench-only-signing-key-not-a-secret-0123456789ab"  # 48 characters
 # Limits out of reach, but still checked on every request as in production: without this,
 # the default 600/minute per client address turns a run into 429s within a second.
@@ -174,13 +176,22 @@ def prepare_database(workdir: Path, database_url: str | None) -> None:
 
 @contextlib.contextmanager
 def running_service(
-    name: str, workdir: Path, env: dict[str, str], *, access_log: bool
+    name: str,
+    workdir: Path,
+    env: dict[str, str],
+    *,
+    access_log: bool,
+    pinning: Pinning = NO_PINNING,
+    workers: int = 1,
 ) -> Iterator[Server]:
-    """`app api` on a free port: the service as deployed, one process."""
+    """`app api` on a free port: the service as deployed, one process unless `workers`."""
     port = free_port()
     command = uv_command("app", "api", "--host", HOST, "--port", str(port))
+    if workers != 1:
+        command += ["--workers", str(workers)]
     if not access_log:
         command.append("--no-access-log")
+    command = pinning.server(command)
     log = workdir / f"{name.replace(' ', '-')}.log"
     with serving(name, command, port=port, env=env, cwd=workdir, log=log) as server:
         wait_ready(server)
@@ -188,14 +199,31 @@ def running_service(
 
 
 @contextlib.contextmanager
-def running_ceiling(workdir: Path) -> Iterator[Server]:
+def running_ceiling(workdir: Path, pinning: Pinning = NO_PINNING) -> Iterator[Server]:
     """bench/bare_app.py under the uvicorn options `app api` uses (see bare_app.main)."""
     port = free_port()
-    command = uv_command("python", str(BARE_APP), "--host", HOST, "--port", str(port))
+    command = pinning.server(
+        uv_command("python", str(BARE_APP), "--host", HOST, "--port", str(port))
+    )
     log = workdir / "bare.log"
     with serving("ceiling", command, port=port, env=dict(os.environ), cwd=workdir, log=log) as s:
         wait_ready(s)
         yield s
+
+
+@contextlib.contextmanager
+def running_floor(
+    name: str, workdir: Path, env: dict[str, str], pinning: Pinning = NO_PINNING
+) -> Iterator[Server]:
+    """bench/floor_app.py on the service's environment: same database, Redis and signing key."""
+    port = free_port()
+    command = pinning.server(
+        uv_command("python", str(FLOOR_APP), "--host", HOST, "--port", str(port))
+    )
+    log = workdir / f"{name.replace(' ', '-')}.log"
+    with serving(name, command, port=port, env=env, cwd=workdir, log=log) as server:
+        wait_ready(server)
+        yield server
 
 
 @contextlib.contextmanager
@@ -227,6 +255,7 @@ class Services:
     redis_url: str | None
     full: Server
     quiet: Server | None
+    floor: Server | None = None
 
     def for_endpoint(self, name: str) -> Server:
         if name in QUIET_SERVICE_ENDPOINTS:
@@ -238,17 +267,30 @@ class Services:
 
 @contextlib.contextmanager
 def running_mode(
-    mode: str, workdir: Path, database_url: str | None, only: Sequence[str]
+    mode: str,
+    workdir: Path,
+    database_url: str | None,
+    only: Sequence[str],
+    pinning: Pinning = NO_PINNING,
 ) -> Iterator[Services]:
     """Redis (in redis mode), then the services; stopped in the reverse order."""
     with contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(running_redis()) if mode == "redis" else None
         env = service_env(workdir / "data", database_url, redis_url)
         full = stack.enter_context(running_service(f"service {mode}", workdir, env,
-                                                   access_log=True))  # fmt: skip
+                                                   access_log=True, pinning=pinning))  # fmt: skip
         quiet = None
         if QUIET_SERVICE_ENDPOINTS & set(only):
             quiet = stack.enter_context(
-                running_service(f"service {mode} no-access-log", workdir, env, access_log=False)
+                running_service(
+                    f"service {mode} no-access-log",
+                    workdir,
+                    env,
+                    access_log=False,
+                    pinning=pinning,
+                )
             )
-        yield Services(mode, redis_url, full, quiet)
+        floor = None
+        if FLOOR_ENDPOINTS & set(only):
+            floor = stack.enter_context(running_floor(f"floor {mode}", workdir, env, pinning))
+        yield Services(mode, redis_url, full, quiet, floor)

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from bench.common import BENCH_DIR, BenchError
+from bench.pinning import NO_PINNING, Pinning
 from bench.targets import Target, request_headers
 
 LUA_SCRIPT = BENCH_DIR / "request.lua"
@@ -28,9 +29,23 @@ class WrkResult:
     socket_errors: dict[str, int]
     loadavg_1m: float | None = None  # when wrk started; our own load counts in it too
     other_cpu_cores: float | None = None  # CPU the rest of the machine took meanwhile
+    server_cpu_s: float | None = None  # utime+stime of the server's process group meanwhile
+    cpu_ms_per_request: float | None = None  # server_cpu_s / requests: the issue's main figure
+
+    @property
+    def tail_ratio(self) -> float | None:
+        """p99 / p50: the issue holds every endpoint to <= 3 at 32 connections."""
+        return round(self.p99_ms / self.p50_ms, 2) if self.p50_ms else None
+
+    def with_server_cpu(self, seconds: float | None) -> "WrkResult":
+        per_request = None
+        if seconds is not None and self.requests:
+            per_request = round(seconds * 1000 / self.requests, 4)
+        cpu = round(seconds, 3) if seconds is not None else None
+        return dataclasses.replace(self, server_cpu_s=cpu, cpu_ms_per_request=per_request)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "tail_ratio": self.tail_ratio}
 
     def problems(self, name: str) -> list[str]:
         found = []
@@ -85,6 +100,7 @@ class Load:
 
     duration: int
     connections: int
+    pinning: Pinning = NO_PINNING
 
     def connections_for(self, target: Target) -> int:
         return min(self.connections, target.max_connections or self.connections)
@@ -98,7 +114,13 @@ class WrkRun:
 
 
 def start_wrk(
-    base_url: str, target: Target, *, duration: int, connections: int, token: str | None
+    base_url: str,
+    target: Target,
+    *,
+    duration: int,
+    connections: int,
+    token: str | None,
+    pinning: Pinning = NO_PINNING,
 ) -> WrkRun:
     command = [
         "wrk",
@@ -120,7 +142,7 @@ def start_wrk(
         "BENCH_AUTHORIZATION": headers.get("Authorization", ""),
     }
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        pinning.wrk(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     return WrkRun(process, connections, time.monotonic() + duration + WRK_GRACE_S)
 

@@ -50,3 +50,49 @@ def test_bench_run_starts_both_ways(command: list[str]) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--only" in result.stdout
+
+
+def test_bench_run_parses_the_pinning_and_workers_flags() -> None:
+    from bench.run import parse_args
+
+    args = parse_args(["--no-pin", "--workers", "2"])
+    assert (args.pin, args.workers) == (False, 2)
+    assert parse_args(["--pin"]).pin is True
+    assert parse_args([]).workers == 1
+
+
+def test_pinning_puts_the_server_and_wrk_on_separate_cores() -> None:
+    from bench.pinning import NO_PINNING, Pinning
+
+    pinning = Pinning(server_cpus=(1,), wrk_cpus=(0,))
+    assert pinning.server(["app", "api"]) == ["taskset", "--cpu-list", "1", "app", "api"]
+    assert pinning.wrk(["wrk"]) == ["taskset", "--cpu-list", "0", "wrk"]
+    assert NO_PINNING.server(["app", "api"]) == ["app", "api"]
+
+
+def test_the_floor_app_imports_and_serves_each_floor_endpoint() -> None:
+    from fastapi.routing import APIRoute
+
+    from bench.floor_app import app
+    from bench.targets import FLOOR_ENDPOINTS, service_targets
+
+    served = {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    }
+    targets = service_targets(1)
+    for name in FLOOR_ENDPOINTS:
+        path = targets[name].path.split("?")[0].replace("/1", "/{item_id}")
+        assert (targets[name].method, path) in served, name
+
+
+def test_targets_are_maximum_ratios_with_met_flags() -> None:
+    from bench.targets import evaluate_targets
+
+    endpoint = {"cpu_ratio_to_ceiling": 5.0, "floor_ratio": 1.2, "tail_ratio": 3.5}
+    found = evaluate_targets({"redis": {"endpoints": {"users_me": endpoint}, "ceiling_drift": 0}})
+    verdicts = {name: target["met"] for name, target in found.items()}
+    assert verdicts == {"users_me_redis": False, "users_me_floor_redis": True,
+                        "users_me_tail_redis": False}  # fmt: skip
