@@ -39,10 +39,12 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import httpx
 import redis
 from PIL import Image
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
@@ -63,6 +65,7 @@ CHAT_DEADLINE = 15.0
 SETTLE_DEADLINE = 30.0  # for jobs, notifications and connections once the load stops
 POLL_INTERVAL = 0.25
 MEMORY_GOAL_PERCENT = 10.0
+THUMBNAIL = {"op": "thumbnail", "size": 16}
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 # One cycle of the mix: each name is one operation (a few requests). Chat and jobs are rarer:
@@ -99,7 +102,9 @@ def migrate(env: dict[str, str], workdir: Path) -> None:
 
 
 @contextmanager
-def soak_stack(workdir: Path, postgres: PostgresServer, redis_server: RedisServer) -> Iterator[Stack]:
+def soak_stack(
+    workdir: Path, postgres: PostgresServer, redis_server: RedisServer
+) -> Iterator[Stack]:
     """A fresh migrated database, two API processes and one worker sharing it and Redis."""
     url = postgres.create_database(f"soak_{secrets.token_hex(4)}")
     database_url = url.replace("postgresql+asyncpg://", "postgresql://")
@@ -152,21 +157,26 @@ def group_rss_kib(pgid: int) -> int:
 
 async def database_state(database_url: str) -> dict[str, Any]:
     """Connections to the database by state and their backends' RSS (ours excluded)."""
-    connection = await asyncpg.connect(database_url, timeout=10)
+    url = database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_async_engine(url, poolclass=NullPool)
     try:
-        rows = await connection.fetch(
-            "SELECT pid, coalesce(state, '?') AS state FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                text(
+                    "SELECT pid, coalesce(state, '?') FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            rows = [(int(pid), str(state)) for pid, state in result]
     finally:
-        await connection.close()
+        await engine.dispose()
     states: dict[str, int] = defaultdict(int)
-    for row in rows:
-        states[row["state"]] += 1
+    for _pid, state in rows:
+        states[state] += 1
     return {
         "connections": len(rows),
         "by_state": dict(states),
-        "backends_rss_kib": sum(rss_kib(row["pid"]) for row in rows),
+        "backends_rss_kib": sum(rss_kib(pid) for pid, _state in rows),
     }
 
 
@@ -437,7 +447,7 @@ class Workload:
         accepted = await self.call(
             "job_submit", user.client, "POST", "/api/v1/images/process", 202,
             headers=user.headers,
-            json={"file_id": uploaded.json()["id"], "operations": [{"op": "thumbnail", "size": 16}]},
+            json={"file_id": uploaded.json()["id"], "operations": [THUMBNAIL]},
         )  # fmt: skip
         task_id = str(accepted.json()["task_id"])
         self.jobs[task_id] = "submitted"
@@ -495,7 +505,9 @@ class Workload:
         """Notifications of finished jobs not seen on any stream within the deadline."""
         deadline = time.monotonic() + SETTLE_DEADLINE
         while True:
-            missing = [t for t, s in self.jobs.items() if s in TERMINAL_STATES and t not in self.notified]
+            missing = [
+                t for t, s in self.jobs.items() if s in TERMINAL_STATES and t not in self.notified
+            ]
             if not missing or time.monotonic() > deadline:
                 return len(missing)
             await asyncio.sleep(POLL_INTERVAL)
@@ -517,7 +529,8 @@ def pool_ceiling(stack: Stack) -> int:
     connection still busy once the load has stopped, is."""
     assert stack.worker.group is not None
     worker_processes = stack.worker.concurrency + 1
-    return Settings.model_fields["database_pool_size"].default * (len(stack.apis) + worker_processes)
+    pool_size = int(Settings.model_fields["database_pool_size"].default)
+    return pool_size * (len(stack.apis) + worker_processes)
 
 
 async def settle_connections(stack: Stack, allowed: int) -> dict[str, Any]:
@@ -572,25 +585,35 @@ async def soak(stack: Stack, *, duration: float, rate: float, concurrency: int,
         "warmup_errors": warm_errors,
         "error_examples": recorder.examples,
         "kinds": recorder.summary(),
-        "jobs": {"submitted": len(workload.jobs), "unfinished": len(jobs_unfinished),
-                 "states": _count(workload.jobs.values()),
-                 "notifications_received": len(workload.notified & set(workload.jobs))},  # fmt: skip
+        "jobs": {
+            "submitted": len(workload.jobs),
+            "unfinished": len(jobs_unfinished),
+            "states": _count(workload.jobs.values()),
+            "notifications_received": len(workload.notified & set(workload.jobs)),
+        },
         "start": start,
         "end": end,
         "rss_growth_percent": rss_growth,
-        "redis_used_memory_growth_percent": growth(start["redis_used_memory"], end["redis_used_memory"]),
+        "redis_used_memory_growth_percent": growth(
+            start["redis_used_memory"], end["redis_used_memory"]
+        ),
         "goals": {
-            "zero_errors": {"errors": recorder.error_count + warm_errors,
-                            "met": recorder.error_count + warm_errors == 0},  # fmt: skip
+            "zero_errors": {
+                "errors": recorder.error_count + warm_errors,
+                "met": recorder.error_count + warm_errors == 0,
+            },
             "memory_growth_under_10_percent": {
                 "growth_percent": app_growth,
                 "target": MEMORY_GOAL_PERCENT,
                 "met": all(g is not None and g < MEMORY_GOAL_PERCENT for g in app_growth.values()),
             },
-            "no_leaked_connections": {"start": start["postgres"]["connections"],
-                                      "end": settled["connections"], "busy_at_end": busy,
-                                      "pool_ceiling": allowed,
-                                      "met": busy == 0 and settled["connections"] <= allowed},  # fmt: skip
+            "no_leaked_connections": {
+                "start": start["postgres"]["connections"],
+                "end": settled["connections"],
+                "busy_at_end": busy,
+                "pool_ceiling": allowed,
+                "met": busy == 0 and settled["connections"] <= allowed,
+            },
             "every_job_finished": {"unfinished": len(jobs_unfinished), "met": not jobs_unfinished},
         },
     }
@@ -608,7 +631,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds measured")
     parser.add_argument("--rate", type=float, default=8.0, help="operations per second")
     parser.add_argument("--concurrency", type=int, default=16, help="operations in flight")
-    parser.add_argument("--warmup", type=float, default=15.0, help="seconds before the start figures")
+    parser.add_argument(
+        "--warmup", type=float, default=15.0, help="seconds before the start figures"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         workdir = Path(tmp)
@@ -618,8 +643,9 @@ def main() -> None:
             soak_stack(workdir, postgres, redis_server) as stack,
         ):
             print(f"soak: {args.duration:.0f}s at {args.rate}/s", file=sys.stderr, flush=True)
-            report = asyncio.run(soak(stack, duration=args.duration, rate=args.rate,
-                                      concurrency=args.concurrency, warmup=args.warmup))  # fmt: skip
+            run = soak(stack, duration=args.duration, rate=args.rate,
+                       concurrency=args.concurrency, warmup=args.warmup)  # fmt: skip
+            report = asyncio.run(run)
     report["host"] = HOST
     print(json.dumps(report, indent=2))
     sys.exit(0 if all(goal["met"] for goal in report["goals"].values()) else 1)

@@ -38,7 +38,8 @@ async def test_a_mixed_workload_runs_without_errors_leaks_or_stuck_jobs(
 
     # Every request answered with its expected status: no socket error, no chat message or
     # job notification lost.
-    assert report["errors"] == 0 and report["warmup_errors"] == 0, shown
+    assert report["errors"] == 0, shown
+    assert report["warmup_errors"] == 0, shown
     assert report["requests"] > SECONDS * RATE, shown  # the load did run
     kinds = report["kinds"]
     for kind in ("login", "refresh", "users_me", "item_create", "items_list", "upload",
@@ -54,5 +55,6 @@ async def test_a_mixed_workload_runs_without_errors_leaks_or_stuck_jobs(
     assert connections["busy_at_end"] == 0, shown
 
     jobs = report["jobs"]
-    assert jobs["submitted"] > 0 and jobs["unfinished"] == 0, shown
+    assert jobs["submitted"] > 0, shown
+    assert jobs["unfinished"] == 0, shown
     assert jobs["notifications_received"] == jobs["submitted"], shown
