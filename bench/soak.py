@@ -454,7 +454,9 @@ class Workload:
         self.job_owner[task_id] = user.username
         started = time.monotonic()
         while time.monotonic() - started < JOB_DEADLINE:
+            polled = time.monotonic()
             response = await user.client.get(f"/api/v1/tasks/{task_id}", headers=user.headers)
+            self.rec.latencies["task_poll"].append(time.monotonic() - polled)
             if response.status_code not in (200, 404):  # 404: the worker makes the row
                 self.rec.error("job_poll", str(response.status_code), response.text)
                 return
@@ -581,6 +583,7 @@ async def soak(stack: Stack, *, duration: float, rate: float, concurrency: int,
         "warmup_s": warmup,
         "operations_behind_schedule": workload.behind,
         "requests": requests,
+        "requests_per_s": round(requests / elapsed, 1) if elapsed else None,
         "errors": recorder.error_count,
         "warmup_errors": warm_errors,
         "error_examples": recorder.examples,
