@@ -324,7 +324,9 @@ class Workload:
         try:
             async for raw in ws:
                 frame = json.loads(raw)
-                if frame.get("type") == "message":
+                if frame.get("type") == "error":  # e.g. rate_limited: the rate is too high
+                    self.rec.error("chat", f"frame:{frame.get('code')}", str(raw))
+                elif frame.get("type") == "message":
                     waiter = self.chat_waiters.get(str(frame.get("content")))
                     if waiter is not None:
                         waiter[1].discard(n)
