@@ -310,3 +310,17 @@ def wait_for_window_headroom(period: float, headroom: float) -> None:
     left = period - time.time() % period
     if left < headroom:
         time.sleep(left + 0.05)
+
+
+def ws_url(process: ApiProcess, path: str) -> str:
+    return process.url.replace("http://", "ws://", 1) + path
+
+
+def account(process: ApiProcess) -> tuple[int, str]:
+    """A new user's id and access token."""
+    name = unique_name("rt")
+    with httpx.Client(base_url=process.url, timeout=15) as client:
+        register(client, name)
+        token = login_tokens(client, name)["access_token"]
+        me = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+        return int(me.json()["id"]), token

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.core.config import Settings
@@ -22,14 +22,14 @@ from tests.support.apis import (
     RUNNING,
     STOP_DEADLINE_SECONDS,
     ApiFleet,
-    ApiProcess,
     ApiSpec,
+    account,
     api_env,
     fresh_redis_db,
-    login_tokens,
-    register,
     unique_name,
+    ws_url,
 )
+from tests.support.live import next_of
 from tests.support.servers import RedisServer
 from tests.support.settings import TEST_SECRET
 from tests.support.waiting import eventually_async
@@ -39,28 +39,6 @@ pytestmark = pytest.mark.postgres
 FANOUT_DB = 4
 CAP_DB = 5
 DEADLINE = 15.0
-
-
-def ws_url(process: ApiProcess, path: str) -> str:
-    return process.url.replace("http://", "ws://", 1) + path
-
-
-def account(process: ApiProcess) -> tuple[int, str]:
-    """A new user's id and access token."""
-    name = unique_name("rt")
-    with httpx.Client(base_url=process.url, timeout=DEADLINE) as client:
-        register(client, name)
-        token = login_tokens(client, name)["access_token"]
-        me = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
-        return int(me.json()["id"]), token
-
-
-async def next_of(ws: ClientConnection, kind: str) -> dict[str, object]:
-    async with asyncio.timeout(DEADLINE):
-        while True:
-            frame: dict[str, object] = json.loads(await ws.recv())
-            if frame["type"] == kind:
-                return frame
 
 
 async def test_a_client_of_process_a_receives_what_a_client_of_b_sends(
@@ -78,9 +56,9 @@ async def test_a_client_of_process_a_receives_what_a_client_of_b_sends(
         connect(ws_url(a, "/ws/notifications"), subprotocols=["bearer", alice]) as alerts,  # type: ignore[list-item]
     ):
         # Each sees its own join once subscribed; A also sees B's join, through Redis.
-        while (await next_of(on_a, "join"))["user"]["id"] != alice_id:  # type: ignore[index]
+        while (await next_of(on_a, "join"))["user"]["id"] != alice_id:
             pass
-        while (await next_of(on_b, "join"))["user"]["id"] != bob_id:  # type: ignore[index]
+        while (await next_of(on_b, "join"))["user"]["id"] != bob_id:
             pass
         await alerts.send('{"type": "ping"}')
         await next_of(alerts, "pong")
@@ -88,7 +66,7 @@ async def test_a_client_of_process_a_receives_what_a_client_of_b_sends(
         await on_b.send(json.dumps({"type": "message", "content": "from B"}))
         received = await next_of(on_a, "message")
         assert received["content"] == "from B"
-        assert received["user"]["id"] == bob_id  # type: ignore[index]
+        assert received["user"]["id"] == bob_id
         await on_a.send(json.dumps({"type": "message", "content": "from A"}))
         assert (await next_of(on_b, "message"))["content"] == "from B"
         assert (await next_of(on_b, "message"))["content"] == "from A"
@@ -141,7 +119,7 @@ async def test_the_per_user_cap_holds_across_processes(
         connect(ws_url(a, "/ws/chat/cap"), subprotocols=bearer) as first,  # type: ignore[arg-type]
         connect(ws_url(a, "/ws/notifications"), subprotocols=bearer) as second,  # type: ignore[arg-type]
     ):
-        while (await next_of(first, "join"))["user"]["id"] != user_id:  # type: ignore[index]
+        while (await next_of(first, "join"))["user"]["id"] != user_id:
             pass
         await second.send('{"type": "ping"}')
         await next_of(second, "pong")
@@ -159,7 +137,7 @@ async def test_the_per_user_cap_holds_across_processes(
                 with contextlib.suppress(ConnectionClosed):
                     joined = await next_of(again, "join")
                 if joined is not None:
-                    assert joined["user"]["id"] == user_id  # type: ignore[index]
+                    assert joined["user"]["id"] == user_id
                     return True
                 assert again.protocol.close_rcvd is not None
                 assert again.protocol.close_rcvd.code == 1008  # A has not released yet
@@ -182,7 +160,7 @@ async def test_shutdown_closes_websockets_with_1001_and_ends_sse_streams(
             "GET", "/api/v1/notifications/stream", headers={"Authorization": f"Bearer {token}"}
         ) as stream,
     ):
-        while (await next_of(chat, "join"))["user"]["id"] != user_id:  # type: ignore[index]
+        while (await next_of(chat, "join"))["user"]["id"] != user_id:
             pass
         lines = stream.aiter_lines()
         async with asyncio.timeout(DEADLINE):
@@ -213,7 +191,7 @@ async def test_a_token_in_the_query_string_never_reaches_the_logs(
     (api,) = fleet.start(ApiSpec("logs", env))
     user_id, token = account(api)
     async with connect(ws_url(api, f"/ws/chat/logs?token={token}&last_id=0")) as chat:
-        while (await next_of(chat, "join"))["user"]["id"] != user_id:  # type: ignore[index]
+        while (await next_of(chat, "join"))["user"]["id"] != user_id:
             pass
     async with httpx.AsyncClient(base_url=api.url, timeout=DEADLINE) as client:
         response = await client.get("/api/v1/notifications", params={"token": token})

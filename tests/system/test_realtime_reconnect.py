@@ -18,10 +18,18 @@ from websockets.asyncio.client import ClientConnection, connect
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.realtime.service import NotificationService
-from tests.support.apis import ApiFleet, ApiProcess, ApiSpec, api_env, unique_name
+from tests.support.apis import (
+    ApiFleet,
+    ApiProcess,
+    ApiSpec,
+    account,
+    api_env,
+    unique_name,
+    ws_url,
+)
+from tests.support.live import next_of
 from tests.support.servers import RedisServer, running
 from tests.support.settings import TEST_SECRET
-from tests.system.test_realtime import account, next_of, ws_url
 
 pytestmark = pytest.mark.postgres
 
@@ -115,9 +123,9 @@ async def test_messages_and_notifications_published_during_a_redis_restart_arriv
     ):
         assert stream.status_code == 200
         sse = stream.aiter_lines()
-        while (await next_of(on_a, "join"))["user"]["id"] != alice_id:  # type: ignore[index]
+        while (await next_of(on_a, "join"))["user"]["id"] != alice_id:
             pass
-        while (await next_of(on_b, "join"))["user"]["id"] != bob_id:  # type: ignore[index]
+        while (await next_of(on_b, "join"))["user"]["id"] != bob_id:
             pass
         await alerts.send('{"type": "ping"}')
         await next_of(alerts, "pong")
