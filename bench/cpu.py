@@ -25,8 +25,8 @@ def _busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
-def _our_cpu_seconds() -> float:
-    groups = OUR_GROUPS | {os.getpgrp()}
+def _group_ticks(groups: set[int]) -> int:
+    """utime+stime clock ticks of every live process whose process group is in `groups`."""
     ticks = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -38,7 +38,12 @@ def _our_cpu_seconds() -> float:
         fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
         if int(fields[2]) in groups:  # pgrp, field 5
             ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14, 15
+    return ticks
+
+
+def _our_cpu_seconds() -> float:
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once waited for
+    ticks = _group_ticks(OUR_GROUPS | {os.getpgrp()})
     return ticks / CLOCK_TICKS + reaped.ru_utime + reaped.ru_stime
 
 
@@ -46,22 +51,10 @@ def group_cpu_seconds(pgrp: int) -> float | None:
     """utime+stime of every live process in process group `pgrp` (a server and the workers
     under it), from /proc; None without /proc. A process that exits between two readings
     takes its CPU with it, so read it only around a run during which none should exit."""
-    ticks = 0
     try:
-        entries = list(os.scandir("/proc"))
+        return _group_ticks({pgrp}) / CLOCK_TICKS
     except OSError:
         return None
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgrp:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLOCK_TICKS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

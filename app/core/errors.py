@@ -289,9 +289,23 @@ def database_unavailable(exc: BaseException) -> bool:
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if not database_unavailable(exc):
         raise exc  # a real bug: the 500 handler logs it with its traceback
-    structlog.stdlib.get_logger("app.errors").warning(
-        "database unavailable",
+    return _unavailable(
+        request,
+        event="database unavailable",
+        message="The database is briefly unavailable; try again soon.",
+        retry_after=DATABASE_RETRY_AFTER,
         error=f"{type(exc).__name__}: {exc}"[:300],
+    )
+
+
+def _unavailable(
+    request: Request, *, event: str, message: str, retry_after: str, **log: object
+) -> JSONResponse:
+    """A passing overload or outage, not a bug: one warning line, no traceback, and a 503
+    telling the client when to try again."""
+    structlog.stdlib.get_logger("app.errors").warning(
+        event,
+        **log,
         request_id=request_id_of(request.scope),
         method=request.method,
         path=request.url.path,
@@ -300,8 +314,8 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         request,
         status=503,
         code="service_unavailable",
-        message="The database is briefly unavailable; try again soon.",
-        headers={"Retry-After": DATABASE_RETRY_AFTER},
+        message=message,
+        headers={"Retry-After": retry_after},
     )
 
 
@@ -312,18 +326,11 @@ POOL_RETRY_AFTER = "2"
 async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
     """Every pooled connection stayed busy for DATABASE_POOL_TIMEOUT_SECONDS: overload, not a
     bug, so 503 with Retry-After (it was a 500 with a traceback)."""
-    structlog.stdlib.get_logger("app.errors").warning(
-        "database pool exhausted",
-        request_id=request_id_of(request.scope),
-        method=request.method,
-        path=request.url.path,
-    )
-    return error_response(
+    return _unavailable(
         request,
-        status=503,
-        code="service_unavailable",
+        event="database pool exhausted",
         message="The service is busy; try again soon.",
-        headers={"Retry-After": POOL_RETRY_AFTER},
+        retry_after=POOL_RETRY_AFTER,
     )
 
 
