@@ -199,12 +199,17 @@ def valid_data_is_accepted(ctx: Any, response: Any, case: Case) -> bool | None:
 REFUSAL_STATUSES: dict[str, frozenset[int]] = {
     "GET /api/v1/files/{file_id}/content": frozenset({416}),
 }
+# Any operation: a JSON body past JSON_MAX_DEPTH or JSON_MAX_ITEMS is refused with 413 before
+# validation reads it. Invalid data may be that big (a list of 5,000 lists where the schema
+# wants integers); valid data never is, since the schema's own maxItems stay below the limit.
+REFUSED_BEFORE_VALIDATION = frozenset({413})
 
 
 def invalid_data_is_refused(ctx: Any, response: Any, case: Case) -> bool | None:
     """Schemathesis's negative_data_rejection, with the refusals listed above."""
     __tracebackhide__ = True
-    if response.status_code in REFUSAL_STATUSES.get(case.operation.label, frozenset()):
+    refusals = REFUSED_BEFORE_VALIDATION | REFUSAL_STATUSES.get(case.operation.label, frozenset())
+    if response.status_code in refusals:
         return None
     return negative_data_rejection(ctx, response, case)
 
