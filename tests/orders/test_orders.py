@@ -4,8 +4,10 @@ mail), idempotency, the status machine with ETags, listing, the CSV export.
 Tests where the database decides (constraints, the version counter, JSON) run on both
 backends; validation and listing rules run on SQLite only."""
 
+import asyncio
 import csv
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,6 +20,7 @@ from sqlalchemy import select, update
 from app.auth.models import Role
 from app.email.models import Email
 from app.orders.models import Order
+from app.realtime.service import user_channel
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Account, Factory
 from tests.support.settings import BuildClient
@@ -192,7 +195,9 @@ async def test_idempotency_key_replays_or_conflicts(
     assert len(mine) == 2
 
 
-async def test_status_machine_with_if_match(client: httpx.AsyncClient, factory: Factory) -> None:
+async def test_status_machine_with_if_match(
+    client: httpx.AsyncClient, factory: Factory, app: FastAPI
+) -> None:
     owner, admin = await factory.account(), await factory.account(Role.ADMIN)
     order = await place(client, owner)
     path = f"{ORDERS}{order['id']}/status"
@@ -207,8 +212,13 @@ async def test_status_machine_with_if_match(client: httpx.AsyncClient, factory: 
     assert_envelope(await change(owner, "paid", f"W/{etag}"), 412, "precondition_failed")
     assert_envelope(await change(owner, "delivered", etag), 409, "conflict")
 
-    paid = await change(owner, "paid", etag)
-    assert paid.status_code == 200, paid.text
+    # Live: the owner's WebSocket and SSE stream relay what is published on the user channel.
+    async with app.state.services.hub.subscribe(user_channel(owner.id)) as live:
+        paid = await change(owner, "paid", etag)
+        assert paid.status_code == 200, paid.text
+        pushed = json.loads(await asyncio.wait_for(live.get(), timeout=10))
+    assert pushed["kind"] == "order.status"
+    assert pushed["data"] == {"order_id": order["id"], "status": "paid"}
     assert paid.json()["status"] == "paid"
     assert paid.json()["version"] == 2
     new_etag = paid.headers["etag"]
@@ -283,3 +293,20 @@ async def test_export_streams_csv(client: httpx.AsyncClient, factory: Factory) -
     assert rows[0]["total_jpy"] == "7230"
     assert rows[0]["prefecture"] == "東京都"
     assert rows[0]["notes"] == "'=HYPERLINK(1)"  # spreadsheets must not run it
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_concurrent_retries_with_one_key_make_one_order(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    """Both requests pass the first look-up; the unique (owner, key) lets one insert, and the
+    other answers with the winner's order instead of a 500."""
+    owner = await factory.account()
+    headers = {**owner.headers, "Idempotency-Key": "double-click"}
+    responses = await asyncio.gather(
+        *(client.post(ORDERS, json=order_body(), headers=headers) for _ in range(4))
+    )
+    assert [r.status_code for r in responses] == [201] * 4, [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert sum("idempotent-replayed" in r.headers for r in responses) == 3
+    assert len((await client.get(ORDERS, headers=owner.headers)).json()["items"]) == 1
