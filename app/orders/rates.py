@@ -53,11 +53,16 @@ class StaticRates:
 
 @dataclass(slots=True)
 class RateCache:
-    """Per process: currency -> (monotonic expiry, rate). The lock makes concurrent misses for
-    one currency cost one upstream call."""
+    """Per process: currency -> (monotonic expiry, rate). A lock per currency makes concurrent
+    misses for it cost one upstream call, while hits (and other currencies) never wait on a
+    slow provider."""
 
     entries: dict[Currency, tuple[float, Decimal]] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    locks: dict[Currency, asyncio.Lock] = field(default_factory=dict)
+
+    def fresh(self, currency: Currency) -> Decimal | None:
+        entry = self.entries.get(currency)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +79,13 @@ class ProviderRates:
     async def _rate(self, currency: Currency) -> Decimal:
         if currency is Currency.JPY:
             return Decimal(1)
-        async with self.cache.lock:
-            cached = self.cache.entries.get(currency)
-            if cached is not None and cached[0] > time.monotonic():
-                return cached[1]
+        cached = self.cache.fresh(currency)
+        if cached is not None:
+            return cached
+        async with self.cache.locks.setdefault(currency, asyncio.Lock()):
+            cached = self.cache.fresh(currency)  # fetched while this request waited
+            if cached is not None:
+                return cached
             rate = await self._fetch(currency)
             self.cache.entries[currency] = (time.monotonic() + self.ttl, rate)
             return rate
