@@ -22,6 +22,7 @@ from app.core.db import create_engine, create_sessionmaker
 from app.core.dependencies import Services
 from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
+from app.core.http import create_http_client
 from app.core.logging import configure_logging
 from app.core.middleware import (
     BodySizeLimitMiddleware,
@@ -86,6 +87,7 @@ def _lifespan(
             storage=create_storage(settings),
             background=TaskManager(),
             streams=StreamLimiter.start(settings, redis),
+            http=create_http_client(),
         )
         app.state.services = services
         celery = make_celery(settings)
@@ -120,6 +122,7 @@ def _lifespan(
             await services.streams.close()
             await background.shutdown(grace=5.0)  # first: its tasks use what closes below
             await services.storage.close()
+            await services.http.aclose()
             celery.close()  # its broker connections and pools
             await services.hub.close()
             await services.limiter.close()

@@ -389,6 +389,31 @@ class Settings(BaseSettings):
     password_reset_token_expire_minutes: int = Field(default=60, ge=1, le=24 * 60)
     """lifetime of password reset links"""
 
+    # Orders (issue 15). The schema caps lines at 100 and quantities at 1,000,000: these may
+    # only lower the caps (a higher value would promise what the schema refuses).
+    order_max_lines: int = Field(default=100, ge=1, le=100)
+    """line items per order"""
+    order_max_quantity: int = Field(default=1_000_000, ge=1, le=1_000_000)
+    """units per order line"""
+    # An Idempotency-Key is remembered per user for this long: a retry within it returns the
+    # order it made (the same body) or 409 (another body); after it the key is new again.
+    order_idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
+    """how long an order's Idempotency-Key answers with that order"""
+    # Totals in JPY: rates from a Frankfurter-style provider (GET {url}?from=USD&to=JPY ->
+    # {"rates": {"JPY": 151.2}}) over the shared outbound HTTP client; unset: the static
+    # table below, so embedded mode works offline.
+    exchange_rates_url: str | None = None
+    """exchange-rate provider (GET ?from=XXX&to=JPY); unset: EXCHANGE_RATES_STATIC"""
+    exchange_rates_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    """a provider slower than this fails the request with 504"""
+    exchange_rates_cache_seconds: float = Field(default=600.0, ge=0, le=24 * 3600)
+    """how long a fetched rate is reused (per process)"""
+    exchange_rates_static: str = Field(
+        default="USD=150.00,EUR=160.00",
+        pattern=r"^[A-Z]{3}=[0-9]+(\.[0-9]+)?(,[A-Z]{3}=[0-9]+(\.[0-9]+)?)*$",
+    )
+    """yen per unit of each currency when no provider is set (CUR=rate,...)"""
+
     metrics_token: SecretStr | None = None
     """production serves /metrics only with Authorization: Bearer <token>"""
     sentry_dsn: SecretStr | None = None

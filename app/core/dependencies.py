@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
@@ -51,6 +52,9 @@ class Services:
     storage: Storage
     background: TaskManager
     streams: StreamLimiter
+    # The shared outbound client (app.core.http): one connection pool per process; callers
+    # pass their own per-request timeout and go through app.core.http.fetch (502/504).
+    http: httpx.AsyncClient
 
 
 def services_of(connection: HTTPConnection) -> Services:
@@ -118,6 +122,10 @@ async def get_storage(connection: HTTPConnection) -> Storage:
     return services_of(connection).storage
 
 
+async def get_http_client(connection: HTTPConnection) -> httpx.AsyncClient:
+    return services_of(connection).http
+
+
 async def get_background(connection: HTTPConnection) -> TaskManager:
     return services_of(connection).background
 
@@ -131,3 +139,4 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 BackgroundDep = Annotated[TaskManager, Depends(get_background)]
+HttpClientDep = Annotated[httpx.AsyncClient, Depends(get_http_client)]

@@ -1,4 +1,5 @@
-"""The outbound HTTP client: timeouts and limits; the worker runtime opens one on first use.
+"""The outbound HTTP client: timeouts and limits. An API process opens one in its lifespan
+(`Services.http`, `HttpClientDep`); the worker runtime opens one on first use.
 
 A slow or dead upstream ends in a 504 or 502 in the envelope, never a hung request."""
 

@@ -3,13 +3,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import Select, delete, or_, select
+from sqlalchemy import Select, delete, or_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.principal import Principal
 from app.core.cache import Cache, cached
-from app.core.db import utcnow
-from app.core.pagination import after_cursor, cursor_page, order_clauses, paginate
+from app.core.pagination import after_cursor, cursor_page, paginate
+from app.core.repository import Repository, UnitOfWork, unit_of_work
 from app.core.schemas import Page
 from app.files import service as files_service
 from app.items.errors import ItemNotFound
@@ -27,6 +27,7 @@ _ORDER_COLUMNS = {
     "price": Item.price,
     "title": Item.title,
 }
+items = Repository(Item, order_columns=_ORDER_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class ItemFilters:
     currency: Currency | None = None
 
     def apply(self, statement: Select[Item]) -> Select[Item]:
-        statement = statement.where(Item.deleted_at.is_(None))
+        """The filters on `statement` (built on `items.select()`: deleted items left out)."""
         if self.search:
             statement = statement.where(
                 or_(
@@ -60,15 +61,15 @@ class ItemFilters:
 async def create(
     *, session: AsyncSession, cache: Cache, data: ItemCreate, owner: Principal
 ) -> Item:
-    item = Item(**data.model_dump(), owner_id=owner.id)
-    session.add(item)
-    await _commit_and_retire_cache(session, cache)
+    async with unit_of_work(session) as work:
+        item = await items.create(session, **data.model_dump(), owner_id=owner.id)
+        _retire_cache(work, cache)
     return item
 
 
-async def _commit_and_retire_cache(session: AsyncSession, cache: Cache) -> None:
-    await session.commit()
-    await cache.bump(CACHE_NAMESPACE)  # after the commit, so no reader caches the old state
+def _retire_cache(work: UnitOfWork, cache: Cache) -> None:
+    # After the commit, so no reader caches the old state.
+    work.after_commit(lambda: cache.bump(CACHE_NAMESPACE))
 
 
 # Cached reads take the sessionmaker, not a session: a cache hit opens no database session.
@@ -134,8 +135,9 @@ _cached_page_json = cached(CACHE_NAMESPACE, ttl=CACHE_TTL_SECONDS, ignore=("sess
 
 async def get_visible(*, session: AsyncSession, item_id: int, viewer: Principal | None) -> Item:
     """The item, unless it is soft-deleted and the viewer is not an admin."""
-    item = await session.get(Item, item_id)
-    if item is None or (item.deleted_at is not None and not (viewer and viewer.is_admin)):
+    is_admin = viewer is not None and viewer.is_admin
+    item = await items.get(session, item_id, include_deleted=is_admin)
+    if item is None:
         raise ItemNotFound(item_id)
     return item
 
@@ -143,9 +145,7 @@ async def get_visible(*, session: AsyncSession, item_id: int, viewer: Principal 
 async def list_page(
     *, session: AsyncSession, filters: ItemFilters, page: int, per_page: int, order_by: ItemOrder
 ) -> tuple[Sequence[Item], int]:
-    statement = filters.apply(select(Item)).order_by(
-        *order_clauses(order_by, _ORDER_COLUMNS, Item.id)
-    )
+    statement = items.ordered(filters.apply(items.select()), order_by)
     return await paginate(session, statement, page=page, per_page=per_page)
 
 
@@ -153,25 +153,26 @@ async def list_after_cursor(
     *, session: AsyncSession, filters: ItemFilters, limit: int, cursor: str | None
 ) -> tuple[Sequence[Item], str | None]:
     """Newest first, keyset on the primary key: page N costs the same as page 1."""
-    statement = after_cursor(filters.apply(select(Item)), Item.id, cursor=cursor, limit=limit)
+    statement = after_cursor(filters.apply(items.select()), Item.id, cursor=cursor, limit=limit)
     rows = (await session.execute(statement)).scalars().all()
     return cursor_page(rows, limit=limit, key=lambda item: item.id)
 
 
 async def update(*, session: AsyncSession, cache: Cache, item: Item, data: ItemUpdate) -> Item:
-    for field, value in data.model_dump(exclude_unset=True).items():
-        setattr(item, field, value)
-    await _commit_and_retire_cache(session, cache)
+    async with unit_of_work(session) as work:
+        await items.update(session, item, data.model_dump(exclude_unset=True))
+        _retire_cache(work, cache)
     return item
 
 
 async def soft_delete(*, session: AsyncSession, cache: Cache, item: Item) -> None:
-    if item.deleted_at is None:
-        item.deleted_at = utcnow()
-        await files_service.unlink_item_files(session=session, item_id=item.id)
-        await _commit_and_retire_cache(session, cache)
+    async with unit_of_work(session) as work:
+        if await items.soft_delete(session, item):
+            await files_service.unlink_item_files(session=session, item_id=item.id)
+            _retire_cache(work, cache)
 
 
 async def hard_delete(*, session: AsyncSession, cache: Cache, item: Item) -> None:
-    await session.execute(delete(Item).where(Item.id == item.id))
-    await _commit_and_retire_cache(session, cache)
+    async with unit_of_work(session) as work:
+        await session.execute(delete(Item).where(Item.id == item.id))
+        _retire_cache(work, cache)

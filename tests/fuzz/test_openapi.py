@@ -86,7 +86,7 @@ SESSION_ENDING_OPERATIONS = frozenset(
 ENDLESS_OPERATIONS = frozenset({"GET /api/v1/notifications/stream"})
 # Path parameters that name rows. Generated ids nearly always miss (404), so some examples use
 # ids of rows that exist (seeded, or created by earlier examples): updates and deletes run.
-ID_PARAMETERS = {"user_id": "users", "item_id": "items"}
+ID_PARAMETERS = {"user_id": "users", "item_id": "items", "order_id": "orders"}
 # Schemathesis's generic types, for any OpenAPI operation.
 Operation = schemathesis.APIOperation[Any, Any, Any, Any]
 Case = schemathesis.Case[Operation]
@@ -164,8 +164,18 @@ CODE_ONLY_RULES: dict[str, list[CodeOnlyRule]] = {
             )
         ]
         for label in ("GET /api/v2/items/", "GET /api/v1/chat/rooms/{room}/messages",
-                      "GET /api/v1/notifications")
+                      "GET /api/v1/notifications", "GET /api/v1/orders/")
     },
+    "PATCH /api/v1/orders/{order_id}/status": [
+        CodeOnlyRule(
+            428, "precondition_required", "Send If-Match", None,
+            "If-Match is optional in the schema so that its absence is a 428, not a 422",
+        ),
+        CodeOnlyRule(
+            412, "precondition_failed", "changed since you read it", None,
+            "whether a tag is the order's current ETag is a fact of the database",
+        ),
+    ],
 }  # fmt: skip
 
 
@@ -332,6 +342,8 @@ class Fuzzer:
                 self.ids["users"].add(created["id"])
             elif label.endswith("/items/"):
                 self.ids["items"].add(created["id"])
+            elif label.endswith("/orders/"):
+                self.ids["orders"].add(created["id"])
         if label in SESSION_ENDING_OPERATIONS and response.is_success:
             self.token = (await self.new_session()).access_token
 
@@ -365,6 +377,21 @@ def _with_path_parameters(drawn: tuple[Case, dict[str, int]]) -> Case:
     return case
 
 
+async def _order(client: httpx.AsyncClient, account: Account) -> int:
+    line = {"name": "Tea", "quantity": 1, "unit_price": "1.00", "currency": "USD"}
+    address = {
+        "postal_code": "100-0001",
+        "prefecture": "東京都",
+        "city": "千代田区",
+        "street": "1-1",
+    }
+    body = {"lines": [line], "shipping_address": address}
+    response = await client.post("/api/v1/orders/", json=body, headers=account.headers)
+    assert response.status_code == 201, response.text
+    order_id: int = response.json()["id"]
+    return order_id
+
+
 @pytest.fixture(params=[Role.SUPERUSER, Role.USER], ids=["superuser", "user"])
 async def fuzzer(
     request: pytest.FixtureRequest, app: FastAPI, client: httpx.AsyncClient, factory: Factory
@@ -377,6 +404,7 @@ async def fuzzer(
         await factory.item(other),
         await factory.item(other, description="soft-deleted"),
     ]
+    orders = [await _order(client, caller), await _order(client, other)]
     deleted = await client.delete(f"/api/v1/items/{items[-1]['id']}", headers=other.headers)
     assert deleted.status_code == 204, deleted.text
     first_page = await client.get("/api/v2/items/", params={"limit": 1})
@@ -387,7 +415,11 @@ async def fuzzer(
         app=app,
         client=client,
         account=caller,
-        ids={"users": {caller.id, other.id}, "items": {item["id"] for item in items}},
+        ids={
+            "users": {caller.id, other.id},
+            "items": {item["id"] for item in items},
+            "orders": set(orders),
+        },
     )
     # A session of its own for /auth/refresh, whose reuse detection revokes the whole session.
     spare = await fuzzer.new_session()
@@ -399,6 +431,8 @@ async def fuzzer(
             "body": {"current_password": PASSWORD, "new_password": "Fuzzed-password-2"}
         },
         "GET /api/v2/items/": {"query": {"cursor": cursor}},
+        # Any current version: the status machine itself runs, not only its 428 and 412.
+        "PATCH /api/v1/orders/{order_id}/status": {"headers": {"If-Match": "*"}},
     }
     return fuzzer
 
