@@ -81,6 +81,8 @@ def _lifespan(
                 shared=redis,
                 cache_redis=create_cache_redis(settings),
                 memory_max_bytes=settings.cache_memory_max_bytes,
+                near_ttl=settings.auth_snapshot_local_seconds,
+                near_max_entries=settings.auth_snapshot_local_max_entries,
             ),
             limiter=create_limiter(settings),
             hub=create_hub(settings.redis_url),

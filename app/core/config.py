@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     """a Redis only for cached responses (maxmemory + allkeys-lru); unset: process memory"""
     cache_memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     """byte budget of the in-process cache (keys + values + per-entry overhead)"""
+    # Revocation elsewhere reaches a process by pub/sub at once; this bounds it when that event
+    # is lost (issue 14: a session ends everywhere within 1 s), so it can't be set above 1 s.
+    auth_snapshot_local_seconds: float = Field(default=0.5, ge=0, le=1.0)
+    """an API process reuses a session's state read from Redis this long (0: never)"""
+    auth_snapshot_local_max_entries: int = Field(default=10_000, ge=1, le=1_000_000)
+    """sessions whose state an API process keeps in memory (see above)"""
     cache_list_max_page: int = Field(default=10, ge=0, le=100_000)
     """list pages beyond this one are read from the database, never cached"""
 
