@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     """connections opened beyond the pool under load, per process"""
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     """wait for a free pooled connection; past it the request gets 503 with Retry-After"""
+    # A ping is three round trips on asyncpg: pinging at every checkout doubled the cost of a
+    # one-query request (issue 14). Idle connections are the ones a restart may have killed.
+    database_ping_idle_seconds: float = Field(default=5.0, ge=0, le=3600)
+    """PostgreSQL: ping a pooled connection before use if idle this long (0: at every use)"""
 
     jwt_issuer: str = "app"
     """the iss claim of tokens, checked on every token"""
