@@ -1,7 +1,7 @@
 """Where the service's CPU goes under load: py-spy samples one pinned `app api` while wrk
 repeats one endpoint, then the samples are summed per package (own time, and time under).
 
-    uv run python -m bench.profile --database-url postgresql://... --mode redis \
+    uv run python -m bench.pyspy --database-url postgresql://... --mode redis \
         --only users_me,item_read_auth --duration 8
 
 Per endpoint it writes the raw collapsed stacks (bench/results/profile-<mode>-<name>.txt,
@@ -13,7 +13,7 @@ throughput under the profiler is lower than the bench's: the shares are what to 
 import sys
 from pathlib import Path
 
-if not __package__:  # run as `python bench/profile.py`: import from the repository root
+if not __package__:  # run as `python bench/pyspy.py`: import from the repository root
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
