@@ -15,6 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
+from app.core import gc_tuning
 from app.core.background import TaskManager
 from app.core.cache import build_cache
 from app.core.config import Settings, get_settings
@@ -54,7 +55,7 @@ logger = logging.getLogger("app")
 
 
 def _lifespan(
-    settings: Settings, policies: Policies, *, handle_signals: bool
+    settings: Settings, policies: Policies, *, handle_signals: bool, tune_gc: bool
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The process's services, opened at start and closed at shutdown. Routes reach them
     through the typed dependencies of app/core/dependencies.py (and app/jobs, app/realtime),
@@ -81,6 +82,8 @@ def _lifespan(
                 shared=redis,
                 cache_redis=create_cache_redis(settings),
                 memory_max_bytes=settings.cache_memory_max_bytes,
+                near_ttl=settings.auth_snapshot_local_seconds,
+                near_max_entries=settings.auth_snapshot_local_max_entries,
             ),
             limiter=create_limiter(settings),
             hub=create_hub(settings.redis_url),
@@ -114,6 +117,8 @@ def _lifespan(
             "job-metrics",
             lambda: job_monitor.run(settings=settings, sessionmaker=services.sessionmaker),
         )
+        if tune_gc:  # last: everything the process keeps is built by now
+            gc_tuning.freeze_after_startup(settings)
         try:
             yield
         finally:
@@ -197,9 +202,13 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
     return stack
 
 
-def create_app(settings: Settings | None = None, *, handle_signals: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, handle_signals: bool = False, tune_gc: bool = False
+) -> FastAPI:
     """`handle_signals`: close WebSockets (1001) and SSE streams on SIGINT/SIGTERM before the
-    server does (see core/shutdown.py); for a server process, not for an app under test."""
+    server does (see core/shutdown.py); `tune_gc`: the GC_* settings (app/core/gc_tuning.py).
+    Both for a server process, not for an app under test: a test process builds many apps,
+    and a frozen heap would keep every one of them."""
     settings = settings or get_settings()
     policies = Policies.from_settings(settings)
     init_sentry(settings)
@@ -208,7 +217,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
         version="1.0.0",
         summary="Accounts, users and items: the foundation of a production FastAPI service.",
         debug=settings.debug,
-        lifespan=_lifespan(settings, policies, handle_signals=handle_signals),
+        lifespan=_lifespan(settings, policies, handle_signals=handle_signals, tune_gc=tune_gc),
         middleware=_middleware(settings, policies),
         openapi_url="/openapi.json" if settings.show_docs else None,
         docs_url=None,
@@ -226,7 +235,7 @@ def serve_app() -> FastAPI:
     settings = get_settings()
     configure_logging(settings)
     exit_cleanly_on_sigterm()
-    return create_app(settings, handle_signals=True)
+    return create_app(settings, handle_signals=True, tune_gc=True)
 
 
 _served_app = cache(serve_app)  # one app per process, however often a server looks it up

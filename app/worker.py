@@ -22,6 +22,7 @@ from typing import Any
 from celery import signals
 
 from app import models  # noqa: F401 - every table, for foreign keys between domains
+from app.core import gc_tuning
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.jobs import liveness, runtime
@@ -90,6 +91,14 @@ def _reconcile_on_start(sender: Any = None, **_: Any) -> None:
         )
 
 
+def _tune_gc(**_: Any) -> None:
+    """In the main process once it is set up (a prefork parent: before it forks, so the
+    children share its frozen pages) and in each pool child once it has started."""
+    gc_tuning.freeze_after_startup(celery.settings)
+
+
 signals.setup_logging.connect(_setup_logging)
+signals.worker_init.connect(_tune_gc)
+signals.worker_process_init.connect(_tune_gc)
 signals.worker_init.connect(_claim_embedded_broker)
 signals.worker_ready.connect(_reconcile_on_start)

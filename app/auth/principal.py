@@ -8,13 +8,20 @@ Revocation overwrites the snapshot with a tombstone, and readers only ever *add*
 (`only_if_new`), so a reader that loaded a session just before it was revoked can't put the
 live snapshot back over the tombstone. If the cache is lost (Redis restarted, or down), every
 lookup falls back to the database, which still says revoked: nothing comes back to life.
+
+A request's check may reuse a snapshot this process read from Redis less than
+AUTH_SNAPSHOT_LOCAL_SECONDS (<= 1 s) ago (the cache's near copies): no round trip at all.
+Revocation here drops the copy with the tombstone write; revocation in another process drops
+it when the sessions-ended event arrives (`forget_near`, called by app/realtime/revocation.py),
+and if the event is lost the copy expires within that bound. Only copies of what Redis
+returned are kept, never of a database load (which may have raced a revocation).
 """
 
 import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +62,11 @@ async def resolve(
 ) -> Principal:
     """A database session is opened only on a cache miss: a hit costs no connection."""
     state = await _state(
-        cache=cache, sessionmaker=sessionmaker, user_id=claims.user_id, session_id=claims.session_id
+        cache=cache,
+        sessionmaker=sessionmaker,
+        user_id=claims.user_id,
+        session_id=claims.session_id,
+        near=True,
     )
     return Principal(
         id=claims.user_id,
@@ -87,9 +98,14 @@ async def session_is_live(
 
 
 async def _state(
-    *, cache: Cache, sessionmaker: async_sessionmaker[AsyncSession], user_id: int, session_id: str
+    *,
+    cache: Cache,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    user_id: int,
+    session_id: str,
+    near: bool = False,
 ) -> dict[str, Any]:
-    snapshot = await cache.get(_key(session_id))
+    snapshot = await cache.get(_key(session_id), near=near)
     if snapshot == _REVOKED:
         raise Unauthorized("Token has been revoked")
     if snapshot is not None:
@@ -160,6 +176,12 @@ async def _retry_tombstones(cache: Cache, session_ids: list[str], ttl: float) ->
         delay = min(delay * 2, 5.0)
     if session_ids:
         logger.error("revocation tombstones not written; snapshots have expired by now")
+
+
+def forget_near(*, cache: Cache, session_ids: Collection[str] | None) -> None:
+    """Sessions ended in another process (None: every session, when the event names a user's
+    all): drop this process's near copies of them before anything else reads one."""
+    cache.forget_near(None if session_ids is None else [_key(sid) for sid in session_ids])
 
 
 async def forget(*, cache: Cache, session_ids: Iterable[str]) -> None:

@@ -16,6 +16,12 @@ non-evicting instance they would fill it and block logins and the broker. They g
 dedicated Redis run with `allkeys-lru` (CACHE_REDIS_URL), or else to process memory with only
 the namespace generations in the shared Redis, so a write still retires them everywhere.
 
+Near copies (`SplitCache`, `near=True` reads): a plain value read from the shared Redis may be
+kept in process memory for NEAR_TTL (under a second, AUTH_SNAPSHOT_LOCAL_SECONDS), so the
+authenticated hot path skips its round trip. Writes and deletes through this process drop the
+near copy at once; writes elsewhere reach it by `forget_near` (the sessions-ended events on
+the hub) or, if that event is lost, when the copy expires.
+
 Generations start at Redis's clock (microseconds) when their key is missing and a bump never
 goes below it, so a key lost to eviction or a restart never brings a number back that old
 entries (in process memory, or stored late) were written under.
@@ -28,7 +34,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -91,7 +97,8 @@ def canonical_decimal(value: Decimal) -> str:
 
 
 class Cache(Protocol):
-    async def get(self, key: str) -> bytes | None: ...
+    # near: a copy this process read from a shared store less than its near TTL ago will do
+    async def get(self, key: str, *, near: bool = False) -> bytes | None: ...
     async def set(  # True when stored (or, with only_if_new, when an entry was already there)
         self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False
     ) -> bool: ...
@@ -102,6 +109,7 @@ class Cache(Protocol):
         self, namespace: str, generation: int, key: str, value: bytes, ttl: float
     ) -> None: ...
     async def bump(self, namespace: str) -> None: ...
+    def forget_near(self, keys: Iterable[str] | None = None) -> None: ...  # None: all of them
     async def close(self) -> None: ...
 
 
@@ -126,7 +134,7 @@ class MemoryCache:
     def entry_size(key: str, value: bytes) -> int:
         return len(key.encode()) + len(value) + ENTRY_OVERHEAD_BYTES
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, *, near: bool = False) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -182,6 +190,9 @@ class MemoryCache:
         # Entries of older generations are unreachable now; the LRU bound evicts them.
         self._generations[namespace] = self._generations.get(namespace, 0) + 1
 
+    def forget_near(self, keys: Iterable[str] | None = None) -> None:
+        """Nothing to forget: every entry is the only copy."""
+
     async def close(self) -> None:
         self._entries.clear()
         self.used_bytes = 0
@@ -197,7 +208,7 @@ class RedisCache:
         self._get_versioned = redis.register_script(_GET_VERSIONED)
         self._bump = redis.register_script(_BUMP)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, *, near: bool = False) -> bytes | None:
         try:
             value = await self._redis.get(key)
         except RedisError as exc:
@@ -257,6 +268,9 @@ class RedisCache:
     async def bump(self, namespace: str) -> None:
         await _bump(self._bump, namespace)
 
+    def forget_near(self, keys: Iterable[str] | None = None) -> None:
+        """No near copies here (SplitCache keeps them)."""
+
     async def close(self) -> None:
         if self._owns_client:  # the shared client belongs to the lifespan
             await self._redis.aclose()
@@ -311,24 +325,86 @@ class Responses(Protocol):
     async def close(self) -> None: ...
 
 
-class SplitCache:
-    """Plain operations (auth state) to one store, cached responses to another."""
+class NearCopies:
+    """Values read from a shared store, kept in this process for `ttl` seconds at most.
 
-    def __init__(self, state: Cache, responses: Responses) -> None:
+    `epoch` counts invalidations: a read that started before one may have fetched what it
+    invalidated, so its value is not kept (`put(..., since=epoch at the read's start)`)."""
+
+    def __init__(self, *, ttl: float, max_entries: int) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.epoch = 0
+        self._entries: dict[str, tuple[float, bytes]] = {}
+
+    def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: str, value: bytes, *, since: int) -> None:
+        if since != self.epoch or self.ttl <= 0:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))  # the oldest insert: FIFO is enough
+        self._entries[key] = (time.monotonic() + self.ttl, value)
+
+    def drop(self, keys: Iterable[str] | None = None) -> None:
+        self.epoch += 1
+        if keys is None:
+            self._entries.clear()
+            return
+        for key in keys:
+            self._entries.pop(key, None)
+
+    def drop_prefix(self, prefix: str) -> None:
+        self.drop([key for key in self._entries if key.startswith(prefix)])
+
+
+class SplitCache:
+    """Plain operations (auth state) to one store, cached responses to another; near copies
+    of plain values read with `near=True` (module docstring)."""
+
+    def __init__(
+        self, state: Cache, responses: Responses, *, near: NearCopies | None = None
+    ) -> None:
         self.state = state
         self.responses = responses
+        self.near = near or NearCopies(ttl=0.0, max_entries=1)
 
-    async def get(self, key: str) -> bytes | None:
-        return await self.state.get(key)
+    async def get(self, key: str, *, near: bool = False) -> bytes | None:
+        if not near:
+            return await self.state.get(key)
+        value = self.near.get(key)
+        if value is not None:
+            return value
+        epoch = self.near.epoch
+        value = await self.state.get(key)
+        if value is not None:
+            self.near.put(key, value, since=epoch)
+        return value
 
     async def set(self, key: str, value: bytes, ttl: float, *, only_if_new: bool = False) -> bool:
-        return await self.state.set(key, value, ttl, only_if_new=only_if_new)
+        self.near.drop((key,))
+        try:
+            return await self.state.set(key, value, ttl, only_if_new=only_if_new)
+        finally:
+            self.near.drop((key,))  # a read that raced the write must not keep the old value
 
     async def delete(self, *keys: str) -> None:
+        self.near.drop(keys)
         await self.state.delete(*keys)
 
     async def delete_prefix(self, prefix: str) -> int:
+        self.near.drop_prefix(prefix)
         return await self.state.delete_prefix(prefix)
+
+    def forget_near(self, keys: Iterable[str] | None = None) -> None:
+        self.near.drop(keys)
 
     async def get_versioned(self, namespace: str, key: str) -> tuple[int, bytes | None]:
         return await self.responses.get_versioned(namespace, key)
@@ -346,17 +422,26 @@ class SplitCache:
         await self.state.close()
 
 
-def build_cache(*, shared: Redis | None, cache_redis: Redis | None, memory_max_bytes: int) -> Cache:
+def build_cache(
+    *,
+    shared: Redis | None,
+    cache_redis: Redis | None,
+    memory_max_bytes: int,
+    near_ttl: float = 0.0,
+    near_max_entries: int = 10_000,
+) -> Cache:
     """The process's cache for its Redis clients (module docstring: where things live).
 
-    `cache_redis` is owned by the cache from here on (closed with it); `shared` is not."""
+    `cache_redis` is owned by the cache from here on (closed with it); `shared` is not.
+    `near_ttl`: how long a plain value read from the shared Redis may be reused (0: never)."""
     if shared is None and cache_redis is None:
         return MemoryCache(memory_max_bytes)  # embedded: one process, one budget
     state: Cache = RedisCache(shared) if shared is not None else MemoryCache(memory_max_bytes)
+    near = NearCopies(ttl=near_ttl if shared is not None else 0.0, max_entries=near_max_entries)
     if cache_redis is not None:
-        return SplitCache(state, RedisCache(cache_redis, owns_client=True))
+        return SplitCache(state, RedisCache(cache_redis, owns_client=True), near=near)
     assert shared is not None
-    return SplitCache(state, LocalEntries(shared, MemoryCache(memory_max_bytes)))
+    return SplitCache(state, LocalEntries(shared, MemoryCache(memory_max_bytes)), near=near)
 
 
 def _glob_escape(text: str) -> str:

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     """connections opened beyond the pool under load, per process"""
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     """wait for a free pooled connection; past it the request gets 503 with Retry-After"""
+    # A ping is three round trips on asyncpg: pinging at every checkout doubled the cost of a
+    # one-query request (issue 14). Idle connections are the ones a restart may have killed.
+    database_ping_idle_seconds: float = Field(default=5.0, ge=0, le=3600)
+    """PostgreSQL: ping a pooled connection before use if idle this long (0: at every use)"""
 
     jwt_issuer: str = "app"
     """the iss claim of tokens, checked on every token"""
@@ -147,6 +151,12 @@ class Settings(BaseSettings):
     """a Redis only for cached responses (maxmemory + allkeys-lru); unset: process memory"""
     cache_memory_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     """byte budget of the in-process cache (keys + values + per-entry overhead)"""
+    # Revocation elsewhere reaches a process by pub/sub at once; this bounds it when that event
+    # is lost (issue 14: a session ends everywhere within 1 s), so it can't be set above 1 s.
+    auth_snapshot_local_seconds: float = Field(default=0.5, ge=0, le=1.0)
+    """an API process reuses a session's state read from Redis this long (0: never)"""
+    auth_snapshot_local_max_entries: int = Field(default=10_000, ge=1, le=1_000_000)
+    """sessions whose state an API process keeps in memory (see above)"""
     cache_list_max_page: int = Field(default=10, ge=0, le=100_000)
     """list pages beyond this one are read from the database, never cached"""
 
@@ -427,6 +437,17 @@ class Settings(BaseSettings):
     """that superuser's email"""
     first_superuser_password: SecretStr | None = None
     """that superuser's password"""
+
+    # A full collection walks every object the process holds (~150 ms under load) and frees
+    # almost nothing: app/core/gc_tuning.py. 700/10/10 and false are CPython's defaults.
+    gc_freeze_after_startup: bool = True
+    """move what startup built out of the garbage collector's reach (gc.freeze())"""
+    gc_threshold_gen0: int = Field(default=50_000, ge=100, le=10_000_000)
+    """allocations between young garbage collections (CPython: 700)"""
+    gc_threshold_gen1: int = Field(default=50, ge=1, le=10_000)
+    """young collections between middle ones (CPython: 10)"""
+    gc_threshold_gen2: int = Field(default=100, ge=1, le=10_000)
+    """middle collections between full ones (CPython: 10)"""
 
     log_level: str = "INFO"
     """log level (DEBUG, INFO, WARNING, ...)"""

@@ -1,10 +1,11 @@
 """Async engine and sessionmaker, the declarative base (`SessionDep`: app.core.dependencies)."""
 
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event, exc
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -14,7 +15,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.types import TypeDecorator
 
 from app.core.config import Settings
@@ -77,14 +78,50 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(
+    idle = settings.database_ping_idle_seconds
+    engine = create_async_engine(
         url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
-        pool_pre_ping=True,
+        pool_pre_ping=idle == 0,
         pool_recycle=1800,
     )
+    if idle > 0:
+        _ping_when_idle(engine, idle)
+    return engine
+
+
+_IDLE_SINCE = "idle_since"
+
+
+def _ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Pre-ping only connections that sat in the pool longer than `idle_seconds`.
+
+    SQLAlchemy's pool_pre_ping pings at every checkout, and on asyncpg a ping is three round
+    trips (BEGIN, `;`, ROLLBACK): under load that doubled the round trips of a one-query
+    request. A connection back in the pool a moment ago was alive then; one idle for a while
+    (across a database restart, a failover, a proxy's idle timeout) is pinged before use and
+    replaced if dead. A connection that dies while in use fails that statement, and the pool
+    then retires every connection older than the failure (SQLAlchemy's disconnect handling).
+    """
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _checked_in(_dbapi: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _checked_out(
+        dbapi: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            sync_engine.dialect.do_ping(dbapi)
+        except Exception as error:  # the pool replaces it and retries the checkout
+            raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

@@ -56,6 +56,9 @@ class SessionWatch:
 
     async def start(self) -> None:
         # Attached before the process serves anything: no connection can miss an event.
+        # Events lost while the hub reconnected may have ended sessions whose state this
+        # process still holds near copies of: drop them all.
+        self._hub.on_resubscribed(self._cache.forget_near)
         self._subscription = self._hub.subscribe(CHANNEL)
         await self._subscription.__aenter__()
         self._tasks = [
@@ -64,6 +67,8 @@ class SessionWatch:
         ]
 
     def apply(self, event: SessionsEnded) -> int:
+        # First: a request that follows the event must not pass on a near copy.
+        principals.forget_near(cache=self._cache, session_ids=event.session_ids)
         ended = self._manager.end_sessions(
             event.user_id,
             event.session_ids,

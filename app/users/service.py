@@ -1,8 +1,8 @@
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import delete, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import RowMapping, delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.auth import service as auth_service
 from app.auth.errors import MissingPermission
@@ -10,6 +10,7 @@ from app.auth.models import AuthSession, Role, User
 from app.auth.permissions import Permission, has_permission
 from app.auth.principal import Principal
 from app.auth.revocation import EndReason
+from app.auth.schemas import UserPrivate
 from app.core.cache import Cache
 from app.core.config import Settings
 from app.core.db import utcnow
@@ -27,6 +28,22 @@ _ORDER_COLUMNS = {
     "email": User.email,
     "created_at": User.created_at,
 }
+
+
+_users: Any = User.__table__
+# What /users/me shows, read as plain columns (the schema's fields, nothing else).
+_PRIVATE_COLUMNS = select(*(_users.c[name] for name in UserPrivate.model_fields))
+
+
+async def read_private(*, engine: AsyncEngine, user_id: int) -> RowMapping | None:
+    """The caller's own account, for /users/me, the most frequent authenticated read: one Core
+    statement on a connection in autocommit (a lone SELECT needs no BEGIN and ROLLBACK round
+    trips) and no ORM identity map or instance to build: issue 14's profile had SQLAlchemy's
+    ORM and transaction handling at ~40% of this request's CPU."""
+    async with engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        result = await autocommit.execute(_PRIVATE_COLUMNS.where(_users.c.id == user_id))
+        return result.mappings().one_or_none()
 
 
 async def get(*, session: AsyncSession, user_id: int) -> User:

@@ -2,7 +2,8 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import pytest
@@ -12,8 +13,10 @@ from app.core.cache import (
     Cache,
     LocalEntries,
     MemoryCache,
+    NearCopies,
     RedisCache,
     SplitCache,
+    build_cache,
     cached,
     stable_key,
 )
@@ -190,3 +193,88 @@ async def test_a_lost_generation_never_comes_back_lower(
             generation = bumped
     finally:
         await redis.aclose()
+
+
+class _RacingState(MemoryCache):
+    """A store whose reads let something happen while they are on the wire."""
+
+    def __init__(self) -> None:
+        super().__init__(max_bytes=1024 * 1024)
+        self.on_get: list[Callable[[], None]] = []
+
+    async def get(self, key: str, *, near: bool = False) -> bytes | None:
+        value = await super().get(key)
+        while self.on_get:
+            self.on_get.pop()()
+        return value
+
+
+def _near_split(ttl: float) -> tuple[SplitCache, _RacingState]:
+    state = _RacingState()
+    # The responses half is unused here: near copies are of plain operations only.
+    split = SplitCache(state, MemoryCache(max_bytes=1024), near=NearCopies(ttl=ttl, max_entries=2))
+    return split, state
+
+
+async def test_near_copies_are_reused_until_forgotten_or_expired() -> None:
+    """Another process's write (the state changed behind this cache) shows at once when its
+    event arrives (`forget_near`), else when the copy expires; plain reads never use copies."""
+    split, state = _near_split(ttl=0.2)
+    await split.set("k", b"live", ttl=60)
+    assert await split.get("k", near=True) == b"live"
+    await state.set("k", b"revoked", ttl=60)  # written by another process
+    assert await split.get("k", near=True) == b"live"
+    assert await split.get("k") == b"revoked"
+    split.forget_near(["k"])
+    assert await split.get("k", near=True) == b"revoked"
+    await state.set("k", b"other", ttl=60)
+    await eventually_async(
+        lambda: _near_is(split, "k", b"other"), timeout=5, what="the near copy to expire"
+    )
+    await state.set("j", b"x", ttl=60)
+    assert await split.get("j", near=True) == b"x"
+    await state.set("j", b"y", ttl=60)
+    split.forget_near()  # all of them (events lost while the hub reconnected)
+    assert await split.get("j", near=True) == b"y"
+
+
+async def _near_is(split: SplitCache, key: str, value: bytes) -> bool:
+    return await split.get(key, near=True) == value
+
+
+async def test_writes_through_this_process_drop_near_copies_at_once() -> None:
+    split, _ = _near_split(ttl=60)
+    await split.set("auth:a", b"live", ttl=60)
+    assert await split.get("auth:a", near=True) == b"live"
+    await split.set("auth:a", b"revoked", ttl=60)
+    assert await split.get("auth:a", near=True) == b"revoked"
+    await split.delete("auth:a")
+    assert await split.get("auth:a", near=True) is None
+    await split.set("auth:b", b"live", ttl=60)
+    assert await split.get("auth:b", near=True) == b"live"
+    await split.delete_prefix("auth:")
+    assert await split.get("auth:b", near=True) is None
+    for key in ("c", "d", "e"):  # bounded: max_entries=2, the oldest copy goes first
+        await split.set(key, key.encode(), ttl=60)
+        await split.get(key, near=True)
+    assert len(split.near._entries) == 2
+
+
+async def test_a_read_that_raced_an_invalidation_is_not_kept() -> None:
+    """The value came back from Redis after the event that retired it: serve it to that one
+    request (it was current when read) but keep no copy of it."""
+    split, state = _near_split(ttl=60)
+    await state.set("k", b"live", ttl=60)
+
+    def revoked_meanwhile() -> None:
+        state._entries["k"] = (time.monotonic() + 60, b"revoked", 0)
+        split.forget_near(["k"])
+
+    state.on_get.append(revoked_meanwhile)
+    assert await split.get("k", near=True) == b"live"
+    assert await split.get("k", near=True) == b"revoked"
+
+
+async def test_near_copies_are_off_without_a_shared_redis() -> None:
+    assert isinstance(build_cache(shared=None, cache_redis=None, memory_max_bytes=1 << 20,
+                                  near_ttl=0.5), MemoryCache)  # fmt: skip

@@ -6,13 +6,16 @@ import json
 import time
 
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.auth import principal as principals
 from app.auth.models import AuthSession
 from app.auth.revocation import EndReason, SessionsEnded
+from app.core.cache import MemoryCache, NearCopies, SplitCache
 from app.core.db import utcnow
-from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
-from app.realtime.revocation import close_code_for
+from app.core.pubsub import InProcessHub
+from app.realtime.manager import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, ConnectionManager
+from app.realtime.revocation import SessionWatch, close_code_for
 from tests.support.factories import Account
 from tests.support.live import (
     STREAM,
@@ -130,3 +133,29 @@ async def test_events_on_the_hub_are_checked_and_mapped_to_close_codes(
             ended = SessionsEnded(user_id=alice.id, session_ids=None, reason=EndReason.DEACTIVATED)
             await hub.publish("auth:sessions-ended", ended.encode())
             assert await close_code_of(ws, timeout=BOUND_SECONDS) == CLOSE_UNAUTHORIZED
+
+
+async def test_an_event_or_a_lost_one_drops_near_copies_before_anything_else() -> None:
+    """Redis mode keeps a session's state read from Redis for up to 1 s in each process
+    (app/core/cache.py, near copies): the sessions-ended event drops it there at once, and a
+    reconnect of the hub (events may have been lost) drops them all."""
+    hub = InProcessHub()
+    state = MemoryCache()
+    cache = SplitCache(state, MemoryCache(), near=NearCopies(ttl=60, max_entries=100))
+    watch = SessionWatch(ConnectionManager(hub, max_per_user=1), hub, cache=cache,
+                         sessionmaker=async_sessionmaker(), interval=60)  # fmt: skip
+    await watch.start()
+    try:
+        for sid in ("s1", "s2"):
+            await cache.set(f"auth:session:{sid}", b"live", ttl=60)
+            assert await cache.get(f"auth:session:{sid}", near=True) == b"live"
+            await state.set(f"auth:session:{sid}", b"revoked", ttl=60)  # by another process
+        watch.apply(
+            SessionsEnded(user_id=1, session_ids=frozenset({"s1"}), reason=EndReason.LOGOUT)
+        )
+        assert await cache.get("auth:session:s1", near=True) == b"revoked"
+        assert await cache.get("auth:session:s2", near=True) == b"live"
+        hub._announce_resubscribed()
+        assert await cache.get("auth:session:s2", near=True) == b"revoked"
+    finally:
+        await watch.close()
