@@ -1,0 +1,26 @@
+"""user_age: an optional age (1-150) on the user (issue 15 item 5)
+
+Revision ID: 0013
+Revises: 0009
+Create Date: 2026-12-03 14:40:00.000000
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0013"
+down_revision: str | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # Nullable, no default: existing rows simply have no age; the API validates the range.
+    op.add_column("users", sa.Column("age", sa.SmallInteger(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("users") as batch:  # SQLite drops a column by copying the table
+        batch.drop_column("age")
