@@ -33,6 +33,7 @@ from app.core.dependencies import (
     SessionDep,
     SettingsDep,
 )
+from app.core.errors import ErrorResponse
 from app.email import service as outbox
 from app.jobs.dependencies import JobsDep
 
@@ -60,8 +61,14 @@ REGISTER_ACCEPTED = "Check your inbox to finish signing up."
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(limit_register)],
     responses={
-        409: {"description": "The username is taken (usernames are public; emails never 409)"},
-        429: {"description": "Too many sign-ups from this client, or mails to this address"},
+        409: {
+            "model": ErrorResponse,
+            "description": "The username is taken (usernames are public; an email never is 409)",
+        },
+        429: {
+            "model": ErrorResponse,
+            "description": "Too many sign-ups from this client, or mails to this address",
+        },
     },
 )
 async def register(
