@@ -187,9 +187,9 @@ async def user_items_page(
     """A user with one page of their live items, for the user or an admin; 404 before 403,
     as GET /users/{id} (which any signed-in user may read) already tells who exists.
 
-    Two queries whatever the page size: the count, and the user with the page's items by
-    selectinload over `User.items`, narrowed to the page (an id IN a LIMIT subquery: the
-    relationship itself is never loaded whole)."""
+    Three statements whatever the page size: the user and its page of items in one eager
+    load (selectinload over `User.items`, narrowed to the page by an id IN a LIMIT subquery:
+    the relationship is never loaded whole), and the count."""
     if viewer.id != user_id and not viewer.is_admin:
         if await session.get(User, user_id) is None:
             raise UserNotFound(user_id)
