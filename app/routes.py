@@ -30,6 +30,7 @@ from app.users.router import router as users_router
 api_v1 = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
 api_v1.include_router(auth_router)
 api_v1.include_router(users_router)
+api_v1.include_router(items.by_user)
 api_v1.include_router(items.list_v1)
 api_v1.include_router(items.router)
 api_v1.include_router(item_images.router)

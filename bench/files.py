@@ -100,11 +100,13 @@ def login(base: str) -> tuple[int, dict[str, str]]:
     name = f"bench{os.getpid()}x{int(time.time())}"  # a given database may hold earlier runs
     user = {"username": name, "email": f"{name}@example.com", "password": PASSWORD,
             "password_confirm": PASSWORD}  # fmt: skip
-    created = httpx.post(f"{base}/api/v1/auth/register", json=user).json()
+    httpx.post(f"{base}/api/v1/auth/register", json=user).raise_for_status()  # 202
     token = httpx.post(
         f"{base}/api/v1/auth/token", data={"username": name, "password": PASSWORD}
     ).json()["access_token"]
-    return int(created["id"]), {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {token}"}
+    me = httpx.get(f"{base}/api/v1/users/me", headers=headers).json()
+    return int(me["id"]), headers
 
 
 def export(base: str, headers: dict[str, str], pid: int) -> dict[str, float]:

@@ -296,7 +296,7 @@ class Workload:
             username = f"soak_{n}_{secrets.token_hex(3)}"
             body = {"username": username, "email": f"{username}@example.com",
                     "password": PASSWORD, "password_confirm": PASSWORD}  # fmt: skip
-            await self.call("register", client, "POST", "/api/v1/auth/register", 201, json=body)
+            await self.call("register", client, "POST", "/api/v1/auth/register", 202, json=body)
             tokens = await self.login(client, username)
             self.users.append(User(username, tokens["access_token"], client))
         for n, user in enumerate(self.users):

@@ -154,7 +154,7 @@ def test_serve_runs_a_worker_that_sends_the_welcome_mail(served: tuple[str, Path
     with httpx.Client(base_url=base) as client:
         body = {"username": "mailed", "email": "mailed@example.com",
                 "password": "Cli-password-1", "password_confirm": "Cli-password-1"}  # fmt: skip
-        assert client.post("/api/v1/auth/register", json=body).status_code == 201
+        assert client.post("/api/v1/auth/register", json=body).status_code == 202
     outbox = data_dir / "outbox"
     mails = eventually(
         lambda: list(outbox.glob("*.eml")), timeout=60, what="a welcome mail from the worker"
@@ -168,7 +168,7 @@ def test_serve_migrates_and_answers(served: tuple[str, Path]) -> None:
     with httpx.Client(base_url=base) as client:
         body = {"username": "cli_user", "email": "c@example.com", "password": "Cli-password-1",
                 "password_confirm": "Cli-password-1"}  # fmt: skip
-        assert client.post("/api/v1/auth/register", json=body).status_code == 201
+        assert client.post("/api/v1/auth/register", json=body).status_code == 202
         token = client.post(
             "/api/v1/auth/token", data={"username": "cli_user", "password": "Cli-password-1"}
         ).json()["access_token"]

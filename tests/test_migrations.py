@@ -54,8 +54,12 @@ async def test_upgrade_downgrade_upgrade_matches_models(
 RECONCILE_COLUMNS = {"args", "kwargs", "queue", "worker", "requeues"}
 
 
+def _columns(connection: Connection, table: str) -> set[str]:
+    return {column["name"] for column in inspect(connection).get_columns(table)}
+
+
 def _job_columns(connection: Connection) -> set[str]:
-    return {column["name"] for column in inspect(connection).get_columns("jobs")}
+    return _columns(connection, "jobs")
 
 
 # The downgrade's batch copy of `jobs` reflects SQLite's schema (see above).
@@ -93,5 +97,37 @@ async def test_the_reconciler_columns_go_up_and_down_and_keep_existing_jobs(
             assert RECONCILE_COLUMNS & await connection.run_sync(_job_columns) == set()
             count = await connection.scalar(text("SELECT count(*) FROM jobs"))
             assert count == 1
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
+async def test_user_age_goes_up_and_down_and_keeps_existing_users(
+    migration_url: str | None, tmp_path: Path
+) -> None:
+    """0013: users made before it have no age (NULL); the downgrade drops the column only."""
+    settings = make_settings(tmp_path, migration_url)
+    config = alembic_config(settings)
+    await anyio.to_thread.run_sync(command.upgrade, config, "0009")
+    engine = create_async_engine(settings.sqlalchemy_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO users (username, email, hashed_password, role, is_active,"
+                    " is_verified, created_at, updated_at)"
+                    " VALUES ('before', 'b@example.com', 'x', 'user', true, false, :at, :at)"
+                ),
+                {"at": utcnow()},
+            )
+        await anyio.to_thread.run_sync(command.upgrade, config, "0013")
+        async with engine.connect() as connection:
+            age = await connection.scalar(text("SELECT age FROM users WHERE username = 'before'"))
+            assert age is None
+        await anyio.to_thread.run_sync(command.downgrade, config, "0009")
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(_columns, "users")
+            assert "age" not in columns
+            assert await connection.scalar(text("SELECT count(*) FROM users")) == 1
     finally:
         await engine.dispose()

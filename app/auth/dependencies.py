@@ -111,21 +111,32 @@ async def get_login_throttle(connection: HTTPConnection) -> LoginThrottle:
     return LoginThrottle.of(connection)
 
 
-async def limit_register(request: Request, response: Response) -> None:
-    await enforce(request, response, services_of(request).policies.register, client_of(request))
-
-
-async def limit_password_reset(request: Request, response: Response) -> None:
-    """Per client and per target mailbox (every spelling of it: address_key): nobody can
-    flood one inbox from many clients."""
-    policy = services_of(request).policies.password_reset
-    await enforce(request, response, policy, client_of(request))
+async def _limit_mails_to_body_address(request: Request, response: Response) -> None:
+    """The reset policy's per-mailbox budget (every spelling of it: address_key), shared by
+    every anonymous request that mails an address: nobody floods one inbox from many
+    clients, whichever of these routes they use."""
     try:
         body = await request.json()  # FastAPI has read (and cached) the body already
     except ValueError:
         return  # the route answers 422
     if isinstance(body, dict) and isinstance(body.get("email"), str):
+        policy = services_of(request).policies.password_reset
         await enforce(request, response, policy, "email:" + address_key(body["email"]))
+
+
+async def limit_register(request: Request, response: Response) -> None:
+    """Per client, and per target mailbox: a sign-up mails the address (a welcome, or a
+    notice to its owner). Counted the same whether or not the address has an account, so a
+    429 tells nothing either."""
+    await enforce(request, response, services_of(request).policies.register, client_of(request))
+    await _limit_mails_to_body_address(request, response)
+
+
+async def limit_password_reset(request: Request, response: Response) -> None:
+    """Per client and per target mailbox."""
+    policy = services_of(request).policies.password_reset
+    await enforce(request, response, policy, client_of(request))
+    await _limit_mails_to_body_address(request, response)
 
 
 async def limit_verification(

@@ -11,8 +11,12 @@ class InvalidCredentials(AppError):
 
 
 class AlreadyRegistered(Conflict):
-    def __init__(self, details: list[ErrorDetail] | None = None) -> None:
-        super().__init__("Username or email is already registered", details=details)
+    def __init__(
+        self,
+        details: list[ErrorDetail] | None = None,
+        message: str = "Username or email is already registered",
+    ) -> None:
+        super().__init__(message, details=details)
 
 
 class AlreadyVerified(Conflict):

@@ -1,8 +1,8 @@
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, String, Text, func
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Index, SmallInteger, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.core.db import Base, BigIntPK, TimestampMixin, str_enum, utcnow
 
@@ -34,6 +34,13 @@ class User(TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(default=True, index=True)
     is_verified: Mapped[bool] = mapped_column(default=False)
     last_login_at: Mapped[datetime | None]
+    age: Mapped[int | None] = mapped_column(SmallInteger)
+    # The user's items (app.items.models.Item), named by string: items stand above identity
+    # in the layers, so this module can't import them, even for typing. Never loaded lazily
+    # (lazy="raise"): a reader asks for them with selectinload, bounded (app.items.service).
+    items: Mapped[list[Base]] = relationship(
+        "Item", lazy="raise", order_by="Item.id", viewonly=True
+    )
 
     @property
     def is_admin(self) -> bool:

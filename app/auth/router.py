@@ -21,8 +21,8 @@ from app.auth.schemas import (
     PasswordResetRequest,
     RefreshRequest,
     RegisterRequest,
+    RegistrationAccepted,
     TokenResponse,
-    UserPrivate,
     VerifyEmailRequest,
 )
 from app.core.dependencies import (
@@ -33,6 +33,7 @@ from app.core.dependencies import (
     SessionDep,
     SettingsDep,
 )
+from app.core.errors import ErrorResponse
 from app.email import service as outbox
 from app.jobs.dependencies import JobsDep
 
@@ -51,11 +52,24 @@ def _token_response(pair: service.TokenPair, response: Response) -> TokenRespons
     )
 
 
+REGISTER_ACCEPTED = "Check your inbox to finish signing up."
+
+
 @router.post(
     "/register",
-    response_model=UserPrivate,
-    status_code=status.HTTP_201_CREATED,
+    response_model=RegistrationAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
     dependencies=[Depends(limit_register)],
+    responses={
+        409: {
+            "model": ErrorResponse,
+            "description": "The username is taken (usernames are public; an email never is 409)",
+        },
+        429: {
+            "model": ErrorResponse,
+            "description": "Too many sign-ups from this client, or mails to this address",
+        },
+    },
 )
 async def register(
     data: RegisterRequest,
@@ -64,16 +78,20 @@ async def register(
     settings: SettingsDep,
     jobs: JobsDep,
     background: BackgroundTasks,
-) -> UserPrivate:
-    """Create an account; a welcome email is queued."""
-    user, welcome_email_id = await service.register(
+) -> RegistrationAccepted:
+    """Sign up. The answer is the same whether or not the email already has an account (no
+    one learns who has one): a new address gets its account and a welcome mail, an existing
+    one a mail telling its owner about the attempt, and no second account. A taken username
+    is a 409: usernames are public handles."""
+    registration = await service.register(
         session=session, hasher=hasher, settings=settings, data=data
     )
     # After the answer has gone: sign-up never waits on the broker (the outbox sweep sends
-    # the welcome mail if this is lost), and the analytics event may be lost.
-    background.add_task(outbox.dispatch, jobs=jobs, email_ids=[welcome_email_id])
-    background.add_task(events.user_signed_up, user_id=user.id)
-    return UserPrivate.model_validate(user)
+    # the mail if this is lost), and the analytics event may be lost.
+    background.add_task(outbox.dispatch, jobs=jobs, email_ids=registration.email_ids)
+    if registration.user_id is not None:
+        background.add_task(events.user_signed_up, user_id=registration.user_id)
+    return RegistrationAccepted(detail=REGISTER_ACCEPTED)
 
 
 @router.post("/token", response_model=TokenResponse, dependencies=[Depends(limit_login)])

@@ -9,6 +9,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationInfo,
+    computed_field,
     field_validator,
 )
 
@@ -67,6 +68,7 @@ Password = Annotated[
 AnyPassword = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 FullName = Annotated[CleanStr, StringConstraints(min_length=1, max_length=100)]
 OpaqueToken = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Age = Annotated[int, Field(ge=1, le=150, description="Age in years")]
 
 
 class RegisterRequest(InputModel):
@@ -75,6 +77,7 @@ class RegisterRequest(InputModel):
     password: Password
     password_confirm: str = Field(max_length=128)
     full_name: FullName | None = None
+    age: Age | None = None
 
     @field_validator("password_confirm")
     @classmethod
@@ -156,6 +159,10 @@ class Accepted(BaseModel):
     detail: str
 
 
+class RegistrationAccepted(Accepted):
+    """A sign-up taken: the same answer whether or not the address already had an account."""
+
+
 # The account as the API shows it (/auth/me, /users): identity's shapes, beside its model.
 class UserPublic(APIModel):
     """What anyone signed in may see of another user."""
@@ -166,11 +173,18 @@ class UserPublic(APIModel):
     bio: str | None
     created_at: datetime
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def display_name(self) -> str:
+        """The full name if set, else the username."""
+        return self.full_name or self.username
+
 
 class UserPrivate(UserPublic):
-    """What the user and admins see."""
+    """What the user and admins see (age is personal: not in the public view)."""
 
     email: str
+    age: int | None
     role: Role
     is_active: bool
     is_verified: bool

@@ -44,22 +44,87 @@ class TokenPair:
     scopes: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a sign-up did, for the caller to finish after the answer: `user_id` is the new
+    account (None when the address already had one), `email_ids` the mail rows to dispatch."""
+
+    user_id: int | None
+    email_ids: list[int]
+
+
 async def register(
     *, session: AsyncSession, hasher: PasswordHasher, settings: Settings, data: RegisterRequest
-) -> tuple[User, int]:
-    """The account and its welcome mail's row, in one commit; the caller dispatches the mail
-    (a broker failure must not fail sign-up: the outbox sweep sends it later)."""
-    user, welcome_email_id = await _create_user(
+) -> Registration:
+    """A new account and its welcome mail, or, when the address already has an account, a
+    notice to its owner and nothing else: the caller answers the same either way.
+
+    Usernames are public handles (every signed-in user sees them), so a taken one is still a
+    409. It is checked first and on its own: were the email checked first, a known username
+    paired with candidate addresses would answer 409 for new addresses and 202 for existing
+    ones. The password is hashed in both branches, so time does not tell them apart."""
+    await _ensure_username_available(session=session, username=data.username)
+    hashed_password = await hasher.hash(data.password)
+    owner = await _user_by_email(session=session, email=data.email)
+    if owner is None:
+        user = User(
+            username=data.username,
+            email=data.email,
+            hashed_password=hashed_password,
+            full_name=data.full_name,
+            age=data.age,
+            role=Role.USER,
+            is_verified=False,
+        )
+        session.add(user)
+        try:
+            await session.flush()  # the user's id, for the mail's row
+            welcome = outbox.queue(
+                session=session,
+                settings=settings,
+                recipient=user.email,
+                subject=f"Welcome to {settings.app_name}",
+                template="welcome",
+                context={"name": user.full_name or user.username, "username": user.username},
+                user_id=user.id,
+            )
+            await session.commit()
+            return Registration(user_id=user.id, email_ids=[welcome.id])
+        except IntegrityError:  # lost a race with a concurrent registration: which one?
+            await session.rollback()
+            await _ensure_username_available(session=session, username=data.username)
+            owner = await _user_by_email(session=session, email=data.email)
+    # A disabled account can neither sign in nor reset its password: no mail, same answer.
+    # (None after a lost race only if the other account was deleted meanwhile.)
+    if owner is None or not owner.is_active:
+        return Registration(user_id=None, email_ids=[])
+    notice = outbox.queue(
         session=session,
-        hasher=hasher,
-        username=data.username,
-        email=data.email,
-        password=data.password,
-        full_name=data.full_name,
-        welcome=settings,
+        settings=settings,
+        recipient=owner.email,
+        subject=f"Someone tried to sign up to {settings.app_name} with your address",
+        template="signup_attempt",
+        context={"name": owner.full_name or owner.username, "username": owner.username},
+        user_id=owner.id,
     )
-    assert welcome_email_id is not None
-    return user, welcome_email_id
+    await session.commit()
+    return Registration(user_id=None, email_ids=[notice.id])
+
+
+async def _user_by_email(*, session: AsyncSession, email: str) -> User | None:
+    statement = select(User).where(User.email == email.lower())
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def _ensure_username_available(*, session: AsyncSession, username: str) -> None:
+    taken = await session.execute(
+        select(User.id).where(func.lower(User.username) == username.lower())
+    )
+    if taken.first() is not None:
+        raise AlreadyRegistered(
+            [ErrorDetail(field="body.username", message="already taken", type="taken")],
+            message="Username is already taken",
+        )
 
 
 async def _create_user(
@@ -72,9 +137,8 @@ async def _create_user(
     full_name: str | None = None,
     role: Role = Role.USER,
     is_verified: bool = False,
-    welcome: Settings | None = None,
-) -> tuple[User, int | None]:
-    """The new user, and the id of its welcome mail's row when `welcome` is given."""
+) -> User:
+    """A user made by the operator (no mail: the operator chose the address)."""
     await _ensure_available(session=session, username=username, email=email)
     user = User(
         username=username,
@@ -85,24 +149,12 @@ async def _create_user(
         is_verified=is_verified,
     )
     session.add(user)
-    welcome_email = None
     try:
-        if welcome is not None:
-            await session.flush()  # the user's id, for the mail's row
-            welcome_email = outbox.queue(
-                session=session,
-                settings=welcome,
-                recipient=user.email,
-                subject=f"Welcome to {welcome.app_name}",
-                template="welcome",
-                context={"name": user.full_name or user.username, "username": user.username},
-                user_id=user.id,
-            )
         await session.commit()
     except IntegrityError as exc:  # lost a race with a concurrent registration
         await session.rollback()
         raise AlreadyRegistered() from exc
-    return user, welcome_email.id if welcome_email is not None else None
+    return user
 
 
 async def _ensure_available(*, session: AsyncSession, username: str, email: str) -> None:
@@ -420,7 +472,7 @@ async def ensure_superuser(
     fields = SuperuserFields.validate_python(
         {"username": username, "email": email, "password": password}
     )
-    user, _ = await _create_user(
+    user = await _create_user(
         session=session,
         hasher=hasher,
         username=fields.username,

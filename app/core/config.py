@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     """a login session's lifetime"""
     require_verified_email: bool = False
     """item writes need a verified email"""
+    user_items_max_per_page: int = Field(default=50, ge=1, le=100)
+    """GET /users/{id}/items pages hold at most this many items (larger per_page is clamped)"""
 
     cors_origins: CommaList = []
     """comma-separated origins allowed by CORS; '*' with credentials is refused in production"""

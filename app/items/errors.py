@@ -9,3 +9,8 @@ class ItemNotFound(NotFound):
 class NotItemOwner(Forbidden):
     def __init__(self) -> None:
         super().__init__("Only the owner or an admin may change this item")
+
+
+class NotItemsOwner(Forbidden):
+    def __init__(self) -> None:
+        super().__init__("Only the user or an admin may list a user's items")

@@ -4,19 +4,28 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import WithJsonSchema
 
-from app.auth.dependencies import ItemWriter, OptionalPrincipal
+from app.auth.dependencies import CurrentPrincipal, ItemWriter, OptionalPrincipal
 from app.auth.errors import MissingPermission
 from app.auth.permissions import Permission, has_permission
-from app.core.dependencies import CacheDep, ServicesDep, SessionDep
+from app.core.dependencies import CacheDep, ServicesDep, SessionDep, SettingsDep
 from app.core.schemas import OptionalId, Page, PageNumber, PerPage, PrimaryKey, SearchTerm
 from app.items import service
 from app.items.dependencies import OwnedItem
 from app.items.models import Currency
-from app.items.schemas import PRICE_BOUND_PATTERN, ItemCreate, ItemCursorPage, ItemRead, ItemUpdate
+from app.items.schemas import (
+    PRICE_BOUND_PATTERN,
+    ItemCreate,
+    ItemCursorPage,
+    ItemRead,
+    ItemUpdate,
+    UserItemsPage,
+)
 
 router = APIRouter(prefix="/items", tags=["items"])
 list_v1 = APIRouter(prefix="/items", tags=["items"])
 list_v2 = APIRouter(prefix="/items", tags=["items"])
+# A user's items: under /users, served here because items stand above users in the layers.
+by_user = APIRouter(prefix="/users", tags=["users", "items"])
 
 PriceBound = Annotated[
     Decimal | None,
@@ -120,4 +129,24 @@ async def list_items_v2(
     )
     return ItemCursorPage(
         items=[ItemRead.model_validate(i) for i in items], next_cursor=next_cursor
+    )
+
+
+@by_user.get("/{user_id}/items", response_model=UserItemsPage)
+async def list_user_items(
+    user_id: PrimaryKey,
+    viewer: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    page: PageNumber = 1,
+    per_page: PerPage = 20,
+) -> UserItemsPage:
+    """A user and a page of their items, oldest first (the user or an admin; per_page is
+    clamped to USER_ITEMS_MAX_PER_PAGE). Soft-deleted items are left out."""
+    return await service.user_items_page(
+        session=session,
+        viewer=viewer,
+        user_id=user_id,
+        page=page,
+        per_page=min(per_page, settings.user_items_max_per_page),
     )

@@ -4,7 +4,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, WithJsonSchema
 
-from app.core.schemas import APIModel, CleanStr, CursorPage, InputModel
+from app.auth.schemas import UserPrivate
+from app.core.schemas import APIModel, CleanStr, CursorPage, InputModel, Page
 from app.items.models import Currency
 
 Title = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200)]
@@ -58,3 +59,9 @@ class ItemRead(APIModel):
 
 class ItemCursorPage(CursorPage[ItemRead]):
     pass
+
+
+class UserItemsPage(Page[ItemRead]):
+    """A page of a user's live items, with the user (GET /users/{id}/items)."""
+
+    user: UserPrivate

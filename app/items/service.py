@@ -3,18 +3,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from sqlalchemy import Select, delete, or_
+from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
 
+from app.auth.models import User
 from app.auth.principal import Principal
+from app.auth.schemas import UserPrivate
 from app.core.cache import Cache, cached
 from app.core.pagination import after_cursor, cursor_page, paginate
 from app.core.repository import Repository, UnitOfWork, unit_of_work
 from app.core.schemas import Page
 from app.files import service as files_service
-from app.items.errors import ItemNotFound
+from app.items.errors import ItemNotFound, NotItemsOwner
 from app.items.models import Currency, Item
-from app.items.schemas import ItemCreate, ItemRead, ItemUpdate
+from app.items.schemas import ItemCreate, ItemRead, ItemUpdate, UserItemsPage
+from app.users.errors import UserNotFound
 
 # Every write bumps this namespace's generation: cached items and pages retire together.
 CACHE_NAMESPACE = "items"
@@ -176,3 +180,41 @@ async def hard_delete(*, session: AsyncSession, cache: Cache, item: Item) -> Non
     async with unit_of_work(session) as work:
         await session.execute(delete(Item).where(Item.id == item.id))
         _retire_cache(work, cache)
+
+
+async def user_items_page(
+    *, session: AsyncSession, viewer: Principal, user_id: int, page: int, per_page: int
+) -> UserItemsPage:
+    """A user with one page of their live items, for the user or an admin; 404 before 403,
+    as GET /users/{id} (which any signed-in user may read) already tells who exists.
+
+    Three statements whatever the page size: the user and its page of items in one eager
+    load (selectinload over `User.items`, narrowed to the page by an id IN a LIMIT subquery:
+    the relationship is never loaded whole), and the count."""
+    if viewer.id != user_id and not viewer.is_admin:
+        if await session.get(User, user_id) is None:
+            raise UserNotFound(user_id)
+        raise NotItemsOwner()
+    live = (Item.owner_id == user_id) & Item.deleted_at.is_(None)
+    page_ids = (
+        select(Item.id).where(live).order_by(Item.id).offset((page - 1) * per_page).limit(per_page)
+    )
+    user = (
+        await session.execute(
+            select(User)
+            .where(User.id == user_id)
+            .options(selectinload(User.items.and_(Item.id.in_(page_ids))))
+            # The user may be in this session already (the principal's checks): load afresh.
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if user is None:
+        raise UserNotFound(user_id)
+    total = await session.scalar(select(func.count()).select_from(Item).where(live)) or 0
+    built = Page[ItemRead].build(
+        [ItemRead.model_validate(item) for item in user.items],
+        total=total,
+        page=page,
+        per_page=per_page,
+    )
+    return UserItemsPage(**dict(built), user=UserPrivate.model_validate(user))

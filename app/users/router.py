@@ -15,7 +15,9 @@ from app.users.schemas import UserAdminUpdate, UserSelfUpdate
 router = APIRouter(prefix="/users", tags=["users"])
 
 
+# /profile is the seeds' name for the same resource: one handler, two paths.
 @router.get("/me", response_model=UserPrivate)
+@router.get("/profile", response_model=UserPrivate)
 async def read_me(principal: CurrentPrincipal, services: ServicesDep) -> Response:
     """Your own account."""
     # The checks CurrentUser makes, on a Core read; serialized once here (FastAPI would
@@ -28,8 +30,9 @@ async def read_me(principal: CurrentPrincipal, services: ServicesDep) -> Respons
 
 
 @router.patch("/me", response_model=UserPrivate)
+@router.patch("/profile", response_model=UserPrivate)
 async def update_me(data: UserSelfUpdate, user: CurrentUser, session: SessionDep) -> UserPrivate:
-    """Change your full name or bio; role and flags can't be changed here."""
+    """Change your full name, bio or age; role and flags can't be changed here."""
     return UserPrivate.model_validate(
         await service.update_me(session=session, user=user, data=data)
     )

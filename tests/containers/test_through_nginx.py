@@ -55,7 +55,7 @@ def test_register_login_and_me(client: httpx.Client) -> None:
             "password_confirm": password,
         },
     )
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     token = login(client, username, password)
     me = client.get("/api/v1/users/me", headers=bearer(token))
     assert me.status_code == 200, me.text

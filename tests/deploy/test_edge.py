@@ -222,8 +222,11 @@ def account(client: httpx.Client, prefix: str = "edge") -> tuple[int, str]:
     body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD,
             "password_confirm": PASSWORD}  # fmt: skip
     registered = client.post("/api/v1/auth/register", json=body)
-    assert registered.status_code == 201, registered.text
-    return int(registered.json()["id"]), login(client, name)
+    assert registered.status_code == 202, registered.text
+    token = login(client, name)
+    me = client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200, me.text
+    return int(me.json()["id"]), token
 
 
 def login(client: httpx.Client, username: str) -> str:

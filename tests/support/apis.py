@@ -249,7 +249,7 @@ def register(client: httpx.Client, username: str) -> None:
     body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD,
             "password_confirm": PASSWORD}  # fmt: skip
     response = client.post("/api/v1/auth/register", json=body)
-    assert response.status_code == 201, response.text
+    assert response.status_code == 202, response.text
 
 
 def login(client: httpx.Client, username: str) -> httpx.Response:

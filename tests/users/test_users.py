@@ -1,11 +1,17 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import httpx
 import pytest
+from fastapi import FastAPI
+from sqlalchemy import event
 
 from app.auth.models import Role
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Account, Factory
+from tests.support.settings import BuildClient
 
-PUBLIC_FIELDS = {"id", "username", "full_name", "bio", "created_at"}
+PUBLIC_FIELDS = {"id", "username", "full_name", "bio", "created_at", "display_name"}
 
 
 async def test_me_is_private_view(client: httpx.AsyncClient, factory: Factory) -> None:
@@ -209,3 +215,107 @@ async def test_a_removed_users_cached_token_answers_401_at_once(
         "/api/v1/items/", json={"title": "ghost", "price": "1.00"}, headers=user.headers
     )
     assert_envelope(created, 401, "unauthorized")
+
+
+async def test_age_and_display_name(client: httpx.AsyncClient, factory: Factory) -> None:
+    """display_name is the full name when set, else the username; age is private (1-150)."""
+    account, other = await factory.account(), await factory.account()
+    me = (await client.get("/api/v1/users/me", headers=account.headers)).json()
+    assert (me["age"], me["display_name"]) == (None, account.username)
+    patched = await client.patch(
+        "/api/v1/users/me", headers=account.headers, json={"age": 150, "full_name": "Ada L"}
+    )
+    assert (patched.json()["age"], patched.json()["display_name"]) == (150, "Ada L")
+    for age in (0, 151, "old"):
+        refused = await client.patch("/api/v1/users/me", headers=account.headers, json={"age": age})
+        assert_envelope(refused, 422, "validation_error")
+    seen = (await client.get(f"/api/v1/users/{account.id}", headers=other.headers)).json()
+    assert seen["display_name"] == "Ada L"
+    assert "age" not in seen
+
+
+async def test_profile_is_me_under_the_seeds_name(
+    client: httpx.AsyncClient, factory: Factory
+) -> None:
+    account = await factory.account()
+    patched = await client.patch(
+        "/api/v1/users/profile", headers=account.headers, json={"bio": "From profile", "age": 30}
+    )
+    assert patched.status_code == 200, patched.text
+    profile = await client.get("/api/v1/users/profile", headers=account.headers)
+    me = await client.get("/api/v1/users/me", headers=account.headers)
+    assert profile.json() == me.json() == patched.json()
+    assert (me.json()["bio"], me.json()["age"]) == ("From profile", 30)
+    refused = await client.patch(
+        "/api/v1/users/profile", headers=account.headers, json={"role": "admin"}
+    )
+    assert_envelope(refused, 422, "validation_error")
+    assert_envelope(await client.get("/api/v1/users/profile"), 401, "unauthorized")
+
+
+@contextmanager
+def counted_queries(app: FastAPI) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    engine = app.state.services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_user_items_for_the_owner_and_admins_paged_in_fixed_queries(
+    client: httpx.AsyncClient, factory: Factory, app: FastAPI
+) -> None:
+    owner, stranger = await factory.account(), await factory.account()
+    admin = await factory.account(Role.ADMIN)
+    ids = [(await factory.item(owner))["id"] for _ in range(5)]
+    await factory.item(stranger)  # not the owner's: never listed
+    gone = await client.delete(f"/api/v1/items/{ids.pop()}", headers=owner.headers)
+    assert gone.status_code == 204  # soft-deleted: left out
+
+    url = f"/api/v1/users/{owner.id}/items"
+    first = (await client.get(url, params={"per_page": 3}, headers=owner.headers)).json()
+    assert first["user"]["id"] == owner.id
+    assert first["user"]["email"] == owner.email
+    assert [i["id"] for i in first["items"]] == ids[:3]
+    assert (first["total"], first["page"], first["has_next"], first["total_pages"]) == (
+        4,
+        1,
+        True,
+        2,
+    )
+    second = await client.get(url, params={"per_page": 3, "page": 2}, headers=admin.headers)
+    assert [i["id"] for i in second.json()["items"]] == ids[3:]
+
+    # The same statements whatever the page size: the user, its page of items, the count.
+    costs = []
+    for per_page in (1, 4):
+        with counted_queries(app) as statements:
+            response = await client.get(url, params={"per_page": per_page}, headers=owner.headers)
+        assert len(response.json()["items"]) == per_page
+        costs.append((len(statements), len([s for s in statements if "FROM items" in s])))
+    assert costs[0] == costs[1]
+    assert costs[0][1] == 2
+
+    assert_envelope(await client.get(url, headers=stranger.headers), 403, "forbidden")
+    missing = await client.get("/api/v1/users/999999/items", headers=stranger.headers)
+    assert_envelope(missing, 404, "not_found")
+    assert_envelope(await client.get(url), 401, "unauthorized")
+
+
+async def test_user_items_pages_are_bounded_by_the_setting(build_client: BuildClient) -> None:
+    async with build_client(user_items_max_per_page=2) as (app, client):
+        factory = Factory(client, app)
+        owner = await factory.account()
+        for _ in range(3):
+            await factory.item(owner)
+        page = await client.get(
+            f"/api/v1/users/{owner.id}/items", params={"per_page": 100}, headers=owner.headers
+        )
+        assert (len(page.json()["items"]), page.json()["per_page"]) == (2, 2)
+        assert page.json()["total"] == 3
