@@ -11,6 +11,7 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.db import Base, utcnow
+from app.core.fulltext import include_object
 from app.core.migrate import alembic_config, upgrade_to_head
 from tests.support.servers import PostgresServer
 from tests.support.settings import make_settings
@@ -25,7 +26,9 @@ def migration_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
 
 
 def _differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": include_object}
+    )
     return list(compare_metadata(context, Base.metadata))
 
 
