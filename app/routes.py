@@ -24,6 +24,7 @@ from app.items import router as items
 from app.realtime import chat, notifications, page, sse
 from app.realtime import router as realtime
 from app.reports.router import router as reports_router
+from app.search.router import router as search_router
 from app.task_api.router import router as tasks_router
 from app.users.router import admin_router as admin_users_router
 from app.users.router import router as users_router
@@ -47,6 +48,7 @@ api_v1.include_router(images_router)
 api_v1.include_router(test_mail.router)
 api_v1.include_router(campaigns_router)
 api_v1.include_router(articles_router)
+api_v1.include_router(search_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

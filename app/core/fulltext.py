@@ -17,6 +17,16 @@ from collections.abc import Sequence
 TS_CONFIG = "english"  # baked into the generated columns: changing it is a migration
 VECTOR_COLUMN = "search_vector"
 WEIGHTS = "ABCD"
+# SQLite's bm25 column weights in the same ratios as PostgreSQL's defaults for A, B, C, D.
+SQLITE_WEIGHTS = (1.0, 0.4, 0.2, 0.1)
+
+
+def sqlite_rank(table: str, columns: int) -> str:
+    """bm25 over `table`'s FTS5 table, columns weighted as on PostgreSQL (lower is better)."""
+    weights = ", ".join(str(SQLITE_WEIGHTS[min(i, 3)]) for i in range(columns))
+    return f"bm25({fts_table(table)}, {weights})"
+
+
 # Snippet delimiters: control characters no reader types, replaced after HTML escaping.
 MARK_START = "\x02"
 MARK_END = "\x03"
