@@ -59,11 +59,15 @@ def _policy(name: str, text: str) -> Policy:
 
 
 def _route_name(request: Request) -> str:
-    """A name every process gives the same route: its endpoint's dotted path."""
-    endpoint: Any = request.scope.get("endpoint")
-    if endpoint is None:
-        return "route:" + request.url.path
-    return f"route:{endpoint.__module__}.{endpoint.__qualname__}"
+    """A name every process gives the same route: its methods and path template."""
+    route: Any = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:  # not matched through a router: the endpoint's dotted path
+        endpoint: Any = request.scope.get("endpoint")
+        return (
+            f"route:{getattr(endpoint, '__module__', '')}.{getattr(endpoint, '__qualname__', '')}"
+        )
+    return f"route:{','.join(sorted(getattr(route, 'methods', None) or ()))}:{path}"
 
 
 class RouteRateLimit:
