@@ -16,7 +16,12 @@ from app.core.dependencies import CacheDep, HubDep, SessionDep, SettingsDep
 from app.core.schemas import Page, PageNumber, PerPage, SearchTerm
 from app.users import permissions, service
 from app.users.dependencies import UserById
-from app.users.schemas import UserAdminUpdate, UserPermissionsRead, UserSelfUpdate
+from app.users.schemas import (
+    PermissionGrant,
+    UserAdminUpdate,
+    UserPermissionsRead,
+    UserSelfUpdate,
+)
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -124,10 +129,10 @@ async def read_user_permissions(
     return await permissions.read(session=session, user=target)
 
 
-@admin_router.put("/{user_id}/permissions/{permission}", response_model=UserPermissionsRead)
+@admin_router.post("/{user_id}/permissions", response_model=UserPermissionsRead)
 async def grant_user_permission(
     target: UserById,
-    permission: Permission,
+    data: PermissionGrant,
     admin: UserManager,
     session: SessionDep,
     cache: CacheDep,
@@ -135,7 +140,7 @@ async def grant_user_permission(
     """Grant a permission beyond the user's role (idempotent; only one you hold yourself).
     It applies to the user's live tokens at once, in every API process."""
     return await permissions.grant(
-        session=session, cache=cache, actor=admin, user=target, permission=permission
+        session=session, cache=cache, actor=admin, user=target, permission=data.permission
     )
 
 

@@ -4,6 +4,7 @@ from typing import Annotated
 from pydantic import StringConstraints
 
 from app.auth.models import Role
+from app.auth.permissions import Permission
 from app.core.schemas import APIModel, CleanStr, InputModel
 
 
@@ -15,6 +16,10 @@ class UserSelfUpdate(InputModel):
 class UserAdminUpdate(InputModel):
     role: Role | None = None
     is_active: bool | None = None
+
+
+class PermissionGrant(InputModel):
+    permission: Permission
 
 
 class PermissionGrantRead(APIModel):

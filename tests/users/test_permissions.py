@@ -37,14 +37,18 @@ async def test_an_admin_grants_and_revokes_and_it_applies_at_once(
     assert before == {
         "user_id": user.id, "role": "user", "role_permissions": [], "grants": [], "effective": []
     }  # fmt: skip
-    granted = await client.put(_grants_path(user.id, "articles:write"), headers=admin.headers)
+    granted = await client.post(
+        _grants_path(user.id), json={"permission": "articles:write"}, headers=admin.headers
+    )
     assert granted.status_code == 200, granted.text
     body = granted.json()
     assert body["effective"] == ["articles:write"]
     assert [(g["permission"], g["granted_by"]) for g in body["grants"]] == [
         ("articles:write", admin.id)
     ]
-    again = await client.put(_grants_path(user.id, "articles:write"), headers=admin.headers)
+    again = await client.post(
+        _grants_path(user.id), json={"permission": "articles:write"}, headers=admin.headers
+    )
     assert again.json()["grants"] == body["grants"]  # idempotent: first date and granter kept
 
     created = await client.post("/api/v1/articles/", json=ARTICLE, headers=user.headers)
@@ -63,10 +67,14 @@ async def test_grant_rules(client: httpx.AsyncClient, factory: Factory) -> None:
     editor = await factory.account(Role.EDITOR)
     unknown = await client.get(_grants_path(999_999), headers=admin.headers)
     assert_envelope(unknown, 404, "not_found")
-    bad = await client.put(_grants_path(user.id, "articles:everything"), headers=admin.headers)
+    bad = await client.post(
+        _grants_path(user.id), json={"permission": "articles:all"}, headers=admin.headers
+    )
     assert_envelope(bad, 422, "validation_error")
     # Only what the admin holds: no admin hands out (or takes) a superuser's powers.
-    unheld = await client.put(_grants_path(user.id, "users:hard_delete"), headers=admin.headers)
+    unheld = await client.post(
+        _grants_path(user.id), json={"permission": "users:hard_delete"}, headers=admin.headers
+    )
     assert_envelope(unheld, 403, "forbidden")
     # Managing grants is itself a permission (users:manage), which users lack.
     not_admin = await client.get(_grants_path(user.id), headers=user.headers)
@@ -82,7 +90,9 @@ async def test_grant_rules(client: httpx.AsyncClient, factory: Factory) -> None:
     assert article.status_code == 201
     path = f"/api/v1/articles/{article.json()['id']}"
     assert_envelope(await client.delete(path, headers=editor.headers), 403, "forbidden")
-    await client.put(_grants_path(editor.id, "articles:delete"), headers=admin.headers)
+    await client.post(
+        _grants_path(editor.id), json={"permission": "articles:delete"}, headers=admin.headers
+    )
     assert (await client.delete(path, headers=editor.headers)).status_code == 204
 
 
@@ -109,7 +119,9 @@ async def test_a_grant_reaches_another_api_process_within_a_second(
         stale = {f"auth:session:{sid}": await cache.get(f"auth:session:{sid}")}
 
         started = time.monotonic()
-        granted = await a.put(_grants_path(user.id, "articles:write"), headers=admin.headers)
+        granted = await a.post(
+            _grants_path(user.id), json={"permission": "articles:write"}, headers=admin.headers
+        )
         assert granted.status_code == 200
         for key, value in stale.items():  # the slow reader's late write
             assert value is not None
