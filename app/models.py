@@ -1,5 +1,6 @@
 """Imports every domain's models so that Base.metadata is complete (Alembic, test schemas)."""
 
+from app.articles import models as articles_models
 from app.auth import models as auth_models
 from app.campaigns import models as campaigns_models
 from app.core import user_locks as core_models
@@ -11,6 +12,7 @@ from app.orders import models as orders_models
 from app.realtime import models as realtime_models
 
 __all__ = [
+    "articles_models",
     "auth_models",
     "campaigns_models",
     "core_models",

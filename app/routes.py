@@ -8,6 +8,7 @@ is matched through as few levels of included routers as before this module exist
 from fastapi import APIRouter, FastAPI
 
 from app.admin.router import router as admin_router
+from app.articles.router import router as articles_router
 from app.auth.pages import router as auth_pages
 from app.auth.router import router as auth_router
 from app.campaigns import test_mail
@@ -24,7 +25,9 @@ from app.orders.router import router as orders_router
 from app.realtime import chat, notifications, page, sse
 from app.realtime import router as realtime
 from app.reports.router import router as reports_router
+from app.search.router import router as search_router
 from app.task_api.router import router as tasks_router
+from app.users.router import admin_router as admin_users_router
 from app.users.router import router as users_router
 
 api_v1 = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
@@ -42,10 +45,13 @@ api_v1.include_router(sse.router)  # before /notifications/{id}/...: nothing sha
 api_v1.include_router(realtime.notifications_router)
 api_v1.include_router(reports_router)
 api_v1.include_router(admin_router)
+api_v1.include_router(admin_users_router)
 api_v1.include_router(images_router)
 api_v1.include_router(test_mail.router)
 api_v1.include_router(campaigns_router)
 api_v1.include_router(orders_router)
+api_v1.include_router(articles_router)
+api_v1.include_router(search_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.db import Base, utcnow
+from app.core.fulltext import include_object
 from app.core.migrate import alembic_config, upgrade_to_head
 from tests.support.servers import PostgresServer
 from tests.support.settings import make_settings
@@ -25,7 +26,9 @@ def migration_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
 
 
 def _differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": include_object}
+    )
     return list(compare_metadata(context, Base.metadata))
 
 
@@ -97,6 +100,59 @@ async def test_the_reconciler_columns_go_up_and_down_and_keep_existing_jobs(
             assert RECONCILE_COLUMNS & await connection.run_sync(_job_columns) == set()
             count = await connection.scalar(text("SELECT count(*) FROM jobs"))
             assert count == 1
+    finally:
+        await engine.dispose()
+
+
+_SEARCH_OBJECTS = {
+    "sqlite": "SELECT count(*) FROM sqlite_master WHERE name LIKE 'items_fts%'",
+    "postgresql": (
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = 'items' AND column_name = 'search_vector'"
+    ),
+}
+_MATCHES = {
+    "sqlite": "SELECT rowid FROM items_fts WHERE items_fts MATCH 'kettle'",
+    "postgresql": (
+        "SELECT id FROM items WHERE search_vector @@ websearch_to_tsquery('english', 'kettle')"
+    ),
+}
+
+
+async def test_the_search_index_covers_rows_from_before_it_and_goes_away(
+    migration_url: str | None, tmp_path: Path
+) -> None:
+    """0011: items that existed before the upgrade are found at once (FTS5 rebuild, generated
+    column); the downgrade leaves no full-text column, table or trigger behind."""
+    settings = make_settings(tmp_path, migration_url)
+    config = alembic_config(settings)
+    await anyio.to_thread.run_sync(command.upgrade, config, "0009")
+    engine = create_async_engine(settings.sqlalchemy_url)
+    try:
+        async with engine.begin() as connection:
+            dialect = connection.dialect.name
+            values = {"at": utcnow()}
+            await connection.execute(
+                text(
+                    "INSERT INTO users (id, username, email, hashed_password, role, is_active,"
+                    " is_verified, created_at, updated_at)"
+                    " VALUES (1, 'u', 'u@example.com', 'x', 'user', true, true, :at, :at)"
+                ),
+                values,
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO items (id, title, price, currency, owner_id, created_at,"
+                    " updated_at) VALUES (7, 'Copper kettles', 1, 'JPY', 1, :at, :at)"
+                ),
+                values,
+            )
+        await anyio.to_thread.run_sync(upgrade_to_head, settings)
+        async with engine.connect() as connection:
+            assert (await connection.execute(text(_MATCHES[dialect]))).scalars().all() == [7]
+        await anyio.to_thread.run_sync(command.downgrade, config, "0009")
+        async with engine.connect() as connection:
+            assert await connection.scalar(text(_SEARCH_OBJECTS[dialect])) == 0
     finally:
         await engine.dispose()
 

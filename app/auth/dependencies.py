@@ -11,9 +11,15 @@ from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from starlette.requests import HTTPConnection
 
 from app.auth import principal as principals
-from app.auth.errors import AccountDisabled, AdminRequired, EmailNotVerified, MissingScope
+from app.auth.errors import (
+    AccountDisabled,
+    AdminRequired,
+    EmailNotVerified,
+    MissingPermission,
+    MissingScope,
+)
 from app.auth.models import User
-from app.auth.permissions import SCOPE_DESCRIPTIONS, Scope
+from app.auth.permissions import SCOPE_DESCRIPTIONS, Permission, Scope, missing_permissions
 from app.auth.principal import Principal
 from app.auth.throttle import LoginThrottle
 from app.core.dependencies import Services, SessionDep, SettingsDep, services_of
@@ -90,6 +96,37 @@ async def get_current_user(
     if user is None or not user.is_active:
         raise Unauthorized("Invalid token")
     return user
+
+
+class RequirePermissions:
+    """A route's required permissions, as a dependency that returns the principal:
+
+        editor: Annotated[Principal, Depends(RequirePermissions(Permission.ARTICLES_WRITE))]
+
+    403 (`missing_permission`) lists every permission the caller lacks. Effective permissions
+    (role plus grants) come with the principal's snapshot: the check costs no query. The
+    principal is the active one with the `profile` scope, as `CurrentPrincipal`."""
+
+    def __init__(self, *permissions: Permission) -> None:
+        if not permissions:
+            raise ValueError("RequirePermissions needs at least one permission")
+        self.permissions = frozenset(permissions)
+
+    def __repr__(self) -> str:
+        return f"RequirePermissions({', '.join(sorted(self.permissions))})"
+
+    async def __call__(
+        self,
+        principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])],
+    ) -> Principal:
+        return self.check(principal)
+
+    def check(self, principal: Principal) -> Principal:
+        """For a dependency whose need depends on the request (`?hard=true`)."""
+        missing = missing_permissions(principal, self.permissions)
+        if missing:
+            raise MissingPermission(missing)
+        return principal
 
 
 async def get_optional_principal(request: Request, token: BearerToken) -> Principal | None:

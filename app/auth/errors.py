@@ -45,8 +45,17 @@ class MissingScope(Forbidden):
 
 
 class MissingPermission(Forbidden):
-    def __init__(self, permission: str) -> None:
-        super().__init__(f"Missing permission: {permission}")
+    """403 naming every missing permission, in the message and one detail each."""
+
+    def __init__(self, permissions: str | list[str]) -> None:
+        names = [permissions] if isinstance(permissions, str) else permissions
+        super().__init__(
+            f"Missing permission: {' '.join(names)}",
+            details=[
+                ErrorDetail(field=None, message=name, type="missing_permission") for name in names
+            ],
+        )
+        self.permissions = names
 
 
 class InvalidRefreshToken(Unauthorized):

@@ -13,6 +13,7 @@ from app.core.db import Base, BigIntPK, TimestampMixin, str_enum, utcnow
 
 class Role(StrEnum):
     USER = "user"
+    EDITOR = "editor"  # writes articles (app.auth.permissions)
     ADMIN = "admin"
     SUPERUSER = "superuser"
 
@@ -103,3 +104,17 @@ class ActionToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]  # also set when a newer token of the purpose replaces it
+
+
+class UserPermission(Base):
+    """A permission granted to one user beyond their role's (app.auth.permissions)."""
+
+    __tablename__ = "user_permissions"
+
+    user_id: Mapped[int] = mapped_column(
+        BigIntPK, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    permission: Mapped[str] = mapped_column(String(64), primary_key=True)
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Who granted it (audit); kept as a plain id so deleting the admin keeps the record.
+    granted_by: Mapped[int | None] = mapped_column(BigIntPK)

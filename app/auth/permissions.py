@@ -1,5 +1,11 @@
-"""Scopes a token may carry, and the finer permissions each role has."""
+"""Scopes a token may carry, and the finer permissions each role has.
 
+A principal's effective permissions are its role's plus the grants an admin gave that user
+(`UserPermission` rows, managed at /api/v1/admin/users/{id}/permissions). Both are carried in
+the principal's cached snapshot (app.auth.principal), so checking one costs no query.
+"""
+
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Protocol
 
@@ -20,6 +26,7 @@ SCOPE_DESCRIPTIONS = {
 
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
     Role.USER: frozenset({Scope.PROFILE, Scope.ITEMS_WRITE}),
+    Role.EDITOR: frozenset({Scope.PROFILE, Scope.ITEMS_WRITE}),
     Role.ADMIN: frozenset(Scope),
     Role.SUPERUSER: frozenset(Scope),
 }
@@ -31,24 +38,44 @@ class Permission(StrEnum):
     MANAGE_USERS = "users:manage"
     HARD_DELETE_USER = "users:hard_delete"
     GRANT_PRIVILEGED_ROLES = "users:grant_privileged_roles"
+    ARTICLES_WRITE = "articles:write"
+    ARTICLES_DELETE = "articles:delete"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.USER: frozenset(),
+    Role.EDITOR: frozenset({Permission.ARTICLES_WRITE}),
     Role.ADMIN: frozenset(
-        {Permission.MANAGE_ANY_ITEM, Permission.HARD_DELETE_ITEM, Permission.MANAGE_USERS}
+        {
+            Permission.MANAGE_ANY_ITEM,
+            Permission.HARD_DELETE_ITEM,
+            Permission.MANAGE_USERS,
+            Permission.ARTICLES_WRITE,
+            Permission.ARTICLES_DELETE,
+        }
     ),
     Role.SUPERUSER: frozenset(Permission),
 }
 
 
-class HasRole(Protocol):
+class HasPermissions(Protocol):
     @property
-    def role(self) -> Role: ...
+    def permissions(self) -> frozenset[str]: ...
 
 
-def has_permission(actor: HasRole, permission: Permission) -> bool:
-    return permission in ROLE_PERMISSIONS[actor.role]
+def effective_permissions(role: Role, grants: Iterable[str]) -> frozenset[str]:
+    """The role's permissions plus the user's grants. A grant naming a permission this
+    version doesn't know (left by a newer release, or removed since) is ignored."""
+    known = {str(p) for p in Permission}
+    return frozenset({str(p) for p in ROLE_PERMISSIONS[role]} | (set(grants) & known))
+
+
+def has_permission(actor: HasPermissions, permission: Permission) -> bool:
+    return permission in actor.permissions
+
+
+def missing_permissions(actor: HasPermissions, required: Iterable[Permission]) -> list[str]:
+    return sorted({str(p) for p in required} - actor.permissions)
 
 
 def grantable_scopes(role: Role, requested: set[str] | None) -> list[str]:

@@ -15,6 +15,12 @@ Revocation here drops the copy with the tombstone write; revocation in another p
 it when the sessions-ended event arrives (`forget_near`, called by app/realtime/revocation.py),
 and if the event is lost the copy expires within that bound. Only copies of what Redis
 returned are kept, never of a database load (which may have raced a revocation).
+
+The snapshot also carries the user's permission grants, so a permission check costs nothing
+more. A grant change drops the user's snapshots (`forget_user`) and drops them once more
+`REFORGET_SECONDS` later: a reader that loaded the old grants just before the commit and stored
+them just after the first drop loses its stale snapshot to the second, so every API process
+sees the change within about that delay.
 """
 
 import asyncio
@@ -28,7 +34,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.models import AuthSession, Role, User
+from app.auth.models import AuthSession, Role, User, UserPermission
+from app.auth.permissions import effective_permissions
 from app.core.cache import Cache
 from app.core.db import utcnow
 from app.core.errors import Unauthorized
@@ -36,6 +43,7 @@ from app.core.security import AccessClaims
 
 logger = logging.getLogger("app.auth")
 SNAPSHOT_TTL_SECONDS = 60.0
+REFORGET_SECONDS = 0.5
 _REVOKED = b"revoked"
 
 
@@ -47,6 +55,8 @@ class Principal:
     is_active: bool
     is_verified: bool
     scopes: frozenset[str]
+    # The role's permissions plus the user's grants (app.auth.permissions).
+    permissions: frozenset[str] = frozenset()
 
     @property
     def is_admin(self) -> bool:
@@ -75,6 +85,7 @@ async def resolve(
         is_active=state["is_active"],
         is_verified=state["is_verified"],
         scopes=claims.scopes,
+        permissions=effective_permissions(Role(state["role"]), state.get("grants", ())),
     )
 
 
@@ -141,11 +152,15 @@ async def _load(*, session: AsyncSession, session_id: str) -> dict[str, Any]:
     role, is_active, is_verified, revoked_at, expires_at, user_id = row
     if revoked_at is not None or expires_at <= utcnow():
         raise Unauthorized("Token has been revoked")
+    grants = await session.scalars(
+        select(UserPermission.permission).where(UserPermission.user_id == user_id)
+    )
     return {
         "user_id": user_id,
         "role": str(role),
         "is_active": is_active,
         "is_verified": is_verified,
+        "grants": sorted(grants),
     }
 
 
@@ -189,3 +204,30 @@ async def forget(*, cache: Cache, session_ids: Iterable[str]) -> None:
     reloads from the database. Tombstones are never dropped this way: callers pass live
     sessions only."""
     await cache.delete(*(_key(sid) for sid in session_ids))
+
+
+async def forget_user(*, session: AsyncSession, cache: Cache, user_id: int) -> None:
+    """Drop the snapshots of every live session of a user after a change they hold (their
+    permission grants), now and once more after `REFORGET_SECONDS` (see the module doc).
+    Call after the commit."""
+    live = (
+        await session.scalars(
+            select(AuthSession.id).where(
+                AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+            )
+        )
+    ).all()
+    if not live:
+        return
+    await forget(cache=cache, session_ids=live)
+    task = asyncio.create_task(_forget_later(cache, list(live)))
+    _retries.add(task)
+    task.add_done_callback(_retries.discard)
+
+
+async def _forget_later(cache: Cache, session_ids: list[str]) -> None:
+    await asyncio.sleep(REFORGET_SECONDS)
+    try:
+        await forget(cache=cache, session_ids=session_ids)
+    except Exception:  # the snapshot expires by itself; never an unretrieved task error
+        logger.warning("second snapshot drop failed; grants apply when snapshots expire")

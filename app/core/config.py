@@ -7,7 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from limits import parse as parse_rate
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -186,6 +187,11 @@ class Settings(BaseSettings):
     """password reset and verification mails per client address, and per target address"""
     rate_limit_test_email: str = "10/hour"
     """admin test mails per admin (a `to` address also counts against that mailbox's budget)"""
+    rate_limit_search: str = "30/minute"
+    """search requests per client address (GET /api/v1/search)"""
+    # The schema states the ceiling (200); this may only lower it.
+    search_query_max_chars: int = Field(default=200, ge=1, le=200)
+    """longest search query accepted, in characters (longer: 422)"""
 
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
     # SQLite file under APP_DATA_DIR). Results: the task API reads the `jobs` table, so by
@@ -492,6 +498,17 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `REDIS_URL=` in a .env or compose file means "not set", not "a URL that is empty".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _rate_limits_parse(cls, value: object, info: ValidationInfo) -> object:
+        # Every RATE_LIMIT_* text is refused at start, not on the first request of its route.
+        if isinstance(value, str) and (info.field_name or "").startswith("rate_limit_"):
+            try:
+                parse_rate(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit like '30/minute': {value!r}") from exc
+        return value
 
     @field_validator(
         "cors_origins",

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from app.auth.dependencies import ItemWriter
+from app.auth.dependencies import ItemWriter, RequirePermissions
 from app.auth.permissions import Permission, has_permission
 from app.core.dependencies import SessionDep
 from app.core.schemas import PrimaryKey
@@ -21,3 +21,16 @@ async def owned_item(item_id: PrimaryKey, user: ItemWriter, session: SessionDep)
 
 
 OwnedItem = Annotated[Item, Depends(owned_item)]
+
+
+_may_hard_delete = RequirePermissions(Permission.HARD_DELETE_ITEM)
+
+
+async def hard_delete_requested(user: ItemWriter, hard: bool = False) -> bool:
+    """`?hard=true` removes an item for good: it needs `items:hard_delete`."""
+    if hard:
+        _may_hard_delete.check(user)
+    return hard
+
+
+HardDelete = Annotated[bool, Depends(hard_delete_requested)]

@@ -5,12 +5,10 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import WithJsonSchema
 
 from app.auth.dependencies import CurrentPrincipal, ItemWriter, OptionalPrincipal
-from app.auth.errors import MissingPermission
-from app.auth.permissions import Permission, has_permission
 from app.core.dependencies import CacheDep, ServicesDep, SessionDep, SettingsDep
 from app.core.schemas import OptionalId, Page, PageNumber, PerPage, PrimaryKey, SearchTerm
 from app.items import service
-from app.items.dependencies import OwnedItem
+from app.items.dependencies import HardDelete, OwnedItem
 from app.items.models import Currency
 from app.items.schemas import (
     PRICE_BOUND_PATTERN,
@@ -105,14 +103,12 @@ async def update_item(
 
 @router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_item(
-    item: OwnedItem, user: ItemWriter, session: SessionDep, cache: CacheDep, hard: bool = False
+    item: OwnedItem, hard: HardDelete, session: SessionDep, cache: CacheDep
 ) -> None:
     """Soft-delete an item (owner or admin); `hard=true` removes it for good (admin)."""
     if not hard:
         await service.soft_delete(session=session, cache=cache, item=item)
         return
-    if not has_permission(user, Permission.HARD_DELETE_ITEM):
-        raise MissingPermission(Permission.HARD_DELETE_ITEM)
     await service.hard_delete(session=session, cache=cache, item=item)
 
 

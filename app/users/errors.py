@@ -16,3 +16,11 @@ class CannotDemoteSelf(Forbidden):
 class CannotDeleteSelf(Forbidden):
     def __init__(self) -> None:
         super().__init__("You cannot delete yourself")
+
+
+class CannotGrantUnheld(Forbidden):
+    """Admins hand out only what they hold: no one raises themselves or a colleague above
+    their own permissions (a superuser holds them all)."""
+
+    def __init__(self, permission: str) -> None:
+        super().__init__(f"You cannot grant or revoke a permission you lack: {permission}")

@@ -1,16 +1,28 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.auth.dependencies import AdminPrincipal, CurrentPrincipal, CurrentUser
+from app.auth.dependencies import (
+    AdminPrincipal,
+    CurrentPrincipal,
+    CurrentUser,
+    RequirePermissions,
+)
 from app.auth.models import Role
+from app.auth.permissions import Permission
+from app.auth.principal import Principal
 from app.auth.schemas import UserPrivate, UserPublic
 from app.core.dependencies import CacheDep, HubDep, ServicesDep, SessionDep, SettingsDep
 from app.core.errors import Unauthorized
 from app.core.schemas import Page, PageNumber, PerPage, SearchTerm
-from app.users import service
+from app.users import permissions, service
 from app.users.dependencies import UserById
-from app.users.schemas import UserAdminUpdate, UserSelfUpdate
+from app.users.schemas import (
+    PermissionGrant,
+    UserAdminUpdate,
+    UserPermissionsRead,
+    UserSelfUpdate,
+)
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -112,4 +124,46 @@ async def delete_user(
     remove = service.hard_delete if hard else service.deactivate
     await remove(
         session=session, cache=cache, hub=hub, settings=settings, actor=admin, target=target
+    )
+
+
+admin_router = APIRouter(prefix="/admin/users", tags=["admin"])
+UserManager = Annotated[Principal, Depends(RequirePermissions(Permission.MANAGE_USERS))]
+
+
+@admin_router.get("/{user_id}/permissions", response_model=UserPermissionsRead)
+async def read_user_permissions(
+    target: UserById, _admin: UserManager, session: SessionDep
+) -> UserPermissionsRead:
+    """A user's role permissions, grants (who granted each and when) and effective set."""
+    return await permissions.read(session=session, user=target)
+
+
+@admin_router.post("/{user_id}/permissions", response_model=UserPermissionsRead)
+async def grant_user_permission(
+    target: UserById,
+    data: PermissionGrant,
+    admin: UserManager,
+    session: SessionDep,
+    cache: CacheDep,
+) -> UserPermissionsRead:
+    """Grant a permission beyond the user's role (idempotent; only one you hold yourself).
+    It applies to the user's live tokens at once, in every API process."""
+    return await permissions.grant(
+        session=session, cache=cache, actor=admin, user=target, permission=data.permission
+    )
+
+
+@admin_router.delete("/{user_id}/permissions", response_model=UserPermissionsRead)
+async def revoke_user_permission(
+    target: UserById,
+    permission: Annotated[Permission, Query(description="The grant to revoke")],
+    admin: UserManager,
+    session: SessionDep,
+    cache: CacheDep,
+) -> UserPermissionsRead:
+    """Revoke a grant (idempotent); the role's own permissions stay (change the role).
+    The permission is a query parameter: its `:` is never a path segment's to escape."""
+    return await permissions.revoke(
+        session=session, cache=cache, actor=admin, user=target, permission=permission
     )
