@@ -10,7 +10,7 @@ from fastapi import APIRouter, FastAPI
 from app.admin.router import router as admin_router
 from app.auth.pages import router as auth_pages
 from app.auth.router import router as auth_router
-from app.campaigns import test_mail
+from app.campaigns import free_mail, test_mail
 from app.campaigns.router import router as campaigns_router
 from app.core.errors import ERROR_RESPONSES
 from app.exports.router import router as exports_router
@@ -42,6 +42,7 @@ api_v1.include_router(reports_router)
 api_v1.include_router(admin_router)
 api_v1.include_router(images_router)
 api_v1.include_router(test_mail.router)
+api_v1.include_router(free_mail.router)
 api_v1.include_router(campaigns_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.

@@ -3,7 +3,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from app.core.db import utcnow
+from app.core.db import MAX_ID, utcnow
 from app.core.schemas import APIModel, InputModel
 
 # One report covers at most a year (a leap year included): bounds the work of one task.
@@ -53,3 +53,15 @@ class ReportFile(APIModel):
     filename: str
     download_url: str
     size: int
+
+
+class UserActivityRequest(InputModel):
+    user_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="Whose activity (admins: anyone); default: yours"
+    )
+    days: int = Field(
+        default=30,
+        ge=1,
+        le=MAX_REPORT_DAYS,
+        description="The last N UTC days, today included; at most USER_REPORT_MAX_DAYS (90)",
+    )
