@@ -46,7 +46,7 @@ def payload(settings: Settings, outgoing: Outgoing, message: EmailMessage) -> di
         {
             "filename": part.get_filename(),
             "content_type": part.get_content_type(),
-            "content": base64.b64encode(part.get_content()).decode(),
+            "content": base64.b64encode(_raw(part)).decode(),
         }
         for part in message.iter_attachments()
     ]
@@ -54,6 +54,13 @@ def payload(settings: Settings, outgoing: Outgoing, message: EmailMessage) -> di
         body["attachments"] = attachments
     body["headers"] = {"Message-ID": outgoing.message_id}
     return body
+
+
+def _raw(part: EmailMessage) -> bytes:
+    """The attachment's bytes as attached (a text part's content would come back decoded)."""
+    raw = part.get_payload(decode=True)
+    assert isinstance(raw, bytes)
+    return raw
 
 
 def _redacted(text: str, secret: str | None) -> str:
