@@ -392,11 +392,11 @@ class Settings(BaseSettings):
     email_backend: Literal["auto", "smtp", "http", "file"] = "auto"
     """auto (SMTP when SMTP_HOST is set, else files in APP_DATA_DIR/outbox), smtp, http or file"""
     email_http_url: str | None = None
-    """EMAIL_BACKEND=http: the provider's send endpoint (https://.../emails)"""
+    """the HTTP backend: the provider's send endpoint (https://.../emails)"""
     email_http_api_key: SecretStr | None = None
-    """EMAIL_BACKEND=http: the provider's API key, sent as a bearer token (never logged)"""
+    """the HTTP backend: the provider's API key, sent as a bearer token (never logged)"""
     email_http_timeout_seconds: float = Field(default=15, gt=0, le=120)
-    """EMAIL_BACKEND=http: timeout of one post (connect, write and read each)"""
+    """the HTTP backend: timeout of one post (connect, write and read each)"""
     # Free-form mail (POST /api/v1/email/send): a user to their own verified address, an admin
     # to a bounded list, one outbox row per recipient.
     email_send_max_recipients: int = Field(default=50, ge=1, le=1000)
