@@ -10,7 +10,7 @@ class AddressNotVerified(Conflict):
     """Mail goes only to addresses their owners proved they hold."""
 
     def __init__(self) -> None:
-        super().__init__("Verify your email address first: test mail goes only to verified ones")
+        super().__init__("Verify your email address first: mail goes only to verified addresses")
 
 
 class OnlyOwnAddress(Forbidden):

@@ -63,8 +63,8 @@ class FreeMailRequest(InputModel):
     to: list[Email] | None = Field(
         default=None,
         min_length=1,
-        # The hard ceiling of EMAIL_SEND_MAX_RECIPIENTS; the setting (default 50) binds first.
-        max_length=1_000,
+        # The ceiling of EMAIL_SEND_MAX_RECIPIENTS (default 50), which binds first when lower.
+        max_length=200,
         description="Admins only: the recipients, at most EMAIL_SEND_MAX_RECIPIENTS (duplicates"
         " count once); default (left out): your own address, which must be verified",
     )

@@ -399,7 +399,7 @@ class Settings(BaseSettings):
     """the HTTP backend: timeout of one post (connect, write and read each)"""
     # Free-form mail (POST /api/v1/email/send): a user to their own verified address, an admin
     # to a bounded list, one outbox row per recipient.
-    email_send_max_recipients: int = Field(default=50, ge=1, le=1000)
+    email_send_max_recipients: int = Field(default=50, ge=1, le=200)
     """recipients of one admin free-form mail (one outbox row each)"""
     email_send_max_body_chars: int = Field(default=50_000, ge=1, le=100_000)
     """longest text or HTML part of a free-form mail"""
