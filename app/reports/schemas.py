@@ -56,12 +56,18 @@ class ReportFile(APIModel):
 
 
 class UserActivityRequest(InputModel):
+    # Strict: JSON `true` is not user 1, nor a one-day period.
     user_id: int | None = Field(
-        default=None, ge=1, le=MAX_ID, description="Whose activity (admins: anyone); default: yours"
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        strict=True,
+        description="Whose activity (admins: anyone); default: yours",
     )
     days: int = Field(
         default=30,
         ge=1,
+        strict=True,
         le=MAX_REPORT_DAYS,
         description="The last N UTC days, today included; at most USER_REPORT_MAX_DAYS (90)",
     )
