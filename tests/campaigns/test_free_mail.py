@@ -19,6 +19,8 @@ from tests.support.settings import BuildClient
 
 SEND = "/api/v1/email/send"
 MAIL = {"subject": "Note to self", "text": "First line.\n\nSecond <b>paragraph</b>."}
+# The same SQL on both databases: one backend is enough (PostgreSQL, as deployed).
+ON_POSTGRES = pytest.mark.parametrize("backend", ["postgres"])
 
 
 async def _rows(app: FastAPI, ids: list[int]) -> list[Email]:
@@ -27,6 +29,7 @@ async def _rows(app: FastAPI, ids: list[int]) -> list[Email]:
         return list(rows.scalars())
 
 
+@ON_POSTGRES
 async def test_a_user_mails_only_their_own_verified_address(
     client: httpx.AsyncClient, factory: Factory, app: FastAPI
 ) -> None:
@@ -67,6 +70,7 @@ async def test_a_user_mails_only_their_own_verified_address(
     assert user.username in text.get_content()
 
 
+@ON_POSTGRES
 async def test_an_admin_mails_a_list_one_outbox_row_per_recipient(
     client: httpx.AsyncClient, factory: Factory, app: FastAPI
 ) -> None:

@@ -30,6 +30,8 @@ from tests.support.workers import JobsStack, run_by_name, wait_for_task
 
 BASE_URL = "https://app.example.test"
 ON_REDIS = pytest.mark.parametrize("jobs_stack", ["redis"], indirect=True, scope="module")
+# The same SQL on both databases: one backend is enough (PostgreSQL, as deployed).
+ON_POSTGRES = pytest.mark.parametrize("backend", ["postgres"])
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +147,7 @@ async def test_the_daily_report_is_mailed_to_verified_admins_with_the_workbook(
     assert await eventually_async(contexts_cleared, timeout=30, what="report mails' contexts")
 
 
+@ON_POSTGRES
 async def test_mailing_the_daily_report_twice_mails_nobody_twice(
     app: FastAPI, factory: Factory
 ) -> None:
