@@ -1,7 +1,8 @@
 from datetime import date, timedelta
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from app.core.db import MAX_ID, utcnow
 from app.core.schemas import APIModel, InputModel
@@ -55,19 +56,23 @@ class ReportFile(APIModel):
     size: int
 
 
+def _json_integer(value: object) -> object:
+    """A JSON integer, as the schema says: 3 or 3.0, never `true` (user 1) or "3"."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+# The bounds before the validator: so they stay on the integer, and in the document.
+UserRef = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_json_integer)]
+Days = Annotated[int, Field(ge=1, le=MAX_REPORT_DAYS), BeforeValidator(_json_integer)]
+
+
 class UserActivityRequest(InputModel):
-    # Strict: JSON `true` is not user 1, nor a one-day period.
-    user_id: int | None = Field(
-        default=None,
-        ge=1,
-        le=MAX_ID,
-        strict=True,
-        description="Whose activity (admins: anyone); default: yours",
+    user_id: UserRef | None = Field(
+        default=None, description="Whose activity (admins: anyone); default: yours"
     )
-    days: int = Field(
+    days: Days = Field(
         default=30,
-        ge=1,
-        strict=True,
-        le=MAX_REPORT_DAYS,
         description="The last N UTC days, today included; at most USER_REPORT_MAX_DAYS (90)",
     )
