@@ -1,7 +1,8 @@
-"""Issue 15's report jobs on a real worker: the per-user activity report downloaded by whoever
-asked for it, and the scheduled daily report mailed to the admins, delivered through the HTTP
-mail backend to a local provider server (tests/support/mail_api.py, a stand-in for the
-third-party service). One broker is enough: what differs between brokers has its own tests."""
+"""Issue 15's jobs on one real worker (one module, one worker: CI time), whose mail goes
+through the HTTP mail backend to a local provider server (tests/support/mail_api.py, a stand-in
+for the third-party service): outbox rows delivered with a transient failure retried, the
+per-user activity report downloaded by whoever asked for it, and the scheduled daily report
+mailed to the admins. One broker is enough: what differs between brokers has its own tests."""
 
 import base64
 import io
@@ -15,6 +16,7 @@ import openpyxl
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.models import Role
 from app.core.db import utcnow
@@ -24,11 +26,12 @@ from app.reports.output import XLSX_TYPE
 from app.reports.schemas import ActivitySummary, ReportFile
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Factory
-from tests.support.mail_api import MailApiServer, Posted
+from tests.support.mail_api import API_KEY, MailApiServer, Posted
 from tests.support.waiting import eventually_async
 from tests.support.workers import JobsStack, run_by_name, wait_for_task
 
 BASE_URL = "https://app.example.test"
+DEADLINE_SECONDS = 30.0
 ON_REDIS = pytest.mark.parametrize("jobs_stack", ["redis"], indirect=True, scope="module")
 # The same SQL on both databases: one backend is enough (PostgreSQL, as deployed).
 ON_POSTGRES = pytest.mark.parametrize("backend", ["postgres"])
@@ -45,7 +48,66 @@ def mail_api() -> Iterator[MailApiServer]:
 
 @pytest.fixture(scope="module")
 def jobs_overrides(mail_api: MailApiServer) -> dict[str, str]:
-    return {**mail_api.settings(), "PUBLIC_BASE_URL": BASE_URL}
+    return {
+        **mail_api.settings(),
+        "PUBLIC_BASE_URL": BASE_URL,
+        "EMAIL_MAX_RETRIES": "2",
+        "EMAIL_RETRY_BACKOFF_SECONDS": "0.2",
+        "EMAIL_RETRY_BACKOFF_MAX_SECONDS": "1",
+        "EMAIL_HTTP_TIMEOUT_SECONDS": "5",
+    }
+
+
+async def _rows(app: FastAPI, ids: list[int]) -> dict[str, Email]:
+    sessionmaker: async_sessionmaker[AsyncSession] = app.state.services.sessionmaker
+    async with sessionmaker() as session:
+        rows = await session.execute(select(Email).where(Email.id.in_(ids)))
+        return {row.recipient: row for row in rows.scalars()}
+
+
+@ON_REDIS
+async def test_a_worker_delivers_through_the_api_retrying_a_transient_failure(
+    jobs_stack: JobsStack, mail_api: MailApiServer, jobs_app: FastAPI,
+    jobs_client: httpx.AsyncClient, jobs_factory: Factory,
+) -> None:  # fmt: skip
+    admin = await jobs_factory.account(Role.ADMIN)
+    good, once, refused = "ok-w@example.com", "flakyonce-w@example.com", "reject-w@example.com"
+    response = await jobs_client.post(
+        "/api/v1/email/send",
+        json={"to": [good, once, refused], "subject": "Ops notice", "text": "Maintenance."},
+        headers=admin.headers,
+    )
+    assert response.status_code == 202, response.text
+    ids = response.json()["email_ids"]
+
+    async def final() -> dict[str, Email] | None:
+        rows = await _rows(jobs_app, ids)
+        done = all(row.status in (EmailStatus.SENT, EmailStatus.FAILED) for row in rows.values())
+        return rows if done else None
+
+    try:
+        rows = await eventually_async(final, timeout=DEADLINE_SECONDS, what="three final mails")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{jobs_stack.worker.tail()}") from None
+
+    assert (rows[good].status, rows[good].attempts) == (EmailStatus.SENT, 1)
+    # 503 once: released for a retry, then delivered once, under the same Idempotency-Key.
+    assert (rows[once].status, rows[once].attempts) == (EmailStatus.SENT, 2)
+    assert mail_api.api.attempts[once] == 2
+    assert len(mail_api.api.to(once)) == 1
+    keys = {p.headers["idempotency-key"] for p in mail_api.api.posts if p.recipient == once}
+    assert keys == {rows[once].message_id}
+    # 422: the provider refuses this mail for good; not retried.
+    assert (rows[refused].status, rows[refused].attempts) == (EmailStatus.FAILED, 1)
+    error = rows[refused].last_error
+    assert error is not None
+    assert "422" in error
+    assert API_KEY not in error
+    assert mail_api.api.attempts[refused] == 1
+    [posted] = mail_api.api.to(good)
+    assert posted.body["subject"] == "Ops notice"
+    assert "Maintenance." in posted.body["text"]
+    assert API_KEY not in jobs_stack.worker.tail(400)
 
 
 @ON_REDIS
