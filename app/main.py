@@ -63,9 +63,10 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.is_production and settings.smtp_host is None:
+        if settings.is_production and settings.mail_backend == "file":
             logger.warning(
-                "SMTP_HOST is not set: mail (password resets included) goes to %s, not to people",
+                "No mail backend (SMTP_HOST or EMAIL_BACKEND=http): mail (password resets"
+                " included) goes to %s, not to people",
                 settings.outbox_dir,
             )
         engine = create_engine(settings)

@@ -11,7 +11,7 @@ from app.admin.router import router as admin_router
 from app.articles.router import router as articles_router
 from app.auth.pages import router as auth_pages
 from app.auth.router import router as auth_router
-from app.campaigns import test_mail
+from app.campaigns import free_mail, test_mail
 from app.campaigns.router import router as campaigns_router
 from app.core.errors import ERROR_RESPONSES
 from app.exports.router import router as exports_router
@@ -48,6 +48,7 @@ api_v1.include_router(admin_router)
 api_v1.include_router(admin_users_router)
 api_v1.include_router(images_router)
 api_v1.include_router(test_mail.router)
+api_v1.include_router(free_mail.router)
 api_v1.include_router(campaigns_router)
 api_v1.include_router(orders_router)
 api_v1.include_router(articles_router)

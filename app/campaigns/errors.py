@@ -1,4 +1,4 @@
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, Forbidden, NotFound
 
 
 class CampaignNotFound(NotFound):
@@ -10,4 +10,11 @@ class AddressNotVerified(Conflict):
     """Mail goes only to addresses their owners proved they hold."""
 
     def __init__(self) -> None:
-        super().__init__("Verify your email address first: test mail goes only to verified ones")
+        super().__init__("Verify your email address first: mail goes only to verified addresses")
+
+
+class OnlyOwnAddress(Forbidden):
+    """Free-form mail from a user goes to that user's own address only."""
+
+    def __init__(self) -> None:
+        super().__init__("Only admins may mail other addresses: leave `to` out to mail yourself")

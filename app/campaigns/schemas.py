@@ -55,3 +55,30 @@ class CampaignRead(APIModel):
 class CampaignAccepted(TaskAccepted):
     campaign_id: int
     campaign_url: str
+
+
+class FreeMailRequest(InputModel):
+    """A free-form mail (POST /api/v1/email/send)."""
+
+    to: list[Email] | None = Field(
+        default=None,
+        min_length=1,
+        # The ceiling of EMAIL_SEND_MAX_RECIPIENTS (default 50), which binds first when lower.
+        max_length=200,
+        description="Admins only: the recipients, at most EMAIL_SEND_MAX_RECIPIENTS (duplicates"
+        " count once); default (left out): your own address, which must be verified",
+    )
+    subject: Subject
+    text: Body = Field(description="The plain-text part (at most EMAIL_SEND_MAX_BODY_CHARS)")
+    html: Body | None = Field(
+        default=None,
+        description="The HTML part, sent as written (only to yourself, or by an admin); default:"
+        " the text as paragraphs",
+    )
+
+
+class MailQueued(APIModel):
+    """The outbox rows made, one per recipient; they go out in the background."""
+
+    email_ids: list[int]
+    recipients: list[str]

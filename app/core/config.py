@@ -404,6 +404,34 @@ class Settings(BaseSettings):
     """the outbox sweep re-sends mail pending this long past its due time"""
     email_verify_token_expire_minutes: int = Field(default=24 * 60, ge=1)
     """lifetime of email verification links"""
+    # How mail leaves: "auto" is SMTP with SMTP_HOST set, else the outbox directory; "http"
+    # posts each mail as JSON to a transactional-mail API (EMAIL_HTTP_URL, with the key as a
+    # bearer token and the Message-ID as Idempotency-Key, so a retried post is one mail).
+    email_backend: Literal["auto", "smtp", "http", "file"] = "auto"
+    """auto (SMTP when SMTP_HOST is set, else files in APP_DATA_DIR/outbox), smtp, http or file"""
+    email_http_url: str | None = None
+    """the HTTP backend: the provider's send endpoint (https://.../emails)"""
+    email_http_api_key: SecretStr | None = None
+    """the HTTP backend: the provider's API key, sent as a bearer token (never logged)"""
+    email_http_timeout_seconds: float = Field(default=15, gt=0, le=120)
+    """the HTTP backend: timeout of one post (connect, write and read each)"""
+    # Free-form mail (POST /api/v1/email/send): a user to their own verified address, an admin
+    # to a bounded list, one outbox row per recipient.
+    email_send_max_recipients: int = Field(default=50, ge=1, le=200)
+    """recipients of one admin free-form mail (one outbox row each)"""
+    email_send_max_body_chars: int = Field(default=50_000, ge=1, le=100_000)
+    """longest text or HTML part of a free-form mail"""
+    rate_limit_email_send: str = "5/hour"
+    """free-form mails a user sends to their own address"""
+    rate_limit_email_send_admin: str = "20/hour"
+    """free-form mails per admin (each one up to EMAIL_SEND_MAX_RECIPIENTS recipients)"""
+    report_daily_mail_admins: bool = True
+    """mail the scheduled daily report to every active, verified admin (links, and the XLSX)"""
+    # The workbook travels base64 in each admin's outbox row until the mail is final.
+    report_mail_attach_max_bytes: int = Field(default=2 * 1024 * 1024, ge=0, le=20 * 1024 * 1024)
+    """the daily report mail attaches the XLSX up to this size (0: links only)"""
+    user_report_max_days: int = Field(default=90, ge=1, le=366)
+    """longest period (days back from today) of a per-user activity report"""
     password_reset_token_expire_minutes: int = Field(default=60, ge=1, le=24 * 60)
     """lifetime of password reset links"""
 
@@ -491,6 +519,8 @@ class Settings(BaseSettings):
         "smtp_username",
         "smtp_password",
         "smtp_ca_file",
+        "email_http_url",
+        "email_http_api_key",
         "liveness_file",
         mode="before",
     )
@@ -567,6 +597,21 @@ class Settings(BaseSettings):
                 " < CELERY_VISIBILITY_TIMEOUT_SECONDS, or tasks would be delivered twice"
             )
         return self
+
+    @model_validator(mode="after")
+    def _mail_backend_is_configured(self) -> "Settings":
+        if self.email_backend == "smtp" and not self.smtp_host:
+            raise ValueError("EMAIL_BACKEND=smtp needs SMTP_HOST")
+        if self.email_backend == "http" and not self.email_http_url:
+            raise ValueError("EMAIL_BACKEND=http needs EMAIL_HTTP_URL")
+        return self
+
+    @property
+    def mail_backend(self) -> Literal["smtp", "http", "file"]:
+        """Where mail goes, "auto" resolved."""
+        if self.email_backend == "auto":
+            return "smtp" if self.smtp_host else "file"
+        return self.email_backend
 
     @property
     def broker_url(self) -> str:

@@ -121,6 +121,18 @@ class InvalidCursor(AppError):
         super().__init__("Invalid request: query.cursor is not valid", details=[detail])
 
 
+class OverSetting(AppError):
+    """A value the schema allows but this server's setting does not; reported like any other
+    invalid field (the document can't know the operator's setting)."""
+
+    status, code = 422, "validation_error"
+
+    def __init__(self, field: str, limit: int, setting: str) -> None:
+        message = f"over this server's limit of {limit} ({setting})"
+        detail = ErrorDetail(field=field, message=message, type="over_setting")
+        super().__init__(f"Invalid request: {field} is {message}", details=[detail])
+
+
 def error_response(
     request: HTTPConnection,  # a WebSocket too: a refused handshake answers in the envelope
     *,

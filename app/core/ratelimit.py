@@ -157,6 +157,8 @@ class Policies:
     register: Policy
     password_reset: Policy
     test_email: Policy
+    email_send: Policy
+    email_send_admin: Policy
     chat_message: Policy
     realtime_connect_user: Policy
     realtime_connect_client: Policy
@@ -178,6 +180,10 @@ class Policies:
                 "password_reset", settings.rate_limit_password_reset, fail_closed=True
             ),
             test_email=Policy.parse("test_email", settings.rate_limit_test_email, fail_closed=True),
+            email_send=Policy.parse("email_send", settings.rate_limit_email_send, fail_closed=True),
+            email_send_admin=Policy.parse(
+                "email_send_admin", settings.rate_limit_email_send_admin, fail_closed=True
+            ),
             chat_message=Policy.parse("chat_message", settings.rate_limit_chat_message),
             realtime_connect_user=Policy.parse(
                 "realtime_connect_user", settings.rate_limit_realtime_connect_user

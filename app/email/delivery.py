@@ -4,6 +4,7 @@ Sending over SMTP commits the row as sent *before* the end of DATA (see `send_sm
 what keeps a worker killed mid-send from mailing anyone twice.
 """
 
+import base64
 import logging
 import os
 import re
@@ -31,8 +32,11 @@ logger = logging.getLogger("app.email")
 CommitSent = Callable[[Callable[[bool], None]], bool]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
-# Templates whose context holds a single-use link: cleared from the row once it is final.
-SENSITIVE_TEMPLATES = frozenset({"verify", "reset"})
+# Templates whose context is cleared from the row once it is final: a single-use link
+# (verify, reset), or a report's figures and attached file (daily_report).
+SENSITIVE_TEMPLATES = frozenset({"verify", "reset", "daily_report"})
+# A context's files to attach: [{"filename", "content_type", "data" (base64)}].
+ATTACHMENTS_KEY = "attachments"
 
 _environment = Environment(
     loader=FileSystemLoader(TEMPLATE_DIR),
@@ -84,7 +88,21 @@ def build_message(outgoing: Outgoing, settings: Settings) -> EmailMessage:
     message["Message-ID"] = outgoing.message_id
     message.set_content(text)
     message.add_alternative(html, subtype="html")
+    for attachment in outgoing.context.get(ATTACHMENTS_KEY) or ():
+        maintype, _, subtype = attachment["content_type"].partition("/")
+        message.add_attachment(
+            base64.b64decode(attachment["data"]),
+            maintype=maintype,
+            subtype=subtype,
+            filename=attachment["filename"],
+        )
     return message
+
+
+def attachment(*, filename: str, content_type: str, data: bytes) -> dict[str, str]:
+    """One entry of a context's ATTACHMENTS_KEY list (JSON, so the bytes go as base64)."""
+    encoded = base64.b64encode(data).decode()
+    return {"filename": filename, "content_type": content_type, "data": encoded}
 
 
 def envelope_sender(settings: Settings) -> str:

@@ -34,15 +34,17 @@ def queue(
     template: str,
     context: dict[str, Any],
     user_id: int | None = None,
+    message_id: str | None = None,
 ) -> Email:
-    """Add a mail to the session; it exists once the caller commits. Then `dispatch` it."""
+    """Add a mail to the session; it exists once the caller commits. Then `dispatch` it.
+    A caller that may run twice passes a `message_id` of its own, to find its rows again."""
     email = Email(
         recipient=recipient,
         subject=subject,
         template=template,
         context=context,
         user_id=user_id,
-        message_id=new_message_id(settings),
+        message_id=message_id or new_message_id(settings),
         status=EmailStatus.PENDING,
         attempts=0,
         next_attempt_at=utcnow(),

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.db import utcnow
-from app.email import delivery
+from app.email import delivery, http_backend
 from app.email import service as outbox
 from app.email.delivery import Outgoing
 from app.email.errors import ClaimLost, DeliveryError
@@ -100,7 +100,18 @@ def _send(
         return task.in_session(step)
 
     try:
-        if settings.smtp_host is None:
+        backend = settings.mail_backend
+        if backend == "http":
+            task.run_async(
+                http_backend.post(
+                    client=task.runtime.http, settings=settings, outgoing=outgoing, message=message
+                )
+            )
+            # After the provider's 2xx: a kill before this commit re-posts with the same
+            # Idempotency-Key (see app/email/http_backend.py).
+            delivery.require_claim(commit_sent())
+            logger.info("email %s handed to the mail API for %s", email_id, outgoing.recipient)
+        elif backend == "file":
             path = delivery.write_outbox_file(settings.outbox_dir, email_id, message)
             delivery.require_claim(commit_sent())
             # Recipient and subject only: the body may hold a single-use link.

@@ -16,6 +16,7 @@ from app.core.storage import Storage
 from app.exports.service import escape_formula
 from app.files.models import StoredFile
 from app.reports.service import ActivityReport
+from app.reports.user_activity import UserActivity
 
 DATA_SHEET = "Daily activity"
 SUMMARY_SHEET = "Summary"
@@ -118,6 +119,70 @@ def _chart(book: xlsxwriter.Workbook, sheet: object, last: int) -> None:
     columns.set_legend({"position": "bottom"})
     columns.set_size({"width": 760, "height": 380})
     sheet.insert_chart(1, len(COLUMNS) + 1, columns)  # type: ignore[attr-defined]
+
+
+USER_DATA_SHEET = "Activity per day"
+
+
+def write_user_workbook(path: Path, report: UserActivity, generated_at: datetime) -> None:
+    """One column per counted source, a clustered column chart of them, and a summary."""
+    options = {"strings_to_formulas": False, "strings_to_urls": False, "remove_timezone": True}
+    with xlsxwriter.Workbook(str(path), options) as book:
+        header = book.add_format(
+            {"bold": True, "bg_color": "#1F4E78", "font_color": "#FFFFFF", "border": 1}
+        )
+        day_format = book.add_format({"num_format": "yyyy-mm-dd"})
+        data = book.add_worksheet(USER_DATA_SHEET)
+        summary = book.add_worksheet(SUMMARY_SHEET)
+
+        titles = ["Date", *(source.title for source in report.sources)]
+        for column, title in enumerate(titles):
+            data.write_string(0, column, title, header)
+        for row, day in enumerate(report.days, start=1):
+            data.write_datetime(row, 0, datetime.combine(day, datetime.min.time()), day_format)
+            for column, source in enumerate(report.sources, start=1):
+                data.write_number(row, column, report.counts[source.key][row - 1])
+        last = len(report.days)
+        data.set_column(0, 0, 12)
+        data.set_column(1, len(titles) - 1, 16)
+        data.freeze_panes(1, 1)
+
+        chart = book.add_chart({"type": "column"})
+        for column in range(1, len(titles)):
+            chart.add_series(
+                {
+                    "name": [USER_DATA_SHEET, 0, column],
+                    "categories": [USER_DATA_SHEET, 1, 0, last, 0],
+                    "values": [USER_DATA_SHEET, 1, column, last, column],
+                }
+            )
+        # The username is the user's own text: a string cell, never a formula (options above).
+        chart.set_title({"name": f"Activity per day (UTC), user {report.user_id}"})
+        chart.set_x_axis({"name": "Day", "date_axis": True, "num_format": "yyyy-mm-dd"})
+        chart.set_y_axis({"name": "Count", "min": 0})
+        chart.set_legend({"position": "bottom"})
+        chart.set_size({"width": 760, "height": 380})
+        data.insert_chart(1, len(titles) + 1, chart)
+
+        summary.set_column(0, 0, 30)
+        summary.set_column(1, 1, 22)
+        summary.write_string(0, 0, "User activity report", header)
+        summary.write_string(0, 1, "", header)
+        rows: list[tuple[str, object]] = [
+            ("User id", report.user_id),
+            ("Username", report.username),
+            ("First day (UTC)", report.start.isoformat()),
+            ("Last day (UTC)", report.end.isoformat()),
+            ("Days", len(report.days)),
+            *((f"{source.title} (total)", report.total(source.key)) for source in report.sources),
+            ("Generated at (UTC)", generated_at.strftime("%Y-%m-%d %H:%M:%S")),
+        ]
+        for row, (label, value) in enumerate(rows, start=1):
+            summary.write_string(row, 0, label)
+            if isinstance(value, int):
+                summary.write_number(row, 1, value)
+            else:
+                summary.write_string(row, 1, str(value))
 
 
 def write_csv(path: Path, report: ActivityReport) -> None:

@@ -1,9 +1,10 @@
 from datetime import date, timedelta
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from app.core.db import utcnow
+from app.core.db import MAX_ID, utcnow
 from app.core.schemas import APIModel, InputModel
 
 # One report covers at most a year (a leap year included): bounds the work of one task.
@@ -53,3 +54,25 @@ class ReportFile(APIModel):
     filename: str
     download_url: str
     size: int
+
+
+def _json_integer(value: object) -> object:
+    """A JSON integer, as the schema says: 3 or 3.0, never `true` (user 1) or "3"."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+# The bounds before the validator: so they stay on the integer, and in the document.
+UserRef = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_json_integer)]
+Days = Annotated[int, Field(ge=1, le=MAX_REPORT_DAYS), BeforeValidator(_json_integer)]
+
+
+class UserActivityRequest(InputModel):
+    user_id: UserRef | None = Field(
+        default=None, description="Whose activity (admins: anyone); default: yours"
+    )
+    days: Days = Field(
+        default=30,
+        description="The last N UTC days, today included; at most USER_REPORT_MAX_DAYS (90)",
+    )

@@ -20,7 +20,7 @@ from app.jobs.models import Job
 from app.reports.schemas import ActivitySummary, DayActivity
 
 # The task names reports run under: listing "past reports" means these jobs.
-REPORT_TASKS = ("app.reports.activity", "app.reports.daily")
+REPORT_TASKS = ("app.reports.activity", "app.reports.daily", "app.reports.user_activity")
 METRICS = ("signups", "active_users", "sessions", "items_created", "files_stored")
 
 

@@ -156,6 +156,20 @@ CODE_ONLY_RULES: dict[str, list[CodeOnlyRule]] = {
         for fragment in ("start must not be after end", "end must not be after today",
                          "a report covers at most")
     ],
+    "POST /api/v1/email/send": [
+        CodeOnlyRule(
+            422, "validation_error", "over this server's limit", field,
+            "EMAIL_SEND_MAX_RECIPIENTS and EMAIL_SEND_MAX_BODY_CHARS are the operator's settings;"
+            " the document states only their ceilings",
+        )
+        for field in ("body.to", "body.text", "body.html")
+    ],
+    "POST /api/v1/reports/user-activity": [
+        CodeOnlyRule(
+            422, "validation_error", "over this server's limit", "body.days",
+            "USER_REPORT_MAX_DAYS is the operator's setting; the document states its ceiling",
+        ),
+    ],
     **{
         label: [
             CodeOnlyRule(
