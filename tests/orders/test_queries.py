@@ -2,38 +2,19 @@
 all of their lines in one `selectinload` query (no query per order). Counted with an engine
 event listener on the app's own engine."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.items.models import Currency
 from app.orders.models import Order, OrderLine, OrderStatus
 from tests.support.factories import Factory
+from tests.support.queries import counted_statements
 
 PAGE = 25
-
-
-@contextmanager
-def statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        # The job gauges' refresh (app.jobs.monitor) shares the engine on its own schedule.
-        if "FROM jobs" not in statement:
-            seen.append(statement)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", count)
 
 
 def _order(owner_id: int, n: int) -> Order:
@@ -61,7 +42,7 @@ async def test_a_page_costs_the_same_statements_whatever_its_size(
 
     counts: dict[int, int] = {}
     for limit in (1, 5, PAGE):
-        with statements(engine) as seen:
+        with counted_statements(engine) as seen:
             response = await client.get(
                 "/api/v1/orders/", params={"limit": limit}, headers=owner.headers
             )

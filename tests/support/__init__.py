@@ -11,6 +11,7 @@ apis        real `app api` processes (system tests) and their client helpers
 live        the app served by uvicorn in-process, WebSocket/SSE clients
 cli         the `app` command: path, environment, one run
 smtp, certs, factories  an SMTP sink, test CAs, API data factories
+queries     counting the SQL statements a request costs
 
 Nothing here imports a test module, a conftest or another tests package (.importlinter).
 """

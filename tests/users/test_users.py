@@ -1,14 +1,11 @@
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event
 
 from app.auth.models import Role
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Account, Factory
+from tests.support.queries import counted_statements
 from tests.support.settings import BuildClient
 
 PUBLIC_FIELDS = {"id", "username", "full_name", "bio", "created_at", "display_name"}
@@ -253,21 +250,6 @@ async def test_profile_is_me_under_the_seeds_name(
     assert_envelope(await client.get("/api/v1/users/profile"), 401, "unauthorized")
 
 
-@contextmanager
-def counted_queries(app: FastAPI) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        statements.append(statement)
-
-    engine = app.state.services.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-
-
 async def test_user_items_for_the_owner_and_admins_paged_in_fixed_queries(
     client: httpx.AsyncClient, factory: Factory, app: FastAPI
 ) -> None:
@@ -295,7 +277,7 @@ async def test_user_items_for_the_owner_and_admins_paged_in_fixed_queries(
     # The same statements whatever the page size: the user, its page of items, the count.
     costs = []
     for per_page in (1, 4):
-        with counted_queries(app) as statements:
+        with counted_statements(app.state.services.engine) as statements:
             response = await client.get(url, params={"per_page": per_page}, headers=owner.headers)
         assert len(response.json()["items"]) == per_page
         costs.append((len(statements), len([s for s in statements if "FROM items" in s])))
