@@ -7,6 +7,7 @@ from app.email import models as email_models
 from app.files import models as files_models
 from app.items import models as items_models
 from app.jobs import models as jobs_models
+from app.posts import models as posts_models
 from app.realtime import models as realtime_models
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "files_models",
     "items_models",
     "jobs_models",
+    "posts_models",
     "realtime_models",
 ]

@@ -20,6 +20,7 @@ from app.health.router import router as health_router
 from app.images.router import router as images_router
 from app.items import images as item_images
 from app.items import router as items
+from app.posts.router import router as posts_router
 from app.realtime import chat, notifications, page, sse
 from app.realtime import router as realtime
 from app.reports.router import router as reports_router
@@ -43,6 +44,7 @@ api_v1.include_router(admin_router)
 api_v1.include_router(images_router)
 api_v1.include_router(test_mail.router)
 api_v1.include_router(campaigns_router)
+api_v1.include_router(posts_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

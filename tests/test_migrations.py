@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.core.db import Base, utcnow
+from app.core.db import Base, include_in_schema_comparison, utcnow
 from app.core.migrate import alembic_config, upgrade_to_head
 from tests.support.servers import PostgresServer
 from tests.support.settings import make_settings
@@ -25,7 +25,7 @@ def migration_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
 
 
 def _differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include_in_schema_comparison})
     return list(compare_metadata(context, Base.metadata))
 
 

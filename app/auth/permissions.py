@@ -31,12 +31,18 @@ class Permission(StrEnum):
     MANAGE_USERS = "users:manage"
     HARD_DELETE_USER = "users:hard_delete"
     GRANT_PRIVILEGED_ROLES = "users:grant_privileged_roles"
+    POSTS_MODERATE = "posts:moderate"  # edit and delete anyone's posts and comments
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.USER: frozenset(),
     Role.ADMIN: frozenset(
-        {Permission.MANAGE_ANY_ITEM, Permission.HARD_DELETE_ITEM, Permission.MANAGE_USERS}
+        {
+            Permission.MANAGE_ANY_ITEM,
+            Permission.HARD_DELETE_ITEM,
+            Permission.MANAGE_USERS,
+            Permission.POSTS_MODERATE,
+        }
     ),
     Role.SUPERUSER: frozenset(Permission),
 }

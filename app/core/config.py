@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse as parse_rate
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -174,6 +175,19 @@ class Settings(BaseSettings):
     """password reset and verification mails per client address, and per target address"""
     rate_limit_test_email: str = "10/hour"
     """admin test mails per admin (a `to` address also counts against that mailbox's budget)"""
+
+    # Posts and comments (issue 15). Sizes may only be narrowed below the schema's own caps
+    # (title 200, post 20,000, comment 4,000 characters); a longer text gets 422.
+    post_title_max_chars: int = Field(default=200, ge=1, le=200)
+    """characters in a post's title"""
+    post_body_max_chars: int = Field(default=20_000, ge=1, le=20_000)
+    """characters in a post's body"""
+    comment_body_max_chars: int = Field(default=4_000, ge=1, le=4_000)
+    """characters in a comment"""
+    rate_limit_post_write: str = "20/minute"
+    """post creates, edits and deletes per user"""
+    rate_limit_comment_write: str = "60/minute"
+    """comment creates, edits and deletes per user"""
 
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
     # SQLite file under APP_DATA_DIR). Results: the task API reads the `jobs` table, so by
@@ -457,6 +471,13 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit_post_write", "rate_limit_comment_write")
+    @classmethod
+    def _is_a_rate(cls, value: str) -> str:
+        # Parsed per request by their routes: a typo must stop the start, not answer 500.
+        parse_rate(value)  # ValueError names the text
         return value
 
     @model_validator(mode="after")

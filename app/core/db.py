@@ -100,6 +100,21 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
+# Full-text columns PostgreSQL generates (a tsvector over a table's text, GIN-indexed), made
+# by migrations only: the models don't map them, as SQLite has none, so schema comparison
+# (autogenerate, the migration tests) leaves out every column by this name and its indexes.
+FULL_TEXT_COLUMN = "search_vector"
+
+
+def include_in_schema_comparison(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic's `include_object`: everything but the PostgreSQL-only full-text columns."""
+    if type_ == "column" and name == FULL_TEXT_COLUMN:
+        return False
+    return not (type_ == "index" and name is not None and name.endswith("_" + FULL_TEXT_COLUMN))
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import models  # noqa: F401 - every table on Base.metadata, for autogenerate
 from app.core.config import get_settings
-from app.core.db import Base
+from app.core.db import Base, include_in_schema_comparison
 
 config = context.config
 target_metadata = Base.metadata
@@ -47,6 +47,7 @@ def _configure(connection: Connection | None = None) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,  # SQLite can only ALTER by copying the table
         compare_type=True,
+        include_object=include_in_schema_comparison,
         literal_binds=connection is None,
         process_revision_directives=_number_the_revision,
     )
