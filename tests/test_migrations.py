@@ -25,7 +25,9 @@ def migration_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
 
 
 def _differences(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include_in_schema_comparison})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": include_in_schema_comparison}
+    )
     return list(compare_metadata(context, Base.metadata))
 
 

@@ -19,6 +19,9 @@ WEAK_SECRETS = frozenset(
     {"changeme", "change-me", "secret", "secret-key", "your-secret-key", "dev", "development"}
 )
 MIN_SECRET_LENGTH = 32
+# The file types app.files can verify by their first bytes (app/files/safety.py's signature
+# table; a test keeps the two equal): UPLOAD_ALLOWED_EXTENSIONS picks among them.
+VERIFIABLE_UPLOAD_EXTENSIONS = ("png", "jpg", "jpeg", "gif", "webp", "pdf", "zip", "txt", "csv")
 # kombu's SQLAlchemy transport, subclassed in app.jobs.broker (registered under this alias).
 _EMBEDDED_BROKER_SCHEME = "appsqla+sqlite:///"
 
@@ -40,6 +43,14 @@ class Settings(BaseSettings):
     """FastAPI debug mode (tracebacks in responses); refused in production"""
     app_name: str = "app"
     """the service's name in logs and metrics"""
+    api_title: str = "App API"
+    """the OpenAPI document's title"""
+    api_version: str = "1.0.0"
+    """the API's version: OpenAPI, /health, and the start and stop log lines"""
+    api_description: str = (
+        "Accounts, users and items: the foundation of a production FastAPI service."
+    )
+    """the OpenAPI document's description"""
     secret_key: SecretStr | None = None
     """signs tokens and sessions; unset (not in production): generated into APP_DATA_DIR"""
     app_data_dir: Path = Path("./var")
@@ -52,6 +63,12 @@ class Settings(BaseSettings):
     """connections opened beyond the pool under load, per process"""
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     """wait for a free pooled connection; past it the request gets 503 with Retry-After"""
+    # Below the idle timeouts of firewalls and PgBouncer-like proxies, which drop connections
+    # silently; pre-ping catches the rest.
+    database_pool_recycle_seconds: int = Field(default=1800, ge=1)
+    """PostgreSQL: pooled connections older than this are replaced before use"""
+    database_echo: bool | None = None
+    """log every SQL statement; unset: on with DEBUG, else off"""
 
     jwt_issuer: str = "app"
     """the iss claim of tokens, checked on every token"""
@@ -78,10 +95,15 @@ class Settings(BaseSettings):
     """larger request bodies get 413 while they arrive (uploads have their own cap)"""
     session_cookie_name: str = "app_session"
     """name of the signed session cookie"""
+    session_cookie_max_age_seconds: int = Field(default=14 * 24 * 3600, ge=60)
+    """lifetime of the signed session cookie"""
 
     # Files (FILES-1..3). Uploads have their own cap, checked while the file arrives.
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     """largest file an upload accepts; 413 the moment the file passes it"""
+    upload_allowed_extensions: CommaList = list(VERIFIABLE_UPLOAD_EXTENSIONS)
+    """comma-separated file extensions uploads accept (among png, jpg, jpeg, gif, webp, pdf,
+    zip, txt, csv: the types whose content is checked); item images: the image ones of these"""
     storage_backend: Literal["local", "s3"] = "local"
     """local (a directory) or s3 (any S3-compatible bucket)"""
     storage_local_dir: Path | None = None  # default: APP_DATA_DIR/uploads
@@ -238,6 +260,12 @@ class Settings(BaseSettings):
     """queued or running image jobs from a URL per user; one more gets 429 with Retry-After"""
     user_jobs_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     """the Retry-After of a 429 for too many active jobs"""
+    # A pool process is replaced after this many tasks, so a leak in a library (image
+    # decoders, XLSX writers) can't grow a worker without bound.
+    celery_worker_max_tasks_per_child: int | None = Field(default=1000, ge=1)
+    """tasks a worker process runs before it is replaced; unset: never replaced"""
+    celery_result_backend_max_retries: int = Field(default=3, ge=0, le=100)
+    """with CELERY_RESULT_BACKEND: retries of a result write that failed on a connection error"""
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
     """worker processes (app worker -c N overrides); unset: the CPU count"""
     # How often the embedded broker's worker looks for new messages (it cannot be woken).
@@ -403,6 +431,8 @@ class Settings(BaseSettings):
     password_reset_token_expire_minutes: int = Field(default=60, ge=1, le=24 * 60)
     """lifetime of password reset links"""
 
+    metrics_enabled: bool = True
+    """serve /metrics (Prometheus); off: no such route (404)"""
     metrics_token: SecretStr | None = None
     """production serves /metrics only with Authorization: Bearer <token>"""
     sentry_dsn: SecretStr | None = None
@@ -465,6 +495,7 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "ws_allowed_origins",
         "ssrf_allowed_networks",
+        "upload_allowed_extensions",
         mode="before",
     )
     @classmethod
@@ -497,6 +528,18 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("unsafe production settings: " + "; ".join(problems))
         return self
+
+    @field_validator("upload_allowed_extensions")
+    @classmethod
+    def _verifiable_extensions(cls, value: list[str]) -> list[str]:
+        chosen = [extension.lower().lstrip(".") for extension in value]
+        unknown = sorted(set(chosen) - set(VERIFIABLE_UPLOAD_EXTENSIONS))
+        if unknown:
+            raise ValueError(
+                f"cannot check the content of {', '.join(unknown)} files; choose among"
+                f" {', '.join(VERIFIABLE_UPLOAD_EXTENSIONS)}"
+            )
+        return chosen
 
     @field_validator("ssrf_allowed_networks", "trusted_proxies")
     @classmethod
@@ -556,6 +599,10 @@ class Settings(BaseSettings):
     @property
     def json_logs(self) -> bool:
         return self.log_format == "json" if self.log_format else self.is_production
+
+    @property
+    def sql_echo(self) -> bool:
+        return self.database_echo if self.database_echo is not None else self.debug
 
     @property
     def is_production(self) -> bool:

@@ -74,6 +74,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
             pool_timeout=settings.database_pool_timeout_seconds,
+            echo=settings.sql_echo,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -83,7 +84,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
         pool_pre_ping=True,
-        pool_recycle=1800,
+        pool_recycle=settings.database_pool_recycle_seconds,
+        echo=settings.sql_echo,
     )
 
 

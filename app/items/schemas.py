@@ -2,7 +2,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, WithJsonSchema
+from pydantic import ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from app.core.schemas import APIModel, CleanStr, CursorPage, InputModel
 from app.items.models import Currency
@@ -33,6 +33,19 @@ class ItemCreate(InputModel):
     price: Price
     currency: Currency = Currency.JPY
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Brass lamp",
+                    "description": "1920s desk lamp, rewired",
+                    "price": "12800",
+                    "currency": "JPY",
+                }
+            ]
+        }
+    )
+
 
 class ItemUpdate(InputModel):
     """Fields left out keep their value. Title, price and currency may be left out but not
@@ -54,6 +67,24 @@ class ItemRead(APIModel):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None = Field(description="Set on soft-deleted items (admins only)")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 42,
+                    "title": "Brass lamp",
+                    "description": "1920s desk lamp, rewired",
+                    "price": "12800.00",
+                    "currency": "JPY",
+                    "owner_id": 7,
+                    "created_at": "2026-04-01T09:30:00Z",
+                    "updated_at": "2026-04-02T10:00:00Z",
+                    "deleted_at": None,
+                }
+            ]
+        }
+    )
 
 
 class ItemCursorPage(CursorPage[ItemRead]):

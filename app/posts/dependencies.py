@@ -9,10 +9,10 @@ from fastapi import Depends, Path, Request, Response, Security
 from app.auth.dependencies import get_verified_principal
 from app.auth.permissions import Permission, Scope, has_permission
 from app.auth.principal import Principal
+from app.core.db import MAX_ID
 from app.core.dependencies import SessionDep, services_of
 from app.core.limits import enforce
 from app.core.ratelimit import Policy
-from app.core.db import MAX_ID
 from app.core.schemas import PrimaryKey
 from app.posts import service
 from app.posts.errors import NotTheAuthor

@@ -67,9 +67,7 @@ async def update_post(
     return await service.update_post(session=session, settings=settings, post=post, data=data)
 
 
-@router.delete(
-    "/{post_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[PostWriteLimit]
-)
+@router.delete("/{post_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[PostWriteLimit])
 async def delete_post(post: EditablePost, session: SessionDep) -> None:
     """Delete a post and its comments (its author, or a moderator)."""
     await service.delete_post(session=session, post=post)

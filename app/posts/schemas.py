@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from app.core.schemas import APIModel, CleanStr, CursorPage, InputModel
 from app.posts.models import COMMENT_BODY_MAX_CHARS, POST_BODY_MAX_CHARS, TITLE_MAX_CHARS
@@ -17,11 +17,11 @@ class PostCreate(InputModel):
     title: Title
     body: PostBody
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        json_schema_extra={
             "examples": [{"title": "Moving day", "body": "We moved the office to Osaka."}]
         }
-    }
+    )
 
 
 class PostUpdate(InputModel):
@@ -49,7 +49,7 @@ class PostCursorPage(CursorPage[PostRead]):
 class CommentCreate(InputModel):
     body: CommentBody
 
-    model_config = {"json_schema_extra": {"examples": [{"body": "Congratulations!"}]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [{"body": "Congratulations!"}]})
 
 
 class CommentUpdate(InputModel):

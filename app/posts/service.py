@@ -35,7 +35,7 @@ def _comment_count() -> Any:
     )
 
 
-def _posts() -> Select[tuple[Post, int]]:
+def _posts() -> Select[Post, int]:
     return select(Post, _comment_count()).options(joinedload(Post.author))
 
 
@@ -80,10 +80,11 @@ def _check_comment_bounds(settings: Settings, body: str) -> None:
 
 
 async def read_post(*, session: AsyncSession, post_id: int) -> PostRead:
-    row = (await session.execute(_posts().where(Post.id == post_id))).one_or_none()
+    row = (await session.execute(_posts().where(Post.id == post_id))).tuples().one_or_none()
     if row is None:
         raise PostNotFound(post_id)
-    return _post_read(*row)
+    post, comment_count = row
+    return _post_read(post, comment_count)
 
 
 async def list_posts(
@@ -94,7 +95,7 @@ async def list_posts(
     if author_id is not None:
         statement = statement.where(Post.author_id == author_id)
     statement = after_cursor(statement, Post.id, cursor=cursor, limit=limit)
-    rows = (await session.execute(statement)).all()
+    rows = (await session.execute(statement)).tuples().all()
     page, next_cursor = cursor_page(rows, limit=limit, key=lambda row: row[0].id)
     return [_post_read(post, count) for post, count in page], next_cursor
 
@@ -112,8 +113,17 @@ async def create_post(
     _check_post_bounds(settings, title=data.title, body=data.body)
     post = Post(title=data.title, body=data.body, author_id=author.id)
     session.add(post)
+    return await _commit_and_read_post(session, post)
+
+
+async def _commit_and_read_post(session: AsyncSession, post: Post) -> PostRead:
+    # Read inside the writing transaction, then commit: the answer is what was written, on
+    # the same connection (on SQLite another pooled connection may still hold an older
+    # snapshot when the read follows the commit).
+    await session.flush()
+    written = await read_post(session=session, post_id=post.id)
     await session.commit()
-    return await read_post(session=session, post_id=post.id)
+    return written
 
 
 async def update_post(
@@ -123,8 +133,7 @@ async def update_post(
     _check_post_bounds(settings, title=changes.get("title"), body=changes.get("body"))
     for field, value in changes.items():
         setattr(post, field, value)
-    await session.commit()
-    return await read_post(session=session, post_id=post.id)
+    return await _commit_and_read_post(session, post)
 
 
 async def delete_post(*, session: AsyncSession, post: Post) -> None:
@@ -136,10 +145,8 @@ async def delete_post(*, session: AsyncSession, post: Post) -> None:
 # -- comments ---------------------------------------------------------------------------------
 
 
-def _comments(post_id: int) -> Select[tuple[Comment]]:
-    return (
-        select(Comment).where(Comment.post_id == post_id).options(joinedload(Comment.author))
-    )
+def _comments(post_id: int) -> Select[Comment]:
+    return select(Comment).where(Comment.post_id == post_id).options(joinedload(Comment.author))
 
 
 async def _read_comment(*, session: AsyncSession, post_id: int, comment_id: int) -> CommentRead:
@@ -182,11 +189,18 @@ async def create_comment(
     comment = Comment(post_id=post_id, author_id=author.id, body=data.body)
     session.add(comment)
     try:
-        await session.commit()
+        await session.flush()
     except IntegrityError as exc:  # the post was deleted since load_post
         await session.rollback()
         raise PostNotFound(post_id) from exc
-    return await _read_comment(session=session, post_id=post_id, comment_id=comment.id)
+    return await _commit_and_read_comment(session, comment)
+
+
+async def _commit_and_read_comment(session: AsyncSession, comment: Comment) -> CommentRead:
+    await session.flush()  # as _commit_and_read_post: read in the writing transaction
+    written = await _read_comment(session=session, post_id=comment.post_id, comment_id=comment.id)
+    await session.commit()
+    return written
 
 
 async def update_comment(
@@ -194,8 +208,7 @@ async def update_comment(
 ) -> CommentRead:
     _check_comment_bounds(settings, data.body)
     comment.body = data.body
-    await session.commit()
-    return await _read_comment(session=session, post_id=comment.post_id, comment_id=comment.id)
+    return await _commit_and_read_comment(session, comment)
 
 
 async def delete_comment(*, session: AsyncSession, comment: Comment) -> None:

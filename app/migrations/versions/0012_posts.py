@@ -22,8 +22,7 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # immutable (explicit configuration), as a generated column needs. Search queries must use
 # the same configuration: to_tsquery('english', ...) @@ posts.search_vector.
 SEARCH_VECTOR = (
-    "setweight(to_tsvector('english', title), 'A')"
-    " || setweight(to_tsvector('english', body), 'B')"
+    "setweight(to_tsvector('english', title), 'A') || setweight(to_tsvector('english', body), 'B')"
 )
 
 
