@@ -80,7 +80,7 @@ def _check_comment_bounds(settings: Settings, body: str) -> None:
 
 
 async def read_post(*, session: AsyncSession, post_id: int) -> PostRead:
-    row = (await session.execute(_posts().where(Post.id == post_id))).tuples().one_or_none()
+    row = (await session.execute(_posts().where(Post.id == post_id))).one_or_none()
     if row is None:
         raise PostNotFound(post_id)
     post, comment_count = row
@@ -95,7 +95,7 @@ async def list_posts(
     if author_id is not None:
         statement = statement.where(Post.author_id == author_id)
     statement = after_cursor(statement, Post.id, cursor=cursor, limit=limit)
-    rows = (await session.execute(statement)).tuples().all()
+    rows = (await session.execute(statement)).all()
     page, next_cursor = cursor_page(rows, limit=limit, key=lambda row: row[0].id)
     return [_post_read(post, count) for post, count in page], next_cursor
 
@@ -117,9 +117,8 @@ async def create_post(
 
 
 async def _commit_and_read_post(session: AsyncSession, post: Post) -> PostRead:
-    # Read inside the writing transaction, then commit: the answer is what was written, on
-    # the same connection (on SQLite another pooled connection may still hold an older
-    # snapshot when the read follows the commit).
+    # Read inside the writing transaction, then commit: the answer is exactly what this
+    # transaction wrote (with the comment count as of that moment), in one round of locks.
     await session.flush()
     written = await read_post(session=session, post_id=post.id)
     await session.commit()

@@ -86,7 +86,12 @@ SESSION_ENDING_OPERATIONS = frozenset(
 ENDLESS_OPERATIONS = frozenset({"GET /api/v1/notifications/stream"})
 # Path parameters that name rows. Generated ids nearly always miss (404), so some examples use
 # ids of rows that exist (seeded, or created by earlier examples): updates and deletes run.
-ID_PARAMETERS = {"user_id": "users", "item_id": "items"}
+ID_PARAMETERS = {
+    "user_id": "users",
+    "item_id": "items",
+    "post_id": "posts",
+    "comment_id": "comments",
+}
 # Schemathesis's generic types, for any OpenAPI operation.
 Operation = schemathesis.APIOperation[Any, Any, Any, Any]
 Case = schemathesis.Case[Operation]
@@ -332,6 +337,10 @@ class Fuzzer:
                 self.ids["users"].add(created["id"])
             elif label.endswith("/items/"):
                 self.ids["items"].add(created["id"])
+            elif label.endswith("/posts/"):
+                self.ids["posts"].add(created["id"])
+            elif label.endswith("/comments/"):
+                self.ids["comments"].add(created["id"])
         if label in SESSION_ENDING_OPERATIONS and response.is_success:
             self.token = (await self.new_session()).access_token
 
@@ -365,6 +374,24 @@ def _with_path_parameters(drawn: tuple[Case, dict[str, int]]) -> Case:
     return case
 
 
+async def _seed_post(client: httpx.AsyncClient, author: Account) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/posts/", json={"title": "Seed", "body": "A post"}, headers=author.headers
+    )
+    assert response.status_code == 201, response.text
+    post: dict[str, Any] = response.json()
+    return post
+
+
+async def _seed_comment(client: httpx.AsyncClient, author: Account, post_id: int) -> dict[str, Any]:
+    response = await client.post(
+        f"/api/v1/posts/{post_id}/comments/", json={"body": "A comment"}, headers=author.headers
+    )
+    assert response.status_code == 201, response.text
+    comment: dict[str, Any] = response.json()
+    return comment
+
+
 @pytest.fixture(params=[Role.SUPERUSER, Role.USER], ids=["superuser", "user"])
 async def fuzzer(
     request: pytest.FixtureRequest, app: FastAPI, client: httpx.AsyncClient, factory: Factory
@@ -379,6 +406,11 @@ async def fuzzer(
     ]
     deleted = await client.delete(f"/api/v1/items/{items[-1]['id']}", headers=other.headers)
     assert deleted.status_code == 204, deleted.text
+    posts = [await _seed_post(client, caller), await _seed_post(client, other)]
+    comments = [
+        await _seed_comment(client, caller, posts[1]["id"]),
+        await _seed_comment(client, other, posts[0]["id"]),
+    ]
     first_page = await client.get("/api/v2/items/", params={"limit": 1})
     cursor = first_page.json()["next_cursor"]
     assert cursor, first_page.text
@@ -387,7 +419,12 @@ async def fuzzer(
         app=app,
         client=client,
         account=caller,
-        ids={"users": {caller.id, other.id}, "items": {item["id"] for item in items}},
+        ids={
+            "users": {caller.id, other.id},
+            "items": {item["id"] for item in items},
+            "posts": {post["id"] for post in posts},
+            "comments": {comment["id"] for comment in comments},
+        },
     )
     # A session of its own for /auth/refresh, whose reuse detection revokes the whole session.
     spare = await fuzzer.new_session()
