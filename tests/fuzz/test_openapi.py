@@ -58,6 +58,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.auth import service as auth_service
 from app.auth.models import Role, User
+from app.core.pagination import encode_cursor
 from tests.support.factories import DEFAULT_PASSWORD as PASSWORD
 from tests.support.factories import Account, Factory
 
@@ -169,7 +170,8 @@ CODE_ONLY_RULES: dict[str, list[CodeOnlyRule]] = {
             )
         ]
         for label in ("GET /api/v2/items/", "GET /api/v1/chat/rooms/{room}/messages",
-                      "GET /api/v1/notifications")
+                      "GET /api/v1/notifications", "GET /api/v1/posts/",
+                      "GET /api/v1/posts/{post_id}/comments/")
     },
 }  # fmt: skip
 
@@ -436,6 +438,11 @@ async def fuzzer(
             "body": {"current_password": PASSWORD, "new_password": "Fuzzed-password-2"}
         },
         "GET /api/v2/items/": {"query": {"cursor": cursor}},
+        # Cursors we issued: older than the newest post, and than the newest comment.
+        "GET /api/v1/posts/": {"query": {"cursor": encode_cursor(posts[-1]["id"])}},
+        "GET /api/v1/posts/{post_id}/comments/": {
+            "query": {"cursor": encode_cursor(comments[-1]["id"])}
+        },
     }
     return fuzzer
 
