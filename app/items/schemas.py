@@ -68,24 +68,6 @@ class ItemRead(APIModel):
     updated_at: datetime
     deleted_at: datetime | None = Field(description="Set on soft-deleted items (admins only)")
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": 42,
-                    "title": "Brass lamp",
-                    "description": "1920s desk lamp, rewired",
-                    "price": "12800.00",
-                    "currency": "JPY",
-                    "owner_id": 7,
-                    "created_at": "2026-04-01T09:30:00Z",
-                    "updated_at": "2026-04-02T10:00:00Z",
-                    "deleted_at": None,
-                }
-            ]
-        }
-    )
-
 
 class ItemCursorPage(CursorPage[ItemRead]):
     pass

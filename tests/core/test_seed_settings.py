@@ -6,14 +6,18 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.middleware.sessions import SessionMiddleware
 
+from app.auth.schemas import RegisterRequest, UserPublic
 from app.core.config import VERIFIABLE_UPLOAD_EXTENSIONS
 from app.core.db import create_engine
 from app.files.safety import ALLOWED_EXTENSIONS
+from app.items.schemas import ItemCreate
 from app.jobs.celery_app import make_celery
 from app.main import create_app
+from app.posts.schemas import CommentCreate, PostCreate
+from app.users.schemas import UserSelfUpdate
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Factory
 from tests.support.settings import asgi_client, make_settings, started_app
@@ -40,6 +44,25 @@ def test_the_openapi_document_and_the_session_cookie_follow_the_settings(tmp_pat
     # Nothing in the app writes a session yet: the middleware is where the setting lands.
     (session,) = [m for m in app.user_middleware if m.cls is cast(object, SessionMiddleware)]
     assert session.kwargs["max_age"] == 3600
+
+
+def test_the_main_schemas_carry_examples_that_validate(tmp_path: Path) -> None:
+    # Request bodies and a response without nulls: FastAPI drops null members from the
+    # document, so an example with one would show a required field missing.
+    schemas = create_app(make_settings(tmp_path)).openapi()["components"]["schemas"]
+    models: dict[str, type[BaseModel]] = {
+        "ItemCreate": ItemCreate,
+        "RegisterRequest": RegisterRequest,
+        "UserPublic": UserPublic,
+        "UserSelfUpdate": UserSelfUpdate,
+        "PostCreate": PostCreate,
+        "CommentCreate": CommentCreate,
+    }
+    for name, model in models.items():
+        examples = schemas[name]["examples"]
+        assert examples, name
+        for example in examples:
+            model.model_validate(example)
 
 
 def test_pool_recycle_and_sql_echo(tmp_path: Path) -> None:
