@@ -118,11 +118,15 @@ def _lifespan(
             "job-metrics",
             lambda: job_monitor.run(settings=settings, sessionmaker=services.sessionmaker),
         )
+        logger.info(
+            "%s %s started (%s)", settings.app_name, settings.api_version, settings.environment
+        )
         if tune_gc:  # last: everything the process keeps is built by now
             gc_tuning.freeze_after_startup(settings)
         try:
             yield
         finally:
+            logger.info("%s %s stopping", settings.app_name, settings.api_version)
             uninstall_drain()
             await realtime.close()
             await services.streams.close()
@@ -136,6 +140,7 @@ def _lifespan(
             if redis is not None:
                 await redis.aclose()
             await engine.dispose()
+            logger.info("%s %s stopped", settings.app_name, settings.api_version)
 
     return lifespan
 
@@ -182,6 +187,7 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
             SessionMiddleware,
             secret_key=settings.signing_key(),
             session_cookie=settings.session_cookie_name,
+            max_age=settings.session_cookie_max_age_seconds,
             https_only=settings.is_production,
             same_site="lax",
         ),
@@ -214,9 +220,9 @@ def create_app(
     policies = Policies.from_settings(settings)
     init_sentry(settings)
     app = FastAPI(
-        title="App API",
-        version="1.0.0",
-        summary="Accounts, users and items: the foundation of a production FastAPI service.",
+        title=settings.api_title,
+        version=settings.api_version,
+        description=settings.api_description,
         debug=settings.debug,
         lifespan=_lifespan(settings, policies, handle_signals=handle_signals, tune_gc=tune_gc),
         middleware=_middleware(settings, policies),

@@ -9,6 +9,7 @@ from app.files import models as files_models
 from app.items import models as items_models
 from app.jobs import models as jobs_models
 from app.orders import models as orders_models
+from app.posts import models as posts_models
 from app.realtime import models as realtime_models
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "items_models",
     "jobs_models",
     "orders_models",
+    "posts_models",
     "realtime_models",
 ]

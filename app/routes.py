@@ -22,6 +22,7 @@ from app.images.router import router as images_router
 from app.items import images as item_images
 from app.items import router as items
 from app.orders.router import router as orders_router
+from app.posts.router import router as posts_router
 from app.realtime import chat, notifications, page, sse
 from app.realtime import router as realtime
 from app.reports.router import router as reports_router
@@ -53,6 +54,7 @@ api_v1.include_router(campaigns_router)
 api_v1.include_router(orders_router)
 api_v1.include_router(articles_router)
 api_v1.include_router(search_router)
+api_v1.include_router(posts_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)

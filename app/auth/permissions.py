@@ -40,6 +40,7 @@ class Permission(StrEnum):
     GRANT_PRIVILEGED_ROLES = "users:grant_privileged_roles"
     ARTICLES_WRITE = "articles:write"
     ARTICLES_DELETE = "articles:delete"
+    POSTS_MODERATE = "posts:moderate"  # edit and delete anyone's posts and comments
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -52,6 +53,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.MANAGE_USERS,
             Permission.ARTICLES_WRITE,
             Permission.ARTICLES_DELETE,
+            Permission.POSTS_MODERATE,
         }
     ),
     Role.SUPERUSER: frozenset(Permission),

@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
@@ -78,6 +79,20 @@ class RegisterRequest(InputModel):
     password_confirm: str = Field(max_length=128)
     full_name: FullName | None = None
     age: Age | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "username": "hanako",
+                    "email": "hanako@example.com",
+                    "password": "Correct-horse-1",
+                    "password_confirm": "Correct-horse-1",
+                    "full_name": "Hanako Yamada",
+                }
+            ]
+        }
+    )
 
     @field_validator("password_confirm")
     @classmethod
@@ -172,6 +187,20 @@ class UserPublic(APIModel):
     full_name: str | None
     bio: str | None
     created_at: datetime
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 7,
+                    "username": "hanako",
+                    "full_name": "Hanako Yamada",
+                    "bio": "Keeps bees in Kyoto.",
+                    "created_at": "2026-04-01T09:30:00Z",
+                }
+            ]
+        }
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -19,6 +19,9 @@ WEAK_SECRETS = frozenset(
     {"changeme", "change-me", "secret", "secret-key", "your-secret-key", "dev", "development"}
 )
 MIN_SECRET_LENGTH = 32
+# The file types app.files can verify by their first bytes (app/files/safety.py's signature
+# table; a test keeps the two equal): UPLOAD_ALLOWED_EXTENSIONS picks among them.
+VERIFIABLE_UPLOAD_EXTENSIONS = ("png", "jpg", "jpeg", "gif", "webp", "pdf", "zip", "txt", "csv")
 # kombu's SQLAlchemy transport, subclassed in app.jobs.broker (registered under this alias).
 _EMBEDDED_BROKER_SCHEME = "appsqla+sqlite:///"
 
@@ -40,6 +43,14 @@ class Settings(BaseSettings):
     """FastAPI debug mode (tracebacks in responses); refused in production"""
     app_name: str = "app"
     """the service's name in logs and metrics"""
+    api_title: str = "App API"
+    """the OpenAPI document's title"""
+    api_version: str = "1.0.0"
+    """the API's version: OpenAPI, /health, and the start and stop log lines"""
+    api_description: str = (
+        "Accounts, users and items: the foundation of a production FastAPI service."
+    )
+    """the OpenAPI document's description"""
     secret_key: SecretStr | None = None
     """signs tokens and sessions; unset (not in production): generated into APP_DATA_DIR"""
     app_data_dir: Path = Path("./var")
@@ -56,6 +67,12 @@ class Settings(BaseSettings):
     # one-query request (issue 14). Idle connections are the ones a restart may have killed.
     database_ping_idle_seconds: float = Field(default=5.0, ge=0, le=3600)
     """PostgreSQL: ping a pooled connection before use if idle this long (0: at every use)"""
+    # Below the idle timeouts of firewalls and PgBouncer-like proxies, which drop connections
+    # silently; pre-ping catches the rest.
+    database_pool_recycle_seconds: int = Field(default=1800, ge=1)
+    """PostgreSQL: pooled connections older than this are replaced before use"""
+    database_echo: bool | None = None
+    """log every SQL statement; unset: on with DEBUG, else off"""
 
     jwt_issuer: str = "app"
     """the iss claim of tokens, checked on every token"""
@@ -84,10 +101,15 @@ class Settings(BaseSettings):
     """larger request bodies get 413 while they arrive (uploads have their own cap)"""
     session_cookie_name: str = "app_session"
     """name of the signed session cookie"""
+    session_cookie_max_age_seconds: int = Field(default=14 * 24 * 3600, ge=60)
+    """lifetime of the signed session cookie"""
 
     # Files (FILES-1..3). Uploads have their own cap, checked while the file arrives.
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     """largest file an upload accepts; 413 the moment the file passes it"""
+    upload_allowed_extensions: CommaList = list(VERIFIABLE_UPLOAD_EXTENSIONS)
+    """comma-separated file extensions uploads accept (among png, jpg, jpeg, gif, webp, pdf,
+    zip, txt, csv: the types whose content is checked); item images: the image ones of these"""
     storage_backend: Literal["local", "s3"] = "local"
     """local (a directory) or s3 (any S3-compatible bucket)"""
     storage_local_dir: Path | None = None  # default: APP_DATA_DIR/uploads
@@ -193,6 +215,19 @@ class Settings(BaseSettings):
     search_query_max_chars: int = Field(default=200, ge=1, le=200)
     """longest search query accepted, in characters (longer: 422)"""
 
+    # Posts and comments (issue 15). Sizes may only be narrowed below the schema's own caps
+    # (title 200, post 20,000, comment 4,000 characters); a longer text gets 422.
+    post_title_max_chars: int = Field(default=200, ge=1, le=200)
+    """characters in a post's title"""
+    post_body_max_chars: int = Field(default=20_000, ge=1, le=20_000)
+    """characters in a post's body"""
+    comment_body_max_chars: int = Field(default=4_000, ge=1, le=4_000)
+    """characters in a comment"""
+    rate_limit_post_write: str = "20/minute"
+    """post creates, edits and deletes per user"""
+    rate_limit_comment_write: str = "60/minute"
+    """comment creates, edits and deletes per user"""
+
     # Background jobs (Celery). Unset broker: REDIS_URL if set, else the embedded broker (a
     # SQLite file under APP_DATA_DIR). Results: the task API reads the `jobs` table, so by
     # default Celery stores none (a Redis restart then cannot fail a task that did its work).
@@ -242,6 +277,12 @@ class Settings(BaseSettings):
     """queued or running image jobs from a URL per user; one more gets 429 with Retry-After"""
     user_jobs_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
     """the Retry-After of a 429 for too many active jobs"""
+    # A pool process is replaced after this many tasks, so a leak in a library (image
+    # decoders, XLSX writers) can't grow a worker without bound.
+    celery_worker_max_tasks_per_child: int | None = Field(default=1000, ge=1)
+    """tasks a worker process runs before it is replaced; unset: never replaced"""
+    celery_result_backend_max_retries: int = Field(default=3, ge=0, le=100)
+    """with CELERY_RESULT_BACKEND: retries of a result write that failed on a connection error"""
     celery_worker_concurrency: int | None = Field(default=None, ge=1)  # default: CPU count
     """worker processes (app worker -c N overrides); unset: the CPU count"""
     # How often the embedded broker's worker looks for new messages (it cannot be woken).
@@ -460,6 +501,8 @@ class Settings(BaseSettings):
     )
     """yen per unit of each currency when no provider is set (CUR=rate,...)"""
 
+    metrics_enabled: bool = True
+    """serve /metrics (Prometheus); off: no such route (404)"""
     metrics_token: SecretStr | None = None
     """production serves /metrics only with Authorization: Bearer <token>"""
     sentry_dsn: SecretStr | None = None
@@ -546,12 +589,20 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "ws_allowed_origins",
         "ssrf_allowed_networks",
+        "upload_allowed_extensions",
         mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit_post_write", "rate_limit_comment_write")
+    @classmethod
+    def _is_a_rate(cls, value: str) -> str:
+        # Parsed per request by their routes: a typo must stop the start, not answer 500.
+        parse_rate(value)  # ValueError names the text
         return value
 
     @model_validator(mode="after")
@@ -571,6 +622,18 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("unsafe production settings: " + "; ".join(problems))
         return self
+
+    @field_validator("upload_allowed_extensions")
+    @classmethod
+    def _verifiable_extensions(cls, value: list[str]) -> list[str]:
+        chosen = [extension.lower().lstrip(".") for extension in value]
+        unknown = sorted(set(chosen) - set(VERIFIABLE_UPLOAD_EXTENSIONS))
+        if unknown:
+            raise ValueError(
+                f"cannot check the content of {', '.join(unknown)} files; choose among"
+                f" {', '.join(VERIFIABLE_UPLOAD_EXTENSIONS)}"
+            )
+        return chosen
 
     @field_validator("ssrf_allowed_networks", "trusted_proxies")
     @classmethod
@@ -645,6 +708,10 @@ class Settings(BaseSettings):
     @property
     def json_logs(self) -> bool:
         return self.log_format == "json" if self.log_format else self.is_production
+
+    @property
+    def sql_echo(self) -> bool:
+        return self.database_echo if self.database_echo is not None else self.debug
 
     @property
     def is_production(self) -> bool:

@@ -75,6 +75,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
             pool_timeout=settings.database_pool_timeout_seconds,
+            echo=settings.sql_echo,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -85,7 +86,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
         pool_pre_ping=idle == 0,
-        pool_recycle=1800,
+        pool_recycle=settings.database_pool_recycle_seconds,
+        echo=settings.sql_echo,
     )
     if idle > 0:
         _ping_when_idle(engine, idle)
@@ -137,6 +139,9 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
+# Full-text columns PostgreSQL generates (a tsvector over a table's text, GIN-indexed), made
+# by migrations only: the models don't map them, as SQLite has none, so schema comparison
+# (autogenerate, the migration tests) leaves out every column by this name and its indexes.
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

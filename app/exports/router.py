@@ -20,7 +20,7 @@ FormatParam = Annotated[
 AcceptHeader = Annotated[str | None, Header(alias="accept", include_in_schema=False)]
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {
-        "content": {"text/csv": {}, "application/x-ndjson": {}},
+        "content": {"text/csv": {}, "application/x-ndjson": {}, "application/json": {}},
         "description": "Rows streamed as they are read",
     },
     429: {"description": "Over MAX_CONCURRENT_STREAMS_PER_USER downloads at once"},

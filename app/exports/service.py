@@ -1,5 +1,5 @@
-"""CSV and NDJSON exports streamed from the database in batches: memory stays flat whatever
-the row count, and no database connection is held while the client reads.
+"""CSV, NDJSON and JSON-array exports streamed from the database in batches: memory stays
+flat whatever the row count, and no database connection is held while the client reads.
 
 Each batch is a keyset query (`WHERE id > last ORDER BY id LIMIT n`) in a session of its own,
 closed before the batch is sent: a client that reads slowly, or not at all, holds a socket,
@@ -29,11 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.models import User
 from app.items.models import Item
 
-ExportFormat = Literal["csv", "ndjson"]
+ExportFormat = Literal["csv", "ndjson", "json"]
 AnySelect = Select[*tuple[Any, ...]]
 MEDIA_TYPES: dict[ExportFormat, str] = {
     "csv": "text/csv; charset=utf-8",
     "ndjson": "application/x-ndjson",
+    "json": "application/json",
 }
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP: CSV injection),
 # the full-width signs included: a Japanese IME types them, and Excel reads them as ASCII.
@@ -59,6 +60,8 @@ def choose_format(*, requested: ExportFormat | None, accept: str | None) -> Expo
         return requested
     if accept and ("application/x-ndjson" in accept or "application/jsonl" in accept):
         return "ndjson"
+    if accept and "application/json" in accept:
+        return "json"
     return "csv"
 
 
@@ -110,12 +113,21 @@ def _encode_csv(rows: Sequence[Row[Any]], header: Sequence[str] | None) -> bytes
     return buffer.getvalue().encode()
 
 
-def _encode_ndjson(rows: Sequence[Row[Any]], names: Sequence[str]) -> bytes:
-    lines = (
+def _json_objects(rows: Sequence[Row[Any]], names: Sequence[str]) -> list[str]:
+    return [
         json.dumps(dict(zip(names, map(_plain, row), strict=True)), ensure_ascii=False)
         for row in rows
-    )
-    return "".join(line + "\n" for line in lines).encode()
+    ]
+
+
+def _encode_ndjson(rows: Sequence[Row[Any]], names: Sequence[str]) -> bytes:
+    return "".join(line + "\n" for line in _json_objects(rows, names)).encode()
+
+
+def _encode_json_elements(rows: Sequence[Row[Any]], names: Sequence[str], *, first: bool) -> bytes:
+    """A batch of a JSON array's elements: a comma before each but the array's first."""
+    text = ",\n".join(_json_objects(rows, names))
+    return (text if first else ",\n" + text).encode()
 
 
 async def stream_export(
@@ -137,17 +149,22 @@ async def stream_export(
     page = statement.order_by(None).order_by(key).limit(batch_size)
     if export_format == "csv":
         yield _encode_csv([], names)
+    elif export_format == "json":
+        yield b"["  # one array, streamed: valid JSON only once the closing bracket arrives
     last: object = None
     while True:
         query = page if last is None else page.where(key > last)
         async with gate or contextlib.nullcontext(), sessionmaker() as session:
             batch = (await session.execute(query)).all()
-        if not batch:
-            return
-        last = batch[-1][0]
-        if export_format == "csv":
-            yield _encode_csv(batch, None)
-        else:
-            yield _encode_ndjson(batch, names)
+        if batch:
+            if export_format == "csv":
+                yield _encode_csv(batch, None)
+            elif export_format == "json":
+                yield _encode_json_elements(batch, names, first=last is None)
+            else:
+                yield _encode_ndjson(batch, names)
+            last = batch[-1][0]
         if len(batch) < batch_size:
-            return
+            break
+    if export_format == "json":
+        yield b"]\n"

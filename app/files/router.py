@@ -183,5 +183,6 @@ async def _store(
         content_type=request.headers.get("content-type"),
         max_bytes=settings.max_upload_bytes,
         quota=quota_for(settings),
+        allowed=frozenset(settings.upload_allowed_extensions),
         **target,
     )

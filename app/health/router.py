@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core import metrics
+from app.core.db import utcnow
 from app.core.dependencies import Services, ServicesDep, SettingsDep
 from app.core.errors import NoResource, Unauthorized
 from app.jobs import heartbeat
@@ -26,6 +27,8 @@ CHECK_TIMEOUT_SECONDS = 2.0
 
 class Liveness(BaseModel):
     status: Literal["ok"] = "ok"
+    version: str = Field(description="API_VERSION of the answering process")
+    time: datetime = Field(description="The process's clock, UTC")
 
 
 class CheckResult(BaseModel):
@@ -51,9 +54,9 @@ class Readiness(BaseModel):
 
 
 @router.get("", response_model=Liveness)
-async def liveness() -> Liveness:
+async def liveness(settings: SettingsDep) -> Liveness:
     """Liveness: the process answers. No I/O, so it stays cheap under any load."""
-    return Liveness()
+    return Liveness(version=settings.api_version, time=utcnow())
 
 
 async def _check(probe: Callable[[], Awaitable[object]], *, required: bool) -> CheckResult:
@@ -157,7 +160,10 @@ async def prometheus_metrics(
     request: Request, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> Response:
     """Prometheus text format. In production only with `Authorization: Bearer METRICS_TOKEN`
-    (and not at all without a token set): it tells an attacker a lot."""
+    (and not at all without a token set): it tells an attacker a lot. With METRICS_ENABLED off
+    the route answers as if it did not exist."""
+    if not settings.metrics_enabled:
+        raise NoResource(request.url.path)
     if settings.is_production:
         if settings.metrics_token is None:
             raise NoResource(request.url.path)

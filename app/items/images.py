@@ -42,7 +42,7 @@ async def upload_item_image(
         owner_id=item.owner_id,
         quota=quota_for(settings),
         item_id=item.id,
-        allowed=IMAGE_EXTENSIONS,
+        allowed=IMAGE_EXTENSIONS & set(settings.upload_allowed_extensions),
     )
     await images.enqueue_item_variants(session=session, jobs=jobs, row=row)
     return files.file_read(row)

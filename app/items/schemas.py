@@ -2,7 +2,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, WithJsonSchema
+from pydantic import ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from app.auth.schemas import UserPrivate
 from app.core.schemas import APIModel, CleanStr, CursorPage, InputModel, Page
@@ -33,6 +33,19 @@ class ItemCreate(InputModel):
     description: Description | None = None
     price: Price
     currency: Currency = Currency.JPY
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Brass lamp",
+                    "description": "1920s desk lamp, rewired",
+                    "price": "12800",
+                    "currency": "JPY",
+                }
+            ]
+        }
+    )
 
 
 class ItemUpdate(InputModel):

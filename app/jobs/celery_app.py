@@ -146,6 +146,11 @@ def make_celery(settings: Settings) -> AppCelery:
         result_expires=timedelta(seconds=settings.celery_result_expires_seconds),
         result_extended=True,
         worker_concurrency=settings.celery_worker_concurrency,
+        worker_max_tasks_per_child=settings.celery_worker_max_tasks_per_child,
+        # A result write failing on a connection error (a restarting Redis or database) is
+        # retried instead of failing a task that did its work.
+        result_backend_always_retry=settings.celery_result_backend_max_retries > 0,
+        result_backend_max_retries=settings.celery_result_backend_max_retries,
         worker_hijack_root_logger=False,  # our structlog setup stays in charge
         worker_send_task_events=False,
         # Remote control (revoke, inspect) needs broadcast, which the SQLite broker lacks.

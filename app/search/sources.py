@@ -1,26 +1,22 @@
 """What search looks through: one registration per source.
 
 A source names its model, the text columns its full-text index covers (in weight order, as
-its migration built the index with app.core.fulltext) and who may see a row. Adding posts:
-
-    SearchSource(
-        "posts", Post, ("title", "body"), lambda viewer: Post.deleted_at.is_(None)
-    ),
-
-plus the migration lines `fulltext.upgrade_ddl(dialect, "posts", ("title", "body"))` and
-`downgrade_ddl`.
+its migration built the index with app.core.fulltext) and who may see a row. A new source
+is one line here plus, in its migration, `fulltext.upgrade_ddl(dialect, table, columns)` and
+`downgrade_ddl` (as 0012_posts.py does).
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, true
 
 from app.articles import service as articles
 from app.articles.models import Article
 from app.auth.principal import Principal
 from app.items.models import Item
+from app.posts.models import Post
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,5 +30,7 @@ class SearchSource:
 SOURCES: tuple[SearchSource, ...] = (
     SearchSource("items", Item, ("title", "description"), lambda _: Item.deleted_at.is_(None)),
     SearchSource("articles", Article, ("title", "body"), articles.visible_to),
+    # Every post is public (a deleted post is gone, not hidden).
+    SearchSource("posts", Post, ("title", "body"), lambda _: true()),
 )
 SOURCE_NAMES = tuple(source.name for source in SOURCES)

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import StringConstraints
+from pydantic import ConfigDict, StringConstraints
 
 from app.auth.models import Role
 from app.auth.permissions import Permission
@@ -13,6 +13,10 @@ class UserSelfUpdate(InputModel):
     full_name: Annotated[CleanStr, StringConstraints(max_length=100)] | None = None
     bio: Annotated[CleanStr, StringConstraints(max_length=2000)] | None = None
     age: Age | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"full_name": "Hanako Yamada", "bio": "Keeps bees."}]}
+    )
 
 
 class UserAdminUpdate(InputModel):

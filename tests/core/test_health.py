@@ -1,6 +1,6 @@
 import asyncio
 import shutil
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -16,9 +16,12 @@ from tests.support.settings import make_settings
 
 
 async def test_liveness(client: httpx.AsyncClient) -> None:
+    before = datetime.now(UTC)
     response = await client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    body = response.json()
+    assert (body["status"], body["version"]) == ("ok", "1.0.0")  # API_VERSION's default
+    assert before <= datetime.fromisoformat(body["time"]) <= datetime.now(UTC)
 
 
 async def test_readiness_reports_the_database(client: httpx.AsyncClient) -> None:

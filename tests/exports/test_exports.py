@@ -107,6 +107,37 @@ async def test_items_ndjson_matches_the_database(
         assert line["created_at"] == row[5].isoformat()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the same encoding on both
+async def test_items_as_one_streamed_json_array(
+    client: httpx.AsyncClient, factory: Factory, app: FastAPI
+) -> None:
+    owner = await factory.account()
+    await make_items(factory, owner, 9)
+    expected = await db_rows(app, ITEM_COLUMNS, Item.owner_id == owner.id)
+    for query, accept in (("?format=json", None), ("", "application/json")):
+        headers = {**owner.headers, **({"Accept": accept} if accept else {})}
+        response = await client.get(f"/api/v1/exports/items{query}", headers=headers)
+        assert response.headers["content-type"] == "application/json"
+        assert ".json" in response.headers["content-disposition"]
+        assert [row["id"] for row in response.json()] == [row[0] for row in expected]
+    # Batches smaller than the export, one that ends exactly on a batch, and none at all.
+    for owner_id, batch_size in ((owner.id, 4), (owner.id, 3), (owner.id + 1, 4)):
+        chunks = [
+            chunk
+            async for chunk in stream_export(
+                sessionmaker=app.state.services.sessionmaker,
+                statement=items_query(owner_id=owner_id),
+                export_format="json",
+                batch_size=batch_size,
+            )
+        ]
+        rows = json.loads(b"".join(chunks))
+        assert [row["id"] for row in rows] == (
+            [row[0] for row in expected] if owner_id == owner.id else []
+        )
+        assert rows == [] or rows[0]["title"] == expected[0][1]  # data, not formula-escaped
+
+
 async def test_empty_export_has_a_header_only(client: httpx.AsyncClient, factory: Factory) -> None:
     owner = await factory.account()
     response = await client.get("/api/v1/exports/items", headers=owner.headers)

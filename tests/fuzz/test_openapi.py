@@ -58,6 +58,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.auth import service as auth_service
 from app.auth.models import Role, User
+from app.core.pagination import encode_cursor
 from tests.support.factories import DEFAULT_PASSWORD as PASSWORD
 from tests.support.factories import Account, Factory
 
@@ -86,7 +87,13 @@ SESSION_ENDING_OPERATIONS = frozenset(
 ENDLESS_OPERATIONS = frozenset({"GET /api/v1/notifications/stream"})
 # Path parameters that name rows. Generated ids nearly always miss (404), so some examples use
 # ids of rows that exist (seeded, or created by earlier examples): updates and deletes run.
-ID_PARAMETERS = {"user_id": "users", "item_id": "items", "order_id": "orders"}
+ID_PARAMETERS = {
+    "user_id": "users",
+    "item_id": "items",
+    "order_id": "orders",
+    "post_id": "posts",
+    "comment_id": "comments",
+}
 # Schemathesis's generic types, for any OpenAPI operation.
 Operation = schemathesis.APIOperation[Any, Any, Any, Any]
 Case = schemathesis.Case[Operation]
@@ -178,7 +185,8 @@ CODE_ONLY_RULES: dict[str, list[CodeOnlyRule]] = {
             )
         ]
         for label in ("GET /api/v2/items/", "GET /api/v1/chat/rooms/{room}/messages",
-                      "GET /api/v1/notifications", "GET /api/v1/orders/")
+                      "GET /api/v1/notifications", "GET /api/v1/orders/", "GET /api/v1/posts/",
+                      "GET /api/v1/posts/{post_id}/comments/")
     },
     "PATCH /api/v1/orders/{order_id}/status": [
         CodeOnlyRule(
@@ -357,6 +365,10 @@ class Fuzzer:
                 self.ids["items"].add(created["id"])
             elif label.endswith("/orders/"):
                 self.ids["orders"].add(created["id"])
+            elif label.endswith("/posts/"):
+                self.ids["posts"].add(created["id"])
+            elif label.endswith("/comments/"):
+                self.ids["comments"].add(created["id"])
         if label in SESSION_ENDING_OPERATIONS and response.is_success:
             self.token = (await self.new_session()).access_token
 
@@ -405,6 +417,24 @@ async def _order(client: httpx.AsyncClient, account: Account) -> int:
     return order_id
 
 
+async def _seed_post(client: httpx.AsyncClient, author: Account) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/posts/", json={"title": "Seed", "body": "A post"}, headers=author.headers
+    )
+    assert response.status_code == 201, response.text
+    post: dict[str, Any] = response.json()
+    return post
+
+
+async def _seed_comment(client: httpx.AsyncClient, author: Account, post_id: int) -> dict[str, Any]:
+    response = await client.post(
+        f"/api/v1/posts/{post_id}/comments/", json={"body": "A comment"}, headers=author.headers
+    )
+    assert response.status_code == 201, response.text
+    comment: dict[str, Any] = response.json()
+    return comment
+
+
 # Which backend each caller fuzzes. By default two of the four pairs: the superuser (who
 # reaches the most code, admin routes included) on PostgreSQL, the production database, and a
 # plain user on SQLite; each pair fuzzes every operation, so the four pairs took twice the CI
@@ -427,6 +457,11 @@ async def fuzzer(role: Role, app: FastAPI, client: httpx.AsyncClient, factory: F
     orders = [await _order(client, caller), await _order(client, other)]
     deleted = await client.delete(f"/api/v1/items/{items[-1]['id']}", headers=other.headers)
     assert deleted.status_code == 204, deleted.text
+    posts = [await _seed_post(client, caller), await _seed_post(client, other)]
+    comments = [
+        await _seed_comment(client, caller, posts[1]["id"]),
+        await _seed_comment(client, other, posts[0]["id"]),
+    ]
     first_page = await client.get("/api/v2/items/", params={"limit": 1})
     cursor = first_page.json()["next_cursor"]
     assert cursor, first_page.text
@@ -439,6 +474,8 @@ async def fuzzer(role: Role, app: FastAPI, client: httpx.AsyncClient, factory: F
             "users": {caller.id, other.id},
             "items": {item["id"] for item in items},
             "orders": set(orders),
+            "posts": {post["id"] for post in posts},
+            "comments": {comment["id"] for comment in comments},
         },
     )
     # A session of its own for /auth/refresh, whose reuse detection revokes the whole session.
@@ -453,6 +490,11 @@ async def fuzzer(role: Role, app: FastAPI, client: httpx.AsyncClient, factory: F
         "GET /api/v2/items/": {"query": {"cursor": cursor}},
         # Any current version: the status machine itself runs, not only its 428 and 412.
         "PATCH /api/v1/orders/{order_id}/status": {"headers": {"If-Match": "*"}},
+        # Cursors we issued: older than the newest post, and than the newest comment.
+        "GET /api/v1/posts/": {"query": {"cursor": encode_cursor(posts[-1]["id"])}},
+        "GET /api/v1/posts/{post_id}/comments/": {
+            "query": {"cursor": encode_cursor(comments[-1]["id"])}
+        },
     }
     return fuzzer
 

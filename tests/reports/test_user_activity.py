@@ -19,6 +19,7 @@ from app.auth.models import AuthSession, Role
 from app.core.db import utcnow
 from app.items.models import Item
 from app.jobs.models import Job
+from app.posts.models import Comment, Post
 from app.reports import output, user_activity
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Factory
@@ -58,14 +59,32 @@ async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook
             await session.commit()
 
     async with app.state.services.sessionmaker() as session:
+        mine = Post(author_id=me.id, title="Mine", body="b", created_at=at(3, 9))
+        theirs = Post(author_id=other.id, title="Theirs", body="b", created_at=at(1, 9))
+        session.add_all([mine, theirs])
+        await session.flush()
+        session.add_all(
+            [
+                Comment(post_id=theirs.id, author_id=me.id, body="c", created_at=at(1, 10)),
+                Comment(post_id=mine.id, author_id=other.id, body="c", created_at=at(3, 10)),
+            ]
+        )
+        await session.commit()
+
+    async with app.state.services.sessionmaker() as session:
         report = await user_activity.user_activity(
             session=session, user_id=me.id, start=START, end=END
         )
 
-    assert [source.key for source in report.sources] == ["logins", "items"]
+    assert [source.key for source in report.sources] == ["logins", "items", "posts", "comments"]
     assert report.days == [START, date(2020, 3, 2), END]
-    assert report.counts == {"logins": [2, 0, 1], "items": [0, 2, 0]}
-    assert report.summary()["totals"] == {"logins": 3, "items": 2}
+    assert report.counts == {
+        "logins": [2, 0, 1],
+        "items": [0, 2, 0],
+        "posts": [0, 0, 1],
+        "comments": [1, 0, 0],
+    }
+    assert report.summary()["totals"] == {"logins": 3, "items": 2, "posts": 1, "comments": 1}
     assert report.summary()["username"] == me.username
 
     path = tmp_path / "report.xlsx"
@@ -74,9 +93,9 @@ async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook
     book = openpyxl.load_workbook(io.BytesIO(content))
     assert book.sheetnames == ["Activity per day", "Summary"]
     rows = list(book["Activity per day"].iter_rows(values_only=True))
-    assert rows[0] == ("Date", "Logins", "Items created")
-    assert [(r[0].date(), r[1], r[2]) for r in rows[1:]] == [
-        (START, 2, 0), (date(2020, 3, 2), 0, 2), (END, 1, 0),
+    assert rows[0] == ("Date", "Logins", "Items created", "Posts written", "Comments written")
+    assert [(r[0].date(), *r[1:]) for r in rows[1:]] == [
+        (START, 2, 0, 0, 1), (date(2020, 3, 2), 0, 2, 0, 0), (END, 1, 0, 1, 0),
     ]  # fmt: skip
     summary = {r[0]: r[1] for r in book["Summary"].iter_rows(min_row=2, values_only=True)}
     assert summary["Username"] == me.username
@@ -87,7 +106,7 @@ async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook
     assert "<c:barChart>" in chart
     referenced = set(re.findall(r"<c:f>([^<]+)</c:f>", chart))
     # One series per counted source: a source added to SOURCES shows up here by itself.
-    assert {"'Activity per day'!$B$2:$B$4", "'Activity per day'!$C$2:$C$4"} <= referenced
+    assert {f"'Activity per day'!${c}$2:${c}$4" for c in "BCDE"} <= referenced
 
 
 @ON_POSTGRES

@@ -51,6 +51,8 @@ def make_settings(data_dir: Path, database_url: str | None = None, **overrides: 
         "rate_limit_login_account_global": GENEROUS_LIMIT,
         "rate_limit_register": GENEROUS_LIMIT,
         "rate_limit_search": GENEROUS_LIMIT,
+        "rate_limit_post_write": GENEROUS_LIMIT,
+        "rate_limit_comment_write": GENEROUS_LIMIT,
         # Tests change a dependency and read readiness at once; its reuse has its own test.
         "readiness_cache_seconds": 0,
     }
