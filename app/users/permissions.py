@@ -6,6 +6,7 @@ applies it on the user's next request instead of when the snapshot expires.
 """
 
 import logging
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -60,14 +61,7 @@ async def grant(
     }
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     result = await session.execute(insert(UserPermission).values(**values).on_conflict_do_nothing())
-    await session.commit()
-    if getattr(result, "rowcount", 0):
-        logger.info(
-            "permission granted",
-            extra={"actor_id": actor.id, "user_id": user.id, "permission": str(permission)},
-        )
-        await principals.forget_user(session=session, cache=cache, user_id=user.id)
-    return await read(session=session, user=user)
+    return await _committed(session, cache, result, "granted", actor, user, permission)
 
 
 async def revoke(
@@ -81,10 +75,24 @@ async def revoke(
             UserPermission.user_id == user.id, UserPermission.permission == str(permission)
         )
     )
+    return await _committed(session, cache, result, "revoked", actor, user, permission)
+
+
+async def _committed(
+    session: AsyncSession,
+    cache: Cache,
+    result: Any,
+    change: str,
+    actor: Principal,
+    user: User,
+    permission: Permission,
+) -> UserPermissionsRead:
+    """Commit a grant or revocation; if a row changed, log it and drop the user's snapshots
+    (after the commit: a reader must not cache the old grants again from the database)."""
     await session.commit()
     if getattr(result, "rowcount", 0):
         logger.info(
-            "permission revoked",
+            f"permission {change}",
             extra={"actor_id": actor.id, "user_id": user.id, "permission": str(permission)},
         )
         await principals.forget_user(session=session, cache=cache, user_id=user.id)

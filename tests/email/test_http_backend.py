@@ -5,7 +5,6 @@ delivering through it, a transient failure retried to one delivery included, is 
 tests/reports/test_report_jobs.py (one worker for all of issue 15's job tests: CI time)."""
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,15 +19,6 @@ from tests.support.settings import make_settings
 
 MAX_RETRIES = 2
 DEADLINE_SECONDS = 30.0
-
-
-@pytest.fixture(scope="module")
-def mail_api() -> Iterator[MailApiServer]:
-    server = MailApiServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _settings(tmp_path: Path, server: MailApiServer, **overrides: object) -> Settings:
