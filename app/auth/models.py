@@ -2,7 +2,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import ForeignKey, Index, SmallInteger, String, Text, func
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, BigIntPK, TimestampMixin, str_enum, utcnow
 
@@ -36,12 +36,9 @@ class User(TimestampMixin, Base):
     is_verified: Mapped[bool] = mapped_column(default=False)
     last_login_at: Mapped[datetime | None]
     age: Mapped[int | None] = mapped_column(SmallInteger)
-    # The user's items (app.items.models.Item), named by string: items stand above identity
-    # in the layers, so this module can't import them, even for typing. Never loaded lazily
-    # (lazy="raise"): a reader asks for them with selectinload, bounded (app.items.service).
-    items: Mapped[list[Base]] = relationship(
-        "Item", lazy="raise", order_by="Item.id", viewonly=True
-    )
+    # `User.items`, `User.orders` and `User.posts` are declared from their domains' side
+    # (backrefs): those stand above identity in the layers, and a relationship named here by
+    # string would break every process that maps users without importing them.
 
     @property
     def is_admin(self) -> bool:

@@ -3,8 +3,9 @@ from decimal import Decimal
 from enum import StrEnum
 
 from sqlalchemy import ForeignKey, Numeric, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, backref, mapped_column, relationship
 
+from app.auth.models import User
 from app.core.db import Base, BigIntPK, TimestampMixin, str_enum
 
 
@@ -26,3 +27,11 @@ class Item(TimestampMixin, Base):
         BigIntPK, ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     deleted_at: Mapped[datetime | None] = mapped_column(index=True)
+    # `User.items` comes with it (a backref: auth sits below items). Read-only, and never
+    # loaded lazily: a reader asks with selectinload, bounded (app.items.service).
+    owner: Mapped[User] = relationship(
+        User,
+        lazy="raise",
+        viewonly=True,
+        backref=backref("items", lazy="raise", viewonly=True, order_by="Item.id"),
+    )

@@ -1,7 +1,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,6 +22,13 @@ from app.users.errors import UserNotFound
 
 # Every write bumps this namespace's generation: cached items and pages retire together.
 CACHE_NAMESPACE = "items"
+
+
+def _user_items() -> Any:
+    """`User.items`, the backref app.items.models declares (mypy can't see a backref)."""
+    return User.items  # type: ignore[attr-defined]
+
+
 CACHE_TTL_SECONDS = 60.0
 
 ItemOrder = Literal["id", "-id", "created_at", "-created_at", "price", "-price", "title", "-title"]
@@ -199,11 +206,11 @@ async def user_items_page(
     page_ids = (
         select(Item.id).where(live).order_by(Item.id).offset((page - 1) * per_page).limit(per_page)
     )
-    user = (
+    user: Any = (
         await session.execute(
             select(User)
             .where(User.id == user_id)
-            .options(selectinload(User.items.and_(Item.id.in_(page_ids))))
+            .options(selectinload(_user_items().and_(Item.id.in_(page_ids))))
             # The user may be in this session already (the principal's checks): load afresh.
             .execution_options(populate_existing=True)
         )
