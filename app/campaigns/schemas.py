@@ -4,7 +4,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from app.campaigns.models import CampaignStatus
-from app.core.db import MAX_ID
+from app.core.db import MAX_JSON_ID
 from app.core.schemas import APIModel, Email, InputModel
 from app.jobs.schemas import TaskAccepted
 
@@ -13,7 +13,7 @@ Subject = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 Body = Annotated[str, StringConstraints(min_length=1, max_length=100_000, pattern=r"^[^\x00]*$")]
-UserId = Annotated[int, Field(ge=1, le=MAX_ID)]
+UserId = Annotated[int, Field(ge=1, le=MAX_JSON_ID)]
 
 
 class TestEmailRequest(InputModel):

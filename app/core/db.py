@@ -32,6 +32,10 @@ NAMING_CONVENTION = {
 # 64-bit keys on PostgreSQL; SQLite only auto-increments a column typed exactly INTEGER.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 MAX_ID = 2**63 - 1
+# The bound for ids inside JSON bodies: FastAPI writes a body field's bounds into OpenAPI as
+# floats, and 2**63 - 1 becomes 2**63 there, so the document would allow an id the validation
+# refuses. Every integer up to 2**53 is exact as a float, and no sequence gets near it.
+MAX_JSON_ID = 2**53
 
 
 def utcnow() -> datetime:

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AnyUrl, ConfigDict, Field, UrlConstraints, model_validator
 
-from app.core.db import MAX_ID
+from app.core.db import MAX_JSON_ID
 from app.core.schemas import APIModel, InputModel
 
 MAX_DIMENSION = 8192  # of any size an operation asks for
@@ -90,7 +90,7 @@ class ProcessRequest(InputModel):
 
     model_config = ConfigDict(json_schema_extra={"oneOf": [_present("file_id"), _present("url")]})
 
-    file_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    file_id: int | None = Field(default=None, ge=1, le=MAX_JSON_ID)
     url: HttpUrl | None = None
     operations: Operations
     format: OutputFormat = Field(default="source", description="`source` keeps the input's")

@@ -3,6 +3,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
+from app.core.db import MAX_JSON_ID
 from app.core.schemas import NO_NUL_PATTERN, APIModel, CursorPage, InputModel
 
 ROOM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -31,7 +32,7 @@ class RoomRead(APIModel):
 
 
 class MemberAdd(InputModel):
-    user_id: Annotated[int, Field(ge=1, le=2**63 - 1)]
+    user_id: Annotated[int, Field(ge=1, le=MAX_JSON_ID)]
 
 
 class ChatMessageRead(APIModel):

@@ -4,7 +4,7 @@ from typing import Annotated, Self
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from app.core.db import MAX_ID, utcnow
+from app.core.db import MAX_JSON_ID, utcnow
 from app.core.schemas import APIModel, InputModel
 
 # One report covers at most a year (a leap year included): bounds the work of one task.
@@ -64,7 +64,7 @@ def _json_integer(value: object) -> object:
 
 
 # The bounds before the validator: so they stay on the integer, and in the document.
-UserRef = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_json_integer)]
+UserRef = Annotated[int, Field(ge=1, le=MAX_JSON_ID), BeforeValidator(_json_integer)]
 Days = Annotated[int, Field(ge=1, le=MAX_REPORT_DAYS), BeforeValidator(_json_integer)]
 
 
