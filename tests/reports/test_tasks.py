@@ -15,13 +15,13 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, update
 
-from app.auth.models import AuthSession, Role, User
+from app.auth.models import Role, User
 from app.core.db import utcnow
 from app.files.models import StoredFile
 from app.items.models import Item
 from app.jobs.models import FINISHED, Job
 from tests.support.assertions import assert_envelope
-from tests.support.factories import Account, Factory
+from tests.support.factories import Account, Factory, login_row
 from tests.support.waiting import eventually_async
 from tests.support.workers import TASK_DEADLINE_SECONDS, JobsStack, wait_for_task
 
@@ -43,15 +43,7 @@ async def _known_activity(app: FastAPI, factory: Factory) -> None:
             await session.execute(update(User).where(User.id == user_id).values(created_at=when))
         for user_id, when in [(a.id, at(1, 9)), (a.id, at(1, 23, 59)), (b.id, at(2, 12)),
                               (c.id, at(4, 8, 0, JST))]:  # fmt: skip  # c: 3rd 23:00 UTC
-            session.add(
-                AuthSession(
-                    id=uuid.uuid4().hex,
-                    user_id=user_id,
-                    created_at=when,
-                    expires_at=when + timedelta(days=14),
-                    scopes="",
-                )
-            )
+            session.add(login_row(user_id, when))
         await session.commit()
     for owner, when in [(a, at(1, 12)), (b, at(3, 5, 0, JST))]:  # the second: 2nd 20:00 UTC
         item = await factory.item(owner)

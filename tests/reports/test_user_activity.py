@@ -4,7 +4,6 @@ The job end to end (a real worker, the file downloaded) is in test_report_jobs.p
 
 import io
 import re
-import uuid
 import zipfile
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,14 +14,14 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from app.auth.models import AuthSession, Role
+from app.auth.models import Role
 from app.core.db import utcnow
 from app.items.models import Item
 from app.jobs.models import Job
 from app.posts.models import Comment, Post
 from app.reports import output, user_activity
 from tests.support.assertions import assert_envelope
-from tests.support.factories import Factory
+from tests.support.factories import Factory, login_row
 
 START, END = date(2020, 3, 1), date(2020, 3, 3)
 URL = "/api/v1/reports/user-activity"
@@ -42,15 +41,7 @@ async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook
               (other.id, at(1, 12))]  # fmt: skip  # the 4th of March is after the period
     async with app.state.services.sessionmaker() as session:
         for user_id, when in logins:
-            session.add(
-                AuthSession(
-                    id=uuid.uuid4().hex,
-                    user_id=user_id,
-                    created_at=when,
-                    expires_at=when + timedelta(days=14),
-                    scopes="",
-                )
-            )
+            session.add(login_row(user_id, when))
         await session.commit()
     for owner, when in [(me, at(2, 6)), (me, at(2, 7)), (other, at(2, 8))]:
         item = await factory.item(owner)

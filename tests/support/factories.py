@@ -1,14 +1,16 @@
 """Builders for test data, through the public API wherever the API can do it."""
 
 import itertools
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 from sqlalchemy import select, update
 
-from app.auth.models import Role, User
+from app.auth.models import AuthSession, Role, User
 from app.auth.schemas import UserPrivate
 
 DEFAULT_PASSWORD = "Correct-horse-1"
@@ -90,3 +92,14 @@ class Factory:
         assert response.status_code == 201, response.text
         data: dict[str, Any] = response.json()
         return data
+
+
+def login_row(user_id: int, at: datetime) -> AuthSession:
+    """A session row as a login at `at` leaves it: for counting logins on chosen days."""
+    return AuthSession(
+        id=uuid.uuid4().hex,
+        user_id=user_id,
+        created_at=at,
+        expires_at=at + timedelta(days=14),
+        scopes="",
+    )
