@@ -72,7 +72,7 @@ RESET_LIMIT = 4  # RATE_LIMIT_PASSWORD_RESET per client address, for the shared-
 START_DEADLINE = 60.0
 DEADLINE = 15.0
 UPLOAD_BYTES = 27 * 1024 * 1024
-PARTITION_SECONDS = 12.0  # longest the partition test keeps api1 cut off
+PARTITION_SECONDS = 15.0  # longest the partition test keeps api1 cut off: > fail_timeout + connect
 SECURITY_HEADERS = (
     "strict-transport-security",
     "x-content-type-options",
@@ -785,17 +785,20 @@ async def test_a_partitioned_api_gives_bounded_errors_and_latency(stack: Stack) 
                 latencies.append(time.monotonic() - started)
                 statuses.append(response.status_code)
 
-            # Bounded in count and time. nginx may still hold api1 as failed from the last
-            # test (fail_timeout): go on until its log shows it tried api1 and gave up.
+            # nginx may still hold api1 as failed from the last test (its SIGTERM): for
+            # fail_timeout (10 s, nginx's default) no request goes there, however many are sent.
+            # So the loop is bounded in time, not count (CI once sent its 80 requests within that
+            # window and never reached api1), and paced: what is awaited is real time passing.
             def tried_api1() -> bool:
                 return f"{api1.address}:{API_PORT}" in stack.nginx.text()[log_before:]
 
             started = time.monotonic()
             async with asyncio.timeout(PARTITION_SECONDS + 2 * bound):
-                while len(statuses) < 80 and time.monotonic() - started < PARTITION_SECONDS:
+                while time.monotonic() - started < PARTITION_SECONDS:
                     await asyncio.gather(*(one() for _ in range(4)))
                     if tried_api1() and len(statuses) >= 12:
                         break
+                    await asyncio.sleep(0.1)
     finally:
         api1.link(up=True)
     errors = [s for s in statuses if s != 200]
