@@ -77,7 +77,7 @@ class WorkerProcess:
     def stop(self) -> None:
         """Warm shutdown (SIGTERM): running tasks finish; the group is killed after a deadline."""
         if self.group is not None:
-            self.group.stop(signal.SIGTERM, grace=STOP_DEADLINE_SECONDS)
+            self.group.stop(signal.SIGTERM, grace=STOP_DEADLINE_SECONDS, leader_only=True)
 
     def kill(self) -> None:
         """SIGKILL to the worker and its pool processes: a crash, nothing cleaned up."""

@@ -1,4 +1,4 @@
-"""Soak (issue 13 item 9), the CI version: bench/soak.py's mixed workload for 60 s against two
+"""Soak (issue 13 item 9), the CI version: bench/soak.py's mixed workload for 30 s against two
 `app api` processes, one worker, PostgreSQL and Redis (`SOAK_SECONDS` overrides the length).
 
 Memory is bounded at 25% per API process rather than the 10-minute run's 10%: in a minute the
@@ -18,7 +18,7 @@ from tests.support.servers import PostgresServer, RedisServer
 
 pytestmark = pytest.mark.postgres
 
-SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 WARMUP_SECONDS = 3.0
 RATE = 8.0  # operations/s: a few requests each, well under what two processes serve here
 CONCURRENCY = 16
