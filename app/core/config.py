@@ -498,7 +498,7 @@ class Settings(BaseSettings):
     exchange_rates_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     """a provider slower than this fails the request with 504"""
     exchange_rates_cache_seconds: float = Field(default=600.0, ge=0, le=24 * 3600)
-    """how long a fetched rate is reused (per process)"""
+    """how long a fetched rate is reused (by every process sharing REDIS_URL)"""
     exchange_rates_static: str = Field(
         default="USD=150.00,EUR=160.00",
         pattern=r"^[A-Z]{3}=[0-9]+(\.[0-9]+)?(,[A-Z]{3}=[0-9]+(\.[0-9]+)?)*$",
