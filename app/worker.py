@@ -40,6 +40,7 @@ TASK_MODULES = [
     "app.reports.tasks",
     "app.email.tasks",
     "app.campaigns.tasks",
+    "app.orders.tasks",
 ]
 
 

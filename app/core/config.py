@@ -486,6 +486,10 @@ class Settings(BaseSettings):
     # order it made (the same body) or 409 (another body); after it the key is new again.
     order_idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=30 * 24 * 3600)
     """how long an order's Idempotency-Key answers with that order"""
+    # The hourly purge clears expired keys in batches of this many orders, one commit each, so
+    # no single transaction holds a large share of the table.
+    order_idempotency_purge_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    """orders whose expired Idempotency-Key one purge transaction clears"""
     # Totals in JPY: rates from a Frankfurter-style provider (GET {url}?from=USD&to=JPY ->
     # {"rates": {"JPY": 151.2}}) over the shared outbound HTTP client; unset: the static
     # table below, so embedded mode works offline.
@@ -494,7 +498,7 @@ class Settings(BaseSettings):
     exchange_rates_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     """a provider slower than this fails the request with 504"""
     exchange_rates_cache_seconds: float = Field(default=600.0, ge=0, le=24 * 3600)
-    """how long a fetched rate is reused (per process)"""
+    """how long a fetched rate is reused (by every process sharing REDIS_URL)"""
     exchange_rates_static: str = Field(
         default="USD=150.00,EUR=160.00",
         pattern=r"^[A-Z]{3}=[0-9]+(\.[0-9]+)?(,[A-Z]{3}=[0-9]+(\.[0-9]+)?)*$",

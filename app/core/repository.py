@@ -10,7 +10,8 @@ what is special to it: its filters, its rules. What the repository does for ever
 - `count(session, where=...)`;
 - `create(session, **values)`: added and flushed, so it has its id;
 - `update(session, row, values)`: sets the given fields, flushes;
-- `soft_delete(session, row)`: stamps `deleted_at` (models with that column only).
+- `soft_delete(session, row)`: stamps `deleted_at` (models with that column only);
+- `delete(session, row)`: removes the row for good (what the database cascades goes with it).
 
 Nothing here commits: a request commits once, through `unit_of_work(session)`, which commits
 on success, rolls back on any exception, and then runs the callbacks registered with
@@ -25,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, inspect, select
+from sqlalchemy import ColumnElement, Select, delete, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.interfaces import ORMOption
@@ -143,6 +144,12 @@ class Repository(Generic[ModelT]):
         setattr(row, self.deleted_at.key, utcnow())
         await session.flush()
         return True
+
+    async def delete(self, session: AsyncSession, row: ModelT) -> None:
+        """Deletes the row by its key with one DELETE statement, not `session.delete`: the
+        database's ON DELETE rules remove what depends on it, and no relationship is loaded
+        to cascade in Python (they may be `lazy="raise"`). The row leaves the session."""
+        await session.execute(delete(self.model).where(self.key == getattr(row, self.key.key)))
 
 
 AfterCommit = Callable[[], Awaitable[None]]

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
@@ -185,7 +185,7 @@ async def soft_delete(*, session: AsyncSession, cache: Cache, item: Item) -> Non
 
 async def hard_delete(*, session: AsyncSession, cache: Cache, item: Item) -> None:
     async with unit_of_work(session) as work:
-        await session.execute(delete(Item).where(Item.id == item.id))
+        await items.delete(session, item)
         _retire_cache(work, cache)
 
 

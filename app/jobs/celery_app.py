@@ -57,6 +57,11 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": crontab(hour=3, minute=17),
     },
     "purge-jobs": {"task": "app.maintenance.purge_jobs", "schedule": crontab(hour=3, minute=47)},
+    # Expired order Idempotency-Keys (ORDER_IDEMPOTENCY_TTL_SECONDS, a day by default).
+    "purge-order-keys": {
+        "task": "app.maintenance.purge_order_keys",
+        "schedule": crontab(minute=37),
+    },
     "daily-report": {"task": "app.reports.daily", "schedule": crontab(hour=0, minute=30)},
     # Mail whose enqueue was lost, or whose sender died, goes out within minutes.
     "email-sweep-outbox": {"task": "app.email.sweep_outbox", "schedule": 120.0},

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -335,3 +335,42 @@ async def change_status(
     except StaleDataError as exc:  # another writer got there between our read and write
         raise StaleVersion() from exc
     return order
+
+
+# -- maintenance ------------------------------------------------------------------------------
+
+
+async def purge_expired_keys(
+    *, session: AsyncSession, expired_before: datetime, batch_size: int
+) -> int:
+    """Clears the Idempotency-Key of orders whose key expired before `expired_before` (the
+    orders stay); returns how many. One commit per `batch_size` orders. It ends: a batch only
+    takes keys already expired, which no request can set again (a new key expires later).
+
+    A Core UPDATE: the key is no part of what the API shows, so neither the version (the
+    ETag: a client's If-Match stays valid) nor `updated_at` moves."""
+    purged = 0
+    while True:
+        batch = (
+            select(Order.id)
+            .where(Order.idempotency_expires_at < expired_before)
+            .order_by(Order.id)
+            .limit(batch_size)
+        )
+        async with unit_of_work(session):
+            ids = (await session.scalars(batch)).all()
+            if ids:
+                await session.execute(
+                    update(Order)
+                    .where(Order.id.in_(ids))
+                    .values(
+                        idempotency_key=None,
+                        idempotency_hash=None,
+                        idempotency_expires_at=None,
+                        updated_at=Order.updated_at,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+        purged += len(ids)
+        if len(ids) < batch_size:
+            return purged

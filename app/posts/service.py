@@ -1,11 +1,14 @@
 """Posts and comments: every read that lists posts carries their comment counts from one
 statement (a correlated count per row of the page, served by ix_comments_post_id_id), with
-the author eager-loaded in the same statement, so a page costs one query whatever its size."""
+the author eager-loaded in the same statement, so a page costs one query whatever its size.
+
+Data access goes through `app.core.repository` (one unit of work per change): its statements
+are the base the reads here extend with the count and the author."""
 
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
@@ -13,6 +16,7 @@ from sqlalchemy.orm import joinedload
 from app.auth.principal import Principal
 from app.core.config import Settings
 from app.core.pagination import after_cursor, cursor_page
+from app.core.repository import Repository, unit_of_work
 from app.posts.errors import CommentNotFound, PostNotFound, TextTooLong
 from app.posts.models import Comment, Post
 from app.posts.schemas import (
@@ -23,6 +27,10 @@ from app.posts.schemas import (
     PostRead,
     PostUpdate,
 )
+
+# Both are paged by keyset on the id (newest first), never by a client-chosen column.
+posts = Repository(Post, order_columns={"id": Post.id})
+comments = Repository(Comment, order_columns={"id": Comment.id})
 
 
 def _comment_count() -> Any:
@@ -35,8 +43,8 @@ def _comment_count() -> Any:
     )
 
 
-def _posts() -> Select[Post, int]:
-    return select(Post, _comment_count()).options(joinedload(Post.author))
+def _posts(*where: ColumnElement[bool]) -> Select[Any]:
+    return posts.select(*where).add_columns(_comment_count()).options(joinedload(Post.author))
 
 
 def _post_read(post: Post, comment_count: int) -> PostRead:
@@ -80,7 +88,7 @@ def _check_comment_bounds(settings: Settings, body: str) -> None:
 
 
 async def read_post(*, session: AsyncSession, post_id: int) -> PostRead:
-    row = (await session.execute(_posts().where(Post.id == post_id))).one_or_none()
+    row = (await session.execute(_posts(Post.id == post_id))).one_or_none()
     if row is None:
         raise PostNotFound(post_id)
     post, comment_count = row
@@ -91,17 +99,15 @@ async def list_posts(
     *, session: AsyncSession, author_id: int | None, limit: int, cursor: str | None
 ) -> tuple[list[PostRead], str | None]:
     """Newest first, by keyset cursor; one statement per page."""
-    statement = _posts()
-    if author_id is not None:
-        statement = statement.where(Post.author_id == author_id)
-    statement = after_cursor(statement, Post.id, cursor=cursor, limit=limit)
+    where = [] if author_id is None else [Post.author_id == author_id]
+    statement = after_cursor(_posts(*where), Post.id, cursor=cursor, limit=limit)
     rows = (await session.execute(statement)).all()
     page, next_cursor = cursor_page(rows, limit=limit, key=lambda row: row[0].id)
     return [_post_read(post, count) for post, count in page], next_cursor
 
 
 async def load_post(*, session: AsyncSession, post_id: int) -> Post:
-    post = await session.get(Post, post_id)
+    post = await posts.get(session, post_id)
     if post is None:
         raise PostNotFound(post_id)
     return post
@@ -111,18 +117,11 @@ async def create_post(
     *, session: AsyncSession, settings: Settings, data: PostCreate, author: Principal
 ) -> PostRead:
     _check_post_bounds(settings, title=data.title, body=data.body)
-    post = Post(title=data.title, body=data.body, author_id=author.id)
-    session.add(post)
-    return await _commit_and_read_post(session, post)
-
-
-async def _commit_and_read_post(session: AsyncSession, post: Post) -> PostRead:
     # Read inside the writing transaction, then commit: the answer is exactly what this
     # transaction wrote (with the comment count as of that moment), in one round of locks.
-    await session.flush()
-    written = await read_post(session=session, post_id=post.id)
-    await session.commit()
-    return written
+    async with unit_of_work(session):
+        post = await posts.create(session, title=data.title, body=data.body, author_id=author.id)
+        return await read_post(session=session, post_id=post.id)
 
 
 async def update_post(
@@ -130,22 +129,22 @@ async def update_post(
 ) -> PostRead:
     changes = data.model_dump(exclude_unset=True)
     _check_post_bounds(settings, title=changes.get("title"), body=changes.get("body"))
-    for field, value in changes.items():
-        setattr(post, field, value)
-    return await _commit_and_read_post(session, post)
+    async with unit_of_work(session):  # as create_post: read in the writing transaction
+        await posts.update(session, post, changes)
+        return await read_post(session=session, post_id=post.id)
 
 
 async def delete_post(*, session: AsyncSession, post: Post) -> None:
     """Its comments go with it (ON DELETE CASCADE)."""
-    await session.execute(delete(Post).where(Post.id == post.id))
-    await session.commit()
+    async with unit_of_work(session):
+        await posts.delete(session, post)
 
 
 # -- comments ---------------------------------------------------------------------------------
 
 
-def _comments(post_id: int) -> Select[Comment]:
-    return select(Comment).where(Comment.post_id == post_id).options(joinedload(Comment.author))
+def _comments(post_id: int) -> Select[Any]:
+    return comments.select(Comment.post_id == post_id).options(joinedload(Comment.author))
 
 
 async def _read_comment(*, session: AsyncSession, post_id: int, comment_id: int) -> CommentRead:
@@ -169,7 +168,7 @@ async def list_comments(
 
 
 async def load_comment(*, session: AsyncSession, post_id: int, comment_id: int) -> Comment:
-    comment = await session.get(Comment, comment_id)
+    comment = await comments.get(session, comment_id)
     if comment is None or comment.post_id != post_id:
         raise CommentNotFound(post_id, comment_id)
     return comment
@@ -185,31 +184,25 @@ async def create_comment(
 ) -> CommentRead:
     _check_comment_bounds(settings, data.body)
     await load_post(session=session, post_id=post_id)
-    comment = Comment(post_id=post_id, author_id=author.id, body=data.body)
-    session.add(comment)
     try:
-        await session.flush()
-    except IntegrityError as exc:  # the post was deleted since load_post
-        await session.rollback()
+        async with unit_of_work(session):  # as create_post: read in the writing transaction
+            comment = await comments.create(
+                session, post_id=post_id, author_id=author.id, body=data.body
+            )
+            return await _read_comment(session=session, post_id=post_id, comment_id=comment.id)
+    except IntegrityError as exc:  # the post was deleted since load_post (rolled back)
         raise PostNotFound(post_id) from exc
-    return await _commit_and_read_comment(session, comment)
-
-
-async def _commit_and_read_comment(session: AsyncSession, comment: Comment) -> CommentRead:
-    await session.flush()  # as _commit_and_read_post: read in the writing transaction
-    written = await _read_comment(session=session, post_id=comment.post_id, comment_id=comment.id)
-    await session.commit()
-    return written
 
 
 async def update_comment(
     *, session: AsyncSession, settings: Settings, comment: Comment, data: CommentUpdate
 ) -> CommentRead:
     _check_comment_bounds(settings, data.body)
-    comment.body = data.body
-    return await _commit_and_read_comment(session, comment)
+    async with unit_of_work(session):
+        await comments.update(session, comment, {"body": data.body})
+        return await _read_comment(session=session, post_id=comment.post_id, comment_id=comment.id)
 
 
 async def delete_comment(*, session: AsyncSession, comment: Comment) -> None:
-    await session.execute(delete(Comment).where(Comment.id == comment.id))
-    await session.commit()
+    async with unit_of_work(session):
+        await comments.delete(session, comment)

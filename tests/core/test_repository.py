@@ -50,6 +50,10 @@ async def test_crud_filters_order_count_and_soft_delete(app: FastAPI, factory: F
         assert deleted.title == "renamed"
         assert await items.count(session) == 2
         assert await items.count(session, include_deleted=True) == 3
+        async with unit_of_work(session):  # for good, soft-deleted or not
+            await items.delete(session, deleted)
+        assert await items.get(session, first.id, include_deleted=True) is None
+        assert await items.count(session, include_deleted=True) == 2
 
         with pytest.raises(ValueError, match="can't be ordered"):
             await items.list(session, order_by="owner_id")

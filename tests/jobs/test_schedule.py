@@ -16,7 +16,7 @@ def test_every_scheduled_task_exists_and_routes_off_the_default_queue(tmp_path: 
     schedule = celery.conf.beat_schedule
     assert {
         "heartbeat", "purge-sessions", "purge-files", "purge-jobs", "daily-report",
-        "reconcile-jobs",
+        "reconcile-jobs", "purge-order-keys",
     } <= set(schedule)  # fmt: skip
     router = celery.amqp.router  # the routing send_task applies
     for entry in schedule.values():

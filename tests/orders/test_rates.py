@@ -3,10 +3,12 @@
 The provider here is a MOCK of a third-party service (Frankfurter's API: `GET ?from=USD&to=JPY`
 -> `{"rates": {"JPY": ...}}`): a local HTTP server this test starts on loopback, whose answers
 the test chooses (a rate, a 500, garbage, or no answer at all). Everything else is real.
-The static table (no provider configured) is covered in test_orders.py."""
+The static table (no provider configured) is covered in test_orders.py. State in memory,
+except where sharing the rates across processes through Redis is the point."""
 
 import asyncio
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,11 +20,15 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from app.core.cache import RedisCache
+from app.core.redis import Redis
+from app.items.models import Currency
+from app.orders.rates import ProviderRates, RateCache
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Account, Factory
 from tests.support.settings import BuildClient
 
-pytestmark = pytest.mark.parametrize("shared_state", ["memory"], indirect=True)
+MEMORY = pytest.mark.parametrize("shared_state", ["memory"], indirect=True)
 ORDERS = "/api/v1/orders/"
 RATES = {"USD": "151.25", "EUR": "163.10"}
 ADDRESS = {"postal_code": "530-0001", "prefecture": "大阪府", "city": "大阪市", "street": "梅田1-1"}
@@ -86,6 +92,7 @@ async def order(client: httpx.AsyncClient, who: Account, currency: str) -> httpx
     return await client.post(ORDERS, json=body(currency), headers=who.headers)
 
 
+@MEMORY
 async def test_provider_rates_are_cached_and_failures_are_502_or_504(
     build_client: BuildClient, provider: Provider
 ) -> None:
@@ -120,6 +127,7 @@ async def test_provider_rates_are_cached_and_failures_are_502_or_504(
         assert len((await client.get(ORDERS, headers=owner.headers)).json()["items"]) == 4
 
 
+@MEMORY
 async def test_without_a_cache_every_order_asks_the_provider(
     build_client: BuildClient, provider: Provider
 ) -> None:
@@ -132,3 +140,40 @@ async def test_without_a_cache_every_order_asks_the_provider(
             placed = await order(client, owner, "EUR")
             assert Decimal(placed.json()["total_jpy"]) == Decimal("3262")  # 20 x 163.10
         assert provider.asked == ["EUR", "EUR"]
+
+
+@pytest.mark.parametrize("shared_state", ["redis"], indirect=True)
+async def test_a_rate_fetched_by_one_process_serves_the_others_through_redis(
+    build_client: BuildClient, provider: Provider
+) -> None:
+    """Two app instances on one Redis (and one database): the second places its order with
+    the rate the first fetched, without asking the provider."""
+    settings = {"exchange_rates_url": provider.url, "exchange_rates_cache_seconds": 600}
+    async with build_client(**settings) as (first_app, first):
+        owner = await Factory(first, first_app).account()
+        assert (await order(first, owner, "USD")).status_code == 201
+        async with build_client(**settings) as (_, second):
+            placed = await order(second, owner, "USD")
+            assert placed.status_code == 201, placed.text
+            assert placed.json()["rates_jpy"] == {"USD": "151.25"}
+            assert provider.asked == ["USD"]
+
+
+async def test_a_cache_outage_falls_through_to_the_provider(provider: Provider) -> None:
+    """A real Redis client to a port nothing listens on: every cache call fails, the rate
+    still comes from the provider, each time."""
+    with socket.socket() as probe:  # a free loopback port, closed again: connections refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    broken = RedisCache(Redis.from_url(f"redis://127.0.0.1:{port}"), owns_client=True)
+    async with httpx.AsyncClient() as http:
+        rates = ProviderRates(
+            client=http, url=provider.url, timeout=2.0, ttl=600, cache=RateCache(), shared=broken
+        )
+        assert await rates.to_jpy([Currency.EUR]) == {Currency.EUR: Decimal("163.10")}
+        again = ProviderRates(
+            client=http, url=provider.url, timeout=2.0, ttl=600, cache=RateCache(), shared=broken
+        )  # another process: nothing shared, so it asks too
+        assert await again.to_jpy([Currency.EUR]) == {Currency.EUR: Decimal("163.10")}
+    await broken.close()
+    assert provider.asked == ["EUR", "EUR"]
