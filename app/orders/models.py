@@ -7,7 +7,17 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, backref, mapped_column, relationship
 
 from app.auth.models import User
@@ -30,6 +40,14 @@ class Order(TimestampMixin, Base):
         Index("ix_orders_owner_id_id", "owner_id", "id"),
         # One order per key and user; NULL (no key) repeats freely on both backends.
         UniqueConstraint("owner_id", "idempotency_key", name="uq_orders_owner_id_idempotency_key"),
+        # The hourly key purge (orders.tasks): WHERE idempotency_expires_at < ?. Partial: most
+        # orders have no key, or no longer one, and stay out of the index.
+        Index(
+            "ix_orders_idempotency_expires_at",
+            "idempotency_expires_at",
+            postgresql_where=text("idempotency_expires_at IS NOT NULL"),
+            sqlite_where=text("idempotency_expires_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
