@@ -23,14 +23,18 @@ router = APIRouter(prefix="/reports", tags=["reports"])
     responses={503: {"description": "The job queue is unavailable"}},
 )
 async def start_report(
-    data: ReportRequest, admin: AdminPrincipal, session: SessionDep, jobs: JobsDep
+    data: ReportRequest,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    jobs: JobsDep,
 ) -> TaskAccepted:
     """Sign-ups and activity per UTC day as XLSX (with a chart) and CSV; poll the task."""
     job = await jobs.enqueue(
         session, "app.reports.activity", admin.id, data.start.isoformat(), data.end.isoformat(),
         owner_id=admin.id,
     )  # fmt: skip
-    return accepted(job)
+    return accepted(job, settings=settings)
 
 
 @router.get("", response_model=Page[TaskRead])
@@ -72,4 +76,4 @@ async def start_user_activity_report(
         session, user_activity.TASK, principal.id, user_id, start.isoformat(), end.isoformat(),
         owner_id=principal.id,
     )  # fmt: skip
-    return accepted(job)
+    return accepted(job, settings=settings)
