@@ -61,7 +61,9 @@ def _lifespan(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The process's services, opened at start and closed at shutdown. Routes reach them
     through the typed dependencies of app/core/dependencies.py (and app/jobs, app/realtime),
-    which read the three attributes set here: `services`, `jobs` and `realtime`."""
+    which read the four attributes set here: `services`, `jobs`, `realtime` and `notifier`
+    (realtime's notification service, handed down to the domains below it as a
+    app.core.notifier.Notifier: orders notifies owners through it)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +114,7 @@ def _lifespan(
             policies=policies,
         )
         app.state.realtime = realtime
+        app.state.notifier = realtime.notifier
         uninstall_drain = (
             install_drain_on_signal(realtime.drain) if handle_signals else lambda: None
         )

@@ -63,8 +63,9 @@ async def start_user_activity_report(
     settings: SettingsDep,
     jobs: JobsDep,
 ) -> TaskAccepted:
-    """One user's logins and items per UTC day over the last `days` days, as XLSX with a
-    chart; yours, or (admins) anyone's. The file is yours: download it from the task's result."""
+    """One user's logins, items, posts, comments and orders per UTC day over the last `days`
+    days, as XLSX with a chart; yours, or (admins) anyone's. The file is yours: download it
+    from the task's result."""
     user_id = data.user_id or principal.id
     if user_id != principal.id and not principal.is_admin:
         raise OthersReportForbidden()
