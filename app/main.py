@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import cache
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -15,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
+from app.auth.dependencies import TOKEN_PATH
 from app.core import gc_tuning
 from app.core.background import TaskManager
 from app.core.cache import build_cache
@@ -44,7 +46,7 @@ from app.core.sentry import init_sentry
 from app.core.shutdown import exit_cleanly_on_sigterm, install_drain_on_signal
 from app.core.storage import create_storage
 from app.core.streams import StreamLimiter
-from app.files.router import MULTIPART_OVERHEAD_BYTES, UPLOAD_PATHS
+from app.files.router import MULTIPART_OVERHEAD_BYTES, upload_paths
 from app.jobs import monitor as job_monitor
 from app.jobs.celery_app import make_celery
 from app.jobs.service import Jobs
@@ -59,7 +61,9 @@ def _lifespan(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """The process's services, opened at start and closed at shutdown. Routes reach them
     through the typed dependencies of app/core/dependencies.py (and app/jobs, app/realtime),
-    which read the three attributes set here: `services`, `jobs` and `realtime`."""
+    which read the four attributes set here: `services`, `jobs`, `realtime` and `notifier`
+    (realtime's notification service, handed down to the domains below it as a
+    app.core.notifier.Notifier: orders notifies owners through it)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,6 +114,7 @@ def _lifespan(
             policies=policies,
         )
         app.state.realtime = realtime
+        app.state.notifier = realtime.notifier
         uninstall_drain = (
             install_drain_on_signal(realtime.drain) if handle_signals else lambda: None
         )
@@ -182,6 +187,7 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
                 expose_headers=["X-Request-ID", "Retry-After"],
             )
         )
+    uploads = upload_paths(settings.api_v1_prefix)
     stack += [
         Middleware(
             SessionMiddleware,
@@ -195,18 +201,34 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
             BodySizeLimitMiddleware,
             max_bytes=settings.max_request_body_bytes,
             path_limits=[
-                (path, settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES)
-                for path in UPLOAD_PATHS
+                (path, settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES) for path in uploads
             ],
         ),
         Middleware(
             JSONLimitsMiddleware,
             max_depth=settings.json_max_depth,
             max_items=settings.json_max_items,
-            skip_paths=UPLOAD_PATHS,
+            skip_paths=uploads,
         ),
     ]
     return stack
+
+
+def _token_url_under_prefix(app: FastAPI, settings: Settings) -> None:
+    """The bearer scheme is one object per process, its token URL relative to API_V1_PREFIX
+    (TOKEN_PATH): each app's document names the full URL, so Swagger's login follows the
+    setting."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # cached on the app after the first call, this rewrite with it
+        for scheme in schema.get("components", {}).get("securitySchemes", {}).values():
+            flow = scheme.get("flows", {}).get("password", {})
+            if flow.get("tokenUrl") == TOKEN_PATH:
+                flow["tokenUrl"] = settings.api_path(TOKEN_PATH)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
 def create_app(
@@ -231,7 +253,8 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app, max_validation_errors=settings.validation_max_errors)
-    include_routes(app)
+    include_routes(app, settings)
+    _token_url_under_prefix(app, settings)
     if settings.show_docs:
         install_docs(app)
     return app

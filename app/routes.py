@@ -1,5 +1,6 @@
-"""Every router of the API process, assembled in one place: /api/v1, /api/v2, health and ops,
-the WebSockets and the pages. `create_app` calls `include_routes` and nothing else.
+"""Every router of the API process, assembled in one place: v1 (under API_V1_PREFIX, /api/v1
+by default), /api/v2, health and ops, the WebSockets and the pages. `create_app` calls
+`include_routes` and nothing else.
 
 Each router is included into the app directly (not through one umbrella router), so a request
 is matched through as few levels of included routers as before this module existed.
@@ -13,6 +14,7 @@ from app.auth.pages import router as auth_pages
 from app.auth.router import router as auth_router
 from app.campaigns import free_mail, test_mail
 from app.campaigns.router import router as campaigns_router
+from app.core.config import API_V2_PREFIX, Settings
 from app.core.errors import ERROR_RESPONSES
 from app.exports.router import router as exports_router
 from app.files import router as files
@@ -31,7 +33,9 @@ from app.task_api.router import router as tasks_router
 from app.users.router import admin_router as admin_users_router
 from app.users.router import router as users_router
 
-api_v1 = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
+# Its prefix is the setting, given at inclusion: including copies the routes, so apps built
+# with different settings in one process each get their own paths.
+api_v1 = APIRouter(responses=ERROR_RESPONSES)
 api_v1.include_router(auth_router)
 api_v1.include_router(users_router)
 api_v1.include_router(items.by_user)
@@ -57,15 +61,16 @@ api_v1.include_router(search_router)
 api_v1.include_router(posts_router)
 
 # v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
-api_v2 = APIRouter(prefix="/api/v2", responses=ERROR_RESPONSES)
+api_v2 = APIRouter(prefix=API_V2_PREFIX, responses=ERROR_RESPONSES)
 api_v2.include_router(items.list_v2)
 api_v2.include_router(items.router)
 
 # Included in this order, which is the order routes are matched in.
-ROUTERS: tuple[APIRouter, ...] = (
+BEFORE_V1: tuple[APIRouter, ...] = (
     health_router,  # /health, /health/ready
     ops_router,  # /metrics
-    api_v1,
+)
+AFTER_V1: tuple[APIRouter, ...] = (
     api_v2,
     chat.router,  # WS /ws/chat/{room}
     notifications.router,  # WS /ws/notifications
@@ -74,6 +79,9 @@ ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
-def include_routes(app: FastAPI) -> None:
-    for router in ROUTERS:
+def include_routes(app: FastAPI, settings: Settings) -> None:
+    for router in BEFORE_V1:
+        app.include_router(router)
+    app.include_router(api_v1, prefix=settings.api_v1_prefix)
+    for router in AFTER_V1:
         app.include_router(router)

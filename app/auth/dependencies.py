@@ -29,9 +29,11 @@ from app.core.limits import client_of, enforce
 from app.core.request_context import set_user_id
 from app.core.security import AccessClaims, InvalidToken
 
-TOKEN_URL = "/api/v1/auth/token"
+# Under API_V1_PREFIX, which is per app while this scheme is per process: each app's OpenAPI
+# document replaces this path with the full one (app.main).
+TOKEN_PATH = "/auth/token"
 oauth2_scheme = OAuth2PasswordBearer(
-    tokenUrl=TOKEN_URL, scopes={str(k): v for k, v in SCOPE_DESCRIPTIONS.items()}, auto_error=False
+    tokenUrl=TOKEN_PATH, scopes={str(k): v for k, v in SCOPE_DESCRIPTIONS.items()}, auto_error=False
 )
 
 

@@ -7,6 +7,8 @@ import hashlib
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
+from app.core.dependencies import SettingsDep
+
 router = APIRouter(include_in_schema=False)
 
 _SCRIPT = """
@@ -52,15 +54,15 @@ def _page(title: str, api: str, done: str, fields: str, button: str) -> HTMLResp
 
 
 @router.get("/verify-email")
-async def verify_email_page() -> HTMLResponse:
+async def verify_email_page(settings: SettingsDep) -> HTMLResponse:
     return _page(
-        "Confirm your email address", "/api/v1/auth/verify", "Your email address is verified.",
-        "", "Confirm",
+        "Confirm your email address", settings.api_path("/auth/verify"),
+        "Your email address is verified.", "", "Confirm",
     )  # fmt: skip
 
 
 @router.get("/reset-password")
-async def reset_password_page() -> HTMLResponse:
+async def reset_password_page(settings: SettingsDep) -> HTMLResponse:
     fields = (
         '<p><label>New password <input name="new_password" type="password" required '
         'minlength="8" maxlength="128" autocomplete="new-password"></label></p>'
@@ -68,6 +70,6 @@ async def reset_password_page() -> HTMLResponse:
         'autocomplete="new-password"></label></p>'
     )
     return _page(
-        "Choose a new password", "/api/v1/auth/password-reset",
+        "Choose a new password", settings.api_path("/auth/password-reset"),
         "Your password is changed. Sign in again with it.", fields, "Set password",
     )  # fmt: skip

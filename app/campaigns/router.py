@@ -6,7 +6,7 @@ from app.auth.dependencies import AdminPrincipal
 from app.campaigns import service
 from app.campaigns.models import Campaign
 from app.campaigns.schemas import CampaignAccepted, CampaignCreate, CampaignRead
-from app.core.dependencies import SessionDep
+from app.core.dependencies import SessionDep, SettingsDep
 from app.core.schemas import Page, PageNumber, PerPage, PrimaryKey
 from app.jobs.dependencies import JobsDep
 from app.jobs.schemas import accepted
@@ -35,7 +35,11 @@ async def _read(session: SessionDep, campaign: Campaign) -> CampaignRead:
 
 @router.post("/", response_model=CampaignAccepted, status_code=status.HTTP_202_ACCEPTED)
 async def create_campaign(
-    data: CampaignCreate, admin: AdminPrincipal, session: SessionDep, jobs: JobsDep
+    data: CampaignCreate,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    jobs: JobsDep,
 ) -> CampaignAccepted:
     """Mail every active verified user, or the given users: one mail each, even after a crash."""
     campaign = service.create(
@@ -50,9 +54,9 @@ async def create_campaign(
     job = await jobs.enqueue(session, service.RUN_TASK, campaign.id, owner_id=admin.id)
     await service.remember_job(session=session, campaign_id=campaign.id, job_id=job.id)
     return CampaignAccepted(
-        **accepted(job).model_dump(),
+        **accepted(job, settings=settings).model_dump(),
         campaign_id=campaign.id,
-        campaign_url=f"/api/v1/campaigns/{campaign.id}",
+        campaign_url=settings.api_path(f"/campaigns/{campaign.id}"),
     )
 
 

@@ -68,4 +68,4 @@ async def send_test_email(
     )
     await session.flush()
     job = await jobs.enqueue(session, "app.email.send_test", email.id, owner_id=admin.id)
-    return accepted(job)
+    return accepted(job, settings=settings)

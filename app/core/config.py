@@ -22,6 +22,12 @@ MIN_SECRET_LENGTH = 32
 # The file types app.files can verify by their first bytes (app/files/safety.py's signature
 # table; a test keeps the two equal): UPLOAD_ALLOWED_EXTENSIONS picks among them.
 VERIFIABLE_UPLOAD_EXTENSIONS = ("png", "jpg", "jpeg", "gif", "webp", "pdf", "zip", "txt", "csv")
+# The v2 routes (the cursor-paged item listing) keep this fixed prefix: API_V1_PREFIX must stay
+# clear of it, or one version's routes would shadow the other's.
+API_V2_PREFIX = "/api/v2"
+# One or more path segments of unreserved characters, none starting with a dot (no "." or ".."
+# segment), no trailing slash: "/api/v1", "/svc/v1".
+_PREFIX_PATTERN = r"^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+$"
 # kombu's SQLAlchemy transport, subclassed in app.jobs.broker (registered under this alias).
 _EMBEDDED_BROKER_SCHEME = "appsqla+sqlite:///"
 
@@ -51,6 +57,10 @@ class Settings(BaseSettings):
         "Accounts, users and items: the foundation of a production FastAPI service."
     )
     """the OpenAPI document's description"""
+    # deploy/nginx/nginx.conf names the SSE route under the default (/api/v1/notifications/
+    # stream): change that location too when changing this.
+    api_v1_prefix: str = Field(default="/api/v1", pattern=_PREFIX_PATTERN, max_length=100)
+    """prefix of every v1 route and of the URLs handed out; deploy/nginx assumes /api/v1"""
     secret_key: SecretStr | None = None
     """signs tokens and sessions; unset (not in production): generated into APP_DATA_DIR"""
     app_data_dir: Path = Path("./var")
@@ -645,6 +655,17 @@ class Settings(BaseSettings):
         for network in value:
             ipaddress.ip_network(network, strict=False)  # ValueError names the bad entry
         return value
+
+    @model_validator(mode="after")
+    def _prefixes_do_not_overlap(self) -> "Settings":
+        v1, v2 = self.api_v1_prefix + "/", API_V2_PREFIX + "/"
+        if v1.startswith(v2) or v2.startswith(v1):
+            raise ValueError(f"API_V1_PREFIX must not overlap the v2 routes' {API_V2_PREFIX}")
+        return self
+
+    def api_path(self, path: str) -> str:
+        """`path` ("/tasks/abc") under API_V1_PREFIX: every URL the API or a worker hands out."""
+        return self.api_v1_prefix + path
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> "Settings":

@@ -9,7 +9,9 @@ one dependency per alias (FastAPI solves each at most once per request).
 
 Services of packages above core (the Celery `Jobs`, the `Realtime` runtime) can't be named here
 (core imports no app package); their providers sit beside them in app/jobs/dependencies.py and
-app/realtime/dependencies.py.
+app/realtime/dependencies.py. The one exception is the user notifier, which domains below
+realtime need: they name the `Notifier` protocol (app.core.notifier), the lifespan stores
+realtime's service as `app.state.notifier`, and `NotifierDep` reads it.
 """
 
 from collections.abc import AsyncIterator
@@ -25,6 +27,7 @@ from starlette.types import Scope
 from app.core.background import TaskManager
 from app.core.cache import Cache
 from app.core.config import Settings
+from app.core.notifier import Notifier
 from app.core.pubsub import Hub
 from app.core.ratelimit import Policies, RateLimiter
 from app.core.redis import Redis
@@ -130,6 +133,12 @@ async def get_background(connection: HTTPConnection) -> TaskManager:
     return services_of(connection).background
 
 
+async def get_notifier(connection: HTTPConnection) -> Notifier:
+    """Realtime's NotificationService, as the lifespan handed it in (app.main)."""
+    notifier: Notifier = connection.scope["app"].state.notifier
+    return notifier
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
@@ -140,3 +149,4 @@ HubDep = Annotated[Hub, Depends(get_hub)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 BackgroundDep = Annotated[TaskManager, Depends(get_background)]
 HttpClientDep = Annotated[httpx.AsyncClient, Depends(get_http_client)]
+NotifierDep = Annotated[Notifier, Depends(get_notifier)]

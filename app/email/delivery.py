@@ -69,6 +69,7 @@ def render(outgoing: Outgoing, settings: Settings) -> tuple[str, str]:
     values = {
         "app_name": settings.app_name,
         "base_url": settings.public_base_url.rstrip("/"),
+        "api_prefix": settings.api_v1_prefix,
         "subject": outgoing.subject,
         **outgoing.context,
     }

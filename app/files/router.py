@@ -1,3 +1,4 @@
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response, status
@@ -19,10 +20,16 @@ from app.files.schemas import FileRead, PresignedURL, StorageUsage
 
 router = APIRouter(prefix="/files", tags=["files"])
 
+
 # Upload routes get their own body cap (MAX_UPLOAD_BYTES plus room for the multipart framing)
 # in BodySizeLimitMiddleware instead of the global one; the handler counts the file's bytes.
 # The second is the item image upload (app.items.images), which reuses the two specs below.
-UPLOAD_PATHS = (r"^/api/v\d+/files/?$", r"^/api/v\d+/items/[^/]+/images/?$")
+def upload_paths(api_prefix: str) -> tuple[str, str]:
+    """The upload routes' path patterns under API_V1_PREFIX (the only version with uploads)."""
+    prefix = re.escape(api_prefix)
+    return (rf"^{prefix}/files/?$", rf"^{prefix}/items/[^/]+/images/?$")
+
+
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 MULTIPART_BODY: dict[str, Any] = {
@@ -86,7 +93,7 @@ async def upload_file(
 ) -> FileRead:
     """Upload one file (multipart field `file`), streamed to storage as it arrives."""
     row = await _store(request, session, storage, settings, owner_id=owner.id)
-    return service.file_read(row)
+    return service.file_read(row, settings=settings)
 
 
 @router.get("/usage", response_model=StorageUsage)
@@ -106,10 +113,10 @@ async def storage_usage(
 
 
 @router.get("/{file_id}", response_model=FileRead)
-async def read_file(row: ReadableFile, session: SessionDep) -> FileRead:
+async def read_file(row: ReadableFile, session: SessionDep, settings: SettingsDep) -> FileRead:
     """A file's metadata (owner or admin), with the images made from it."""
     variants = await service.variants_of(session=session, file_ids=[row.id])
-    return service.file_read(row, variants=variants[row.id])
+    return service.file_read(row, settings=settings, variants=variants[row.id])
 
 
 @router.get("/{file_id}/content", response_class=StreamingResponse, responses=_CONTENT)

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.principal import Principal
+from app.core.config import Settings
 from app.core.db import utcnow
 from app.core.storage import Storage, StorageUnavailable, new_key, storage_error_for
 from app.files import quota as quota_of
@@ -134,8 +135,9 @@ async def list_for_item(*, session: AsyncSession, item_id: int) -> Sequence[Stor
     return (await session.execute(statement)).scalars().all()
 
 
-def download_url(file_id: int) -> str:
-    return f"/api/v1/files/{file_id}/content"
+def download_url(file_id: int, *, settings: Settings) -> str:
+    """A stored file's content route, under API_V1_PREFIX (the API's and the worker's)."""
+    return settings.api_path(f"/files/{file_id}/content")
 
 
 async def variants_of(
@@ -155,7 +157,9 @@ async def variants_of(
     return found
 
 
-def file_read(row: StoredFile, *, variants: Sequence[StoredFile] = ()) -> FileRead:
+def file_read(
+    row: StoredFile, *, settings: Settings, variants: Sequence[StoredFile] = ()
+) -> FileRead:
     read = FileRead.model_validate(row)
     read.variants = [
         VariantRead(
@@ -165,7 +169,7 @@ def file_read(row: StoredFile, *, variants: Sequence[StoredFile] = ()) -> FileRe
             height=v.height,
             content_type=v.content_type,
             size=v.size,
-            download_url=download_url(v.id),
+            download_url=download_url(v.id, settings=settings),
         )
         for v in variants
     ]

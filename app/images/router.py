@@ -36,4 +36,4 @@ async def process_image(
     job = await service.start(
         session=session, jobs=jobs, settings=settings, owner_id=user.id, request=body
     )
-    return accepted(job)
+    return accepted(job, settings=settings)

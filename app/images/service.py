@@ -174,6 +174,7 @@ async def store_output(
     variant: str,
     encoded: Encoded,
     task_id: str,
+    settings: Settings,
     quota: Quota | None = None,
 ) -> ImageOutput:
     """Object first, then its row (as uploads do); idempotent by key. With a quota, an output
@@ -206,7 +207,7 @@ async def store_output(
             ).scalar_one()
     return ImageOutput(
         file_id=row.id, variant=variant, width=encoded.width, height=encoded.height,
-        content_type=row.content_type, download_url=download_url(row.id),
+        content_type=row.content_type, download_url=download_url(row.id, settings=settings),
     )  # fmt: skip
 
 

@@ -70,6 +70,7 @@ def _store(
             variant=variant,
             encoded=encoded,
             task_id=task_id,
+            settings=task.runtime.settings,
             quota=quota,
         )
     )

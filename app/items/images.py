@@ -45,12 +45,14 @@ async def upload_item_image(
         allowed=IMAGE_EXTENSIONS & set(settings.upload_allowed_extensions),
     )
     await images.enqueue_item_variants(session=session, jobs=jobs, row=row)
-    return files.file_read(row)
+    return files.file_read(row, settings=settings)
 
 
 @router.get("/{item_id}/images", response_model=list[FileRead])
-async def list_item_images(item: OwnedItem, session: SessionDep) -> list[FileRead]:
+async def list_item_images(
+    item: OwnedItem, session: SessionDep, settings: SettingsDep
+) -> list[FileRead]:
     """An item's images (owner or admin), each with its variants once they are ready."""
     rows = await files.list_for_item(session=session, item_id=item.id)
     variants = await files.variants_of(session=session, file_ids=[row.id for row in rows])
-    return [files.file_read(row, variants=variants[row.id]) for row in rows]
+    return [files.file_read(row, settings=settings, variants=variants[row.id]) for row in rows]

@@ -28,6 +28,7 @@ from app.jobs.celery_app import AppCelery
 from app.jobs.errors import Cancelled, JobError
 from app.jobs.models import JobState
 from app.jobs.runtime import WorkerRuntime, discard_runtime, get_runtime
+from app.jobs.schemas import status_url
 
 logger = logging.getLogger("app.jobs")
 T = TypeVar("T")
@@ -168,6 +169,7 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
         if owner_id is None or state not in NOTIFIED_STATES:
             return
         succeeded = state == JobState.SUCCESS
+        follow = status_url(task_id, settings=self.runtime.settings)
         await self.runtime.notifications.send_to_user(
             session=session,
             user_id=owner_id,
@@ -175,7 +177,7 @@ class JobTask(Task):  # type: ignore[misc]  # celery is untyped
             title=f"{self.title} {'finished' if succeeded else 'failed'}",
             body="" if succeeded else (error or ""),
             data={"task_id": task_id, "name": self.name, "state": state.value,
-                  "result": result, "status_url": f"/api/v1/tasks/{task_id}"},
+                  "result": result, "status_url": follow},
         )  # fmt: skip
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:

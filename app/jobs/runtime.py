@@ -9,7 +9,7 @@ import asyncio
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from celery import Celery
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.db import create_engine, create_sessionmaker
 from app.core.http import create_http_client
+from app.core.notifier import Notifier
 from app.core.pubsub import Publisher, create_publisher
 from app.core.storage import Storage, create_storage
 from app.jobs.service import Jobs
@@ -25,23 +26,8 @@ from app.jobs.service import Jobs
 T = TypeVar("T")
 
 
-class Notifier(Protocol):
-    """Tells a user something (stored, then pushed to their sockets): app.realtime's
-    NotificationService. Realtime is a feature far above this machinery, so the worker's
-    composition root (app/worker.py) hands it in through `use_notifier`."""
-
-    async def send_to_user(
-        self,
-        *,
-        session: AsyncSession,
-        user_id: int,
-        kind: str,
-        title: str,
-        body: str = "",
-        data: dict[str, Any] | None = None,
-    ) -> object: ...
-
-
+# Realtime's NotificationService, which this machinery can't import (app.core.notifier): the
+# worker's composition root (app/worker.py) hands it in through `use_notifier`.
 NotifierFactory = Callable[[Publisher | None], Notifier]
 _notifier_factory: NotifierFactory | None = None
 

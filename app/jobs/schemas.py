@@ -4,6 +4,7 @@ from typing import Annotated, Any
 from fastapi import Path
 from pydantic import BaseModel
 
+from app.core.config import Settings
 from app.core.schemas import APIModel
 from app.jobs.models import Job, JobState
 
@@ -45,6 +46,13 @@ class TaskAccepted(APIModel):
     status_url: str
 
 
-def accepted(job: Job) -> TaskAccepted:
-    """The 202 answer of a route that started a job: where to follow it (app.tasks)."""
-    return TaskAccepted(task_id=job.id, state=job.state, status_url=f"/api/v1/tasks/{job.id}")
+def status_url(task_id: str, *, settings: Settings) -> str:
+    """Where a task's owner follows it (app.task_api), under API_V1_PREFIX."""
+    return settings.api_path(f"/tasks/{task_id}")
+
+
+def accepted(job: Job, *, settings: Settings) -> TaskAccepted:
+    """The 202 answer of a route that started a job: where to follow it."""
+    return TaskAccepted(
+        task_id=job.id, state=job.state, status_url=status_url(job.id, settings=settings)
+    )

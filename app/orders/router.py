@@ -6,7 +6,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, AwareDatetime
 
 from app.auth.dependencies import CurrentPrincipal
-from app.core.dependencies import ServicesDep, SessionDep, SettingsDep
+from app.core.dependencies import NotifierDep, ServicesDep, SessionDep, SettingsDep
 from app.core.errors import ErrorResponse
 from app.core.schemas import PrimaryKey
 from app.core.streams import LimitedStreamingResponse
@@ -17,7 +17,6 @@ from app.orders import service
 from app.orders.models import Order, OrderStatus
 from app.orders.rates import ExchangeRatesDep
 from app.orders.schemas import OrderCreate, OrderCursorPage, OrderRead, OrderStatusChange
-from app.realtime.dependencies import RealtimeDep
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
@@ -169,14 +168,14 @@ async def change_status(
     order: VisibleOrder,
     principal: CurrentPrincipal,
     session: SessionDep,
-    rt: RealtimeDep,
+    notifier: NotifierDep,
     response: Response,
     if_match: IfMatch = None,
 ) -> OrderRead:
     """pending -> paid -> shipped -> delivered; cancelled from pending or paid. Owners pay and
     cancel, admins do all; the owner is notified live. Needs `If-Match`."""
     changed = await service.change_status(
-        session=session, notifier=rt.notifier, order=order, wanted=data.status, actor=principal,
+        session=session, notifier=notifier, order=order, wanted=data.status, actor=principal,
         if_match=if_match,
     )  # fmt: skip
     response.headers["ETag"] = service.etag_of(changed)

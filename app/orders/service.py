@@ -20,6 +20,7 @@ from app.auth.models import User
 from app.auth.principal import Principal
 from app.core.config import Settings
 from app.core.db import utcnow
+from app.core.notifier import Notifier
 from app.core.pagination import after_cursor, cursor_page
 from app.core.repository import Repository, unit_of_work
 from app.email import service as outbox
@@ -46,7 +47,6 @@ from app.orders.schemas import (
     OrderRead,
     ShippingAddressRead,
 )
-from app.realtime.service import NotificationService
 
 orders = Repository(Order, order_columns={"id": Order.id, "created_at": Order.created_at})
 CONFIRMATION_TEMPLATE = "order_confirmation"
@@ -303,7 +303,7 @@ def _matches(if_match: str, etag: str) -> bool:
 async def change_status(
     *,
     session: AsyncSession,
-    notifier: NotificationService,
+    notifier: Notifier,
     order: Order,
     wanted: OrderStatus,
     actor: Principal,

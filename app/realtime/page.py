@@ -1,9 +1,13 @@
 """`/chat`: a small page to try chat and notifications in a browser (no build step, no CDN)."""
 
+import html
+from functools import cache
 from pathlib import Path
 
 from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
 
+from app.core.dependencies import SettingsDep
 from app.core.errors import NoResource
 from app.core.static import WholeFileResponse
 
@@ -19,9 +23,16 @@ PAGE_HEADERS = {
 }
 
 
+@cache
+def _page_template() -> str:
+    return (STATIC / "chat.html").read_text(encoding="utf-8")
+
+
 @router.get("/chat")
-async def chat_page() -> WholeFileResponse:
-    return WholeFileResponse(STATIC / "chat.html", media_type="text/html", headers=PAGE_HEADERS)
+async def chat_page(settings: SettingsDep) -> HTMLResponse:
+    # The script reads API_V1_PREFIX from a meta tag: the CSP allows no inline script to say it.
+    page = _page_template().replace("{{api_prefix}}", html.escape(settings.api_v1_prefix))
+    return HTMLResponse(page, headers={**PAGE_HEADERS, "Accept-Ranges": "none"})
 
 
 @router.get("/chat/{name}")

@@ -23,14 +23,18 @@ router = APIRouter(prefix="/reports", tags=["reports"])
     responses={503: {"description": "The job queue is unavailable"}},
 )
 async def start_report(
-    data: ReportRequest, admin: AdminPrincipal, session: SessionDep, jobs: JobsDep
+    data: ReportRequest,
+    admin: AdminPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    jobs: JobsDep,
 ) -> TaskAccepted:
     """Sign-ups and activity per UTC day as XLSX (with a chart) and CSV; poll the task."""
     job = await jobs.enqueue(
         session, "app.reports.activity", admin.id, data.start.isoformat(), data.end.isoformat(),
         owner_id=admin.id,
     )  # fmt: skip
-    return accepted(job)
+    return accepted(job, settings=settings)
 
 
 @router.get("", response_model=Page[TaskRead])
@@ -59,8 +63,9 @@ async def start_user_activity_report(
     settings: SettingsDep,
     jobs: JobsDep,
 ) -> TaskAccepted:
-    """One user's logins and items per UTC day over the last `days` days, as XLSX with a
-    chart; yours, or (admins) anyone's. The file is yours: download it from the task's result."""
+    """One user's logins, items, posts, comments and orders per UTC day over the last `days`
+    days, as XLSX with a chart; yours, or (admins) anyone's. The file is yours: download it
+    from the task's result."""
     user_id = data.user_id or principal.id
     if user_id != principal.id and not principal.is_admin:
         raise OthersReportForbidden()
@@ -72,4 +77,4 @@ async def start_user_activity_report(
         session, user_activity.TASK, principal.id, user_id, start.isoformat(), end.isoformat(),
         owner_id=principal.id,
     )  # fmt: skip
-    return accepted(job)
+    return accepted(job, settings=settings)

@@ -156,7 +156,7 @@ def _write_and_store(
         temp.unlink(missing_ok=True)
     return ReportFile(
         file_id=row.id, format=fmt.name, filename=row.filename,
-        download_url=download_url(row.id), size=row.size,
+        download_url=download_url(row.id, settings=task.runtime.settings), size=row.size,
     )  # fmt: skip
 
 
@@ -197,6 +197,6 @@ def user_activity_report(
     task.progress(2, 2, "Done")
     file = ReportFile(
         file_id=row.id, format="xlsx", filename=row.filename,
-        download_url=download_url(row.id), size=row.size,
+        download_url=download_url(row.id, settings=task.runtime.settings), size=row.size,
     )  # fmt: skip
     return {"files": [file.model_dump(mode="json")], "summary": report.summary()}

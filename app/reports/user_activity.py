@@ -4,8 +4,6 @@ The report is a list of counted sources. A source is a table with a timestamp an
 naming the user; each is counted by one grouped query, so the cost is one small result per
 source whatever the row count. A domain adds its count with one entry in `SOURCES`, and its
 column appears in the workbook, in its chart and in the summary, with nothing else to change.
-(Orders can't be counted here yet: orders sits above the features in the layers, because it
-notifies through realtime, so reports may not import it.)
 """
 
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from app.auth.models import AuthSession, User
 from app.items.models import Item
+from app.orders.models import Order
 from app.posts.models import Comment, Post
 from app.reports.service import day_bounds, utc_day
 from app.users.errors import UserNotFound
@@ -41,6 +40,8 @@ SOURCES: tuple[CountedSource, ...] = (
     CountedSource("items", "Items created", Item.created_at, Item.owner_id),
     CountedSource("posts", "Posts written", Post.created_at, Post.author_id),
     CountedSource("comments", "Comments written", Comment.created_at, Comment.author_id),
+    # Placed in the period, whatever their status since.
+    CountedSource("orders", "Orders placed", Order.created_at, Order.owner_id),
 )
 
 

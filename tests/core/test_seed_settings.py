@@ -13,6 +13,7 @@ from app.auth.schemas import RegisterRequest, UserPublic
 from app.core.config import VERIFIABLE_UPLOAD_EXTENSIONS
 from app.core.db import create_engine
 from app.files.safety import ALLOWED_EXTENSIONS
+from app.files.service import download_url
 from app.items.schemas import ItemCreate
 from app.jobs.celery_app import make_celery
 from app.main import create_app
@@ -125,3 +126,59 @@ async def test_version_in_health_and_logs_metrics_off_and_upload_extensions(
     messages = [r.getMessage() for r in caplog.records if r.name == "app"]
     assert messages[-1] == "app 7.1.0 stopped"
     assert "app 7.1.0 stopping" in messages
+
+
+def test_the_api_prefix_is_validated(tmp_path: Path) -> None:
+    assert make_settings(tmp_path).api_v1_prefix == "/api/v1"
+    assert make_settings(tmp_path, api_v1_prefix="/svc/v1.2").api_path("/x") == "/svc/v1.2/x"
+    refused = ("api/v1", "/api/v1/", "/", "", "/api//v1", "/a b", "/api/..", "/%2e", "/api/v2",
+               "/api/v2/x", "/api")  # fmt: skip
+    for prefix in refused:
+        with pytest.raises(ValidationError):
+            make_settings(tmp_path, api_v1_prefix=prefix)
+
+
+async def test_every_v1_route_and_handed_out_url_follow_the_api_prefix(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    shutil.copy(sqlite_template, tmp_path / "app.db")
+    # A 1 KiB body cap for everything but uploads: an upload over it passing shows the upload
+    # routes' own cap found them under the new prefix.
+    settings = make_settings(tmp_path, api_v1_prefix="/svc/v1", max_request_body_bytes=1024)
+    async with started_app(settings) as app, asgi_client(app) as client:
+        token_url = app.openapi()["components"]["securitySchemes"]["OAuth2PasswordBearer"]
+        assert token_url["flows"]["password"]["tokenUrl"] == "/svc/v1/auth/token"
+
+        owner = await Factory(client, app).account()  # registers and logs in under /svc/v1
+        me = await client.get("/svc/v1/users/me", headers=owner.headers)
+        assert me.json()["id"] == owner.id
+        assert_envelope(
+            await client.get("/api/v1/users/me", headers=owner.headers), 404, "not_found"
+        )
+        old_login = await client.post("/api/v1/auth/token", data={"username": "x", "password": "y"})
+        assert_envelope(old_login, 404, "not_found")
+
+        started = await client.post(
+            "/svc/v1/reports/user-activity", json={"days": 7}, headers=owner.headers
+        )
+        assert started.status_code == 202, started.text
+        status_url = started.json()["status_url"]
+        assert status_url.startswith("/svc/v1/tasks/")
+        assert (await client.get(status_url, headers=owner.headers)).status_code == 200
+        old_status = status_url.replace("/svc/v1", "/api/v1")
+        assert_envelope(await client.get(old_status, headers=owner.headers), 404, "not_found")
+
+        upload = await client.post(
+            "/svc/v1/files", files={"file": ("a.txt", b"x" * 4096)}, headers=owner.headers
+        )
+        assert upload.status_code == 201, upload.text
+        url = download_url(upload.json()["id"], settings=settings)
+        assert url.startswith("/svc/v1/files/")
+        assert (await client.get(url, headers=owner.headers)).content == b"x" * 4096
+        old_url = url.replace("/svc/v1", "/api/v1")
+        assert_envelope(await client.get(old_url, headers=owner.headers), 404, "not_found")
+
+        # The pages outside the prefix point into it.
+        assert 'data-api="/svc/v1/auth/verify"' in (await client.get("/verify-email")).text
+        assert 'content="/svc/v1"' in (await client.get("/chat")).text
+        assert (await client.get("/health")).status_code == 200

@@ -125,18 +125,20 @@ async def test_a_user_activity_report_is_a_workbook_its_requester_downloads(
     assert own["result"]["summary"] == {
         "user_id": user.id, "username": user.username,
         "start": (today - timedelta(days=2)).isoformat(), "end": today.isoformat(), "days": 3,
-        "totals": {"logins": 1, "items": 1, "posts": 0, "comments": 0},
+        "totals": {"logins": 1, "items": 1, "posts": 0, "comments": 0, "orders": 0},
     }  # fmt: skip
     assert by_admin["result"]["summary"]["days"] == 30
-    totals = {"logins": 1, "items": 1, "posts": 0, "comments": 0}
+    totals = {"logins": 1, "items": 1, "posts": 0, "comments": 0, "orders": 0}
     assert by_admin["result"]["summary"]["totals"] == totals
     [file] = own["result"]["files"]
     download = await jobs_client.get(file["download_url"], headers=user.headers)
     assert download.status_code == 200
     assert download.headers["content-type"].startswith(XLSX_TYPE)
     rows = list(openpyxl.load_workbook(io.BytesIO(download.content)).worksheets[0].values)
-    assert rows[0] == ("Date", "Logins", "Items created", "Posts written", "Comments written")
-    assert rows[-1][1:] == (1, 1, 0, 0)  # today's row
+    assert rows[0] == (
+        "Date", "Logins", "Items created", "Posts written", "Comments written", "Orders placed",
+    )  # fmt: skip
+    assert rows[-1][1:] == (1, 1, 0, 0, 0)  # today's row
     # The admin's copy is the admin's file, not the user's.
     [admins_file] = by_admin["result"]["files"]
     denied = await jobs_client.get(admins_file["download_url"], headers=user.headers)

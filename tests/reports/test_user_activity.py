@@ -6,6 +6,7 @@ import io
 import re
 import zipfile
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from app.auth.models import Role
 from app.core.db import utcnow
 from app.items.models import Item
 from app.jobs.models import Job
+from app.orders.models import Order, OrderStatus
 from app.posts.models import Comment, Post
 from app.reports import output, user_activity
 from tests.support.assertions import assert_envelope
@@ -31,6 +33,14 @@ ON_POSTGRES = pytest.mark.parametrize("backend", ["postgres"])
 
 def at(day: int, hour: int) -> datetime:
     return datetime(2020, 3, day, hour, tzinfo=UTC)
+
+
+def order(owner_id: int, *, created_at: datetime) -> Order:
+    return Order(
+        owner_id=owner_id, status=OrderStatus.PENDING, postal_code="100-0001",
+        prefecture="東京都", city="千代田区", street="1-1", total_jpy=Decimal(100),
+        rates_jpy={"JPY": "1"}, created_at=created_at,
+    )  # fmt: skip
 
 
 async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook(
@@ -60,6 +70,10 @@ async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook
                 Comment(post_id=mine.id, author_id=other.id, body="c", created_at=at(3, 10)),
             ]
         )
+        session.add_all(
+            order(owner_id, created_at=when)
+            for owner_id, when in [(me.id, at(2, 23)), (me.id, at(3, 0)), (other.id, at(2, 1))]
+        )
         await session.commit()
 
     async with app.state.services.sessionmaker() as session:
@@ -67,15 +81,18 @@ async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook
             session=session, user_id=me.id, start=START, end=END
         )
 
-    assert [source.key for source in report.sources] == ["logins", "items", "posts", "comments"]
+    keys = ["logins", "items", "posts", "comments", "orders"]
+    assert [source.key for source in report.sources] == keys
     assert report.days == [START, date(2020, 3, 2), END]
     assert report.counts == {
         "logins": [2, 0, 1],
         "items": [0, 2, 0],
         "posts": [0, 0, 1],
         "comments": [1, 0, 0],
+        "orders": [0, 1, 1],  # either side of midnight UTC
     }
-    assert report.summary()["totals"] == {"logins": 3, "items": 2, "posts": 1, "comments": 1}
+    totals = {"logins": 3, "items": 2, "posts": 1, "comments": 1, "orders": 2}
+    assert report.summary()["totals"] == totals
     assert report.summary()["username"] == me.username
 
     path = tmp_path / "report.xlsx"
@@ -84,9 +101,11 @@ async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook
     book = openpyxl.load_workbook(io.BytesIO(content))
     assert book.sheetnames == ["Activity per day", "Summary"]
     rows = list(book["Activity per day"].iter_rows(values_only=True))
-    assert rows[0] == ("Date", "Logins", "Items created", "Posts written", "Comments written")
+    assert rows[0] == (
+        "Date", "Logins", "Items created", "Posts written", "Comments written", "Orders placed",
+    )  # fmt: skip
     assert [(r[0].date(), *r[1:]) for r in rows[1:]] == [
-        (START, 2, 0, 0, 1), (date(2020, 3, 2), 0, 2, 0, 0), (END, 1, 0, 1, 0),
+        (START, 2, 0, 0, 1, 0), (date(2020, 3, 2), 0, 2, 0, 0, 1), (END, 1, 0, 1, 0, 1),
     ]  # fmt: skip
     summary = {r[0]: r[1] for r in book["Summary"].iter_rows(min_row=2, values_only=True)}
     assert summary["Username"] == me.username
@@ -97,7 +116,7 @@ async def test_one_users_sources_are_counted_per_utc_day_into_a_charted_workbook
     assert "<c:barChart>" in chart
     referenced = set(re.findall(r"<c:f>([^<]+)</c:f>", chart))
     # One series per counted source: a source added to SOURCES shows up here by itself.
-    assert {f"'Activity per day'!${c}$2:${c}$4" for c in "BCDE"} <= referenced
+    assert {f"'Activity per day'!${c}$2:${c}$4" for c in "BCDEF"} <= referenced
 
 
 @ON_POSTGRES

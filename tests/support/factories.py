@@ -36,6 +36,12 @@ class Factory:
         self.client = client
         self.app = app
 
+    @property
+    def api(self) -> str:
+        """The app's API_V1_PREFIX: a factory works against any app (read once it started)."""
+        prefix: str = self.app.state.services.settings.api_v1_prefix
+        return prefix
+
     async def register(self, username: str | None = None, **fields: Any) -> dict[str, Any]:
         """A new account through the API, as the API would show it to its owner. Sign-up
         answers 202 alike for new and taken addresses, so the account is read back from the
@@ -49,7 +55,7 @@ class Factory:
             "password_confirm": DEFAULT_PASSWORD,
             **fields,
         }
-        response = await self.client.post("/api/v1/auth/register", json=body)
+        response = await self.client.post(f"{self.api}/auth/register", json=body)
         assert response.status_code == 202, response.text
         async with self.app.state.services.sessionmaker() as session:
             user = await session.scalar(select(User).where(User.username == username))
@@ -60,7 +66,7 @@ class Factory:
         self, login: str, password: str = DEFAULT_PASSWORD, scope: str = ""
     ) -> dict[str, Any]:
         response = await self.client.post(
-            "/api/v1/auth/token", data={"username": login, "password": password, "scope": scope}
+            f"{self.api}/auth/token", data={"username": login, "password": password, "scope": scope}
         )
         assert response.status_code == 200, response.text
         data: dict[str, Any] = response.json()
@@ -88,7 +94,7 @@ class Factory:
 
     async def item(self, account: Account, **fields: Any) -> dict[str, Any]:
         body = {"title": f"Item {next(_counter)}", "price": "10.00", "currency": "USD", **fields}
-        response = await self.client.post("/api/v1/items/", json=body, headers=account.headers)
+        response = await self.client.post(f"{self.api}/items/", json=body, headers=account.headers)
         assert response.status_code == 201, response.text
         data: dict[str, Any] = response.json()
         return data

@@ -5,6 +5,8 @@
 
 const $ = (id) => document.getElementById(id);
 const wsBase = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+// API_V1_PREFIX, as the page states it (app/realtime/page.py).
+const api = document.querySelector('meta[name="api-prefix"]').content;
 const NO_RETRY = new Set([1008, 4401, 4403]);
 let token = null;
 let chat = null;
@@ -41,7 +43,7 @@ function showMessage(message) {
 async function login(event) {
   event.preventDefault();
   const body = new URLSearchParams({ username: $("username").value, password: $("password").value });
-  const response = await fetch("/api/v1/auth/token", { method: "POST", body });
+  const response = await fetch(api + "/auth/token", { method: "POST", body });
   if (!response.ok) { status("login failed"); return; }
   token = (await response.json()).access_token;
   status("signed in as " + $("username").value);
@@ -52,9 +54,9 @@ async function login(event) {
 
 async function loadHistory(name) {
   const headers = { Authorization: "Bearer " + token };
-  const rooms = await (await fetch("/api/v1/chat/rooms", { headers })).json();
+  const rooms = await (await fetch(api + "/chat/rooms", { headers })).json();
   if (!rooms.some((known) => known.name === name)) return; // new: created when we join
-  const response = await fetch(`/api/v1/chat/rooms/${encodeURIComponent(name)}/messages?limit=50`,
+  const response = await fetch(`${api}/chat/rooms/${encodeURIComponent(name)}/messages?limit=50`,
     { headers });
   if (!response.ok) return;
   const page = await response.json();
