@@ -224,7 +224,7 @@ def start_profile(pid: int, name: str) -> tuple[subprocess.Popen[bytes], Path]:
     out = BENCH_DIR / "results" / f"profile-realtime-{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    command = [spy, "record", "--format", "raw", "--rate", str(SAMPLE_RATE), "--nolineno",
+    command = [spy, "record", "--format", "raw", "--rate", str(SAMPLE_RATE), "--nolineno", "--gil",
                "--output", str(out), "--pid", str(pid)]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out
 
