@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import httpx
@@ -212,7 +213,7 @@ def run_one(database_url: str | None, rows: int, upload_mb: int) -> dict[str, ob
         shutil.rmtree(work, ignore_errors=True)
 
 
-def export_goal(result: dict[str, object]) -> dict[str, object]:
+def export_goal(result: Mapping[str, object]) -> dict[str, object]:
     export_csv = result["export_csv"]
     assert isinstance(export_csv, dict)
     growth = float(export_csv["server_rss_peak_growth_mb"])
