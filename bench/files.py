@@ -1,12 +1,18 @@
 """Streaming exports and uploads against a real server process; prints JSON.
 
-    uv run python bench/files.py [--rows N] [--database-url postgresql://...] [--upload-mb M]
+    uv run python bench/files.py [--rows N] [--database-url postgresql://... | --postgres]
+                                 [--upload-mb M]
 
-For each database (SQLite always; PostgreSQL when a URL is given) it migrates a fresh
+For each database (SQLite always; PostgreSQL when a URL is given, or with `--postgres` on a
+throwaway server started with tests.support.servers.PostgresServer) it migrates a fresh
 database, starts `app api`, fills the items table with `--rows` rows by one INSERT ... SELECT,
 then streams `GET /api/v1/exports/items` (CSV) and reports rows per second and the server's peak
 RSS growth (VmRSS from /proc, sampled every 20 ms while the export streams). On SQLite it also
 uploads a `--upload-mb` file and compares the time with `shutil.copyfile` of the same file.
+
+`goals` holds issue 14's goal per database: the export's peak RSS growth under
+`EXPORT_RSS_GROWTH_LIMIT_MB` (with `met`); rows per second is reported, not held to a figure.
+Exit status 1 if a goal is missed.
 """
 
 import sys
@@ -25,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import httpx
@@ -34,10 +41,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.core.config import Settings
 from app.core.db import UTCDateTime
 from tests.support.processes import GroupProcess, free_port, http_ok
+from tests.support.servers import PostgresServer, ServerUnavailable
 
 APP = str(Path(sys.executable).parent / "app")
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdefghijkl"
 PASSWORD = "Bench-password-1"
+# Issue 14's goal: exporting 1M rows grows the server's resident memory by less than this.
+EXPORT_RSS_GROWTH_LIMIT_MB = 50.0
 
 
 def rss_kib(pid: int) -> int:
@@ -203,16 +213,42 @@ def run_one(database_url: str | None, rows: int, upload_mb: int) -> dict[str, ob
         shutil.rmtree(work, ignore_errors=True)
 
 
+def export_goal(result: Mapping[str, object]) -> dict[str, object]:
+    export_csv = result["export_csv"]
+    assert isinstance(export_csv, dict)
+    growth = float(export_csv["server_rss_peak_growth_mb"])
+    return {
+        "what": f"export of {export_csv['rows']} rows: server peak RSS growth, MB",
+        "figure": growth,
+        "target": EXPORT_RSS_GROWTH_LIMIT_MB,
+        "met": growth < EXPORT_RSS_GROWTH_LIMIT_MB,
+        "rows_per_second": export_csv["rows_per_second"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--upload-mb", type=int, default=100)
-    parser.add_argument("--database-url", help="a PostgreSQL database to fill (it is migrated)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--database-url", help="a PostgreSQL database to fill (it is migrated)")
+    where.add_argument(
+        "--postgres", action="store_true", help="also on a throwaway PostgreSQL server"
+    )
     args = parser.parse_args()
-    results = {"sqlite": run_one(None, args.rows, args.upload_mb)}
+    results: dict[str, dict[str, object]] = {"sqlite": run_one(None, args.rows, args.upload_mb)}
     if args.database_url:
         results["postgresql"] = run_one(args.database_url, args.rows, 0)
-    print(json.dumps(results, indent=2))
+    elif args.postgres:
+        try:
+            with PostgresServer() as postgres:
+                url = postgres.create_database(f"bench_files_{os.getpid()}")
+                results["postgresql"] = run_one(url, args.rows, 0)
+        except ServerUnavailable as exc:
+            raise SystemExit(f"--postgres: {exc}") from None
+    goals = {f"export_rss_growth_{name}": export_goal(result) for name, result in results.items()}
+    print(json.dumps({**results, "goals": goals}, indent=2))
+    sys.exit(0 if all(goal["met"] for goal in goals.values()) else 1)
 
 
 if __name__ == "__main__":

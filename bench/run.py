@@ -252,6 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         verdict = "met" if target["met"] else "MISSED"
         progress(f"target {name}: {target['figure']} {target['ratio']} "
                  f"(<= {target['target']}) {verdict}")  # fmt: skip
+    if (scaling := report.get("workers_scaling")) is not None:
+        verdict = "met" if scaling["met"] else "MISSED"
+        trust = "" if scaling["conclusive"] else " (inconclusive: other work took the cores)"
+        progress(f"workers_scaling: ratio {scaling['ratio']} (>= {scaling['target']}) "
+                 f"{verdict}{trust}")  # fmt: skip
     for warning in report["warnings"]:
         progress(f"WARNING {warning}")
     for problem in report["problems"]:

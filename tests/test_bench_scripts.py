@@ -96,3 +96,20 @@ def test_targets_are_maximum_ratios_with_met_flags() -> None:
     verdicts = {name: target["met"] for name, target in found.items()}
     assert verdicts == {"users_me_redis": False, "users_me_floor_redis": True,
                         "users_me_tail_redis": False}  # fmt: skip
+
+
+def test_realtime_and_export_goals_carry_met_flags() -> None:
+    from bench.files import export_goal
+    from bench.realtime import goals
+
+    fanout = {"clients": 1000, "send_to_all_received_ms": {"p99": 120.0}}
+    found = goals({"one_process": fanout, "two_processes": fanout})
+    assert {name: goal["met"] for name, goal in found.items()} == {
+        "one_process_p99": False,  # 120 ms against < 100
+        "two_processes_p99": True,  # against < 150
+    }
+    export = {"export_csv": {"rows": 1_000_000, "rows_per_second": 20000,
+                             "server_rss_peak_growth_mb": 6.3}}  # fmt: skip
+    assert export_goal(export)["met"] is True
+    export["export_csv"]["server_rss_peak_growth_mb"] = 50.0  # the goal is strictly under
+    assert export_goal(export)["met"] is False
