@@ -17,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 from starlette.routing import compile_path
+from starlette.websockets import WebSocket, WebSocketState
 
 from app.core.request_context import REQUEST_ID_HEADER, request_id_of
 
@@ -260,7 +261,7 @@ async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
         "unhandled error",
         exc_info=exc,
         request_id=request_id_of(request.scope),
-        method=request.method,
+        method=_method(request),
         path=request.url.path,
     )
     return error_response(
@@ -310,8 +311,16 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _method(connection: HTTPConnection) -> str:
+    """The request's method for a log line. Handlers also get the WebSocket of a handshake
+    that failed before it was accepted (Starlette sends their response as the HTTP denial),
+    and a WebSocket has no `.method`."""
+    method: str = connection.scope.get("method", "WEBSOCKET")
+    return method
+
+
 def _unavailable(
-    request: Request, *, event: str, message: str, retry_after: str, **log: object
+    request: HTTPConnection, *, event: str, message: str, retry_after: str, **log: object
 ) -> JSONResponse:
     """A passing overload or outage, not a bug: one warning line, no traceback, and a 503
     telling the client when to try again."""
@@ -319,7 +328,7 @@ def _unavailable(
         event,
         **log,
         request_id=request_id_of(request.scope),
-        method=request.method,
+        method=_method(request),
         path=request.url.path,
     )
     return error_response(
@@ -346,16 +355,57 @@ async def _pool_timeout(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+# Close codes for an error after a WebSocket was accepted (RFC 6455 section 7.4.1, and 1013
+# "Try Again Later" from the IANA registry): an outage or overload is worth a reconnect later.
+_WS_TRY_AGAIN_LATER = 1013
+_WS_INTERNAL_ERROR = 1011
+_WS_POLICY_VIOLATION = 1008
+_WS_REASON_BYTES = 123  # a close frame's reason fits in 125 bytes with its 2-byte code
+
+
+def _websocket_aware(handler: Handler) -> Callable[[Request, Exception], Awaitable[Any]]:
+    """Starlette also calls exception handlers for WebSocket routes, with the endpoint's own
+    WebSocket, and sends the returned response as the handshake's HTTP denial. That is right
+    before the accept; after it (our WebSockets authenticate once accepted) no HTTP response
+    can go out, so the error becomes a close frame: 1013 for a 503 (the pool or the database
+    is busy or away: reconnect later), 1011 for any other 5xx, 1008 for a refusal."""
+
+    async def handle(connection: Request, exc: Exception) -> JSONResponse | None:
+        response = await handler(connection, exc)
+        if not (
+            isinstance(connection, WebSocket)
+            and connection.application_state == WebSocketState.CONNECTED
+        ):
+            return response
+        status = response.status_code
+        if status == 503:
+            code = _WS_TRY_AGAIN_LATER
+        else:
+            code = _WS_INTERNAL_ERROR if status >= 500 else _WS_POLICY_VIOLATION
+        message = HTTPStatus(status).phrase
+        await connection.close(code, message.encode()[:_WS_REASON_BYTES].decode(errors="ignore"))
+        return None
+
+    return handle
+
+
 def install_error_handlers(app: FastAPI, *, max_validation_errors: int = 20) -> None:
-    app.add_exception_handler(AppError, _app_error)
-    # A database restart is a 503 with Retry-After, like a Redis outage, never a 500.
-    for unavailable in (DBAPIError, ConnectionError, socket.gaierror):
-        app.add_exception_handler(unavailable, _database_error)
-    app.add_exception_handler(PoolTimeout, _pool_timeout)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(
-        RequestValidationError, validation_error_handler(max_validation_errors)
-    )
+    handlers: list[tuple[type[Exception], Handler]] = [
+        (AppError, _app_error),
+        # A database restart is a 503 with Retry-After, like a Redis outage, never a 500.
+        (DBAPIError, _database_error),
+        (ConnectionError, _database_error),
+        (socket.gaierror, _database_error),
+        (PoolTimeout, _pool_timeout),
+        (StarletteHTTPException, _http_error),
+        (RequestValidationError, validation_error_handler(max_validation_errors)),
+    ]
+    for exc_class, handler in handlers:
+        app.add_exception_handler(exc_class, _websocket_aware(handler))
+    # Exception's handler runs in Starlette's ServerErrorMiddleware, for HTTP only: an
+    # unexpected error in a WebSocket is uvicorn's (a traceback, close 1011).
     app.add_exception_handler(Exception, _unhandled_error)
 
 

@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from websockets.exceptions import InvalidStatus
 
 from tests.support.apis import wait_for_window_headroom
@@ -137,3 +138,30 @@ async def test_presence_changes_are_limited_per_connection(live: LiveFactory) ->
             await next_of(ws, "join")
             await ws.send('{"type": "typing"}')
             assert (await next_of(ws, "typing"))["user"]["id"] == alice.id
+
+
+async def test_an_exhausted_pool_after_the_accept_closes_1013_with_one_warning(
+    live: LiveFactory, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exception handlers also get the WebSocket: after the accept (our sockets authenticate
+    once accepted) no HTTP response can go out, so the pool's 503 becomes close 1013 "try
+    again later" with the usual one warning line. It was an AttributeError on `.method`, a
+    dropped connection with no close frame and a traceback."""
+    caplog.set_level(logging.INFO)
+    async with live(
+        database_pool_size=1, database_max_overflow=0, database_pool_timeout_seconds=0.2
+    ) as server:
+        alice = await server.factory.account()
+        bearer = ["bearer", alice.access_token]
+        engine = server.app.state.services.engine
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))  # the pool's only connection, kept busy
+            async with server.ws("/ws/chat/lobby", subprotocols=bearer) as ws:
+                assert await close_code_of(ws) == 1013
+        # Freed, the same connect joins the room: the timeout left nothing broken.
+        async with server.ws("/ws/chat/lobby", subprotocols=bearer) as ws:
+            assert (await next_of(ws, "join"))["user"]["id"] == alice.id
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    out = capsys.readouterr().out  # the app's structlog lines
+    assert "Traceback" not in out, out
+    assert out.count("database pool exhausted") == 1, out
