@@ -2,15 +2,17 @@
 log context, access log. The client address is scope["client"], already taken from a trusted
 proxy's headers (app.core.proxy)."""
 
+import logging
 import re
 import time
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.types import Processor
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SCOPE_KEY = "app.request_id"
@@ -56,11 +58,58 @@ def route_of(scope: Scope) -> str:
     return str(template or "<unmatched>")
 
 
+class AccessLog:
+    """Writes what `structlog.stdlib.get_logger(name).info(event, **fields)` would, for less.
+
+    Under the setup of app.core.logging (structlog into the standard library's handlers) it
+    runs the configured processors itself and hands one record to the handlers: no bound
+    logger to resolve, no context copy, no search for the caller's frame (no formatter here
+    prints it), and with the level above INFO no work at all. Any other structlog setup gets
+    the ordinary call. Like a structlog logger cached on first use, it reads the setup once,
+    at its first line."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stdlib = logging.getLogger(name)
+        self.chain: Sequence[Processor] | None = None  # None: not resolved yet
+        self.direct = False
+
+    def _resolve(self) -> Sequence[Processor]:
+        config = structlog.get_config()
+        processors: list[Processor] = list(config["processors"])
+        self.direct = (
+            isinstance(config["logger_factory"], structlog.stdlib.LoggerFactory)
+            and bool(processors)
+            and processors[-1] is structlog.stdlib.ProcessorFormatter.wrap_for_formatter
+        )
+        self.chain = processors[:-1]
+        return self.chain
+
+    def info(self, fields: dict[str, Any]) -> None:
+        """`fields` in the order structlog would make them: the keywords, then "event"."""
+        chain = self.chain if self.chain is not None else self._resolve()
+        if not self.direct:
+            event = fields.pop("event")
+            structlog.stdlib.get_logger(self.name).info(event, **fields)
+            return
+        logger = self.stdlib
+        if not logger.isEnabledFor(logging.INFO):  # cached by the standard library
+            return
+        event_dict: Any = fields
+        for processor in chain:
+            event_dict = processor(logger, "info", event_dict)
+        record = logger.makeRecord(
+            self.name, logging.INFO, "(unknown file)", 0, event_dict, (), None,
+            extra={"_logger": logger, "_name": "info"},
+        )  # fmt: skip
+        logger.handle(record)
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
         self.access_log = access_log
-        self.logger = structlog.stdlib.get_logger("app.access")
+        self.logger = AccessLog("app.access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -101,26 +150,26 @@ class RequestContextMiddleware:
             quiet = not self.access_log or (status < 400 and scope["path"] in QUIET_PATHS)
             if scope["type"] == "http" and not quiet:
                 # Path template, not the raw path: no IDs or query strings (tokens) in logs.
-                self.logger.info(
-                    "request",
-                    method=scope["method"],
-                    route=route_of(scope),
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    client=client_ip_of(scope),
-                    user_id=scope.get(_USER_KEY),
-                )
+                self.logger.info({
+                    "method": scope["method"],
+                    "route": route_of(scope),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "client": client_ip_of(scope),
+                    "user_id": scope.get(_USER_KEY),
+                    "event": "request",
+                })  # fmt: skip
             elif scope["type"] == "websocket" and self.access_log:
                 # Once the socket ends: how long it lived and how it closed (client gone: None).
-                self.logger.info(
-                    "websocket",
-                    route=route_of(scope),
-                    status=status,
-                    close_code=close_code,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    client=client_ip_of(scope),
-                    user_id=scope.get(_USER_KEY),
-                )
+                self.logger.info({
+                    "route": route_of(scope),
+                    "status": status,
+                    "close_code": close_code,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "client": client_ip_of(scope),
+                    "user_id": scope.get(_USER_KEY),
+                    "event": "websocket",
+                })  # fmt: skip
             REQUEST_ID.reset(request_token)
             USER_ID.reset(user_token)
 
