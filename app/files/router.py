@@ -20,7 +20,7 @@ from app.files.schemas import FileRead, PresignedURL, StorageUsage
 router = APIRouter(prefix="/files", tags=["files"])
 
 # Upload routes get their own body cap (MAX_UPLOAD_BYTES plus room for the multipart framing)
-# in BodySizeLimitMiddleware instead of the global one; the handler counts the file's bytes.
+# in BodyLimitsMiddleware instead of the global one; the handler counts the file's bytes.
 # The second is the item image upload (app.items.images), which reuses the two specs below.
 UPLOAD_PATHS = (r"^/api/v\d+/files/?$", r"^/api/v\d+/items/[^/]+/images/?$")
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
