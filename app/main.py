@@ -27,20 +27,11 @@ from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
 from app.core.http import create_http_client
 from app.core.logging import configure_logging
-from app.core.middleware import (
-    BodySizeLimitMiddleware,
-    GZipIfAcceptedMiddleware,
-    JSONLimitsMiddleware,
-    MetricsMiddleware,
-    RateLimitMiddleware,
-    SecurityHeadersMiddleware,
-    TrustedHostMiddleware,
-)
+from app.core.middleware import BodyLimitsMiddleware, EdgeMiddleware
 from app.core.proxy import ForwardedHeadersMiddleware
 from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
 from app.core.redis import create_cache_redis, create_redis
-from app.core.request_context import RequestContextMiddleware
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
 from app.core.shutdown import exit_cleanly_on_sigterm, install_drain_on_signal
@@ -152,30 +143,26 @@ def _lifespan(
 
 def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
     """Outermost first. Forwarded headers first, so everything after sees the real client,
-    scheme and host; the request context wraps the rest, so even errors carry the ID and reach
-    the access log; metrics see rate-limited requests; gzip only sees what is allowed."""
+    scheme and host; then the edge (app.core.middleware.EdgeMiddleware: request context and
+    access log, metrics, the global rate limit, security headers, gzip, trusted hosts, in that
+    order, so even errors carry the ID and reach the access log, metrics see rate-limited
+    requests, gzip only sees what is allowed); CORS and the session cookie; the body limits."""
     stack = []
     if settings.trusted_proxies:
         stack.append(
             Middleware(ForwardedHeadersMiddleware, trusted_proxies=settings.trusted_proxies)
         )
-    stack += [
-        Middleware(RequestContextMiddleware, access_log=settings.access_log),
-        Middleware(MetricsMiddleware),
-    ]
-    if settings.rate_limit_enabled:
-        stack.append(
-            Middleware(
-                RateLimitMiddleware,
-                policy=policies.default,
-                ipv6_prefix=settings.rate_limit_ipv6_prefix,
-            )
+    stack.append(
+        Middleware(
+            EdgeMiddleware,
+            allowed_hosts=settings.allowed_hosts,
+            policy=policies.default if settings.rate_limit_enabled else None,
+            ipv6_prefix=settings.rate_limit_ipv6_prefix,
+            hsts=settings.is_production,
+            access_log=settings.access_log,
+            gzip_minimum_size=1000,  # never text/event-stream
         )
-    stack += [
-        Middleware(SecurityHeadersMiddleware, hsts=settings.is_production),
-        Middleware(GZipIfAcceptedMiddleware, minimum_size=1000),  # never text/event-stream
-        Middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts),
-    ]
+    )
     if settings.cors_origins:
         stack.append(
             Middleware(
@@ -198,17 +185,14 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
             same_site="lax",
         ),
         Middleware(
-            BodySizeLimitMiddleware,
+            BodyLimitsMiddleware,
             max_bytes=settings.max_request_body_bytes,
             path_limits=[
                 (path, settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES) for path in uploads
             ],
-        ),
-        Middleware(
-            JSONLimitsMiddleware,
-            max_depth=settings.json_max_depth,
-            max_items=settings.json_max_items,
-            skip_paths=uploads,
+            json_max_depth=settings.json_max_depth,
+            json_max_items=settings.json_max_items,
+            json_skip_paths=uploads,
         ),
     ]
     return stack

@@ -370,7 +370,7 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=1000, ge=1)
     """`app api`: open connections per process (WebSockets and idle keep-alive included); the
     next ones get 503 with Retry-After"""
-    # App-level: checked by JSONLimitsMiddleware before FastAPI parses and pydantic validates,
+    # App-level: checked by BodyLimitsMiddleware before FastAPI parses and pydantic validates,
     # whatever the server. A body of 500 000 unknown keys kept a process busy ~10 s.
     json_max_depth: int = Field(default=32, ge=2, le=500)
     """a JSON body nested deeper than this (objects and arrays) gets 413"""

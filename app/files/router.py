@@ -22,7 +22,7 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 
 # Upload routes get their own body cap (MAX_UPLOAD_BYTES plus room for the multipart framing)
-# in BodySizeLimitMiddleware instead of the global one; the handler counts the file's bytes.
+# in BodyLimitsMiddleware instead of the global one; the handler counts the file's bytes.
 # The second is the item image upload (app.items.images), which reuses the two specs below.
 def upload_paths(api_prefix: str) -> tuple[str, str]:
     """The upload routes' path patterns under API_V1_PREFIX (the only version with uploads)."""

@@ -1,4 +1,4 @@
-"""json_shape_problem: the pre-check JSONLimitsMiddleware runs before FastAPI parses a body
+"""json_shape_problem: the pre-check BodyLimitsMiddleware runs before FastAPI parses a body
 (the server-level behaviour is in tests/test_http_limits.py)."""
 
 import json

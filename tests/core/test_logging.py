@@ -8,6 +8,7 @@ import pytest
 import structlog
 
 from app.core.logging import configure_logging
+from app.core.request_context import REQUEST_ID, AccessLog
 from tests.support.factories import Factory
 from tests.support.settings import BuildClient, make_settings
 
@@ -107,6 +108,35 @@ async def test_access_log_can_be_switched_off(
         assert (await client.get("/api/v1/items/")).status_code == 200
         assert (await client.get("/nowhere")).status_code == 404
     assert [r for r in lines(json_logs) if r.get("event") == "request"] == []
+
+
+@pytest.mark.parametrize("shared_state", ["memory"], indirect=True)  # no backend in it
+async def test_access_log_respects_the_level(
+    build_client: BuildClient, json_logs: io.StringIO
+) -> None:
+    async with build_client() as (_, client):
+        logging.getLogger().setLevel(logging.WARNING)  # restored by the fixture
+        assert (await client.get("/api/v1/items/")).status_code == 200
+        logging.getLogger().setLevel(logging.INFO)
+        assert (await client.get("/nowhere")).status_code == 404
+    access = [r for r in lines(json_logs) if r.get("event") == "request"]
+    assert [r["status"] for r in access] == [404]
+
+
+def test_the_access_log_writes_what_a_structlog_call_writes(json_logs: io.StringIO) -> None:
+    """AccessLog runs the configured processors itself: same keys, same order, same values."""
+    fields = {"method": "GET", "route": "/r/{id}", "status": 200, "duration_ms": 1.5,
+              "client": "127.0.0.1", "user_id": 7}  # fmt: skip
+    token = REQUEST_ID.set("req-7")
+    try:
+        structlog.stdlib.get_logger("app.access").info("request", **fields)
+        AccessLog("app.access").info({**fields, "event": "request"})
+    finally:
+        REQUEST_ID.reset(token)
+    ordinary, ours = lines(json_logs)[-2:]
+    assert str(ordinary.pop("timestamp")) <= str(ours.pop("timestamp"))
+    assert list(ours.items()) == list(ordinary.items())
+    assert ours["request_id"] == "req-7"
 
 
 def test_stdlib_extras_are_redacted_too(json_logs: io.StringIO) -> None:
