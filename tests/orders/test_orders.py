@@ -23,38 +23,11 @@ from app.orders.models import Order
 from app.realtime.service import user_channel
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Account, Factory
+from tests.support.orders import ADDRESS, ORDERS, order_body, place
 from tests.support.settings import BuildClient
 
 SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-ORDERS = "/api/v1/orders/"
 FULL_WIDTH_CODE = "\uff11\uff10\uff10-\uff10\uff10\uff10\uff11"  # an IME's digits
-ADDRESS = {
-    "postal_code": "100-0001",
-    "prefecture": "東京都",
-    "city": "千代田区",
-    "street": "千代田1-1",
-    "building": "Imperial Bldg 3F",
-}
-
-
-def order_body(**fields: Any) -> dict[str, Any]:
-    return {
-        "lines": [
-            {"name": "Tea", "quantity": 2, "unit_price": "10.50", "currency": "USD"},
-            {"name": "Cup", "quantity": 1, "unit_price": "3.00", "currency": "EUR"},
-            {"name": "Sencha", "quantity": 3, "unit_price": "1200", "currency": "JPY"},
-        ],
-        "shipping_address": ADDRESS,
-        "notes": "Leave at the door",
-        **fields,
-    }
-
-
-async def place(client: httpx.AsyncClient, account: Account, **fields: Any) -> dict[str, Any]:
-    response = await client.post(ORDERS, json=order_body(**fields), headers=account.headers)
-    assert response.status_code == 201, response.text
-    data: dict[str, Any] = response.json()
-    return data
 
 
 async def test_place_and_read_with_totals_and_confirmation_mail(

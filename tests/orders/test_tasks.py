@@ -11,8 +11,8 @@ from sqlalchemy import select, update
 from app.core.db import utcnow
 from app.orders import service
 from app.orders.models import Order
-from tests.orders.test_orders import ORDERS, order_body
 from tests.support.factories import Factory
+from tests.support.orders import ORDERS, order_body
 
 
 async def test_purge_clears_expired_keys_in_batches_and_keeps_the_orders(
