@@ -40,7 +40,7 @@ ITEM_COLUMNS = (
     "id, title, description, price, currency, owner_id, created_at, updated_at, deleted_at"
 )
 USER_COLUMNS = (
-    "id, username, full_name, bio, created_at, email, role, is_active, is_verified, "
+    "id, username, full_name, bio, created_at, email, age, role, is_active, is_verified, "
     "updated_at, last_login_at"
 )
 _PLACEHOLDER = re.compile(r"\$\d+")

@@ -88,6 +88,17 @@ def test_the_floor_app_imports_and_serves_each_floor_endpoint() -> None:
         assert (targets[name].method, path) in served, name
 
 
+def test_the_floor_selects_every_field_of_the_schemas_it_serializes() -> None:
+    # A field added to a schema and not to the floor's SELECT makes the floor answer 500.
+    from app.auth.schemas import UserPrivate
+    from app.items.schemas import ItemRead
+    from bench.floor_app import ITEM_COLUMNS, USER_COLUMNS
+
+    for columns, schema in ((USER_COLUMNS, UserPrivate), (ITEM_COLUMNS, ItemRead)):
+        selected = {column.strip() for column in columns.split(",")}
+        assert set(schema.model_fields) <= selected, schema.__name__
+
+
 def test_targets_are_maximum_ratios_with_met_flags() -> None:
     from bench.targets import evaluate_targets
 

@@ -8,10 +8,15 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
+from limits.aio.storage import RedisStorage
+from limits.aio.storage.redis.redispy import RedispyBridge
 from prometheus_client import REGISTRY
+from redis._parsers import _AsyncHiredisParser
 from redis.asyncio import Redis
 from sqlalchemy import select
 
+from app.core.ratelimit import create_limiter
+from app.core.redis import create_redis
 from app.email.models import Email
 from app.main import create_app
 from tests.support.assertions import assert_envelope
@@ -385,3 +390,20 @@ async def test_client_text_in_a_limit_key_is_stored_bounded(
     assert keys
     assert max(len(key) for key in keys) < 200, keys
     assert max(sizes) < 1024, sizes
+
+
+def test_redis_replies_go_through_the_hiredis_parser(tmp_path: Path) -> None:
+    """hiredis is a dependency for its C reply parser (bench/RESULTS.md); redis-py drops it
+    silently when it is missing or too old, so check both Redis clients on the hot path."""
+    settings = make_settings(tmp_path, redis_url="redis://127.0.0.1:1/0")  # never connected
+    client = create_redis(settings)
+    assert client is not None
+    storage = create_limiter(settings).storage
+    assert isinstance(storage, RedisStorage)
+    assert isinstance(storage.bridge, RedispyBridge)
+    limiter_client = storage.bridge.get_connection()
+    assert isinstance(limiter_client, Redis)
+    for redis in (client, limiter_client):
+        pool = redis.connection_pool
+        connection = pool.connection_class(**pool.connection_kwargs)
+        assert isinstance(connection._parser, _AsyncHiredisParser)
