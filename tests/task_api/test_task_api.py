@@ -1,11 +1,14 @@
 """The task API against a real worker: owners see their tasks, nobody else does (JOBS-7)."""
 
+import uuid
+
 import httpx
 from fastapi import FastAPI
 
 from app.auth.models import Role
 from app.core.request_context import REQUEST_ID
-from app.jobs.models import Job
+from app.jobs.celery_app import queue_for
+from app.jobs.models import Job, JobState
 from tests.support.factories import Factory
 from tests.support.waiting import eventually_async
 from tests.support.workers import JobsStack, wait_for_task
@@ -66,19 +69,33 @@ async def test_a_cancelled_task_never_runs(
     jobs_stack: JobsStack, jobs_app: FastAPI, jobs_client: httpx.AsyncClient, jobs_factory: Factory
 ) -> None:
     owner = await jobs_factory.account()
-    cancelled = await _enqueue(jobs_app, owner.id, countdown=1.0)
-    response = await jobs_client.delete(f"/api/v1/tasks/{cancelled}", headers=owner.headers)
+    # The row is committed and cancelled before its message is sent: the worker cannot start
+    # it first however slow this machine is (a countdown raced a 10 s stall in CI).
+    job = Job(
+        id=str(uuid.uuid4()), name="app.noop", owner_id=owner.id, state=JobState.PENDING,
+        args=["cancelled"], kwargs={}, queue=queue_for("app.noop"),
+    )  # fmt: skip
+    async with jobs_app.state.services.sessionmaker() as session:
+        session.add(job)
+        await session.commit()
+    response = await jobs_client.delete(f"/api/v1/tasks/{job.id}", headers=owner.headers)
     assert response.status_code == 202
     assert response.json()["state"] == "REVOKED"
-    # A later task finishing means the worker has reached (and skipped) the cancelled one.
-    later = await _enqueue(jobs_app, owner.id, countdown=1.5)
-    await wait_for_task(jobs_client, owner.headers, later, stack=jobs_stack)
+    await jobs_app.state.jobs.send("app.noop", "cancelled", task_id=job.id)
 
-    body = (await jobs_client.get(f"/api/v1/tasks/{cancelled}", headers=owner.headers)).json()
+    async def delivered() -> Job | None:
+        async with jobs_app.state.services.sessionmaker() as session:
+            row = await session.get(Job, job.id)
+            return row if row is not None and row.worker is not None else None
+
+    # The worker records who received the message, then skips it (mark_started).
+    row = await eventually_async(delivered, timeout=30, what="the cancelled job's delivery")
+    assert row.state == JobState.REVOKED, jobs_stack.worker.tail()
+    body = (await jobs_client.get(f"/api/v1/tasks/{job.id}", headers=owner.headers)).json()
     assert body["state"] == "REVOKED"
     assert body["started_at"] is None
     assert body["cancel_requested"] is True
-    again = await jobs_client.delete(f"/api/v1/tasks/{cancelled}", headers=owner.headers)
+    again = await jobs_client.delete(f"/api/v1/tasks/{job.id}", headers=owner.headers)
     assert again.status_code == 202  # idempotent
 
 
