@@ -1,15 +1,24 @@
+import asyncio
 import re
+from http import HTTPStatus
+from pathlib import Path
 
 import httpx
 import pytest
 from asyncpg.exceptions import CannotConnectNowError, UniqueViolationError  # type: ignore[import-untyped]
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.core.errors import install_error_handlers
 from tests.support.assertions import assert_envelope
+from tests.support.live import DEADLINE, serve
 from tests.support.processes import free_port
+from tests.support.settings import make_settings
 
 
 async def test_unknown_path_is_404_envelope(client: httpx.AsyncClient) -> None:
@@ -157,3 +166,38 @@ async def test_security_headers_on_every_response(client: httpx.AsyncClient) -> 
     for response in (await client.get("/health"), await client.get("/missing")):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize(
+    ("status", "close_code"),
+    [(403, 1008), (429, 1008), (500, 1011), (502, 1011), (503, 1013)],
+)
+async def test_an_error_after_a_websocket_accept_is_a_close_frame(
+    tmp_path: Path, status: int, close_code: int
+) -> None:
+    """After the accept no HTTP response can go out: the handlers' answer becomes a close
+    frame over a real socket (1013 try again later, 1011 server error, 1008 refusal), with the
+    status's phrase as reason. Before the accept it stays the HTTP denial."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.websocket("/ws/{when}")
+    async def failing(websocket: WebSocket, when: str) -> None:
+        if when == "after":
+            await websocket.accept()
+        raise StarletteHTTPException(status)
+
+    async with serve(app, make_settings(tmp_path)) as url:
+        ws_url = url.replace("http://", "ws://", 1)
+        async with connect(f"{ws_url}/ws/after", open_timeout=DEADLINE) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), DEADLINE)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            close_code,
+            HTTPStatus(status).phrase,
+        )
+        with pytest.raises(InvalidStatus) as denied:
+            async with connect(f"{ws_url}/ws/before", open_timeout=DEADLINE):
+                pass
+        assert denied.value.response.status_code == status
