@@ -2,8 +2,9 @@
 by default), /api/v2, health and ops, the WebSockets and the pages. `create_app` calls
 `include_routes` and nothing else.
 
-Each router is included into the app directly (not through one umbrella router), so a request
-is matched through as few levels of included routers as before this module existed.
+Routers are included by copying their routes (app/core/routing.py): the app matches a request
+against one flat list, not through FastAPI's lazily included routers, whose per-request cost
+grows with every router before the one that matches.
 """
 
 from fastapi import APIRouter, FastAPI
@@ -16,6 +17,7 @@ from app.campaigns import free_mail, test_mail
 from app.campaigns.router import router as campaigns_router
 from app.core.config import API_V2_PREFIX, Settings
 from app.core.errors import ERROR_RESPONSES
+from app.core.routing import include_flat
 from app.exports.router import router as exports_router
 from app.files import router as files
 from app.health.router import ops_router
@@ -33,37 +35,43 @@ from app.task_api.router import router as tasks_router
 from app.users.router import admin_router as admin_users_router
 from app.users.router import router as users_router
 
+# In this order, which is the order routes are matched in (routing.py: one flat list).
+V1_ROUTERS: tuple[APIRouter, ...] = (
+    auth_router,
+    users_router,
+    items.by_user,
+    items.list_v1,
+    items.router,
+    item_images.router,
+    files.router,
+    exports_router,
+    tasks_router,
+    realtime.chat_router,
+    sse.router,  # before /notifications/{id}/...: nothing shadows /stream
+    realtime.notifications_router,
+    reports_router,
+    admin_router,
+    admin_users_router,
+    images_router,
+    test_mail.router,
+    free_mail.router,
+    campaigns_router,
+    orders_router,
+    articles_router,
+    search_router,
+    posts_router,
+)
+# v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
+V2_ROUTERS: tuple[APIRouter, ...] = (items.list_v2, items.router)
+
 # Its prefix is the setting, given at inclusion: including copies the routes, so apps built
 # with different settings in one process each get their own paths.
 api_v1 = APIRouter(responses=ERROR_RESPONSES)
-api_v1.include_router(auth_router)
-api_v1.include_router(users_router)
-api_v1.include_router(items.by_user)
-api_v1.include_router(items.list_v1)
-api_v1.include_router(items.router)
-api_v1.include_router(item_images.router)
-api_v1.include_router(files.router)
-api_v1.include_router(exports_router)
-api_v1.include_router(tasks_router)
-api_v1.include_router(realtime.chat_router)
-api_v1.include_router(sse.router)  # before /notifications/{id}/...: nothing shadows /stream
-api_v1.include_router(realtime.notifications_router)
-api_v1.include_router(reports_router)
-api_v1.include_router(admin_router)
-api_v1.include_router(admin_users_router)
-api_v1.include_router(images_router)
-api_v1.include_router(test_mail.router)
-api_v1.include_router(free_mail.router)
-api_v1.include_router(campaigns_router)
-api_v1.include_router(orders_router)
-api_v1.include_router(articles_router)
-api_v1.include_router(search_router)
-api_v1.include_router(posts_router)
-
-# v2 changes what matters: the item listing pages by cursor. Everything else stays on v1.
 api_v2 = APIRouter(prefix=API_V2_PREFIX, responses=ERROR_RESPONSES)
-api_v2.include_router(items.list_v2)
-api_v2.include_router(items.router)
+for _router in V1_ROUTERS:
+    include_flat(api_v1, _router)
+for _router in V2_ROUTERS:
+    include_flat(api_v2, _router)
 
 # Included in this order, which is the order routes are matched in.
 BEFORE_V1: tuple[APIRouter, ...] = (
@@ -81,7 +89,7 @@ AFTER_V1: tuple[APIRouter, ...] = (
 
 def include_routes(app: FastAPI, settings: Settings) -> None:
     for router in BEFORE_V1:
-        app.include_router(router)
-    app.include_router(api_v1, prefix=settings.api_v1_prefix)
+        include_flat(app, router)
+    include_flat(app, api_v1, prefix=settings.api_v1_prefix)
     for router in AFTER_V1:
-        app.include_router(router)
+        include_flat(app, router)
