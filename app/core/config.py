@@ -67,10 +67,15 @@ class Settings(BaseSettings):
     """where the SQLite database, the generated key, the outbox and local uploads live"""
     database_url: str | None = None
     """postgresql://... or any SQLAlchemy async URL; unset: SQLite in APP_DATA_DIR"""
-    database_pool_size: int = Field(default=10, ge=1)
-    """database connections kept open per process"""
-    database_max_overflow: int = Field(default=10, ge=0)
-    """connections opened beyond the pool under load, per process"""
+    # All of a process's connections are pooled by default. An overflow connection is closed
+    # as soon as it is returned while the pool is full, so under more concurrent requests
+    # than the pool holds every overflow checkout was a new connection (TCP, SSL attempt,
+    # startup, then close): 18% of users/me's CPU at 32 connections (bench/RESULTS.md).
+    # Pooled connections open only when concurrency needs them and are kept.
+    database_pool_size: int = Field(default=20, ge=1)
+    """database connections a process keeps once opened (opened as load needs them)"""
+    database_max_overflow: int = Field(default=0, ge=0)
+    """connections opened beyond the pool under load, closed again at once, per process"""
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     """wait for a free pooled connection; past it the request gets 503 with Retry-After"""
     # A ping is three round trips on asyncpg: pinging at every checkout doubled the cost of a
