@@ -135,6 +135,7 @@ class GroupProcess:
         stdout: Path,
         stderr: Path | None = None,
         name: str | None = None,
+        stdin_pipe: bool = False,
     ) -> None:
         self.command = list(command)
         self.name = name or Path(self.command[0]).name
@@ -150,7 +151,8 @@ class GroupProcess:
                 self.command,
                 env=env,
                 cwd=cwd,
-                stdin=subprocess.DEVNULL,
+                # A pipe only for a process that reads what to do once started (a worker spare).
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # a group of its own: its children are stopped with it
