@@ -38,6 +38,20 @@ def worker_spares(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerSp
         spares.close()
 
 
+@pytest.fixture(scope="session")
+def jobs_postgres_template(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A migrated database that each module's [redis] database is copied from: one migration
+    per session, not one per module (tests/test_migrations*.py test the migrations)."""
+    from app.core.migrate import upgrade_to_head
+
+    name = "jobs_migrated_template"
+    url = postgres_server.create_database(name)
+    upgrade_to_head(make_settings(tmp_path_factory.mktemp("jobs-template"), url))
+    return name
+
+
 @pytest.fixture(scope="module")
 def jobs_overrides() -> dict[str, str]:
     return {}
@@ -70,7 +84,8 @@ def jobs_stack(
         # By module path: modules in different folders share file names (test_tasks.py).
         module = request.module.__name__.removeprefix("tests.")
         name = "jobs_" + re.sub(r"\W", "_", module.lower())[:40]
-        values["DATABASE_URL"] = postgres.create_database(name)
+        template: str = request.getfixturevalue("jobs_postgres_template")
+        values["DATABASE_URL"] = postgres.create_database(name, template=template)
         broker = f"redis://127.0.0.1:{redis_server.port}/{BROKER_REDIS_DB}"
         with redis.Redis.from_url(broker) as client:
             client.flushdb()
@@ -82,10 +97,6 @@ def jobs_stack(
         values.get("DATABASE_URL"),
         **{key.lower(): value for key, value in values.items() if key != "DATABASE_URL"},
     )
-    if request.param == "redis":
-        from app.core.migrate import upgrade_to_head
-
-        upgrade_to_head(settings)
     worker = WorkerProcess(values, data_dir / "worker.log", spares=worker_spares)
     worker.start()
     try:
