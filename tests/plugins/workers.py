@@ -39,6 +39,20 @@ def worker_spares(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerSp
 
 
 @pytest.fixture(scope="session")
+def stopping_workers() -> Iterator[list[WorkerProcess]]:
+    """Embedded workers told to stop and not yet waited for: a module's embedded worker stops
+    (1.5-2 s: Celery's and billiard's shutdown timers) while the next setup and tests run.
+    Nothing of theirs is shared (own data directory, own broker file). Redis workers are
+    waited for at once: the next one flushes and uses the same broker database."""
+    stopping: list[WorkerProcess] = []
+    try:
+        yield stopping
+    finally:
+        for worker in stopping:
+            worker.finish_stop()
+
+
+@pytest.fixture(scope="session")
 def jobs_postgres_template(
     postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
@@ -61,6 +75,7 @@ def jobs_overrides() -> dict[str, str]:
 def jobs_stack(
     request: pytest.FixtureRequest,
     worker_spares: WorkerSpares,  # first: the first spare imports while the rest is set up
+    stopping_workers: list[WorkerProcess],
     tmp_path_factory: pytest.TempPathFactory,
     sqlite_template: Path,
     jobs_overrides: dict[str, str],
@@ -102,7 +117,14 @@ def jobs_stack(
     try:
         yield JobsStack(request.param, settings, values, worker)
     finally:
-        worker.stop()
+        if request.param == "embedded":
+            worker.begin_stop()
+            for gone in [w for w in stopping_workers if w.stopped()]:
+                gone.finish_stop()  # reaped, and any pool process left is killed
+                stopping_workers.remove(gone)
+            stopping_workers.append(worker)
+        else:
+            worker.stop()
 
 
 @pytest.fixture

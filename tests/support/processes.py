@@ -221,17 +221,28 @@ class GroupProcess:
         """
         if self.process.poll() is not None:
             return True
+        self.send(signum, leader_only=leader_only)
+        return self.reap(grace)
+
+    def send(self, signum: int, *, leader_only: bool = False) -> None:
+        """The first half of `stop`: signal the group (or its leader), don't wait."""
+        if self.process.poll() is not None:
+            return
         if leader_only:
             self.process.send_signal(signum)
         else:
             # The leader is not reaped yet, so its group id is still ours to signal.
             signal_group(self.pid, signum)
+
+    def reap(self, grace: float) -> bool:
+        """The second half of `stop`: wait for the leader, then SIGKILL the group (at once if
+        the leader is gone: children that outlived it, a worker's pool; after `grace` if not).
+        True if the leader exited within the grace."""
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.kill()
             return False
-        # Children that outlived their leader (a worker's pool) go too.
         signal_group(self.pid, signal.SIGKILL)
         return True
 

@@ -198,6 +198,20 @@ class WorkerProcess:
         if self.group is not None:
             self.group.stop(signal.SIGTERM, grace=STOP_DEADLINE_SECONDS, leader_only=True)
 
+    def begin_stop(self) -> None:
+        """`stop` in two halves, for a caller with other work meanwhile: the SIGTERM now (to
+        the main process alone: see GroupProcess.stop on billiard's lock)..."""
+        if self.group is not None:
+            self.group.send(signal.SIGTERM, leader_only=True)
+
+    def stopped(self) -> bool:
+        return self.group is None or not self.group.alive()
+
+    def finish_stop(self) -> None:
+        """...and the wait, then the group killed (after the deadline if still running)."""
+        if self.group is not None:
+            self.group.reap(STOP_DEADLINE_SECONDS)
+
     def kill(self) -> None:
         """SIGKILL to the worker and its pool processes: a crash, nothing cleaned up."""
         if self.group is not None:
