@@ -93,19 +93,23 @@ sys.exit(app.cli.main())
 
 
 class WorkerSpares:
-    """One `app worker` process started ahead of need, its imports done (~4-5 s of a worker's
-    6-8 s start on a loaded CI machine), waiting to be told its environment and log.
+    """`app worker` processes started ahead of need, their imports done (~4-5 s of a worker's
+    6-8 s start on a loaded CI machine), waiting to be told their environment and log.
 
-    Taking it starts the next one, which imports while the tests run. A spare serves only
+    Taking one starts another, which imports while the tests run. A spare serves only
     environments that differ from its own by app settings (read by Settings() when the command
     runs, never at import); anything else (PYTHONPATH, metrics directories) starts cold.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, keep: int = 2) -> None:
         self.directory = directory
         self.base_env = subprocess_env({})
         self._count = 0
-        self._spare: GroupProcess | None = self._launch()  # importing while the caller sets up
+        # Two kept: a worker and the beat (or a restarted worker) right after it both find one
+        # ready. One to begin with, importing while the caller sets up: a second would compete
+        # with it for the CPU when the first is needed soonest. The oldest is taken first.
+        self.keep = keep
+        self._spares: list[GroupProcess] = [self._launch()]
 
     def _launch(self) -> GroupProcess:
         self._count += 1
@@ -127,10 +131,9 @@ class WorkerSpares:
         """The spare, now running `argv` with `values`; None if it can't serve them."""
         if not self.serves(values):
             return None
-        spare, self._spare = self._spare, None
-        if spare is None or not spare.alive():  # the first, or one that failed to import
-            if spare is not None:
-                _discard(spare)
+        spare = self._spares.pop(0) if self._spares else self._launch()
+        if not spare.alive():  # it failed to import: a fresh one says why
+            _discard(spare)
             spare = self._launch()
         stdin = spare.process.stdin
         assert stdin is not None
@@ -143,13 +146,13 @@ class WorkerSpares:
                 stdin.close()
         else:
             spare.stdout = log_file
-        self._spare = self._launch()
+        while len(self._spares) < self.keep:
+            self._spares.append(self._launch())
         return spare
 
     def close(self) -> None:
-        if self._spare is not None:
-            _discard(self._spare)
-            self._spare = None
+        while self._spares:
+            _discard(self._spares.pop())
 
 
 def _discard(spare: GroupProcess) -> None:
