@@ -145,7 +145,9 @@ class WorkerSpares:
             with contextlib.suppress(BrokenPipeError):
                 stdin.close()
         else:
-            spare.stdout = log_file
+            # Its output goes to the worker's log from now on; what it wrote before (an import
+            # error) stays in its own, which a failure's description shows too.
+            spare.stdout, spare.stderr = log_file, spare.stdout
         while len(self._spares) < self.keep:
             self._spares.append(self._launch())
         return spare
