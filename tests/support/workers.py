@@ -96,9 +96,10 @@ class WorkerSpares:
     """`app worker` processes started ahead of need, their imports done (~4-5 s of a worker's
     6-8 s start on a loaded CI machine), waiting to be told their environment and log.
 
-    Taking one starts another, which imports while the tests run. A spare serves only
-    environments that differ from its own by app settings (read by Settings() when the command
-    runs, never at import); anything else (PYTHONPATH, metrics directories) starts cold.
+    Once a worker taken from them is ready, another starts and imports while the tests run.
+    A spare serves only environments that differ from its own by app settings (read by
+    Settings() when the command runs, never at import); anything else (PYTHONPATH, metrics
+    directories) starts cold.
     """
 
     def __init__(self, directory: Path, *, keep: int = 2) -> None:
@@ -148,9 +149,13 @@ class WorkerSpares:
             # Its output goes to the worker's log from now on; what it wrote before (an import
             # error) stays in its own, which a failure's description shows too.
             spare.stdout, spare.stderr = log_file, spare.stdout
+        return spare
+
+    def replenish(self) -> None:
+        """Start spares up to `keep`: called once the worker taken is ready, so that their
+        imports don't compete with its start for the CPU."""
         while len(self._spares) < self.keep:
             self._spares.append(self._launch())
-        return spare
 
     def close(self) -> None:
         while self._spares:
@@ -194,6 +199,14 @@ class WorkerProcess:
                 argv, env=subprocess_env(self.values), stdout=self.log_file, name="worker"
             )
         self.group = group
+        try:
+            self._wait_ready(watch)
+        finally:
+            if self.spares is not None:
+                self.spares.replenish()
+
+    def _wait_ready(self, watch: LogWatch) -> None:
+        assert self.group is not None
         self.group.wait_until(
             lambda: watch.has(" ready."), timeout=READY_DEADLINE_SECONDS, what="the ready line"
         )
