@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.processes import GroupProcess, ProcessDied, http_ok, port_open
 from tests.support.waiting import eventually, eventually_async
+from tests.support.workers import WorkerSpares
 
 
 def test_eventually_returns_the_first_truthy_value() -> None:
@@ -94,3 +95,11 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_worker_spare_serves_app_settings_only() -> None:
+    """A spare imported before it knew its environment: a variable read at import (not an app
+    setting, which Settings() reads when the command runs) must get a worker started cold."""
+    assert WorkerSpares.serves({"DATABASE_URL": "postgresql+asyncpg://x/y", "LOG_LEVEL": "INFO"})
+    assert not WorkerSpares.serves({"LOG_LEVEL": "INFO", "PYTHONPATH": "/elsewhere"})
+    assert not WorkerSpares.serves({"PROMETHEUS_MULTIPROC_DIR": "/tmp/metrics"})

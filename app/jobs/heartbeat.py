@@ -48,5 +48,7 @@ async def read(session: AsyncSession, *, stale_after: float) -> HeartbeatState:
     ).scalar()
     if beat_at is None:
         return HeartbeatState("unknown", None, None)
-    age = max(0.0, (utcnow() - beat_at).total_seconds())
-    return HeartbeatState("stale" if age > stale_after else "ok", beat_at, round(age, 3))
+    # Rounded before the comparison: a status of "stale" always comes with an age past the
+    # limit (3.0004 s used to say stale with an age of 3.0 against a limit of 3).
+    age = round(max(0.0, (utcnow() - beat_at).total_seconds()), 3)
+    return HeartbeatState("stale" if age > stale_after else "ok", beat_at, age)

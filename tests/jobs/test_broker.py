@@ -2,9 +2,11 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from celery.worker import state as worker_state
 from kombu.connection import Connection
 
 from app.jobs import broker
@@ -113,3 +115,30 @@ def test_one_worker_at_a_time_on_the_embedded_broker(tmp_path: Path) -> None:
         assert b"another worker is using the embedded broker" in result.stdout + result.stderr
     with worker_lock(database):  # released with its holder
         pass
+
+
+def test_a_worker_told_to_stop_stops_polling_but_still_gets_a_waiting_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's loop drains for 2 s a cycle and drains once more after a SIGTERM: without this,
+    an idle embedded worker waited out both (4-5 s) before its warm shutdown began."""
+    connection, _ = _connection(tmp_path)
+    received: list[object] = []
+    with connection:
+        queue = connection.SimpleQueue("default")
+        queue.put({"n": 1})
+        queue.consumer.register_callback(lambda body, message: received.append(body))
+        queue.consumer.consume()
+        monkeypatch.setattr(worker_state, "should_stop", 0)  # what the SIGTERM handler sets
+        connection.drain_events(timeout=30)
+        assert received == [{"n": 1}]  # taken before giving up: delivered, not dropped
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=30)
+        assert time.monotonic() - started < 5  # one poll, not the 30 s timeout
+        monkeypatch.setattr(worker_state, "should_stop", None)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=0.5)  # not stopping: polls the whole timeout
+        assert time.monotonic() - started >= 0.5
+        queue.close()

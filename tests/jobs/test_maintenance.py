@@ -18,7 +18,14 @@ from app.jobs.models import Job, JobState
 from tests.support.factories import Factory
 from tests.support.processes import GroupProcess
 from tests.support.waiting import eventually_async
-from tests.support.workers import APP, STOP_DEADLINE_SECONDS, JobsStack, run_by_name, subprocess_env
+from tests.support.workers import (
+    APP,
+    STOP_DEADLINE_SECONDS,
+    JobsStack,
+    WorkerSpares,
+    run_by_name,
+    subprocess_env,
+)
 
 STALE_AFTER_SECONDS = 3.0
 
@@ -34,11 +41,16 @@ def jobs_overrides() -> dict[str, str]:
 class BeatProcess:
     """`app beat` as deployed, in its own process group, logging to a file."""
 
-    def __init__(self, stack: JobsStack) -> None:
+    def __init__(self, stack: JobsStack, spares: WorkerSpares) -> None:
         self.log_file = stack.settings.app_data_dir / "beat.log"
-        self.group = GroupProcess(
-            [APP, "beat"], env=subprocess_env(stack.values), stdout=self.log_file, name="beat"
-        )
+        # A spare runs any `app` command: beat imports what the worker does.
+        group = spares.take([APP, "beat"], stack.values, self.log_file)
+        if group is None:
+            group = GroupProcess(
+                [APP, "beat"], env=subprocess_env(stack.values), stdout=self.log_file
+            )
+        group.name = "beat"
+        self.group = group
 
     def stop(self) -> None:
         self.group.stop(signal.SIGTERM, grace=STOP_DEADLINE_SECONDS)
@@ -48,8 +60,8 @@ class BeatProcess:
 
 
 @pytest.fixture
-def beat(jobs_stack: JobsStack) -> Iterator[BeatProcess]:
-    process = BeatProcess(jobs_stack)
+def beat(jobs_stack: JobsStack, worker_spares: WorkerSpares) -> Iterator[BeatProcess]:
+    process = BeatProcess(jobs_stack, worker_spares)
     try:
         yield process
     finally:

@@ -26,7 +26,7 @@ from tests.support.processes import free_port
 from tests.support.servers import PostgresServer, RedisServer, running
 from tests.support.settings import TEST_SECRET, make_settings
 from tests.support.waiting import eventually
-from tests.support.workers import WorkerProcess
+from tests.support.workers import WorkerProcess, WorkerSpares
 
 DEADLINE_SECONDS = 90.0
 DELAY_SECONDS = 6.0  # long enough to restart a server under the running job
@@ -99,7 +99,9 @@ def wait_until(condition: Callable[[], Any], what: str, worker: WorkerProcess) -
 
 
 @pytest.fixture(scope="module")
-def outages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outages]:
+def outages(
+    tmp_path_factory: pytest.TempPathFactory, worker_spares: WorkerSpares
+) -> Iterator[Outages]:
     data_dir = tmp_path_factory.mktemp("outages")
     with (
         running(PostgresServer(), "PostgreSQL") as postgres,
@@ -119,7 +121,7 @@ def outages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outages]:
         settings = make_settings(data_dir, database_url, redis_url=broker,
                                  celery_broker_url=broker)  # fmt: skip
         upgrade_to_head(settings)
-        worker = WorkerProcess(values, data_dir / "worker.log", concurrency=1)
+        worker = WorkerProcess(values, data_dir / "worker.log", concurrency=1, spares=worker_spares)
         worker.start()
         try:
             yield Outages(postgres, redis_server, settings, worker, database_url)

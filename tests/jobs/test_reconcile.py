@@ -29,7 +29,7 @@ from app.jobs.reconcile import ADVISORY_LOCK_KEY
 from app.jobs.service import LOST_ERROR, Jobs
 from tests.support.servers import PostgresServer, RedisServer, running
 from tests.support.settings import TEST_SECRET, make_settings
-from tests.support.workers import WorkerProcess
+from tests.support.workers import WorkerProcess, WorkerSpares
 
 DEADLINE_SECONDS = 45.0
 RECONCILE_EVERY_SECONDS = 3.0  # the tests' stand-in for beat
@@ -129,7 +129,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(
-    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+    postgres_server: PostgresServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_spares: WorkerSpares,
 ) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("reconcile")
     with running(RedisServer(persistent=True), "redis-server") as redis_server:
@@ -155,7 +157,7 @@ def stack(
         )
         upgrade_to_head(settings)
         # One process: jobs queue up behind the running one, as they do on a busy worker.
-        worker = WorkerProcess(values, data_dir / "worker.log", concurrency=1)
+        worker = WorkerProcess(values, data_dir / "worker.log", concurrency=1, spares=worker_spares)
         worker.start()
         celery = make_celery(settings)
         try:

@@ -135,6 +135,7 @@ class GroupProcess:
         stdout: Path,
         stderr: Path | None = None,
         name: str | None = None,
+        stdin_pipe: bool = False,
     ) -> None:
         self.command = list(command)
         self.name = name or Path(self.command[0]).name
@@ -150,7 +151,8 @@ class GroupProcess:
                 self.command,
                 env=env,
                 cwd=cwd,
-                stdin=subprocess.DEVNULL,
+                # A pipe only for a process that reads what to do once started (a worker spare).
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,  # a group of its own: its children are stopped with it
@@ -219,17 +221,28 @@ class GroupProcess:
         """
         if self.process.poll() is not None:
             return True
+        self.send(signum, leader_only=leader_only)
+        return self.reap(grace)
+
+    def send(self, signum: int, *, leader_only: bool = False) -> None:
+        """The first half of `stop`: signal the group (or its leader), don't wait."""
+        if self.process.poll() is not None:
+            return
         if leader_only:
             self.process.send_signal(signum)
         else:
             # The leader is not reaped yet, so its group id is still ours to signal.
             signal_group(self.pid, signum)
+
+    def reap(self, grace: float) -> bool:
+        """The second half of `stop`: wait for the leader, then SIGKILL the group (at once if
+        the leader is gone: children that outlived it, a worker's pool; after `grace` if not).
+        True if the leader exited within the grace."""
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.kill()
             return False
-        # Children that outlived their leader (a worker's pool) go too.
         signal_group(self.pid, signal.SIGKILL)
         return True
 

@@ -376,10 +376,15 @@ class PostgresServer:
             raise ServerUnavailable("psql not found next to pg_ctl or on PATH")
         return found
 
-    def create_database(self, name: str) -> str:
-        """``CREATE DATABASE name`` and return its URL (see ``url``)."""
-        if not _DB_NAME.fullmatch(name):
-            raise ValueError(f"invalid database name {name!r}: use [A-Za-z_][A-Za-z0-9_]*")
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        """``CREATE DATABASE name`` (a copy of ``template``: a file copy, no migration to
+        run again; nothing may be connected to it) and return its URL (see ``url``)."""
+        for checked in (name, template or name):
+            if not _DB_NAME.fullmatch(checked):
+                raise ValueError(f"invalid database name {checked!r}: use [A-Za-z_][A-Za-z0-9_]*")
+        statement = f'CREATE DATABASE "{name}"'
+        if template is not None:
+            statement += f' TEMPLATE "{template}"'
         if self.port is None:
             raise RuntimeError("PostgresServer is not started")
         env = {**_clean_env(), "PGCONNECT_TIMEOUT": "10"}
@@ -399,7 +404,7 @@ class PostgresServer:
                 "-d",
                 "postgres",
                 "-c",
-                f'CREATE DATABASE "{name}"',
+                statement,
             ],
             env=env,
             stdin=subprocess.DEVNULL,
