@@ -72,4 +72,7 @@ def _copy(target: APIRouter, route: BaseRoute, prefix: str) -> None:
     else:
         # A lazily included router (an `include_router` inside a domain) or a mount: not
         # used by this app; refuse it rather than drop its routes silently.
-        raise TypeError(f"include_flat cannot copy {type(route).__name__}: use include_flat")
+        raise TypeError(
+            f"include_flat cannot copy a {type(route).__name__}: include the inner router's "
+            "routes with include_flat, not include_router"
+        )
