@@ -1,13 +1,15 @@
 """Async engine and sessionmaker, the declarative base (`SessionDep`: app.core.dependencies)."""
 
+import functools
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event, exc
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, Select, event, exc
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,6 +21,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.types import TypeDecorator
 
 from app.core.config import Settings
+from app.core.errors import database_unavailable
 
 # Stable constraint names, so Alembic autogenerate and batch mode on SQLite can find them.
 NAMING_CONVENTION = {
@@ -146,6 +149,57 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
 # Full-text columns PostgreSQL generates (a tsvector over a table's text, GIN-indexed), made
 # by migrations only: the models don't map them, as SQLite has none, so schema comparison
 # (autogenerate, the migration tests) leaves out every column by this name and its indexes.
+async def read_one(
+    engine: AsyncEngine, statement: Select[Any], **params: object
+) -> Mapping[str, Any] | None:
+    """The one row (or none) of a lone SELECT by key, outside any transaction: for the hottest
+    reads, such as /users/me.
+
+    On asyncpg the statement is compiled once and run on the driver connection checked out of
+    SQLAlchemy's pool (its checkout events, idle pings and limits still apply). SQLAlchemy's
+    execution path around it (execution context, cursor adapter, result objects, and the
+    switch to AUTOCOMMIT and back that a lone SELECT needs there) cost more than the query:
+    ~100 of ~200 µs a read in process (bench/RESULTS.md). Values come as the driver returns
+    them (an enum column as its text), for a response schema to validate; a statement whose
+    parameters need SQLAlchemy's conversion is refused when first compiled. A driver error
+    becomes SQLAlchemy's DBAPIError, as from any other query, and a lost connection is
+    invalidated, so the error handlers and the pool treat it as they would.
+
+    On SQLite, the ordinary Core execution: its driver begins no transaction for a SELECT.
+    """
+    async with engine.connect() as pooled:
+        if engine.dialect.driver != "asyncpg":
+            result = await pooled.execute(statement, params)
+            row: Mapping[str, Any] | None = result.mappings().one_or_none()
+            return row
+        sql, names = _positional(statement, engine.dialect)
+        raw = await pooled.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None  # a checked-out connection is open
+        try:
+            record = await driver.fetchrow(sql, *(params[name] for name in names))
+        except Exception as error:
+            lost = driver.is_closed() or database_unavailable(error)
+            if lost:
+                await pooled.invalidate()
+            raise exc.DBAPIError.instance(
+                sql, params, error, Exception, connection_invalidated=lost
+            ) from error
+        return None if record is None else dict(record.items())
+
+
+@functools.lru_cache(maxsize=64)
+def _positional(statement: Select[Any], dialect: Dialect) -> tuple[str, tuple[str, ...]]:
+    """The statement's SQL for the dialect and its parameters' names in positional order."""
+    compiled = statement.compile(dialect=dialect)
+    for bind in compiled.binds.values():
+        if bind.type.bind_processor(dialect) is not None:
+            raise ValueError(f"parameter {bind.key!r} needs SQLAlchemy's conversion: use Core")
+    if compiled.positiontup is None or compiled.literal_execute_params:
+        raise ValueError("read_one takes a statement with plain positional parameters")
+    return compiled.string, tuple(compiled.positiontup)
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

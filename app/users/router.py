@@ -32,7 +32,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 @router.get("/profile", response_model=UserPrivate)
 async def read_me(principal: CurrentPrincipal, services: ServicesDep) -> Response:
     """Your own account."""
-    # The checks CurrentUser makes, on a Core read; serialized once here (FastAPI would
+    # The checks CurrentUser makes, on one plain read; serialized once here (FastAPI would
     # validate the model again on the way out).
     row = await service.read_private(engine=services.engine, user_id=principal.id)
     if row is None or not row["is_active"]:

@@ -1,7 +1,7 @@
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import RowMapping, bindparam, delete, or_, select
+from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.auth import service as auth_service
@@ -13,7 +13,7 @@ from app.auth.revocation import EndReason
 from app.auth.schemas import UserPrivate
 from app.core.cache import Cache
 from app.core.config import Settings
-from app.core.db import utcnow
+from app.core.db import read_one, utcnow
 from app.core.pagination import order_clauses, paginate
 from app.core.pubsub import Hub
 from app.users.errors import CannotDeleteSelf, CannotDemoteSelf, UserNotFound
@@ -40,19 +40,12 @@ _READ_PRIVATE = select(*(_users.c[name] for name in UserPrivate.model_fields)).w
 )
 
 
-async def read_private(*, engine: AsyncEngine, user_id: int) -> RowMapping | None:
-    """The caller's own account, for /users/me, the most frequent authenticated read: one Core
-    statement on a connection in autocommit (a lone SELECT needs no BEGIN and ROLLBACK round
-    trips) and no ORM identity map or instance to build: issue 14's profile had SQLAlchemy's
-    ORM and transaction handling at ~40% of this request's CPU."""
-    async with engine.connect() as pooled:
-        # SQLite's driver begins no transaction for a SELECT, and switching its isolation
-        # level there and back costs two trips to aiosqlite's thread (~12% of this request).
-        connection = pooled
-        if engine.dialect.name != "sqlite":
-            connection = await pooled.execution_options(isolation_level="AUTOCOMMIT")
-        result = await connection.execute(_READ_PRIVATE, {"user_id": user_id})
-        return result.mappings().one_or_none()
+async def read_private(*, engine: AsyncEngine, user_id: int) -> Mapping[str, Any] | None:
+    """The caller's own account, for /users/me, the most frequent authenticated read: one
+    statement outside any transaction (a lone SELECT needs no BEGIN and ROLLBACK round trips),
+    with no ORM identity map or instance to build (issue 14's profile had SQLAlchemy's ORM and
+    transaction handling at ~40% of this request's CPU), on the driver (`read_one`)."""
+    return await read_one(engine, _READ_PRIVATE, user_id=user_id)
 
 
 async def get(*, session: AsyncSession, user_id: int) -> User:
