@@ -15,7 +15,7 @@ from redis._parsers import _AsyncHiredisParser
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from app.core.ratelimit import create_limiter
+from app.core.ratelimit import RedisCounters, create_limiter
 from app.core.redis import create_redis
 from app.email.models import Email
 from app.main import create_app
@@ -394,11 +394,15 @@ async def test_client_text_in_a_limit_key_is_stored_bounded(
 
 def test_redis_replies_go_through_the_hiredis_parser(tmp_path: Path) -> None:
     """hiredis is a dependency for its C reply parser (bench/RESULTS.md); redis-py drops it
-    silently when it is missing or too old, so check both Redis clients on the hot path."""
+    silently when it is missing or too old, so check every Redis client on the hot path: the
+    shared client, the limiter's pipelined one (hiredis itself), and the library storage the
+    limiter falls back to for a URL the pipelined client doesn't take."""
     settings = make_settings(tmp_path, redis_url="redis://127.0.0.1:1/0")  # never connected
     client = create_redis(settings)
     assert client is not None
-    storage = create_limiter(settings).storage
+    assert isinstance(create_limiter(settings).storage, RedisCounters)
+    tls = make_settings(tmp_path, redis_url="rediss://127.0.0.1:1/0")
+    storage = create_limiter(tls).storage
     assert isinstance(storage, RedisStorage)
     assert isinstance(storage.bridge, RedispyBridge)
     limiter_client = storage.bridge.get_connection()

@@ -1,0 +1,197 @@
+"""A Redis client for the per-request hot path: one connection per process, every caller's
+command written as it comes and the replies matched to callers in order (pipelining).
+
+Why not redis-py here: its asyncio client checks a connection out of its pool for each command
+(a lock, a health check, a non-blocking read to see the socket is clean), wraps it in a retry
+and a timeout context, and returns it; under load that cost ~100 µs of CPU per command in the
+API process, where the command itself is a few µs of parsing (bench/RESULTS.md: users/me spent
+11% of its CPU in the rate limit's one EVALSHA). Here a command is one buffered write and one
+future, and a burst of concurrent callers shares each socket read. Everything else (scripts
+with many keys, SCAN, pub/sub, the broker) stays on redis-py.
+
+Failure behaves as redis-py's did for these callers, with its exception types: a connection
+that breaks or a reply later than the timeout closes the connection and fails every command
+waiting on it (ConnectionError / TimeoutError); the next command connects again, and one that
+found its connection already broken is sent once more on a new one. Only plain TCP URLs
+(`redis://`, with password and database); `from_url` returns None for others (TLS, a unix
+socket), and the caller stays on redis-py.
+"""
+
+import asyncio
+from collections import deque
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Reply = Any  # what hiredis makes of RESP: bytes, int, list, None, or an error instance
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(replyError=ResponseError)
+        self.waiting: deque[asyncio.Future[Reply]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport, as create_connection makes (uvloop's is no asyncio.Transport
+        # subclass, hence no isinstance check).
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if not self.waiting:  # a reply nobody asked for: the stream can't be trusted
+                self.close(RedisConnectionError("Redis sent a reply to no command"))
+                return
+            future = self.waiting.popleft()
+            if not future.done():  # its caller may have timed out meanwhile
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(self.lost or RedisConnectionError(f"Connection to Redis lost: {exc}"))
+
+    def send(self, packed: bytes) -> asyncio.Future[Reply]:
+        if self.lost is not None or self.transport is None:
+            raise self.lost or RedisConnectionError("not connected")
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.transport.write(packed)
+        return future
+
+    def close(self, reason: Exception) -> None:
+        self._fail(reason)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, reason: Exception) -> None:
+        if self.lost is None:
+            self.lost = reason
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(self.lost)
+
+
+class PipelinedRedis:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int = 6379,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+    ) -> None:
+        self.host, self.port = host, port
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        handshake: list[tuple[Any, ...]] = []
+        if password is not None:
+            handshake.append(("AUTH", username, password) if username else ("AUTH", password))
+        if db:
+            handshake.append(("SELECT", db))
+        self._handshake = handshake
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, timeout: float, connect_timeout: float
+    ) -> "PipelinedRedis | None":
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or not parts.hostname or parts.query:
+            return None
+        path = parts.path.strip("/")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 6379,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            db=int(path) if path else 0,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+        )
+
+    async def execute(self, *args: Any) -> Reply:
+        """One command's reply; an error reply is raised (ResponseError and its kinds)."""
+        packed = hiredis.pack_command(args)
+        for attempt in (1, 2):
+            protocol = await self._connected()
+            try:
+                future = protocol.send(packed)
+            except RedisConnectionError:
+                if attempt == 2:
+                    raise
+                continue  # found broken before anything was sent: once more, on a new one
+            return _checked(await self._reply(protocol, future))
+        raise AssertionError("unreachable")
+
+    async def evalsha(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Reply:
+        """A Lua script by digest, loaded first where this Redis lacks it (a restart)."""
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.execute("SCRIPT", "LOAD", script)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        if self._protocol is not None:
+            self._protocol.close(RedisConnectionError("client closed"))
+            self._protocol = None
+
+    async def _reply(self, protocol: _Protocol, future: asyncio.Future[Reply]) -> Reply:
+        # A future cancelled here (a timeout, or the caller's task cancelled) stays in the
+        # queue: its reply, when it comes, is read and dropped, keeping the others in step.
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await future
+        except TimeoutError:
+            # Redis is slow or gone: what is queued behind this will be late too.
+            protocol.close(RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}"))
+            raise RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}") from None
+
+    async def _connected(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is not None and protocol.lost is None:
+            return protocol
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:  # concurrent callers share one new connection
+            if self._protocol is None or self._protocol.lost is not None:
+                self._protocol = await self._connect()
+            return self._protocol
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        where = f"{self.host}:{self.port}"
+        protocol: _Protocol | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+                sent = [protocol.send(hiredis.pack_command(cmd)) for cmd in self._handshake]
+                for reply in await asyncio.gather(*sent, return_exceptions=True):
+                    _checked(reply)  # a wrong password is an error reply
+        except BaseException as error:
+            if protocol is not None:
+                protocol.close(RedisConnectionError(f"handshake with {where} failed"))
+            if isinstance(error, TimeoutError):
+                raise RedisTimeoutError(f"Timeout connecting to {where}") from None
+            if isinstance(error, OSError):
+                raise RedisConnectionError(f"Error connecting to {where}: {error}") from error
+            raise
+        return protocol
+
+
+def _checked(reply: Reply) -> Reply:
+    """The reply, or the error it is raised."""
+    if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+        raise NoScriptError(str(reply))
+    if isinstance(reply, BaseException):
+        raise reply
+    return reply
