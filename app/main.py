@@ -31,7 +31,7 @@ from app.core.middleware import BodyLimitsMiddleware, EdgeMiddleware
 from app.core.proxy import ForwardedHeadersMiddleware
 from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
-from app.core.redis import create_cache_redis, create_redis
+from app.core.redis import create_cache_redis, create_pipelined, create_redis
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
 from app.core.shutdown import exit_cleanly_on_sigterm, install_drain_on_signal
@@ -80,6 +80,8 @@ def _lifespan(
                 memory_max_bytes=settings.cache_memory_max_bytes,
                 near_ttl=settings.auth_snapshot_local_seconds,
                 near_max_entries=settings.auth_snapshot_local_max_entries,
+                pipelined_shared=create_pipelined(settings.redis_url),
+                pipelined_cache=create_pipelined(settings.cache_redis_url),
             ),
             limiter=create_limiter(settings),
             hub=create_hub(settings.redis_url),

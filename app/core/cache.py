@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from app.core.metrics import CACHE_LOOKUPS
 from app.core.redis import Redis, RedisError
+from app.core.redis_pipe import PipelinedRedis
 
 logger = logging.getLogger("app.cache")
 CachedFunction = Callable[..., Awaitable[bytes]]
@@ -199,14 +200,26 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Everything in one Redis: the shared one (plain operations), or the cache instance."""
+    """Everything in one Redis: the shared one (plain operations), or the cache instance.
 
-    def __init__(self, redis: Redis, *, scan_batch: int = 500, owns_client: bool = False) -> None:
+    `pipelined`: a client of the same Redis for the scripts every cached read and every write
+    runs (app/core/redis_pipe.py: cheaper per command than redis-py); owned from here on."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        scan_batch: int = 500,
+        owns_client: bool = False,
+        pipelined: PipelinedRedis | None = None,
+    ) -> None:
         self._redis = redis
         self._scan_batch = scan_batch
         self._owns_client = owns_client
-        self._get_versioned = redis.register_script(_GET_VERSIONED)
-        self._bump = redis.register_script(_BUMP)
+        self._pipelined = pipelined
+        scripts: Redis | PipelinedRedis = pipelined or redis
+        self._get_versioned = scripts.register_script(_GET_VERSIONED)
+        self._bump = scripts.register_script(_BUMP)
 
     async def get(self, key: str, *, near: bool = False) -> bytes | None:
         try:
@@ -274,6 +287,8 @@ class RedisCache:
     async def close(self) -> None:
         if self._owns_client:  # the shared client belongs to the lifespan
             await self._redis.aclose()
+        if self._pipelined is not None:
+            await self._pipelined.close()
 
 
 async def _bump(script: Any, namespace: str) -> None:
@@ -288,10 +303,14 @@ class LocalEntries:
     """Entries in this process's memory, generations in the shared Redis: a write anywhere
     retires them everywhere, and a cache hit costs one small GET there, as a Redis hit did."""
 
-    def __init__(self, generations: Redis, memory: MemoryCache) -> None:
+    def __init__(
+        self, generations: Redis, memory: MemoryCache, *, pipelined: PipelinedRedis | None = None
+    ) -> None:
         self._memory = memory
-        self._generation = generations.register_script(_GET_GENERATION)
-        self._bump = generations.register_script(_BUMP)
+        self._pipelined = pipelined  # as RedisCache's: the same Redis, owned from here on
+        scripts: Redis | PipelinedRedis = pipelined or generations
+        self._generation = scripts.register_script(_GET_GENERATION)
+        self._bump = scripts.register_script(_BUMP)
 
     async def get_versioned(self, namespace: str, key: str) -> tuple[int, bytes | None]:
         try:
@@ -312,6 +331,8 @@ class LocalEntries:
 
     async def close(self) -> None:
         await self._memory.close()
+        if self._pipelined is not None:
+            await self._pipelined.close()
 
 
 class Responses(Protocol):
@@ -429,19 +450,25 @@ def build_cache(
     memory_max_bytes: int,
     near_ttl: float = 0.0,
     near_max_entries: int = 10_000,
+    pipelined_shared: PipelinedRedis | None = None,
+    pipelined_cache: PipelinedRedis | None = None,
 ) -> Cache:
     """The process's cache for its Redis clients (module docstring: where things live).
 
     `cache_redis` is owned by the cache from here on (closed with it); `shared` is not.
-    `near_ttl`: how long a plain value read from the shared Redis may be reused (0: never)."""
+    `near_ttl`: how long a plain value read from the shared Redis may be reused (0: never).
+    `pipelined_*`: pipelined clients of the same two Redis servers for the versioned
+    operations' scripts (`RedisCache`), owned by the cache."""
     if shared is None and cache_redis is None:
         return MemoryCache(memory_max_bytes)  # embedded: one process, one budget
     state: Cache = RedisCache(shared) if shared is not None else MemoryCache(memory_max_bytes)
     near = NearCopies(ttl=near_ttl if shared is not None else 0.0, max_entries=near_max_entries)
     if cache_redis is not None:
-        return SplitCache(state, RedisCache(cache_redis, owns_client=True), near=near)
+        responses = RedisCache(cache_redis, owns_client=True, pipelined=pipelined_cache)
+        return SplitCache(state, responses, near=near)
     assert shared is not None
-    return SplitCache(state, LocalEntries(shared, MemoryCache(memory_max_bytes)), near=near)
+    local = LocalEntries(shared, MemoryCache(memory_max_bytes), pipelined=pipelined_shared)
+    return SplitCache(state, local, near=near)
 
 
 def _glob_escape(text: str) -> str:

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from app.core.config import Settings
 from app.core.metrics import RATE_LIMIT_BACKEND_ERRORS, RATE_LIMIT_REJECTIONS
-from app.core.redis import CONNECT_TIMEOUT_SECONDS, SOCKET_TIMEOUT_SECONDS
+from app.core.redis import CONNECT_TIMEOUT_SECONDS, SOCKET_TIMEOUT_SECONDS, create_pipelined
 from app.core.redis_pipe import PipelinedRedis
 
 logger = logging.getLogger("app.ratelimit")
@@ -93,7 +93,6 @@ if tonumber(current) == tonumber(ARGV[2]) then
 end
 return current
 """
-_INCR_EXPIRE_SHA = hashlib.sha1(_INCR_EXPIRE.encode(), usedforsecurity=False).hexdigest()
 _KEY_PREFIX = "ratelimit"
 
 
@@ -103,10 +102,10 @@ class RedisCounters:
 
     def __init__(self, redis: PipelinedRedis) -> None:
         self.redis = redis
+        self._incr = redis.register_script(_INCR_EXPIRE)
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        keys = [f"{_KEY_PREFIX}:{key}"]
-        return int(await self.redis.evalsha(_INCR_EXPIRE_SHA, _INCR_EXPIRE, keys, [expiry, amount]))
+        return int(await self._incr(keys=[f"{_KEY_PREFIX}:{key}"], args=[expiry, amount]))
 
     async def clear(self, key: str) -> None:
         await self.redis.execute("DEL", f"{_KEY_PREFIX}:{key}")
@@ -177,9 +176,7 @@ class RateLimiter:
 def create_limiter(settings: Settings) -> RateLimiter:
     if not settings.redis_url:
         return RateLimiter(MemoryStorage())
-    pipelined = PipelinedRedis.from_url(
-        settings.redis_url, timeout=SOCKET_TIMEOUT_SECONDS, connect_timeout=CONNECT_TIMEOUT_SECONDS
-    )
+    pipelined = create_pipelined(settings.redis_url)
     if pipelined is not None:
         return RateLimiter(RedisCounters(pipelined))
     # A URL the pipelined client doesn't take (TLS, a unix socket): the library's storage.

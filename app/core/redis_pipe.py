@@ -18,7 +18,9 @@ socket), and the caller stays on redis-py.
 """
 
 import asyncio
+import hashlib
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -140,6 +142,10 @@ class PipelinedRedis:
             await self.execute("SCRIPT", "LOAD", script)
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
 
+    def register_script(self, script: str) -> "PipelinedScript":
+        """As redis-py's `register_script`: a callable taking `keys=` and `args=`."""
+        return PipelinedScript(self, script)
+
     async def close(self) -> None:
         if self._protocol is not None:
             self._protocol.close(RedisConnectionError("client closed"))
@@ -186,6 +192,15 @@ class PipelinedRedis:
                 raise RedisConnectionError(f"Error connecting to {where}: {error}") from error
             raise
         return protocol
+
+
+class PipelinedScript:
+    def __init__(self, redis: PipelinedRedis, script: str) -> None:
+        self.redis, self.script = redis, script
+        self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Reply:
+        return await self.redis.evalsha(self.sha, self.script, list(keys), list(args))
 
 
 def _checked(reply: Reply) -> Reply:

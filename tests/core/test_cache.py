@@ -20,12 +20,15 @@ from app.core.cache import (
     cached,
     stable_key,
 )
+from app.core.redis import create_pipelined
 from tests.support.waiting import eventually_async
 
 
-@pytest.fixture(params=["memory", "redis", "process-entries"])
+@pytest.fixture(params=["memory", "redis", "redis-pipelined", "process-entries"])
 def backend_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
-    """In-process; all in one Redis; entries in process memory with generations in Redis."""
+    """In-process; all in one Redis (its scripts through redis-py, or through the pipelined
+    client as the app runs them); entries in process memory with generations in Redis (the
+    pipelined client, as the app runs them)."""
     if request.param == "memory":
         return request.param, None
     url: str = request.getfixturevalue("redis_url")
@@ -42,9 +45,16 @@ async def cache(backend_kind: tuple[str, str | None]) -> AsyncIterator[Cache]:
     try:
         if kind == "redis":
             yield RedisCache(redis, scan_batch=7)
+        elif kind == "redis-pipelined":
+            cache = RedisCache(redis, scan_batch=7, pipelined=create_pipelined(url))
+            yield cache
+            await cache.close()
         else:
             state = RedisCache(redis, scan_batch=7)
-            yield SplitCache(state, LocalEntries(redis, MemoryCache(max_bytes=1024 * 1024)))
+            memory = MemoryCache(max_bytes=1024 * 1024)
+            entries = LocalEntries(redis, memory, pipelined=create_pipelined(url))
+            yield SplitCache(state, entries)
+            await entries.close()
     finally:
         await redis.aclose()
 
