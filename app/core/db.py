@@ -146,9 +146,6 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
-# Full-text columns PostgreSQL generates (a tsvector over a table's text, GIN-indexed), made
-# by migrations only: the models don't map them, as SQLite has none, so schema comparison
-# (autogenerate, the migration tests) leaves out every column by this name and its indexes.
 async def read_one(
     engine: AsyncEngine, statement: Select[Any], **params: object
 ) -> Mapping[str, Any] | None:
