@@ -66,6 +66,9 @@ def _lifespan(
             )
         engine = create_engine(settings)
         redis = create_redis(settings)
+        # One pipelined connection per process for the per-request commands (rate limit,
+        # cache generations), shared like the redis-py client and closed with it.
+        pipelined = create_pipelined(settings.redis_url)
         services = Services(
             settings=settings,
             policies=policies,
@@ -80,10 +83,10 @@ def _lifespan(
                 memory_max_bytes=settings.cache_memory_max_bytes,
                 near_ttl=settings.auth_snapshot_local_seconds,
                 near_max_entries=settings.auth_snapshot_local_max_entries,
-                pipelined_shared=create_pipelined(settings.redis_url),
+                pipelined_shared=pipelined,
                 pipelined_cache=create_pipelined(settings.cache_redis_url),
             ),
-            limiter=create_limiter(settings),
+            limiter=create_limiter(settings, pipelined),
             hub=create_hub(settings.redis_url),
             storage=create_storage(settings),
             background=TaskManager(),
@@ -137,6 +140,8 @@ def _lifespan(
             await services.cache.close()
             if redis is not None:
                 await redis.aclose()
+            if pipelined is not None:
+                await pipelined.close()
             await engine.dispose()
             logger.info("%s %s stopped", settings.app_name, settings.api_version)
 

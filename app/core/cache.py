@@ -203,7 +203,8 @@ class RedisCache:
     """Everything in one Redis: the shared one (plain operations), or the cache instance.
 
     `pipelined`: a client of the same Redis for the scripts every cached read and every write
-    runs (app/core/redis_pipe.py: cheaper per command than redis-py); owned from here on."""
+    runs (app/core/redis_pipe.py: cheaper per command than redis-py); closed with `redis` when
+    the cache owns the client."""
 
     def __init__(
         self,
@@ -285,10 +286,10 @@ class RedisCache:
         """No near copies here (SplitCache keeps them)."""
 
     async def close(self) -> None:
-        if self._owns_client:  # the shared client belongs to the lifespan
+        if self._owns_client:  # the shared clients belong to the lifespan
             await self._redis.aclose()
-        if self._pipelined is not None:
-            await self._pipelined.close()
+            if self._pipelined is not None:
+                await self._pipelined.close()
 
 
 async def _bump(script: Any, namespace: str) -> None:
@@ -307,7 +308,6 @@ class LocalEntries:
         self, generations: Redis, memory: MemoryCache, *, pipelined: PipelinedRedis | None = None
     ) -> None:
         self._memory = memory
-        self._pipelined = pipelined  # as RedisCache's: the same Redis, owned from here on
         scripts: Redis | PipelinedRedis = pipelined or generations
         self._generation = scripts.register_script(_GET_GENERATION)
         self._bump = scripts.register_script(_BUMP)
@@ -331,8 +331,6 @@ class LocalEntries:
 
     async def close(self) -> None:
         await self._memory.close()
-        if self._pipelined is not None:
-            await self._pipelined.close()
 
 
 class Responses(Protocol):
@@ -458,7 +456,7 @@ def build_cache(
     `cache_redis` is owned by the cache from here on (closed with it); `shared` is not.
     `near_ttl`: how long a plain value read from the shared Redis may be reused (0: never).
     `pipelined_*`: pipelined clients of the same two Redis servers for the versioned
-    operations' scripts (`RedisCache`), owned by the cache."""
+    operations' scripts, owned as their redis-py siblings are."""
     if shared is None and cache_redis is None:
         return MemoryCache(memory_max_bytes)  # embedded: one process, one budget
     state: Cache = RedisCache(shared) if shared is not None else MemoryCache(memory_max_bytes)

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from app.core.config import Settings
 from app.core.metrics import RATE_LIMIT_BACKEND_ERRORS, RATE_LIMIT_REJECTIONS
-from app.core.redis import CONNECT_TIMEOUT_SECONDS, SOCKET_TIMEOUT_SECONDS, create_pipelined
+from app.core.redis import CONNECT_TIMEOUT_SECONDS, SOCKET_TIMEOUT_SECONDS
 from app.core.redis_pipe import PipelinedRedis
 
 logger = logging.getLogger("app.ratelimit")
@@ -98,7 +98,8 @@ _KEY_PREFIX = "ratelimit"
 
 class RedisCounters:
     """The counters in Redis through the pipelined client (app/core/redis_pipe.py): the one
-    Redis command that every request makes, at a fraction of redis-py's cost per command."""
+    Redis command that every request makes, at a fraction of redis-py's cost per command. The
+    client belongs to whoever made it (the lifespan), as the redis-py client does."""
 
     def __init__(self, redis: PipelinedRedis) -> None:
         self.redis = redis
@@ -169,14 +170,13 @@ class RateLimiter:
     async def close(self) -> None:
         if isinstance(self.storage, MemoryStorage) and self.storage.timer is not None:
             self.storage.timer.cancel()
-        if isinstance(self.storage, RedisCounters):
-            await self.storage.redis.close()
 
 
-def create_limiter(settings: Settings) -> RateLimiter:
+def create_limiter(settings: Settings, pipelined: PipelinedRedis | None) -> RateLimiter:
+    """`pipelined`: the process's pipelined client of REDIS_URL (`create_pipelined`), if the
+    URL allows one; the limiter uses it and leaves closing it to its owner."""
     if not settings.redis_url:
         return RateLimiter(MemoryStorage())
-    pipelined = create_pipelined(settings.redis_url)
     if pipelined is not None:
         return RateLimiter(RedisCounters(pipelined))
     # A URL the pipelined client doesn't take (TLS, a unix socket): the library's storage.

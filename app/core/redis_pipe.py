@@ -11,8 +11,8 @@ with many keys, SCAN, pub/sub, the broker) stays on redis-py.
 
 Failure behaves as redis-py's did for these callers, with its exception types: a connection
 that breaks or a reply later than the timeout closes the connection and fails every command
-waiting on it (ConnectionError / TimeoutError); the next command connects again, and one that
-found its connection already broken is sent once more on a new one. Only plain TCP URLs
+waiting on it (ConnectionError / TimeoutError); the next command connects again. Only plain TCP
+URLs
 (`redis://`, with password and database); `from_url` returns None for others (TLS, a unix
 socket), and the caller stays on redis-py.
 """
@@ -122,25 +122,11 @@ class PipelinedRedis:
 
     async def execute(self, *args: Any) -> Reply:
         """One command's reply; an error reply is raised (ResponseError and its kinds)."""
-        packed = hiredis.pack_command(args)
-        for attempt in (1, 2):
-            protocol = await self._connected()
-            try:
-                future = protocol.send(packed)
-            except RedisConnectionError:
-                if attempt == 2:
-                    raise
-                continue  # found broken before anything was sent: once more, on a new one
-            return _checked(await self._reply(protocol, future))
-        raise AssertionError("unreachable")
-
-    async def evalsha(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Reply:
-        """A Lua script by digest, loaded first where this Redis lacks it (a restart)."""
-        try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self.execute("SCRIPT", "LOAD", script)
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        # `_connected` hands out a live connection and nothing awaits before the write, so
+        # the send can't find it lost: a connection that broke is replaced there.
+        protocol = await self._connected()
+        future = protocol.send(hiredis.pack_command(args))
+        return _checked(await self._reply(protocol, future))
 
     def register_script(self, script: str) -> "PipelinedScript":
         """As redis-py's `register_script`: a callable taking `keys=` and `args=`."""
@@ -195,12 +181,19 @@ class PipelinedRedis:
 
 
 class PipelinedScript:
+    """A Lua script run by digest, loaded first where the Redis lacks it (after a restart)."""
+
     def __init__(self, redis: PipelinedRedis, script: str) -> None:
         self.redis, self.script = redis, script
         self.sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Reply:
-        return await self.redis.evalsha(self.sha, self.script, list(keys), list(args))
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return await self.redis.execute(*command)
+        except NoScriptError:
+            await self.redis.execute("SCRIPT", "LOAD", self.script)
+            return await self.redis.execute(*command)
 
 
 def _checked(reply: Reply) -> Reply:

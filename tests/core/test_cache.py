@@ -46,15 +46,19 @@ async def cache(backend_kind: tuple[str, str | None]) -> AsyncIterator[Cache]:
         if kind == "redis":
             yield RedisCache(redis, scan_batch=7)
         elif kind == "redis-pipelined":
-            cache = RedisCache(redis, scan_batch=7, pipelined=create_pipelined(url))
+            # Owning both clients, as the cache instance's RedisCache does: closed with it.
+            owner = Redis.from_url(url)
+            cache = RedisCache(owner, scan_batch=7, owns_client=True,
+                               pipelined=create_pipelined(url))  # fmt: skip
             yield cache
             await cache.close()
         else:
+            pipelined = create_pipelined(url)
+            assert pipelined is not None
             state = RedisCache(redis, scan_batch=7)
             memory = MemoryCache(max_bytes=1024 * 1024)
-            entries = LocalEntries(redis, memory, pipelined=create_pipelined(url))
-            yield SplitCache(state, entries)
-            await entries.close()
+            yield SplitCache(state, LocalEntries(redis, memory, pipelined=pipelined))
+            await pipelined.close()
     finally:
         await redis.aclose()
 

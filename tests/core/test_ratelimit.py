@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 
 from app.core.ratelimit import RedisCounters, create_limiter
-from app.core.redis import create_redis
+from app.core.redis import create_pipelined, create_redis
 from app.email.models import Email
 from app.main import create_app
 from tests.support.assertions import assert_envelope
@@ -400,9 +400,11 @@ def test_redis_replies_go_through_the_hiredis_parser(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, redis_url="redis://127.0.0.1:1/0")  # never connected
     client = create_redis(settings)
     assert client is not None
-    assert isinstance(create_limiter(settings).storage, RedisCounters)
+    limiter = create_limiter(settings, create_pipelined(settings.redis_url))
+    assert isinstance(limiter.storage, RedisCounters)
     tls = make_settings(tmp_path, redis_url="rediss://127.0.0.1:1/0")
-    storage = create_limiter(tls).storage
+    assert create_pipelined(tls.redis_url) is None
+    storage = create_limiter(tls, None).storage
     assert isinstance(storage, RedisStorage)
     assert isinstance(storage.bridge, RedispyBridge)
     limiter_client = storage.bridge.get_connection()

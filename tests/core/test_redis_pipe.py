@@ -64,9 +64,11 @@ async def test_an_error_reply_is_raised_and_the_connection_stays_usable(
 
 async def test_a_script_missing_from_redis_is_loaded(pipe: PipelinedRedis) -> None:
     script = "return tonumber(ARGV[1]) + 1"
-    sha = await pipe.execute("SCRIPT", "LOAD", script)
+    add_one = pipe.register_script(script)
+    assert await pipe.execute("SCRIPT", "LOAD", script) == add_one.sha.encode()
+    assert await add_one(args=[1]) == 2
     await pipe.execute("SCRIPT", "FLUSH")  # as after a restart without persistence
-    assert await pipe.evalsha(sha.decode(), script, [], [41]) == 42
+    assert await add_one(args=[41]) == 42
 
 
 async def test_a_caller_that_gives_up_leaves_the_others_replies_in_step(
