@@ -2,7 +2,7 @@
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.types import TypeDecorator
 
 from app.core.config import Settings
@@ -156,45 +157,92 @@ async def read_one(
     SQLAlchemy's pool (its checkout events, idle pings and limits still apply). SQLAlchemy's
     execution path around it (execution context, cursor adapter, result objects, and the
     switch to AUTOCOMMIT and back that a lone SELECT needs there) cost more than the query:
-    ~100 of ~200 µs a read in process (bench/RESULTS.md). Values come as the driver returns
-    them (an enum column as its text), for a response schema to validate; a statement whose
-    parameters need SQLAlchemy's conversion is refused when first compiled. A driver error
-    becomes SQLAlchemy's DBAPIError, as from any other query, and a lost connection is
-    invalidated, so the error handlers and the pool treat it as they would.
+    ~100 of ~200 µs a read in process (bench/RESULTS.md). Parameters go through their types'
+    conversion as SQLAlchemy would send them; values come back as the driver returns them (an
+    enum column as its text), for a response schema to validate. A driver error becomes
+    SQLAlchemy's DBAPIError (IntegrityError for a constraint), as from any other query, and a
+    lost connection is invalidated, so the error handlers and the pool treat it as they would.
 
     On SQLite, the ordinary Core execution: its driver begins no transaction for a SELECT.
     """
-    async with engine.connect() as pooled:
-        if engine.dialect.driver != "asyncpg":
+    return await _lone_statement(engine, statement, params, write=False)
+
+
+async def write_one(
+    engine: AsyncEngine, statement: UpdateBase, **params: object
+) -> Mapping[str, Any] | None:
+    """The RETURNING row (or none) of a lone INSERT, UPDATE or DELETE, committed by itself:
+    one statement is its own transaction, so it takes one round trip where a session's unit
+    of work takes three (BEGIN, the statement, COMMIT) and the ORM's flush machinery around
+    them (bench/RESULTS.md). For a request whose whole write is this one statement; writes
+    that must stand or fall together go through `unit_of_work`. The same driver path and
+    errors as `read_one`; on SQLite, Core in a transaction of its own."""
+    return await _lone_statement(engine, statement, params, write=True)
+
+
+async def _lone_statement(
+    engine: AsyncEngine,
+    statement: Select[Any] | UpdateBase,
+    params: Mapping[str, object],
+    *,
+    write: bool,
+) -> Mapping[str, Any] | None:
+    if engine.dialect.driver != "asyncpg":
+        async with engine.begin() if write else engine.connect() as pooled:
             result = await pooled.execute(statement, params)
-            row: Mapping[str, Any] | None = result.mappings().one_or_none()
-            return row
-        sql, names = _positional(statement, engine.dialect)
+            row = result.mappings().one_or_none()
+            return None if row is None else dict(row)
+    sql, names, processors = _positional(statement, engine.dialect)
+    try:
+        args = [
+            params[name] if convert is None else convert(params[name])
+            for name, convert in zip(names, processors, strict=True)
+        ]
+    except Exception as error:  # a type refused its value: what Core raises for it
+        raise exc.StatementError(str(error), sql, params, error) from error
+    async with engine.connect() as pooled:
         raw = await pooled.get_raw_connection()
         driver = raw.driver_connection
         assert driver is not None  # a checked-out connection is open
         try:
-            record = await driver.fetchrow(sql, *(params[name] for name in names))
+            # Outside a transaction block: PostgreSQL commits a lone write as it ends.
+            record = await driver.fetchrow(sql, *args)
         except Exception as error:
             lost = driver.is_closed() or database_unavailable(error)
             if lost:
                 await pooled.invalidate()
-            raise exc.DBAPIError.instance(
-                sql, params, error, Exception, connection_invalidated=lost
-            ) from error
+            raise _driver_error(sql, params, error, lost) from error
         return None if record is None else dict(record.items())
 
 
+def _driver_error(
+    sql: str, params: Mapping[str, object], error: Exception, lost: bool
+) -> exc.DBAPIError:
+    """The error SQLAlchemy's asyncpg dialect would raise for the same failure."""
+    import asyncpg  # type: ignore[import-untyped]  # loaded already: this is its path
+
+    if isinstance(error, asyncpg.IntegrityConstraintViolationError):
+        return exc.IntegrityError(sql, params, error, connection_invalidated=lost)
+    wrapped = exc.DBAPIError.instance(sql, params, error, Exception, connection_invalidated=lost)
+    assert isinstance(wrapped, exc.DBAPIError)  # not a StatementError: it wraps a driver's
+    return wrapped
+
+
+Converter = Callable[[Any], Any] | None
+
+
 @functools.lru_cache(maxsize=64)
-def _positional(statement: Select[Any], dialect: Dialect) -> tuple[str, tuple[str, ...]]:
-    """The statement's SQL for the dialect and its parameters' names in positional order."""
+def _positional(
+    statement: Select[Any] | UpdateBase, dialect: Dialect
+) -> tuple[str, tuple[str, ...], tuple[Converter, ...]]:
+    """The statement's SQL for the dialect, its parameters' names in positional order and each
+    one's conversion by its type (None: sent as given)."""
     compiled = statement.compile(dialect=dialect)
-    for bind in compiled.binds.values():
-        if bind.type.bind_processor(dialect) is not None:
-            raise ValueError(f"parameter {bind.key!r} needs SQLAlchemy's conversion: use Core")
     if compiled.positiontup is None or compiled.literal_execute_params:
-        raise ValueError("read_one takes a statement with plain positional parameters")
-    return compiled.string, tuple(compiled.positiontup)
+        raise ValueError("a lone statement takes plain positional parameters")
+    names = tuple(compiled.positiontup)
+    converters = tuple(compiled.binds[name].type.bind_processor(dialect) for name in names)
+    return compiled.string, names, converters
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

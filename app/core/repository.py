@@ -9,6 +9,8 @@ what is special to it: its filters, its rules. What the repository does for ever
 - `list(session, where=..., order_by="-created_at", limit=, offset=, options=)`;
 - `count(session, where=...)`;
 - `create(session, **values)`: added and flushed, so it has its id;
+- `insert(engine, **values)`: the same row as one INSERT ... RETURNING committed by itself,
+  for a request whose whole write is that row (no session, one round trip);
 - `update(session, row, values)`: sets the given fields, flushes;
 - `soft_delete(session, row)`: stamps `deleted_at` (models with that column only);
 - `delete(session, row)`: removes the row for good (what the database cascades goes with it).
@@ -16,7 +18,8 @@ what is special to it: its filters, its rules. What the repository does for ever
 Nothing here commits: a request commits once, through `unit_of_work(session)`, which commits
 on success, rolls back on any exception, and then runs the callbacks registered with
 `after_commit` (a cache bump, a mail dispatch, a notification): never before the data they
-announce is visible to other sessions, and never for work that was rolled back.
+announce is visible to other sessions, and never for work that was rolled back. A lone
+`insert` commits as it returns; its caller runs the same callbacks with `run_after_commit`.
 """
 
 import builtins
@@ -26,12 +29,22 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, delete, func, inspect, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.orm.interfaces import ORMOption
 
-from app.core.db import Base, utcnow
+from app.core.db import Base, utcnow, write_one
 from app.core.pagination import order_clauses
 
 logger = logging.getLogger("app.db")
@@ -57,6 +70,8 @@ class Repository(Generic[ModelT]):
         self.key: InstrumentedAttribute[Any] = getattr(model, key_name)
         self.deleted_at: InstrumentedAttribute[Any] | None = getattr(model, "deleted_at", None)
         self.order_columns = dict(order_columns or {})
+        self.table: Any = mapper.local_table
+        self._inserts: dict[frozenset[str], Insert] = {}
 
     @property
     def soft_deletes(self) -> bool:
@@ -127,6 +142,36 @@ class Repository(Generic[ModelT]):
         await session.flush()  # the id (and server defaults) for the caller
         return row
 
+    async def insert(self, engine: AsyncEngine, **values: Any) -> Mapping[str, Any]:
+        """`create` as one INSERT ... RETURNING committed by itself (app.core.db.write_one):
+        no session, no unit of work, one round trip where they take three. For a request whose
+        whole write is this row. It comes back as its column values (for a response schema),
+        not as a model instance. Python-side column defaults (the timestamps) are filled in
+        here, as the ORM fills them; server-side ones (the key) are the database's."""
+        row = dict(values)
+        for column in self.table.columns:
+            default = column.default
+            if column.key in row or default is None:
+                continue
+            if default.is_callable:
+                row[column.key] = default.arg(None)  # SQLAlchemy's wrapper takes a context
+            elif default.is_scalar:
+                row[column.key] = default.arg
+            else:
+                raise TypeError(f"{self.model.__name__}.{column.key}: a default insert can't fill")
+        statement = self._inserts.get(frozenset(row))
+        if statement is None:
+            unknown = row.keys() - self.table.columns.keys()
+            if unknown:
+                raise AttributeError(f"{self.model.__name__} has no columns {sorted(unknown)}")
+            statement = insert(self.table).values(
+                {name: bindparam(name, type_=self.table.c[name].type) for name in row}
+            )
+            statement = self._inserts[frozenset(row)] = statement.returning(*self.table.c)
+        inserted = await write_one(engine, statement, **row)
+        assert inserted is not None  # an INSERT returns its row
+        return inserted
+
     async def update(self, session: AsyncSession, row: ModelT, values: Mapping[str, Any]) -> ModelT:
         for name, value in values.items():
             if not hasattr(self.model, name):
@@ -177,7 +222,13 @@ async def unit_of_work(session: AsyncSession) -> AsyncIterator[UnitOfWork]:
     except BaseException:
         await session.rollback()
         raise
-    for callback in work._after_commit:
+    await run_after_commit(*work._after_commit)
+
+
+async def run_after_commit(*callbacks: AfterCommit) -> None:
+    """Run what announces committed work, in order; one that fails is logged and does not
+    stop the others (the data is already saved)."""
+    for callback in callbacks:
         try:
             await callback()
         except Exception:

@@ -47,12 +47,10 @@ Filters = Annotated[service.ItemFilters, Depends(item_filters)]
 
 
 @router.post("/", response_model=ItemRead, status_code=status.HTTP_201_CREATED)
-async def create_item(
-    data: ItemCreate, user: ItemWriter, session: SessionDep, cache: CacheDep
-) -> ItemRead:
+async def create_item(data: ItemCreate, user: ItemWriter, services: ServicesDep) -> ItemRead:
     """Create an item owned by you."""
-    item = await service.create(session=session, cache=cache, data=data, owner=user)
-    return ItemRead.model_validate(item)
+    row = await service.create(engine=services.engine, cache=services.cache, data=data, owner=user)
+    return ItemRead.model_validate(row)
 
 
 @list_v1.get("/", response_model=Page[ItemRead])

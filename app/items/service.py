@@ -1,10 +1,10 @@
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import Select, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from app.auth.models import User
@@ -12,7 +12,7 @@ from app.auth.principal import Principal
 from app.auth.schemas import UserPrivate
 from app.core.cache import Cache, cached
 from app.core.pagination import after_cursor, cursor_page, paginate
-from app.core.repository import Repository, UnitOfWork, unit_of_work
+from app.core.repository import Repository, UnitOfWork, run_after_commit, unit_of_work
 from app.core.schemas import Page
 from app.files import service as files_service
 from app.items.errors import ItemNotFound, NotItemsOwner
@@ -70,12 +70,13 @@ class ItemFilters:
 
 
 async def create(
-    *, session: AsyncSession, cache: Cache, data: ItemCreate, owner: Principal
-) -> Item:
-    async with unit_of_work(session) as work:
-        item = await items.create(session, **data.model_dump(), owner_id=owner.id)
-        _retire_cache(work, cache)
-    return item
+    *, engine: AsyncEngine, cache: Cache, data: ItemCreate, owner: Principal
+) -> Mapping[str, Any]:
+    """The new item's columns. Its one row is the request's whole write: a lone INSERT, committed
+    as it returns (no session), then the cache retired."""
+    row = await items.insert(engine, **data.model_dump(), owner_id=owner.id)
+    await run_after_commit(lambda: cache.bump(CACHE_NAMESPACE))
+    return row
 
 
 def _retire_cache(work: UnitOfWork, cache: Cache) -> None:
