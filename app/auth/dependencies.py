@@ -1,4 +1,5 @@
-"""The dependency chain: token → principal (not revoked, scopes) → active → verified → admin.
+"""Who is calling: token → principal (not revoked, scopes) → active → verified → admin, as one
+dependency per route (`Caller`).
 
 Routes take a `Principal` (who is calling, from the token and one cache lookup) unless they
 need the user's row, for which `CurrentUser` loads it.
@@ -22,7 +23,7 @@ from app.auth.models import User
 from app.auth.permissions import SCOPE_DESCRIPTIONS, Permission, Scope, missing_permissions
 from app.auth.principal import Principal
 from app.auth.throttle import LoginThrottle
-from app.core.dependencies import Services, SessionDep, SettingsDep, services_of
+from app.core.dependencies import Services, SessionDep, services_of
 from app.core.errors import Unauthorized
 from app.core.limit_keys import address_key
 from app.core.limits import client_of, enforce
@@ -66,32 +67,58 @@ async def get_principal(
     return principal
 
 
-async def get_active_principal(
-    principal: Annotated[Principal, Security(get_principal)],
-) -> Principal:
+async def get_active_principal(principal: Principal) -> Principal:
     if not principal.is_active:
         raise AccountDisabled()
     return principal
 
 
-async def get_verified_principal(
-    principal: Annotated[Principal, Security(get_active_principal)], settings: SettingsDep
-) -> Principal:
-    if settings.require_verified_email and not principal.is_verified:
-        raise EmailNotVerified()
-    return principal
+class Caller(OAuth2PasswordBearer):
+    """The caller, as one dependency: token → principal (not revoked, with the route's scopes)
+    → active → verified (if `verified` and REQUIRE_VERIFIED_EMAIL) → admin (if `admin`), in
+    that order, so each failure answers as the chain of dependencies it replaces did.
+
+    FastAPI works out every dependency's cache key and kind again on each request, so the
+    number of dependencies is what an authenticated request pays for (bench/RESULTS.md: the
+    chain of four this was cost ~20 µs in process). It is the bearer scheme itself, so each
+    route's OpenAPI security requirement (scheme and scopes) is the one the chain declared.
+    The scopes come from `Security(caller, scopes=[...])`; `optional` answers None without a
+    token (a bad token is still refused)."""
+
+    def __init__(self, *, verified: bool = False, admin: bool = False, optional: bool = False):
+        super().__init__(
+            tokenUrl=TOKEN_PATH,
+            scopes={str(k): v for k, v in SCOPE_DESCRIPTIONS.items()},
+            scheme_name=type(oauth2_scheme).__name__,  # one scheme in the document
+            auto_error=False,
+        )
+        self.verified, self.admin, self.optional = verified, admin, optional
+
+    async def __call__(  # type: ignore[override]  # the principal, not the token
+        self, request: Request, security_scopes: SecurityScopes
+    ) -> Principal | None:
+        token = await super().__call__(request)
+        if not token and self.optional:
+            return None
+        principal = await get_active_principal(await get_principal(security_scopes, request, token))
+        if (
+            self.verified
+            and not principal.is_verified
+            and services_of(request).settings.require_verified_email
+        ):
+            raise EmailNotVerified()
+        if self.admin and not principal.is_admin:
+            raise AdminRequired()
+        return principal
 
 
-async def get_admin_principal(
-    principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.ADMIN])],
-) -> Principal:
-    if not principal.is_admin:
-        raise AdminRequired()
-    return principal
+# One instance per kind, so a route that meets the same one twice solves it once.
+_active = Caller()
+_verified = Caller(verified=True)
 
 
 async def get_current_user(
-    principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])],
+    principal: Annotated[Principal, Security(_active, scopes=[Scope.PROFILE])],
     session: SessionDep,
 ) -> User:
     user = await session.get(User, principal.id)
@@ -118,8 +145,7 @@ class RequirePermissions:
         return f"RequirePermissions({', '.join(sorted(self.permissions))})"
 
     async def __call__(
-        self,
-        principal: Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])],
+        self, principal: Annotated[Principal, Security(_active, scopes=[Scope.PROFILE])]
     ) -> Principal:
         return self.check(principal)
 
@@ -129,14 +155,6 @@ class RequirePermissions:
         if missing:
             raise MissingPermission(missing)
         return principal
-
-
-async def get_optional_principal(request: Request, token: BearerToken) -> Principal | None:
-    """The caller on public endpoints: anonymous is fine, a bad token is still refused."""
-    if not token:
-        return None
-    principal = await get_principal(SecurityScopes(), request, token)
-    return await get_active_principal(principal)
 
 
 async def limit_login(request: Request, response: Response) -> None:
@@ -188,9 +206,12 @@ async def limit_verification(
     await enforce(request, response, policy, "email:" + address_key(user.email))
 
 
-CurrentPrincipal = Annotated[Principal, Security(get_active_principal, scopes=[Scope.PROFILE])]
+CurrentPrincipal = Annotated[Principal, Security(_active, scopes=[Scope.PROFILE])]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
-ItemWriter = Annotated[Principal, Security(get_verified_principal, scopes=[Scope.ITEMS_WRITE])]
-AdminPrincipal = Annotated[Principal, Security(get_admin_principal)]
-OptionalPrincipal = Annotated[Principal | None, Depends(get_optional_principal)]
+ItemWriter = Annotated[Principal, Security(_verified, scopes=[Scope.ITEMS_WRITE])]
+# Who may write posts and comments: verified, with the profile scope.
+VerifiedPrincipal = Annotated[Principal, Security(_verified, scopes=[Scope.PROFILE])]
+AdminPrincipal = Annotated[Principal, Security(Caller(admin=True), scopes=[Scope.ADMIN])]
+# The caller on public endpoints: anonymous is fine, a bad token is still refused.
+OptionalPrincipal = Annotated[Principal | None, Depends(Caller(optional=True))]

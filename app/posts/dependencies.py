@@ -4,10 +4,10 @@ route changes: the author's own, or anyone's with `posts:moderate` (admins)."""
 from functools import lru_cache
 from typing import Annotated
 
-from fastapi import Depends, Path, Request, Response, Security
+from fastapi import Depends, Path, Request, Response
 
-from app.auth.dependencies import get_verified_principal
-from app.auth.permissions import Permission, Scope, has_permission
+from app.auth.dependencies import VerifiedPrincipal
+from app.auth.permissions import Permission, has_permission
 from app.auth.principal import Principal
 from app.core.db import MAX_ID
 from app.core.dependencies import SessionDep, services_of
@@ -18,7 +18,7 @@ from app.posts import service
 from app.posts.errors import NotTheAuthor
 from app.posts.models import Comment, Post
 
-Writer = Annotated[Principal, Security(get_verified_principal, scopes=[Scope.PROFILE])]
+Writer = VerifiedPrincipal
 CommentId = Annotated[int, Path(ge=1, le=MAX_ID, description="Comment id")]
 
 
