@@ -47,6 +47,31 @@ def _our_cpu_seconds() -> float:
     return ticks / CLOCK_TICKS + reaped.ru_utime + reaped.ru_stime
 
 
+# Quiet enough to start a run: the whole machine busy less than this many cores' worth.
+SETTLE_BUSY_CORES = 0.3
+SETTLE_WINDOW_S = 0.2  # measured over this long, again until quiet
+SETTLE_MAX_S = 15.0
+
+
+def settle() -> float | None:
+    """Wait until the machine is quiet and return how long that took (None: it wasn't within
+    SETTLE_MAX_S, and the run goes ahead; its other_cpu_cores tells how busy it was). What a
+    run leaves behind is not over when wrk stops: requests a server still has queued, and the
+    queries PostgreSQL is still running for them (a listing's count over a large table took
+    0.5 s each, and they ran into the next endpoint's run, whose p99 it made 0.56 s)."""
+    start = time.monotonic()
+    while time.monotonic() - start < SETTLE_MAX_S:
+        try:
+            before, at = _busy_cpu_seconds(), time.monotonic()
+        except (OSError, ValueError):  # no /proc: not Linux, nothing to wait for
+            return None
+        time.sleep(SETTLE_WINDOW_S)  # the window the machine's CPU is measured over
+        busy_cores = (_busy_cpu_seconds() - before) / (time.monotonic() - at)
+        if busy_cores < SETTLE_BUSY_CORES:
+            return round(time.monotonic() - start, 2)
+    return None
+
+
 def group_cpu_seconds(pgrp: int) -> float | None:
     """utime+stime of every live process in process group `pgrp` (a server and the workers
     under it), from /proc; None without /proc. A process that exits between two readings

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from bench.common import progress
-from bench.cpu import CpuSnapshot, group_cpu_seconds
+from bench.cpu import SETTLE_MAX_S, CpuSnapshot, group_cpu_seconds, settle
 from bench.pinning import NO_PINNING
 from bench.service import Server, Services, scan_service_log
 from bench.targets import (
@@ -37,6 +37,9 @@ ACCESS_LOG_WAIT_S = 2.0  # how long an access log line may take to reach the log
 def measure(label: str, server: Server, target: Target, load: Load, token: str | None) -> WrkResult:
     """One wrk run of `target` against `server`, annotated with how busy the machine was."""
     connections = load.connections_for(target)
+    settled = settle()
+    if settled is None:
+        progress(f"{label}: not quiet after {SETTLE_MAX_S:.0f}s of waiting; running anyway")
     progress(f"{label}: {target.method} {target.path}, {connections} connections, {load.duration}s")
     before = CpuSnapshot.take()
     server_before = group_cpu_seconds(server.group.pid)
@@ -50,7 +53,7 @@ def measure(label: str, server: Server, target: Target, load: Load, token: str |
     used = None
     if server_before is not None and server_after is not None:
         used = server_after - server_before
-    return before.annotate(result).with_server_cpu(used)
+    return dataclasses.replace(before.annotate(result).with_server_cpu(used), settle_s=settled)
 
 
 def _ratio(ours: float | None, base: float | None) -> float | None:

@@ -31,6 +31,7 @@ class WrkResult:
     other_cpu_cores: float | None = None  # CPU the rest of the machine took meanwhile
     server_cpu_s: float | None = None  # utime+stime of the server's process group meanwhile
     cpu_ms_per_request: float | None = None  # server_cpu_s / requests: the main figure
+    settle_s: float | None = None  # how long the machine took to go quiet before (bench/cpu.py)
 
     @property
     def tail_ratio(self) -> float | None:
