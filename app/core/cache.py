@@ -27,6 +27,7 @@ goes below it, so a key lost to eviction or a restart never brings a number back
 entries (in process memory, or stored late) were written under.
 """
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -473,6 +474,16 @@ def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
+def _landed(
+    in_flight: dict[tuple[int, str], "asyncio.Task[bytes]"],
+    flight_key: tuple[int, str],
+    flight: "asyncio.Task[bytes]",
+) -> None:
+    in_flight.pop(flight_key, None)
+    if not flight.cancelled():
+        flight.exception()  # retrieved: every waiter may have gone, and it is theirs to raise
+
+
 def cached(
     namespace: str, *, ttl: float, ignore: tuple[str, ...] = ("session",)
 ) -> Callable[[CachedFunction], CachedFunction]:
@@ -483,9 +494,24 @@ def cached(
     validated values (parsed filters, not the query string): the key is canonical for them
     (`stable_key`), so spellings of one query share an entry and unknown parameters none.
     `bump(namespace)` after a write retires every entry at once.
+
+    Misses are coalesced in each process: while one call computes an entry, the calls that
+    miss the same key under the same generation wait for its result instead of each running
+    the query (an entry expiring, or a bump, under load: 32 connections had been 32 copies
+    of a listing's count at once, and that was the listing's whole p99). The computation is
+    a task of its own, so a caller that goes away does not cancel it for the others. Without
+    a generation (the store is down) nothing is coalesced: a call could then be answered
+    with a result read before a write it came after.
     """
 
     def decorate(function: CachedFunction) -> CachedFunction:
+        in_flight: dict[tuple[int, str], asyncio.Task[bytes]] = {}
+
+        async def compute(cache: Cache, generation: int, key: str, kwargs: dict[str, Any]) -> bytes:
+            result = await function(cache=cache, **kwargs)
+            await cache.set_versioned(namespace, generation, key, result, ttl)
+            return result
+
         @functools.wraps(function)
         async def wrapper(*, cache: Cache, **kwargs: Any) -> bytes:
             key_parts = {k: v for k, v in kwargs.items() if k not in ignore}
@@ -494,11 +520,18 @@ def cached(
             if hit is not None:
                 CACHE_LOOKUPS.labels(namespace=namespace, result="hit").inc()
                 return hit
-            result_label = "miss" if generation >= 0 else "skip"
-            CACHE_LOOKUPS.labels(namespace=namespace, result=result_label).inc()
-            result = await function(cache=cache, **kwargs)
-            await cache.set_versioned(namespace, generation, key, result, ttl)
-            return result
+            if generation < 0:
+                CACHE_LOOKUPS.labels(namespace=namespace, result="skip").inc()
+                return await function(cache=cache, **kwargs)
+            flight = in_flight.get((generation, key))
+            if flight is None:
+                CACHE_LOOKUPS.labels(namespace=namespace, result="miss").inc()
+                flight = asyncio.ensure_future(compute(cache, generation, key, kwargs))
+                in_flight[generation, key] = flight
+                flight.add_done_callback(functools.partial(_landed, in_flight, (generation, key)))
+            else:
+                CACHE_LOOKUPS.labels(namespace=namespace, result="coalesced").inc()
+            return await asyncio.shield(flight)
 
         return wrapper
 

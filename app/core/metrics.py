@@ -35,7 +35,8 @@ RATE_LIMIT_BACKEND_ERRORS = Counter(
     "Rate limit checks that could not reach the store",
     ["policy"],
 )
-# hit, miss (stored after), or skip (no generation could be read: computed, never stored).
+# hit, miss (computed and stored), coalesced (waited for a miss of the same entry computing
+# meanwhile), or skip (no generation could be read: computed, never stored).
 CACHE_LOOKUPS = Counter(
     "cache_lookups_total", "Cached-response lookups by outcome", ["namespace", "result"]
 )

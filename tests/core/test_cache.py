@@ -1,12 +1,15 @@
+import asyncio
 import os
 import random
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from app.core.cache import (
@@ -125,6 +128,85 @@ async def test_cached_decorator_caches_by_arguments(cache: Cache) -> None:
     await cache.bump("demo")
     await square(cache=cache, session=None, n=3)
     assert calls == [3, 4, 3]
+
+
+class _Gated:
+    """A cached computation that runs only when released, counting its runs, under a namespace
+    of its own (the lookup counters are per process)."""
+
+    def __init__(self) -> None:
+        self.namespace = f"flights-{uuid.uuid4().hex}"
+        self.runs = 0
+        self.release = asyncio.Event()
+        self.fail = False
+
+        @cached(self.namespace, ttl=60)
+        async def compute(*, cache: Cache, n: int) -> bytes:
+            self.runs += 1
+            run = self.runs
+            await self.release.wait()
+            if self.fail:
+                raise RuntimeError("the query failed")
+            return f"{n}:{run}".encode()
+
+        self._compute = compute
+
+    async def compute(self, *, cache: Cache, n: int) -> bytes:
+        return await self._compute(cache=cache, n=n)
+
+    def coalesced(self) -> float:
+        labels = {"namespace": self.namespace, "result": "coalesced"}
+        return REGISTRY.get_sample_value("cache_lookups_total", labels) or 0.0
+
+
+async def test_concurrent_misses_of_one_entry_run_one_computation(cache: Cache) -> None:
+    gated = _Gated()
+    calls = [asyncio.create_task(gated.compute(cache=cache, n=1)) for _ in range(20)]
+    await eventually_async(lambda: gated.coalesced() == 19, timeout=5, what="19 calls waiting")
+    gated.release.set()
+    assert set(await asyncio.gather(*calls)) == {b"1:1"}
+    assert gated.runs == 1
+    assert await gated.compute(cache=cache, n=1) == b"1:1"  # and it was stored
+
+
+async def test_a_caller_that_goes_away_does_not_cancel_the_others(cache: Cache) -> None:
+    gated = _Gated()
+    first = asyncio.create_task(gated.compute(cache=cache, n=2))
+    await eventually_async(lambda: gated.runs == 1, timeout=5, what="the computation")
+    second = asyncio.create_task(gated.compute(cache=cache, n=2))
+    await eventually_async(lambda: gated.coalesced() == 1, timeout=5, what="a second caller")
+    first.cancel()
+    gated.release.set()
+    assert await second == b"2:1"
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_a_miss_after_a_write_does_not_wait_for_a_computation_from_before(
+    cache: Cache,
+) -> None:
+    gated = _Gated()
+    before = asyncio.create_task(gated.compute(cache=cache, n=3))
+    await eventually_async(lambda: gated.runs == 1, timeout=5, what="the computation")
+    await cache.bump(gated.namespace)  # a write committed meanwhile
+    after = asyncio.create_task(gated.compute(cache=cache, n=3))
+    await eventually_async(lambda: gated.runs == 2, timeout=5, what="a computation of its own")
+    gated.release.set()
+    assert await after == b"3:2"
+    assert await before == b"3:1"  # answered, but stored under the retired generation
+    assert await gated.compute(cache=cache, n=3) == b"3:2"
+
+
+async def test_a_failed_computation_fails_its_waiters_and_is_not_kept(cache: Cache) -> None:
+    gated = _Gated()
+    gated.fail = True
+    calls = [asyncio.create_task(gated.compute(cache=cache, n=4)) for _ in range(3)]
+    await eventually_async(lambda: gated.coalesced() == 2, timeout=5, what="2 calls waiting")
+    gated.release.set()
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        assert isinstance(outcome, RuntimeError)
+    gated.fail = False
+    assert await gated.compute(cache=cache, n=4) == b"4:2"  # computed again, not a stale flight
 
 
 def test_stable_keys_do_not_depend_on_the_process() -> None:
