@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core import metrics
 from app.core.db import utcnow
-from app.core.dependencies import Services, ServicesDep, SettingsDep
+from app.core.dependencies import Services, ServicesDep, SettingsDep, services_of
 from app.core.errors import NoResource, Unauthorized
 from app.jobs import heartbeat
 from app.jobs.heartbeat import HeartbeatStatus
@@ -54,9 +54,13 @@ class Readiness(BaseModel):
 
 
 @router.get("", response_model=Liveness)
-async def liveness(settings: SettingsDep) -> Liveness:
+async def liveness(request: Request) -> Response:
     """Liveness: the process answers. No I/O, so it stays cheap under any load."""
-    return Liveness(version=settings.api_version, time=utcnow())
+    # Probes call this more than anything: no dependency to solve, serialized once (FastAPI
+    # would validate the model again on the way out).
+    version = services_of(request).settings.api_version
+    body = Liveness(version=version, time=utcnow()).model_dump_json()
+    return Response(body, media_type="application/json")
 
 
 async def _check(probe: Callable[[], Awaitable[object]], *, required: bool) -> CheckResult:
