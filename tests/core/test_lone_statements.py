@@ -4,6 +4,7 @@ constraint failures as IntegrityError, on both backends; and on PostgreSQL a con
 under a statement becomes the DBAPIError the error handlers know (a 503, not a 500), and the
 pool replaces that connection."""
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -38,82 +39,73 @@ async def _insert_user(engine: AsyncEngine) -> int:
         return int(result.scalar_one())
 
 
-async def test_the_same_row_as_core_on_either_backend(settings: Settings) -> None:
-    engine = create_engine(settings)
-    try:
-        user_id = await _insert_user(engine)
-        async with engine.connect() as connection:
-            core = (await connection.execute(_READ_PRIVATE, {"user_id": user_id})).mappings().one()
-        row = await read_one(engine, _READ_PRIVATE, user_id=user_id)
-        assert row is not None
-        assert row.keys() == core.keys()
-        # Values as the driver gives them (an enum as its text): the schema makes them equal.
-        assert UserPrivate.model_validate(dict(row)) == UserPrivate.model_validate(dict(core))
-        assert row["created_at"].tzinfo is not None
-        assert await read_one(engine, _READ_PRIVATE, user_id=user_id + 1000) is None
-    finally:
-        await engine.dispose()
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    created = create_engine(settings)
+    yield created
+    await created.dispose()
+
+
+async def test_the_same_row_as_core_on_either_backend(engine: AsyncEngine) -> None:
+    user_id = await _insert_user(engine)
+    async with engine.connect() as connection:
+        core = (await connection.execute(_READ_PRIVATE, {"user_id": user_id})).mappings().one()
+    row = await read_one(engine, _READ_PRIVATE, user_id=user_id)
+    assert row is not None
+    assert row.keys() == core.keys()
+    # Values as the driver gives them (an enum as its text): the schema makes them equal.
+    assert UserPrivate.model_validate(dict(row)) == UserPrivate.model_validate(dict(core))
+    assert row["created_at"].tzinfo is not None
+    assert await read_one(engine, _READ_PRIVATE, user_id=user_id + 1000) is None
 
 
 _SINCE = select(_users.c.id).where(_users.c.created_at > bindparam("since", type_=UTCDateTime()))
 
 
-async def test_parameters_go_through_their_types_conversion(settings: Settings) -> None:
-    engine = create_engine(settings)
-    try:
-        user_id = await _insert_user(engine)
-        hour = timedelta(hours=1)
-        # An aware time in another zone is converted to UTC by the column's type, as Core does.
-        tokyo = datetime.now(UTC).astimezone(timezone(timedelta(hours=9)))
-        assert await read_one(engine, _SINCE, since=tokyo - hour) == {"id": user_id}
-        assert await read_one(engine, _SINCE, since=tokyo + hour) is None
-        # The type's own check runs too: a naive time is refused, not sent as it is.
-        with pytest.raises(StatementError, match="naive"):
-            await read_one(engine, _SINCE, since=datetime.now())
-    finally:
-        await engine.dispose()
+async def test_parameters_go_through_their_types_conversion(engine: AsyncEngine) -> None:
+    user_id = await _insert_user(engine)
+    hour = timedelta(hours=1)
+    # An aware time in another zone is converted to UTC by the column's type, as Core does.
+    tokyo = datetime.now(UTC).astimezone(timezone(timedelta(hours=9)))
+    assert await read_one(engine, _SINCE, since=tokyo - hour) == {"id": user_id}
+    assert await read_one(engine, _SINCE, since=tokyo + hour) is None
+    # The type's own check runs too: a naive time is refused, not sent as it is.
+    with pytest.raises(StatementError, match="naive"):
+        await read_one(engine, _SINCE, since=datetime.now())
 
 
 async def test_an_insert_is_the_row_the_orm_would_write_and_is_committed(
-    settings: Settings,
+    engine: AsyncEngine,
 ) -> None:
-    engine = create_engine(settings)
-    try:
-        owner = await _insert_user(engine)
-        before = datetime.now(UTC)
-        row = await items.insert(
-            engine, title="Lamp", description=None, price=Decimal("12.50"),
-            currency=Currency.USD, owner_id=owner,
-        )  # fmt: skip
-        # The Python-side defaults filled in as the ORM fills them; the key from the database.
-        assert before <= row["created_at"] <= row["updated_at"] <= datetime.now(UTC)
-        assert row["deleted_at"] is None
-        # Committed as it returned: a new session reads the same item.
-        async with create_sessionmaker(engine)() as session:
-            stored = await session.get(Item, row["id"])
-            assert stored is not None
-            assert ItemRead.model_validate(row) == ItemRead.model_validate(stored)
-        with pytest.raises(AttributeError, match="colour"):
-            await items.insert(engine, title="x", price=1, owner_id=owner, colour="red")
-    finally:
-        await engine.dispose()
+    owner = await _insert_user(engine)
+    before = datetime.now(UTC)
+    row = await items.insert(
+        engine, title="Lamp", description=None, price=Decimal("12.50"),
+        currency=Currency.USD, owner_id=owner,
+    )  # fmt: skip
+    # The Python-side defaults filled in as the ORM fills them; the key from the database.
+    assert before <= row["created_at"] <= row["updated_at"] <= datetime.now(UTC)
+    assert row["deleted_at"] is None
+    # Committed as it returned: a new session reads the same item.
+    async with create_sessionmaker(engine)() as session:
+        stored = await session.get(Item, row["id"])
+        assert stored is not None
+        assert ItemRead.model_validate(row) == ItemRead.model_validate(stored)
+    with pytest.raises(AttributeError, match="colour"):
+        await items.insert(engine, title="x", price=1, owner_id=owner, colour="red")
 
 
 async def test_a_constraint_failure_is_an_integrity_error_and_writes_nothing(
-    settings: Settings,
+    engine: AsyncEngine,
 ) -> None:
-    engine = create_engine(settings)
-    try:
-        owner = await _insert_user(engine)
-        with pytest.raises(IntegrityError):  # the handlers' and the services' type for it
-            await items.insert(
-                engine, title="Orphan", price=Decimal(1), currency=Currency.JPY,
-                owner_id=owner + 1000,
-            )  # fmt: skip
-        async with create_sessionmaker(engine)() as session:
-            assert await items.count(session) == 0
-    finally:
-        await engine.dispose()
+    owner = await _insert_user(engine)
+    with pytest.raises(IntegrityError):  # the handlers' and the services' type for it
+        await items.insert(
+            engine, title="Orphan", price=Decimal(1), currency=Currency.JPY,
+            owner_id=owner + 1000,
+        )  # fmt: skip
+    async with create_sessionmaker(engine)() as session:
+        assert await items.count(session) == 0
 
 
 @pytest.mark.postgres
