@@ -15,7 +15,7 @@ from redis._parsers import _AsyncHiredisParser
 from redis.asyncio import Redis
 from sqlalchemy import select
 
-from app.core.ratelimit import RedisCounters, create_limiter
+from app.core.ratelimit import MemoryCounters, RedisCounters, create_limiter
 from app.core.redis import create_pipelined, create_redis
 from app.email.models import Email
 from app.main import create_app
@@ -413,3 +413,19 @@ def test_redis_replies_go_through_the_hiredis_parser(tmp_path: Path) -> None:
         pool = redis.connection_pool
         connection = pool.connection_class(**pool.connection_kwargs)
         assert isinstance(connection._parser, _AsyncHiredisParser)
+
+
+async def test_memory_counters_count_per_window_and_forget_ended_ones() -> None:
+    now = [1000.0]
+    counters = MemoryCounters(clock=lambda: now[0])
+    assert [await counters.incr("a", 60) for _ in range(3)] == [1, 2, 3]
+    assert await counters.incr("b", 10) == 1  # keys count apart
+    assert await counters.incr("a", 60, amount=-1) == 2  # a refund
+    now[0] += 30  # "b"'s window has ended: a new one starts at 1
+    assert await counters.incr("b", 10) == 1
+    assert await counters.incr("a", 60) == 3  # "a"'s has not
+    await counters.clear("a")
+    assert await counters.incr("a", 60) == 1
+    now[0] += 61  # every window over: the next count sweeps them all out
+    await counters.incr("c", 5)
+    assert len(counters) == 1
