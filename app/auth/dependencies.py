@@ -67,7 +67,7 @@ async def get_principal(
     return principal
 
 
-async def get_active_principal(principal: Principal) -> Principal:
+def require_active(principal: Principal) -> Principal:
     if not principal.is_active:
         raise AccountDisabled()
     return principal
@@ -100,7 +100,7 @@ class Caller(OAuth2PasswordBearer):
         token = await super().__call__(request)
         if not token and self.optional:
             return None
-        principal = await get_active_principal(await get_principal(security_scopes, request, token))
+        principal = require_active(await get_principal(security_scopes, request, token))
         if (
             self.verified
             and not principal.is_verified

@@ -6,7 +6,7 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.security import SecurityScopes
 from starlette.requests import HTTPConnection
 
-from app.auth.dependencies import BearerToken, CurrentPrincipal, get_active_principal, get_principal
+from app.auth.dependencies import BearerToken, CurrentPrincipal, get_principal, require_active
 from app.auth.permissions import Scope
 from app.auth.principal import Principal
 from app.core.dependencies import SessionDep
@@ -37,7 +37,7 @@ async def stream_principal(
     ] = None,
 ) -> Principal:
     principal = await get_principal(SecurityScopes([Scope.PROFILE]), request, bearer or token)
-    return await get_active_principal(principal)
+    return require_active(principal)
 
 
 async def get_realtime(connection: HTTPConnection) -> Realtime:
