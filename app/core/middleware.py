@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.dependencies import services_in
 from app.core.errors import CODES_BY_STATUS, error_response
 from app.core.limit_keys import client_key
+from app.core.logging import AccessLog
 from app.core.metrics import IN_FLIGHT, LATENCY, REQUESTS
 from app.core.proxy import parse_host
 from app.core.ratelimit import Policy
@@ -27,7 +28,6 @@ from app.core.request_context import (
     USER_ID,
     USER_KEY,
     VALID_REQUEST_ID,
-    AccessLog,
     client_ip_of,
     request_id_of,
     route_of,

@@ -1,18 +1,15 @@
-"""The request context: the request ID, the log context, who is calling, the access log's
-writer. app.core.middleware.EdgeMiddleware (outside every middleware but the forwarded headers)
+"""The request context: the request ID, the log context, who is calling.
+app.core.middleware.EdgeMiddleware (outside every middleware but the forwarded headers)
 sets them per request. The client address is scope["client"], already taken from a trusted
 proxy's headers (app.core.proxy)."""
 
-import logging
 import re
 import uuid
-from collections.abc import MutableMapping, Sequence
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
-import structlog
 from starlette.types import Scope
-from structlog.types import Processor
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_KEY = "app.request_id"
@@ -56,50 +53,3 @@ def route_of(scope: Scope) -> str:
     context = scope.get("fastapi", {}).get("effective_route_context")
     template = getattr(context, "path_format", None) or getattr(scope.get("route"), "path", None)
     return str(template or "<unmatched>")
-
-
-class AccessLog:
-    """Writes what `structlog.stdlib.get_logger(name).info(event, **fields)` would, for less.
-
-    Under the setup of app.core.logging (structlog into the standard library's handlers) it
-    runs the configured processors itself and hands one record to the handlers: no bound
-    logger to resolve, no context copy, no search for the caller's frame (no formatter here
-    prints it), and with the level above INFO no work at all. Any other structlog setup gets
-    the ordinary call. Like a structlog logger cached on first use, it reads the setup once,
-    at its first line."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.stdlib = logging.getLogger(name)
-        self.chain: Sequence[Processor] | None = None  # None: not resolved yet
-        self.direct = False
-
-    def _resolve(self) -> Sequence[Processor]:
-        config = structlog.get_config()
-        processors: list[Processor] = list(config["processors"])
-        self.direct = (
-            isinstance(config["logger_factory"], structlog.stdlib.LoggerFactory)
-            and bool(processors)
-            and processors[-1] is structlog.stdlib.ProcessorFormatter.wrap_for_formatter
-        )
-        self.chain = processors[:-1]
-        return self.chain
-
-    def info(self, fields: dict[str, Any]) -> None:
-        """`fields` in the order structlog would make them: the keywords, then "event"."""
-        chain = self.chain if self.chain is not None else self._resolve()
-        if not self.direct:
-            event = fields.pop("event")
-            structlog.stdlib.get_logger(self.name).info(event, **fields)
-            return
-        logger = self.stdlib
-        if not logger.isEnabledFor(logging.INFO):  # cached by the standard library
-            return
-        event_dict: Any = fields
-        for processor in chain:
-            event_dict = processor(logger, "info", event_dict)
-        record = logger.makeRecord(
-            self.name, logging.INFO, "(unknown file)", 0, event_dict, (), None,
-            extra={"_logger": logger, "_name": "info"},
-        )  # fmt: skip
-        logger.handle(record)

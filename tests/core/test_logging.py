@@ -1,3 +1,4 @@
+import contextlib
 import io
 import json
 import logging
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from app.core.logging import configure_logging
-from app.core.request_context import REQUEST_ID, AccessLog
+from app.core.logging import AccessLog, LineHandler, configure_logging
+from app.core.request_context import REQUEST_ID
 from tests.support.factories import Factory
 from tests.support.settings import BuildClient, make_settings
 
@@ -137,6 +138,105 @@ def test_the_access_log_writes_what_a_structlog_call_writes(json_logs: io.String
     assert str(ordinary.pop("timestamp")) <= str(ours.pop("timestamp"))
     assert list(ours.items()) == list(ordinary.items())
     assert ours["request_id"] == "req-7"
+
+
+@contextlib.contextmanager
+def only_ours() -> Iterator[LineHandler]:
+    """The root's handlers as a server has them: configure_logging's alone. Used inside a test
+    body: pytest adds its capture to the root at the start of each test phase."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    (ours,) = [h for h in saved if isinstance(h, LineHandler)]
+    root.handlers = [ours]
+    try:
+        yield ours
+    finally:
+        root.handlers = saved
+
+
+ACCESS_FIELDS = {"method": "GET", "route": "/r/{id}", "status": 200, "duration_ms": 1.5,
+                 "client": "127.0.0.1", "user_id": 7}  # fmt: skip
+
+
+def test_the_access_log_writes_directly_what_the_record_path_writes(
+    json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    access = AccessLog("app.access")
+    token = REQUEST_ID.set("req-8")
+    with only_ours() as ours_handler:
+        structlog.stdlib.get_logger("app.access").info("request", **ACCESS_FIELDS)
+
+        def no_records(*args: object, **kwargs: object) -> logging.LogRecord:
+            raise AssertionError("the direct path makes no LogRecord")
+
+        monkeypatch.setattr(logging.Logger, "makeRecord", no_records)
+        access.info({**ACCESS_FIELDS, "event": "request"})
+        monkeypatch.undo()
+        assert access._sole_handler() is ours_handler
+    REQUEST_ID.reset(token)
+    ordinary, ours = lines(json_logs)[-2:]
+    assert str(ordinary.pop("timestamp")) <= str(ours.pop("timestamp"))
+    assert list(ours.items()) == list(ordinary.items())
+
+
+def test_anything_else_listening_gets_access_lines_as_records(
+    json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second handler (a test's capture, a shipper), a filter, a logger that stops
+    propagating, or a hook on the standard library's dispatch (Sentry's breadcrumbs) each see
+    the line as they would any other logger's: the direct path is only for nothing but ours."""
+    access = AccessLog("app.access")
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    with only_ours():
+        logging.getLogger().addHandler(Collect())
+        access.info({**ACCESS_FIELDS, "event": "request"})
+    assert [record.name for record in seen] == ["app.access"]
+
+    hooked: list[str] = []
+    original = logging.Logger.callHandlers
+
+    def hook(logger: logging.Logger, record: logging.LogRecord) -> None:
+        hooked.append(record.name)
+        original(logger, record)
+
+    monkeypatch.setattr(logging.Logger, "callHandlers", hook)
+    with only_ours():
+        access.info({**ACCESS_FIELDS, "event": "request"})
+    assert hooked == ["app.access"]
+    monkeypatch.undo()
+
+    dropped: list[str] = []
+
+    def drop(record: logging.LogRecord) -> bool:
+        dropped.append(record.name)
+        return False
+
+    access.stdlib.addFilter(drop)
+    try:
+        with only_ours():
+            access.info({**ACCESS_FIELDS, "route": "/filtered", "event": "request"})
+    finally:
+        access.stdlib.removeFilter(drop)
+    assert dropped == ["app.access"]
+    assert [r["route"] for r in lines(json_logs) if r.get("event") == "request"] == ["/r/{id}"] * 2
+
+
+def test_a_failing_stream_never_fails_the_request(
+    json_logs: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = io.StringIO()
+    broken.close()
+    access = AccessLog("app.access")
+    with only_ours() as handler:
+        handler.stream = broken
+        access.info({**ACCESS_FIELDS, "event": "request"})  # does not raise
+        assert access._sole_handler() is handler  # the direct path was the one taken
+    assert "ValueError" in capsys.readouterr().err  # reported as the standard library does
 
 
 def test_stdlib_extras_are_redacted_too(json_logs: io.StringIO) -> None:
