@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from app.auth.models import User
 from app.auth.schemas import UserPrivate
@@ -57,6 +58,9 @@ async def test_the_same_row_as_core_on_either_backend(engine: AsyncEngine) -> No
     assert UserPrivate.model_validate(dict(row)) == UserPrivate.model_validate(dict(core))
     assert row["created_at"].tzinfo is not None
     assert await read_one(engine, _READ_PRIVATE, user_id=user_id + 1000) is None
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedout() == 0  # every connection went back to the pool
 
 
 _SINCE = select(_users.c.id).where(_users.c.created_at > bindparam("since", type_=UTCDateTime()))
@@ -104,6 +108,9 @@ async def test_a_constraint_failure_is_an_integrity_error_and_writes_nothing(
             engine, title="Orphan", price=Decimal(1), currency=Currency.JPY,
             owner_id=owner + 1000,
         )  # fmt: skip
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedout() == 0  # the failed statement's connection went back too
     async with create_sessionmaker(engine)() as session:
         assert await items.count(session) == 0
 
