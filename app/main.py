@@ -13,7 +13,6 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.sessions import SessionMiddleware
 
 from app import models  # noqa: F401 - registers every table on Base.metadata
 from app.auth.dependencies import TOKEN_PATH
@@ -27,7 +26,7 @@ from app.core.docs import install_docs
 from app.core.errors import install_error_handlers
 from app.core.http import create_http_client
 from app.core.logging import configure_logging
-from app.core.middleware import BodyLimitsMiddleware, EdgeMiddleware
+from app.core.middleware import BodyLimitsMiddleware, EdgeMiddleware, SignedSessionMiddleware
 from app.core.proxy import ForwardedHeadersMiddleware
 from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
@@ -184,7 +183,7 @@ def _middleware(settings: Settings, policies: Policies) -> list[Middleware]:
     uploads = upload_paths(settings.api_v1_prefix)
     stack += [
         Middleware(
-            SessionMiddleware,
+            SignedSessionMiddleware,
             secret_key=settings.signing_key(),
             session_cookie=settings.session_cookie_name,
             max_age=settings.session_cookie_max_age_seconds,

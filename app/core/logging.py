@@ -71,10 +71,10 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]  # of IO[str
     def write_event(self, logger: logging.Logger, event: MutableMapping[str, Any]) -> None:
         try:
             line = self.renderer(logger, "info", event)
-            if not isinstance(line, str):  # both renderers configure_logging picks make text
-                raise TypeError(f"renderer made {type(line).__name__}, not str")
+            if isinstance(line, bytes | bytearray):  # a JSON renderer over orjson, say
+                line = line.decode()
             with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
-                self.stream.write(line + self.terminator)
+                self.stream.write(f"{line}{self.terminator}")
                 self.flush()
         except Exception:  # as emit does: report to stderr, never raise into the caller
             self.handleError(logging.makeLogRecord({"name": logger.name, "msg": event}))

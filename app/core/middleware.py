@@ -5,12 +5,15 @@ through scope types it doesn't handle, and answers its own refusals in the error
 import json
 import re
 import time
+from base64 import b64encode
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.sessions import Session, SessionMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -399,6 +402,40 @@ def _json_body_expected(headers: Sequence[tuple[bytes, bytes]]) -> bool:
             media_type = value.split(b";", 1)[0].strip().lower()
             is_json = media_type == b"application/json" or media_type.endswith(b"+json")
     return has_body and is_json
+
+
+class SignedSessionMiddleware(SessionMiddleware):
+    """Starlette's signed session cookie (OPS-4), free for the requests that carry no cookie.
+
+    Starlette's layer parses the cookies of every request and builds a headers object for
+    every answer. Most API calls send a bearer token and no cookie at all; they now get their
+    empty session without that work, and their answer is only touched when a route used the
+    session: then it carries `Vary: Cookie`, and the new cookie if the route stored something,
+    as Starlette writes them (with no cookie in, there is no old session to clear). Requests
+    with a cookie, and WebSockets, take Starlette's own path."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or any(name == b"cookie" for name, _ in scope["headers"]):
+            await super().__call__(scope, receive, send)
+            return
+        session = scope["session"] = Session()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start" and session.accessed:
+                message.setdefault("headers", [])
+                headers = MutableHeaders(scope=message)
+                headers.add_vary_header("Cookie")
+                if session.modified and session:
+                    signed = self.signer.sign(b64encode(json.dumps(session).encode()))
+                    max_age = f"Max-Age={self.max_age}; " if self.max_age is not None else ""
+                    headers.append(
+                        "Set-Cookie",
+                        f"{self.session_cookie}={signed.decode()}; path={self.path}; "
+                        f"{max_age}{self.security_flags}",
+                    )
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
 
 class BodyLimitsMiddleware:

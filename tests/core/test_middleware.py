@@ -1,15 +1,21 @@
 import asyncio
+import base64
+import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import itsdangerous
 import pytest
 import uvicorn
 from fastapi import Request, WebSocket
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect
 
+from app.core.middleware import SignedSessionMiddleware
 from app.main import create_app
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Factory
@@ -130,6 +136,42 @@ async def test_session_cookie_is_signed_with_the_stable_key(build_client: BuildC
         assert (await client.get("/session-probe")).json() == {"visits": 2}
         client.cookies.set("app_session", cookie[:-3] + "AAA")
         assert (await client.get("/session-probe")).json() == {"visits": 1}  # tampered: ignored
+
+
+@pytest.mark.parametrize("https_only", [False, True])
+async def test_a_session_started_without_a_cookie_is_written_as_starlette_writes_it(
+    https_only: bool,
+) -> None:
+    """Requests without a cookie skip Starlette's layer (SignedSessionMiddleware); what a
+    route then stores comes back as the same cookie, and a route that only reads or never
+    touches the session gets no cookie, the former with `Vary: Cookie` as before."""
+
+    async def probe(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        if request.url.path == "/write":
+            request.session["visits"] = 1
+        elif request.url.path == "/read":
+            request.session.get("visits")
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    answers: dict[str, list[httpx.Response]] = {}
+    for layer in (SessionMiddleware, SignedSessionMiddleware):
+        app = layer(
+            probe, secret_key="k" * 32, session_cookie="s", max_age=60, https_only=https_only
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as client:
+            answers[layer.__name__] = [await client.get(p) for p in ("/write", "/read", "/")]
+    signer = itsdangerous.TimestampSigner("k" * 32)
+    for theirs, ours in zip(*answers.values(), strict=True):
+        assert ours.headers.get("vary") == theirs.headers.get("vary")
+        assert ("set-cookie" in ours.headers) == ("set-cookie" in theirs.headers)
+        if "set-cookie" in theirs.headers:
+            value, _, attributes = ours.headers["set-cookie"].partition(";")
+            assert attributes == theirs.headers["set-cookie"].partition(";")[2]
+            payload = signer.unsign(value.removeprefix("s="), max_age=60)
+            assert json.loads(base64.b64decode(payload)) == {"visits": 1}
 
 
 @pytest.mark.parametrize("path", ["/health", "/api/v1/nothing"])

@@ -7,11 +7,11 @@ from typing import cast
 
 import pytest
 from pydantic import BaseModel, ValidationError
-from starlette.middleware.sessions import SessionMiddleware
 
 from app.auth.schemas import RegisterRequest, UserPublic
 from app.core.config import VERIFIABLE_UPLOAD_EXTENSIONS
 from app.core.db import create_engine
+from app.core.middleware import SignedSessionMiddleware
 from app.files.safety import ALLOWED_EXTENSIONS
 from app.files.service import download_url
 from app.items.schemas import ItemCreate
@@ -43,7 +43,7 @@ def test_the_openapi_document_and_the_session_cookie_follow_the_settings(tmp_pat
         "The shop.",
     )
     # Nothing in the app writes a session yet: the middleware is where the setting lands.
-    (session,) = [m for m in app.user_middleware if m.cls is cast(object, SessionMiddleware)]
+    (session,) = [m for m in app.user_middleware if m.cls is cast(object, SignedSessionMiddleware)]
     assert session.kwargs["max_age"] == 3600
 
 
