@@ -1,11 +1,11 @@
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import WithJsonSchema
 
 from app.auth.dependencies import CurrentPrincipal, ItemWriter, OptionalPrincipal
-from app.core.dependencies import CacheDep, ServicesDep, SessionDep, SettingsDep
+from app.core.dependencies import CacheDep, SessionDep, SettingsDep, services_of
 from app.core.schemas import OptionalId, Page, PageNumber, PerPage, PrimaryKey, SearchTerm
 from app.items import service
 from app.items.dependencies import HardDelete, OwnedItem
@@ -47,21 +47,23 @@ Filters = Annotated[service.ItemFilters, Depends(item_filters)]
 
 
 @router.post("/", response_model=ItemRead, status_code=status.HTTP_201_CREATED)
-async def create_item(data: ItemCreate, user: ItemWriter, services: ServicesDep) -> ItemRead:
+async def create_item(data: ItemCreate, user: ItemWriter, request: Request) -> ItemRead:
     """Create an item owned by you."""
+    services = services_of(request)  # on the hottest routes: see app.core.dependencies
     row = await service.create(engine=services.engine, cache=services.cache, data=data, owner=user)
     return ItemRead.model_validate(row)
 
 
 @list_v1.get("/", response_model=Page[ItemRead])
 async def list_items(
-    services: ServicesDep,
+    request: Request,
     filters: Filters,
     page: PageNumber = 1,
     per_page: PerPage = 20,
     order_by: Annotated[service.ItemOrder, Query()] = "-created_at",
 ) -> Response:
     """The public listing, with search, price and owner filters."""
+    services = services_of(request)  # on the hottest routes: see app.core.dependencies
     body = await service.public_page_json(
         cache=services.cache,
         sessionmaker=services.sessionmaker,
@@ -76,9 +78,10 @@ async def list_items(
 
 @router.get("/{item_id}", response_model=ItemRead)
 async def read_item(
-    item_id: PrimaryKey, viewer: OptionalPrincipal, services: ServicesDep
+    item_id: PrimaryKey, viewer: OptionalPrincipal, request: Request
 ) -> Response | ItemRead:
     """One item; soft-deleted ones are 404 to all but admins."""
+    services = services_of(request)  # on the hottest routes: see app.core.dependencies
     sessionmaker = services.sessionmaker
     if viewer is not None and viewer.is_admin:  # admins see deleted items: never cached
         async with sessionmaker() as session:

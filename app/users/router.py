@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from app.auth.dependencies import (
     AdminPrincipal,
@@ -12,7 +12,13 @@ from app.auth.models import Role
 from app.auth.permissions import Permission
 from app.auth.principal import Principal
 from app.auth.schemas import UserPrivate, UserPublic
-from app.core.dependencies import CacheDep, HubDep, ServicesDep, SessionDep, SettingsDep
+from app.core.dependencies import (
+    CacheDep,
+    HubDep,
+    SessionDep,
+    SettingsDep,
+    services_of,
+)
 from app.core.errors import Unauthorized
 from app.core.schemas import Page, PageNumber, PerPage, SearchTerm
 from app.users import permissions, service
@@ -30,8 +36,9 @@ router = APIRouter(prefix="/users", tags=["users"])
 # /profile is the seeds' name for the same resource: one handler, two paths.
 @router.get("/me", response_model=UserPrivate)
 @router.get("/profile", response_model=UserPrivate)
-async def read_me(principal: CurrentPrincipal, services: ServicesDep) -> Response:
+async def read_me(principal: CurrentPrincipal, request: Request) -> Response:
     """Your own account."""
+    services = services_of(request)  # on the hottest routes: see app.core.dependencies
     # The checks CurrentUser makes, on one plain read; serialized once here (FastAPI would
     # validate the model again on the way out).
     row = await service.read_private(engine=services.engine, user_id=principal.id)
