@@ -20,7 +20,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.types import TypeDecorator
-from sqlalchemy.util import greenlet_spawn
 
 from app.core.config import Settings
 from app.core.errors import database_unavailable
@@ -201,13 +200,9 @@ async def _lone_statement(
         ]
     except Exception as error:  # a type refused its value: what Core raises for it
         raise exc.StatementError(str(error), sql, params, error) from error
-    # The pool's own checkout (its events, idle pings, limits and timeout all apply) without
-    # the Connection and AsyncConnection around it, which only this one call would use: 25-37
-    # µs a statement in process against 59-87 (bench/RESULTS.md). Nothing here begins a
-    # transaction on the DBAPI adapter, so the pool's reset on return has nothing to roll back.
-    proxied = await greenlet_spawn(engine.sync_engine.raw_connection)
-    try:
-        driver = proxied.driver_connection
+    async with engine.connect() as pooled:
+        raw = await pooled.get_raw_connection()
+        driver = raw.driver_connection
         assert driver is not None  # a checked-out connection is open
         try:
             # Outside a transaction block: PostgreSQL commits a lone write as it ends.
@@ -215,11 +210,9 @@ async def _lone_statement(
         except Exception as error:
             lost = driver.is_closed() or database_unavailable(error)
             if lost:
-                await greenlet_spawn(proxied.invalidate, error)
+                await pooled.invalidate()
             raise _driver_error(sql, params, error, lost) from error
         return None if record is None else dict(record.items())
-    finally:
-        await greenlet_spawn(proxied.close)
 
 
 def _driver_error(
