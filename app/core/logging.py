@@ -1,12 +1,14 @@
 """structlog on top of the standard library: JSON lines in production, readable console in
 development. Every line of a request carries its request ID (and the user, once known)."""
 
+import json
 import logging
 import re
 import sys
 from collections.abc import MutableMapping, Sequence
 from typing import IO, Any
 
+import orjson
 import structlog
 from structlog.types import Processor
 
@@ -44,6 +46,21 @@ def redact_secrets(
         event[key] = "[redacted]"
     event.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     return event
+
+
+_ORJSON = orjson.OPT_NON_STR_KEYS  # the standard library writes them as strings too
+
+
+def dumps(event: Any, **kwargs: Any) -> str:
+    """JSON for a log line: orjson, about 6x faster than the standard library's encoder, which
+    was 40% of an access line's cost under load (bench/RESULTS.md). orjson also writes dates,
+    UUIDs, enums and dataclasses as their values where the standard library fell back to
+    repr(). What it refuses (an integer over 64 bits, say) is written by the standard library,
+    so no line is lost to the faster encoder."""
+    try:
+        return orjson.dumps(event, default=kwargs.get("default"), option=_ORJSON).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(event, **kwargs)
 
 
 def add_request_context(
@@ -172,7 +189,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
         redact_secrets,
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=dumps)
         if settings.json_logs
         else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
     )

@@ -2,7 +2,9 @@ import contextlib
 import io
 import json
 import logging
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -237,6 +239,22 @@ def test_a_failing_stream_never_fails_the_request(
         access.info({**ACCESS_FIELDS, "event": "request"})  # does not raise
         assert access._sole_handler() is handler  # the direct path was the one taken
     assert "ValueError" in capsys.readouterr().err  # reported as the standard library does
+
+
+def test_json_lines_take_any_value_and_lose_none(json_logs: io.StringIO) -> None:
+    """The JSON renderer's encoder (orjson) writes dates, UUIDs and non-string keys as values;
+    a line it refuses (an integer over 64 bits) is still written, by the standard library."""
+    when = datetime(2026, 12, 4, 19, 0, tzinfo=UTC)
+    ident = uuid.UUID(int=7)
+    log = structlog.stdlib.get_logger("app.test")
+    log.info("typed", when=when, ident=ident, counts={3: "three"})
+    log.info("huge", value=2**70, password="Leaky-secret-9")
+    typed, huge = lines(json_logs)[-2:]
+    assert typed["when"] == "2026-12-04T19:00:00+00:00"
+    assert typed["ident"] == str(ident)
+    assert typed["counts"] == {"3": "three"}
+    assert huge["value"] == 2**70
+    assert huge["password"] == "[redacted]"
 
 
 def test_stdlib_extras_are_redacted_too(json_logs: io.StringIO) -> None:
