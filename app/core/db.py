@@ -23,6 +23,7 @@ from sqlalchemy.types import TypeDecorator
 
 from app.core.config import Settings
 from app.core.errors import database_unavailable
+from app.core.pool import FairAsyncPool
 
 # Stable constraint names, so Alembic autogenerate and batch mode on SQLite can find them.
 NAMING_CONVENTION = {
@@ -80,6 +81,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(
             url,
             connect_args={"timeout": 30},
+            poolclass=FairAsyncPool,
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
             pool_timeout=settings.database_pool_timeout_seconds,
@@ -90,6 +92,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     idle = settings.database_ping_idle_seconds
     engine = create_async_engine(
         url,
+        poolclass=FairAsyncPool,  # first come first served (app/core/pool.py)
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
