@@ -135,18 +135,14 @@ class AccessLog:
         """configure_logging's handler, if it is the only thing this logger's lines reach."""
         if logging.Logger.callHandlers is not _CALL_HANDLERS:
             return None
-        logger: logging.Logger | None = self.stdlib
-        handler = None
-        while logger is not None:
-            if logger.filters or (logger.parent is None) != bool(logger.handlers):
-                return None  # a filter on the way, or handlers on a logger below the root
-            if logger.parent is None:
-                if len(logger.handlers) != 1:
-                    return None
-                handler = logger.handlers[0]
-            elif not logger.propagate:
+        logger = self.stdlib
+        while logger.parent is not None:  # the loggers below the root: none may see it
+            if logger.handlers or logger.filters or not logger.propagate:
                 return None
             logger = logger.parent
+        if logger.filters or len(logger.handlers) != 1:
+            return None
+        handler = logger.handlers[0]
         if (
             type(handler) is not LineHandler
             or handler.level > logging.INFO

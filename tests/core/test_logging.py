@@ -198,6 +198,15 @@ def test_anything_else_listening_gets_access_lines_as_records(
         logging.getLogger().addHandler(Collect())
         access.info({**ACCESS_FIELDS, "event": "request"})
     assert [record.name for record in seen] == ["app.access"]
+    parent = logging.getLogger("app")  # a handler on a logger between it and the root
+    collector = Collect()
+    parent.addHandler(collector)
+    try:
+        with only_ours():
+            access.info({**ACCESS_FIELDS, "event": "request"})
+    finally:
+        parent.removeHandler(collector)
+    assert [record.name for record in seen] == ["app.access"] * 2
 
     hooked: list[str] = []
     original = logging.Logger.callHandlers
@@ -225,7 +234,7 @@ def test_anything_else_listening_gets_access_lines_as_records(
     finally:
         access.stdlib.removeFilter(drop)
     assert dropped == ["app.access"]
-    assert [r["route"] for r in lines(json_logs) if r.get("event") == "request"] == ["/r/{id}"] * 2
+    assert [r["route"] for r in lines(json_logs) if r.get("event") == "request"] == ["/r/{id}"] * 3
 
 
 def test_a_failing_stream_never_fails_the_request(
