@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
@@ -221,6 +222,11 @@ def _token_url_under_prefix(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
+def _telemetry(settings: Settings) -> TelemetryConfig:
+    on = settings.opentelemetry_enabled
+    return {"tracing": on, "metrics": on, "logs": on}
+
+
 def create_app(
     settings: Settings | None = None, *, handle_signals: bool = False, tune_gc: bool = False
 ) -> FastAPI:
@@ -241,6 +247,7 @@ def create_app(
         openapi_url="/openapi.json" if settings.show_docs else None,
         docs_url=None,
         redoc_url=None,
+        telemetry=_telemetry(settings),
     )
     install_error_handlers(app, max_validation_errors=settings.validation_max_errors)
     include_routes(app, settings)

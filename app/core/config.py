@@ -528,6 +528,11 @@ class Settings(BaseSettings):
     """report errors to Sentry (uv sync --extra sentry)"""
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0, le=1)
     """share of requests traced by Sentry (0 to 1)"""
+    # FastAPI's native OpenTelemetry layer looks up the global providers on every request
+    # (3.5 µs, a tenth of a bare /health) to find none unless an SDK was set up. Off, it
+    # reads three flags instead.
+    opentelemetry_enabled: bool = False
+    """FastAPI's own OpenTelemetry spans and metrics, sent to the providers an SDK set up"""
 
     first_superuser_username: str | None = None
     """superuser created by serve, migrate and create-superuser if missing"""
