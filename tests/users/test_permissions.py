@@ -6,12 +6,26 @@ import httpx
 import pytest
 
 from app.auth.models import Role
+from app.auth.permissions import ROLE_PERMISSIONS, Permission, effective_permissions
 from tests.support.assertions import assert_envelope
 from tests.support.factories import Factory
 from tests.support.settings import asgi_client, make_settings, started_app
 from tests.support.waiting import eventually_async
 
 ARTICLE = {"title": "Granted words", "body": "text"}
+
+
+def test_effective_permissions_are_the_roles_plus_known_grants() -> None:
+    for role, permissions in ROLE_PERMISSIONS.items():
+        effective = effective_permissions(role, ())
+        assert effective == {str(p) for p in permissions}
+        assert all(type(name) is str for name in effective)  # as the snapshot's grants come
+    granted = effective_permissions(Role.USER, [str(Permission.POSTS_MODERATE), "retired:perm"])
+    assert granted == {str(Permission.POSTS_MODERATE)}  # a grant this version lacks: ignored
+    assert effective_permissions(Role.EDITOR, [str(Permission.MANAGE_USERS)]) == {
+        str(Permission.ARTICLES_WRITE),
+        str(Permission.MANAGE_USERS),
+    }
 
 
 def _grants_path(user_id: int) -> str:
