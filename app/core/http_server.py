@@ -23,14 +23,20 @@ shutdown) is uvicorn's own code.
 
 import asyncio
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httptools
 import structlog
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from app.core.config import Settings, get_settings
@@ -76,6 +82,43 @@ class HttpLimits:
 
 class _Refused(Exception):
     """Raised inside a parser callback to stop parsing; the refusal is on the protocol."""
+
+
+class _HeadWithBody:
+    """A response's transport that holds its head until the first part of its body.
+
+    uvicorn writes the status line and headers, then the body, in two writes: two send()
+    calls and two TCP segments for every response. A head with a Content-Length is held and
+    sent with the body's first part. A streamed (chunked) response, an empty body and a
+    response to HEAD get their head at once, as before: an SSE client must see the headers
+    before the first event. Everything else is the connection's own transport."""
+
+    __slots__ = ("_cycle", "_head", "_head_seen", "_transport")
+
+    def __init__(self, cycle: RequestResponseCycle, transport: asyncio.Transport) -> None:
+        # Weak: the cycle holds this as its transport, and a reference cycle per request would
+        # leave every request's objects to the garbage collector (measured: p99 x4).
+        self._cycle = weakref.ref(cycle)
+        self._transport = transport
+        self._head = b""
+        self._head_seen = False
+
+    def write(self, data: bytes) -> None:
+        if self._head:
+            data, self._head = self._head + data, b""
+        elif not self._head_seen and (cycle := self._cycle()) and cycle.response_started:
+            self._head_seen = True  # the head (a 100 Continue may have gone before it)
+            if (
+                cycle.chunked_encoding is False
+                and cycle.expected_content_length > 0
+                and cycle.scope["method"] != "HEAD"
+            ):
+                self._head = data
+                return
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -226,6 +269,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = self.loop.call_later(
                 self.limits.body_timeout, self._body_window_over
             )
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        cycle.transport = _HeadWithBody(cycle, self.transport)  # type: ignore[assignment]
+        super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
