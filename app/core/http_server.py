@@ -22,7 +22,6 @@ shutdown) is uvicorn's own code.
 """
 
 import asyncio
-import uuid
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +40,7 @@ from uvicorn.server import ServerState
 
 from app.core.config import Settings, get_settings
 from app.core.errors import CODES_BY_STATUS, ErrorBody, ErrorResponse
-from app.core.request_context import REQUEST_ID_HEADER
+from app.core.request_context import REQUEST_ID_HEADER, new_request_id
 
 logger = structlog.stdlib.get_logger("app.http")
 
@@ -355,7 +354,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _error_response(self, status: int, message: str, headers: dict[str, str]) -> bytes:
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         body = ErrorResponse(
             error=ErrorBody(
                 status=status,

@@ -156,7 +156,10 @@ async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
     given = await client.get("/health", headers={"X-Request-ID": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
     made = await client.get("/health")
-    assert len(made.headers["x-request-id"]) == 32
+    again = await client.get("/health")
+    for response in (made, again):  # 128 random bits in hex, a fresh one each time
+        assert re.fullmatch("[0-9a-f]{32}", response.headers["x-request-id"])
+    assert made.headers["x-request-id"] != again.headers["x-request-id"]
     hostile = await client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
     assert hostile.headers["x-request-id"] != "bad id\twith spaces"
     assert "x-process-time" in made.headers
