@@ -32,6 +32,7 @@ from app.core.proxy import ForwardedHeadersMiddleware
 from app.core.pubsub import create_hub
 from app.core.ratelimit import Policies, create_limiter
 from app.core.redis import create_cache_redis, create_pipelined, create_redis
+from app.core.routing import install_route_index
 from app.core.security import AccessTokenVerifier, PasswordHasher
 from app.core.sentry import init_sentry
 from app.core.shutdown import exit_cleanly_on_sigterm, install_drain_on_signal
@@ -254,6 +255,7 @@ def create_app(
     _token_url_under_prefix(app, settings)
     if settings.show_docs:
         install_docs(app)
+    install_route_index(app)
     return app
 
 
