@@ -15,10 +15,14 @@ compiled paths, and the routes are owned by the app that was built (their depend
 overrides are the app's), so apps built with different settings in one process stay apart.
 """
 
-from fastapi import APIRouter, FastAPI
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.telemetry._api import _route_selected  # the route, for FastAPI's own spans
-from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute, request_response
 from starlette.types import Receive, Scope, Send
 
 
@@ -59,6 +63,7 @@ def _copy(target: APIRouter, route: BaseRoute, prefix: str) -> None:
             openapi_extra=route.openapi_extra,
             generate_unique_id_function=route.generate_unique_id_function,
             strict_content_type=route.strict_content_type,
+            route_class_override=type(route),
         )
     elif isinstance(route, APIWebSocketRoute):
         target.add_api_websocket_route(
@@ -174,3 +179,30 @@ def install_route_index(app: FastAPI) -> None:
     if router.middleware_stack != router.app:  # router-level middleware: leave it as it is
         raise RuntimeError("the app router has middleware of its own; no route index")
     router.middleware_stack = RouteIndex(router)
+
+
+class PlainRoute(APIRoute):
+    """A documented route whose endpoint takes only the Request and returns its Response.
+
+    FastAPI's handler does per request what such an endpoint never needs: two exit stacks, a
+    scratch Response for dependencies, the query string parsed, dependencies solved (none),
+    the answer validated. For `/health`, which probes call more than anything, that was most
+    of what our stack costs over bare FastAPI (bench/RESULTS.md). Here the endpoint runs
+    as a plain Starlette endpoint; the OpenAPI document (response model, status, tags) is
+    made from the route as for any other. An endpoint with anything FastAPI would have to
+    solve (a parameter, a dependency of its own or of its router) is refused when the route
+    is made, so none is silently skipped."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
+        dependant = self.dependant
+        extra = (
+            dependant.path_params or dependant.query_params or dependant.header_params
+            or dependant.cookie_params or dependant.body_params or dependant.dependencies
+        )  # fmt: skip
+        if extra or list(inspect.signature(endpoint).parameters) != [dependant.request_param_name]:
+            raise TypeError(f"{path}: a PlainRoute endpoint takes the Request and nothing else")
+        if not inspect.iscoroutinefunction(endpoint):
+            raise TypeError(f"{path}: a PlainRoute endpoint is async (it runs on the loop)")
+        handler: Callable[[Request], Awaitable[Response]] = endpoint
+        self.app = request_response(handler)

@@ -16,6 +16,7 @@ from app.core import metrics
 from app.core.db import utcnow
 from app.core.dependencies import Services, ServicesDep, SettingsDep, services_of
 from app.core.errors import NoResource, Unauthorized
+from app.core.routing import PlainRoute
 from app.jobs import heartbeat
 from app.jobs.heartbeat import HeartbeatStatus
 
@@ -53,14 +54,18 @@ class Readiness(BaseModel):
     jobs: JobsHeartbeat
 
 
-@router.get("", response_model=Liveness)
 async def liveness(request: Request) -> Response:
     """Liveness: the process answers. No I/O, so it stays cheap under any load."""
-    # Probes call this more than anything: no dependency to solve, serialized once (FastAPI
-    # would validate the model again on the way out).
+    # Probes call this more than anything: a plain endpoint (PlainRoute: nothing for FastAPI
+    # to solve or validate), serialized once.
     version = services_of(request).settings.api_version
     body = Liveness(version=version, time=utcnow()).model_dump_json()
     return Response(body, media_type="application/json")
+
+
+router.add_api_route(
+    "", liveness, methods=["GET"], response_model=Liveness, route_class_override=PlainRoute
+)
 
 
 async def _check(probe: Callable[[], Awaitable[object]], *, required: bool) -> CheckResult:

@@ -3,14 +3,17 @@ FastAPI's own `include_router` gives: the same documented API, the same route ta
 same order, and no lazily included node left for a request to walk through."""
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.routing import iter_route_contexts
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
-from app.core.routing import include_flat
+from app.core.routing import PlainRoute, include_flat
 from app.main import create_app
 from app.routes import include_routes
 from bench.routing import include_lazily, measure
@@ -75,3 +78,53 @@ async def test_both_tables_answer_each_bench_path_alike(
     statuses = {label: figures["status"] for label, figures in results.items()}
     assert all(status["flat"] == status["lazy"] for status in statuses.values()), statuses
     assert {status["flat"] for status in statuses.values()} == {200, 401, 404}, statuses
+
+
+def test_plain_routes_stay_plain_when_copied(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path))
+    health = [r for r in app.router.routes if getattr(r, "path", None) == "/health"]
+    assert len(health) == 1
+    assert type(health[0]) is PlainRoute
+
+
+async def _plain(request: Request) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+async def _with_query(request: Request, q: int = 0) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+def _sync(request: Request) -> Response:
+    return Response(b"{}", media_type="application/json")
+
+
+def _needs() -> int:
+    return 1
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "options", "reason"),
+    [
+        (_with_query, {}, "the Request and nothing else"),
+        (_plain, {"dependencies": [Depends(_needs)]}, "the Request and nothing else"),
+        (_sync, {}, "is async"),
+    ],
+    ids=["parameter", "dependency", "sync"],
+)
+def test_a_plain_route_refuses_what_fastapi_would_have_to_solve(
+    endpoint: Callable[..., Any], options: dict[str, Any], reason: str
+) -> None:
+    router = APIRouter()
+    with pytest.raises(TypeError, match=reason):
+        router.add_api_route("/x", endpoint, route_class_override=PlainRoute, **options)
+
+
+async def test_a_plain_route_answers_and_is_documented() -> None:
+    app = FastAPI()
+    app.router.add_api_route("/p", _plain, methods=["GET"], route_class_override=PlainRoute)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        assert (await http.get("/p")).json() == {}
+        assert (await http.post("/p")).status_code == 405
+    assert "get" in app.openapi()["paths"]["/p"]
