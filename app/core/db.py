@@ -221,6 +221,10 @@ async def _lone_statement(
         except Exception as error:
             lost = driver.is_closed() or database_unavailable(error)
             if lost:
+                # What SQLAlchemy does on any disconnect it sees: the pool retires every
+                # connection as old as this one at its next checkout, not this one alone. A
+                # database restart killed them all, and each would fail a request of its own.
+                engine.sync_engine.pool._invalidate(raw, error, _checkin=False)
                 await pooled.invalidate()
             raise _driver_error(sql, params, error, lost) from error
         return None if record is None else dict(record.items())

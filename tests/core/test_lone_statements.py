@@ -142,3 +142,34 @@ async def test_a_connection_lost_mid_read_is_a_database_error_and_is_replaced(
     finally:
         await engine.dispose()
         await killer.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_lost_connection_retires_the_others_it_was_opened_with(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A restart kills every pooled connection: after the first read finds one dead (503), the
+    next reads get fresh connections instead of failing one by one on the others."""
+    size = 3
+    settings = make_settings(
+        tmp_path, postgres_url, database_pool_size=size, database_ping_idle_seconds=3600
+    )
+    await empty_postgres(postgres_url)
+    engine, killer = create_engine(settings), create_engine(settings)
+    try:
+        user_id = await _insert_user(engine)
+        held = [await engine.connect() for _ in range(size)]  # the pool opens all three
+        pids = [(await c.execute(text("SELECT pg_backend_pid()"))).scalar_one() for c in held]
+        for connection in held:
+            await connection.close()
+        async with killer.connect() as connection:
+            for pid in pids:
+                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError):
+            await read_one(engine, _READ_PRIVATE, user_id=user_id)
+        for _ in range(size):  # every other connection of that generation is replaced
+            row = await read_one(engine, _READ_PRIVATE, user_id=user_id)
+            assert row is not None
+    finally:
+        await engine.dispose()
+        await killer.dispose()
