@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.telemetry._api import _route_selected  # the route, for FastAPI's own spans
+from starlette._utils import get_route_path  # what Route.matches matches against
 from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute, request_response
 from starlette.types import Receive, Scope, Send
 
@@ -104,7 +105,7 @@ class RouteIndex:
     it along its own path's segments and scans only the routes whose literal part lies on
     that walk, in the router's order, so the first full match is the one the whole scan
     would find. Anything else (no full match: a 404, a 405, a trailing-slash redirect; a
-    root_path; a route of another kind) goes to the router's own scan, unchanged.
+    route of another kind) goes to the router's own scan, unchanged.
 
     Routes added later (tests add some) are seen: the tree is rebuilt when their count
     changes."""
@@ -155,8 +156,9 @@ class RouteIndex:
         return node.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan" and not scope.get("root_path"):
-            routes = self.candidates(scope["path"])
+        if scope["type"] != "lifespan":
+            # The path the routes match against: behind a root_path, the part after it.
+            routes = self.candidates(get_route_path(scope))
             if routes is not None:
                 for route in routes:
                     match, child_scope = route.matches(scope)

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, Match
+from starlette.types import Receive, Scope, Send
 
 from app.core.routing import RouteIndex
 from app.main import create_app
@@ -106,3 +107,18 @@ async def test_what_matches_nothing_is_the_scans(client: httpx.AsyncClient) -> N
     redirect = await client.get("/api/v1/items")  # the route is /api/v1/items/
     assert redirect.status_code == 307
     assert redirect.headers["location"].endswith("/api/v1/items/")
+
+
+async def test_behind_a_root_path_the_index_still_finds_the_route(app: FastAPI) -> None:
+    """Mounted under a prefix (uvicorn --root-path), routes match the path after it; the
+    index walks that same path instead of leaving every request to the full scan."""
+    index = index_of(app)
+
+    async def no_scan(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError(f"the full scan was asked for {scope['path']}")
+
+    index.scan = no_scan
+    transport = httpx.ASGITransport(app=app, root_path="/edge")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.get("/edge/health")
+    assert response.status_code == 200, response.text
