@@ -49,9 +49,6 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
-first_part = asyncio.Event()  # set by the test: the stream's first part may go
-
-
 async def json_route(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
@@ -61,6 +58,8 @@ async def empty_route(request: Request) -> Response:
 
 
 async def stream_route(request: Request) -> Response:
+    first_part: asyncio.Event = request.app.state.first_part  # set by the test: it may go
+
     async def parts() -> AsyncIterator[bytes]:
         await first_part.wait()
         yield b"data: one\n\n"
@@ -125,7 +124,7 @@ async def test_a_head_without_a_body_goes_at_once(request_line: bytes) -> None:
 
 
 async def test_a_streamed_head_does_not_wait_for_the_first_part() -> None:
-    first_part.clear()
+    first_part = APP.state.first_part = asyncio.Event()  # of this test's event loop
     protocol, transport = await connect()
     protocol.data_received(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
     writes = await writes_until(transport, b"\r\n\r\n")
