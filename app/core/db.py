@@ -96,27 +96,29 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
-        pool_pre_ping=idle == 0,
         pool_recycle=settings.database_pool_recycle_seconds,
         echo=settings.sql_echo,
     )
-    if idle > 0:
-        _ping_when_idle(engine, idle)
+    _check_at_checkout(engine, idle)
     return engine
 
 
 _IDLE_SINCE = "idle_since"
 
 
-def _ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
-    """Pre-ping only connections that sat in the pool longer than `idle_seconds`.
+def _check_at_checkout(engine: AsyncEngine, idle_seconds: float) -> None:
+    """Replace a dead connection at checkout, before a request's statement meets it.
 
-    SQLAlchemy's pool_pre_ping pings at every checkout, and on asyncpg a ping is three round
-    trips (BEGIN, `;`, ROLLBACK): under load that doubled the round trips of a one-query
-    request. A connection back in the pool a moment ago was alive then; one idle for a while
-    (across a database restart, a failover, a proxy's idle timeout) is pinged before use and
-    replaced if dead. A connection that dies while in use fails that statement, and the pool
-    then retires every connection older than the failure (SQLAlchemy's disconnect handling).
+    Two checks. First, free: asyncpg marks a connection closed as soon as the event loop sees
+    its socket close, which is what a database restart or `pg_terminate_backend` does to every
+    idle connection; such a connection is never handed out. Second, only for connections that
+    sat in the pool longer than `idle_seconds`, a ping. SQLAlchemy's pool_pre_ping pings at
+    every checkout, and on asyncpg a ping is three round trips (BEGIN, `;`, ROLLBACK): under
+    load that doubled the round trips of a one-query request. A connection back in the pool a
+    moment ago was alive then; one idle for a while (across a failover, or a proxy's idle
+    timeout that drops it silently) is pinged before use and replaced if dead. A connection
+    that dies while in use fails that statement, and the pool then retires every connection
+    older than the failure (SQLAlchemy's disconnect handling).
     """
     sync_engine = engine.sync_engine
 
@@ -128,7 +130,11 @@ def _ping_when_idle(engine: AsyncEngine, idle_seconds: float) -> None:
     def _checked_out(
         dbapi: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
     ) -> None:
-        since = record.info.get(_IDLE_SINCE)
+        driver = record.driver_connection
+        if driver is not None and driver.is_closed():
+            # DisconnectionError: the pool discards this one and checks out again.
+            raise exc.DisconnectionError("the database closed this pooled connection")
+        since = record.info.get(_IDLE_SINCE)  # None: opened for this checkout
         if since is None or time.monotonic() - since < idle_seconds:
             return
         try:
