@@ -250,6 +250,10 @@ def workers_scaling(one: Server, many: Server, workers: int, load: Load) -> dict
         runs[label] = measure(f"scaling: {label}", server, target, unpinned, None)
     single, multi = runs["one_worker"], runs[f"{workers}_workers"]
     ratio = _ratio(multi.rps, single.rps)
+    # What the machine can't hide: server CPU per request, N workers over one. Near 1, the
+    # workers share nothing that costs (no lock, no extra round trip), so with N free cores
+    # throughput grows N-fold; well above 1, something scales worse than the cores do.
+    cpu_ratio = _ratio(multi.cpu_ms_per_request, single.cpu_ms_per_request)
     # N workers can only show N times the throughput with N cores to spare; when other work
     # took more than SCALING_OTHER_CORES_LIMIT cores, a ratio under the goal is the
     # machine's, not the server's: `met` stays false, `conclusive` says how far to trust it.
@@ -260,6 +264,7 @@ def workers_scaling(one: Server, many: Server, workers: int, load: Load) -> dict
         "workers": workers,
         **{label: run.as_dict() for label, run in runs.items()},
         "ratio": ratio,
+        "cpu_per_request_ratio": cpu_ratio,
         "target": WORKERS_SCALING_GOAL,
         "met": ratio is not None and ratio >= WORKERS_SCALING_GOAL,
         "other_cpu_cores_max": busiest,

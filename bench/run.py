@@ -256,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         verdict = "met" if scaling["met"] else "MISSED"
         trust = "" if scaling["conclusive"] else " (inconclusive: other work took the cores)"
         progress(f"workers_scaling: ratio {scaling['ratio']} (>= {scaling['target']}) "
-                 f"{verdict}{trust}")  # fmt: skip
+                 f"{verdict}{trust}; CPU per request "
+                 f"x{scaling['cpu_per_request_ratio']}")  # fmt: skip
     for warning in report["warnings"]:
         progress(f"WARNING {warning}")
     for problem in report["problems"]:
