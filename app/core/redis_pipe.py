@@ -5,8 +5,9 @@ Why not redis-py here: its asyncio client checks a connection out of its pool fo
 (a lock, a health check, a non-blocking read to see the socket is clean), wraps it in a retry
 and a timeout context, and returns it; under load that cost ~100 µs of CPU per command in the
 API process, where the command itself is a few µs of parsing (bench/RESULTS.md: users/me spent
-11% of its CPU in the rate limit's one EVALSHA). Here a command is one buffered write and one
-future, and a burst of concurrent callers shares each socket read. Everything else (scripts
+11% of its CPU in the rate limit's one EVALSHA). Here a command is one future, the commands of one
+turn of the event loop share one write, and a burst of concurrent callers shares each socket
+read. Everything else (scripts
 with many keys, SCAN, pub/sub, the broker) stays on redis-py.
 
 Failure behaves as redis-py's did for these callers, with its exception types: a connection
@@ -38,6 +39,11 @@ class _Protocol(asyncio.Protocol):
         self.waiting: deque[asyncio.Future[Reply]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        # Commands not yet written: every command sent in one turn of the event loop goes
+        # out in one write at the end of it. On loopback a write is a ~20 µs system call
+        # (the kernel runs the receiving side's TCP inline), and under load several
+        # requests reach their command in the same turn (bench/RESULTS.md).
+        self.unsent: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport, as create_connection makes (uvloop's is no asyncio.Transport
@@ -60,10 +66,18 @@ class _Protocol(asyncio.Protocol):
     def send(self, packed: bytes) -> asyncio.Future[Reply]:
         if self.lost is not None or self.transport is None:
             raise self.lost or RedisConnectionError("not connected")
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         self.waiting.append(future)
-        self.transport.write(packed)
+        if not self.unsent:  # the turn's first command: write them all once it ends
+            loop.call_soon(self._flush)
+        self.unsent.append(packed)
         return future
+
+    def _flush(self) -> None:
+        unsent, self.unsent = self.unsent, []
+        if self.lost is None and self.transport is not None:
+            self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
     def close(self, reason: Exception) -> None:
         self._fail(reason)

@@ -5,7 +5,8 @@ redis-py's exception types, and the client connects again once the server is bac
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
 import uvloop
@@ -39,6 +40,38 @@ async def test_concurrent_callers_each_get_their_own_reply(pipe: PipelinedRedis)
     assert replies == [f"v{n}".encode() for n in range(300)]
     counts = await asyncio.gather(*(pipe.execute("INCR", "counter") for _ in range(300)))
     assert sorted(counts) == list(range(1, 301))
+
+
+async def test_the_commands_of_one_loop_turn_share_one_write(pipe: PipelinedRedis) -> None:
+    await pipe.execute("PING")  # connected
+    protocol = pipe._protocol
+    assert protocol is not None
+    assert protocol.transport is not None
+    transport = protocol.transport
+    writes: list[bytes] = []
+    write = transport.write
+
+    def counted(data: bytes | bytearray | memoryview) -> None:  # records, then writes
+        writes.append(bytes(data))
+        write(data)
+
+    protocol.transport = cast(asyncio.Transport, _Spy(transport, counted))
+    replies = await asyncio.gather(*(pipe.execute("ECHO", f"m{n}") for n in range(20)))
+    assert replies == [f"m{n}".encode() for n in range(20)]
+    assert len(writes) == 1
+    # A command after the turn ended goes out on its own.
+    assert await pipe.execute("ECHO", "later") == b"later"
+    assert len(writes) == 2
+
+
+class _Spy:
+    """The transport, with `write` replaced."""
+
+    def __init__(self, transport: object, write: Callable[[bytes], None]) -> None:
+        self._transport, self.write = transport, write
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
 
 
 def test_it_runs_on_uvloop_as_the_server_does(redis_server: RedisServer) -> None:
