@@ -34,16 +34,21 @@ Reply = Any  # what hiredis makes of RESP: bytes, int, list, None, or an error i
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, *, timeout: float, where: str) -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
-        self.waiting: deque[asyncio.Future[Reply]] = deque()
+        # Each command's caller and the time its reply is due, oldest first.
+        self.waiting: deque[tuple[asyncio.Future[Reply], float]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        self.timeout, self.where = timeout, where
         # Commands not yet written: every command sent in one turn of the event loop goes
         # out in one write at the end of it. On loopback a write is a ~20 µs system call
         # (the kernel runs the receiving side's TCP inline), and under load several
         # requests reach their command in the same turn (bench/RESULTS.md).
         self.unsent: list[bytes] = []
+        # One timer for the connection, not one per command (`asyncio.timeout` around each
+        # reply cost ~9 µs a command under load): due at the oldest waiting command's time.
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport, as create_connection makes (uvloop's is no asyncio.Transport
@@ -56,8 +61,8 @@ class _Protocol(asyncio.Protocol):
             if not self.waiting:  # a reply nobody asked for: the stream can't be trusted
                 self.close(RedisConnectionError("Redis sent a reply to no command"))
                 return
-            future = self.waiting.popleft()
-            if not future.done():  # its caller may have timed out meanwhile
+            future, _ = self.waiting.popleft()
+            if not future.done():  # its caller may have given up meanwhile
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -68,7 +73,10 @@ class _Protocol(asyncio.Protocol):
             raise self.lost or RedisConnectionError("not connected")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
-        self.waiting.append(future)
+        due = loop.time() + self.timeout
+        self.waiting.append((future, due))
+        if self.watchdog is None:
+            self.watchdog = loop.call_at(due, self._check_due)
         if not self.unsent:  # the turn's first command: write them all once it ends
             loop.call_soon(self._flush)
         self.unsent.append(packed)
@@ -79,6 +87,18 @@ class _Protocol(asyncio.Protocol):
         if self.lost is None and self.transport is not None:
             self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
+    def _check_due(self) -> None:
+        self.watchdog = None
+        if not self.waiting or self.lost is not None:
+            return
+        _, due = self.waiting[0]
+        loop = asyncio.get_running_loop()
+        if loop.time() >= due:
+            # Redis is slow or gone: what is queued behind this reply will be late too.
+            self.close(RedisTimeoutError(f"Timeout reading from {self.where}"))
+        else:  # that one was answered: wait for the one now oldest
+            self.watchdog = loop.call_at(due, self._check_due)
+
     def close(self, reason: Exception) -> None:
         self._fail(reason)
         if self.transport is not None:
@@ -87,8 +107,11 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, reason: Exception) -> None:
         if self.lost is None:
             self.lost = reason
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         while self.waiting:
-            future = self.waiting.popleft()
+            future, _ = self.waiting.popleft()
             if not future.done():
                 future.set_exception(self.lost)
 
@@ -139,8 +162,9 @@ class PipelinedRedis:
         # `_connected` hands out a live connection and nothing awaits before the write, so
         # the send can't find it lost: a connection that broke is replaced there.
         protocol = await self._connected()
-        future = protocol.send(hiredis.pack_command(args))
-        return _checked(await self._reply(protocol, future))
+        # A caller cancelled while waiting leaves its future in the queue: its reply, when
+        # it comes, is read and dropped, keeping the others in step.
+        return _checked(await protocol.send(hiredis.pack_command(args)))
 
     def register_script(self, script: str) -> "PipelinedScript":
         """As redis-py's `register_script`: a callable taking `keys=` and `args=`."""
@@ -150,17 +174,6 @@ class PipelinedRedis:
         if self._protocol is not None:
             self._protocol.close(RedisConnectionError("client closed"))
             self._protocol = None
-
-    async def _reply(self, protocol: _Protocol, future: asyncio.Future[Reply]) -> Reply:
-        # A future cancelled here (a timeout, or the caller's task cancelled) stays in the
-        # queue: its reply, when it comes, is read and dropped, keeping the others in step.
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await future
-        except TimeoutError:
-            # Redis is slow or gone: what is queued behind this will be late too.
-            protocol.close(RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}"))
-            raise RedisTimeoutError(f"Timeout reading from {self.host}:{self.port}") from None
 
     async def _connected(self) -> _Protocol:
         protocol = self._protocol
@@ -179,7 +192,9 @@ class PipelinedRedis:
         protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+                _, protocol = await loop.create_connection(
+                    lambda: _Protocol(timeout=self.timeout, where=where), self.host, self.port
+                )
                 sent = [protocol.send(hiredis.pack_command(cmd)) for cmd in self._handshake]
                 for reply in await asyncio.gather(*sent, return_exceptions=True):
                     _checked(reply)  # a wrong password is an error reply

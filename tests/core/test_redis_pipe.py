@@ -171,11 +171,42 @@ async def test_a_silent_server_times_out_every_waiting_caller() -> None:
     client = _client(f"redis://127.0.0.1:{port}/0")
     try:
         started = time.monotonic()
-        results = await asyncio.gather(
-            *(client.execute("GET", "x") for _ in range(5)), return_exceptions=True
+        results = await asyncio.wait_for(  # bounded: a timeout that never fires fails here
+            asyncio.gather(*(client.execute("GET", "x") for _ in range(5)), return_exceptions=True),
+            TIMEOUT * 4,
         )
         assert all(isinstance(result, RedisTimeoutError) for result in results), results
         assert time.monotonic() - started < TIMEOUT * 3
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_command_sent_after_an_answered_one_gets_its_own_full_timeout() -> None:
+    """The connection's one timer is set for the first command; when that one is answered,
+    the timer moves on to the next oldest, so a later command is timed from its own send."""
+
+    # Answers the first command, then reads and never answers: Redis hanging mid-session.
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"+PONG\r\n")
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = _client(f"redis://127.0.0.1:{port}/0")
+    try:
+        assert await client.execute("PING") == b"PONG"
+        # Part of the first command's time passes: a timer left at its deadline would fail
+        # the next command early.
+        await asyncio.sleep(TIMEOUT * 0.6)
+        sent = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(client.execute("GET", "x"), TIMEOUT * 4)
+        assert TIMEOUT * 0.9 <= time.monotonic() - sent < TIMEOUT * 2
     finally:
         await client.close()
         server.close()
