@@ -10,7 +10,10 @@ bursts (A B B A ...), so each side sees the same noise. Per endpoint: server CPU
     uv run python -m bench.ab --a-root /tmp/a --database-url postgresql://... --mode redis \
         --only users_me,item_read_auth --rounds 6 --burst 2
 
-B is this checkout unless --b-root says otherwise.
+B is this checkout unless --b-root says otherwise. With --a-floor, A is the same-work floor
+(bench/floor_app.py) instead of a checkout: B/A is then the floor ratio, measured side by side
+rather than in one burst each, as `bench.run` does (whose floor figures move by 15% from run
+to run on this machine).
 """
 
 import sys
@@ -38,12 +41,20 @@ from bench.pinning import Pinning, choose
 from bench.service import (
     Server,
     prepare_database,
+    running_floor,
     running_redis,
     service_env,
     serving,
     wait_ready,
 )
-from bench.targets import ENDPOINTS, get_item_id, get_token, preflight, service_targets
+from bench.targets import (
+    ENDPOINTS,
+    FLOOR_ENDPOINTS,
+    get_item_id,
+    get_token,
+    preflight,
+    service_targets,
+)
 from bench.wrk import Load, WrkResult
 from tests.support.processes import free_port
 
@@ -106,8 +117,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         redis_url = stack.enter_context(running_redis()) if args.mode == "redis" else None
         env = service_env(workdir / "data", args.database_url, redis_url)
         servers = {
-            side: stack.enter_context(running_checkout(side, root, workdir, env, pinning))
-            for side, root in (("A", args.a_root), ("B", args.b_root))
+            "A": stack.enter_context(
+                running_floor("floor A", workdir, env, pinning)
+                if args.a_floor
+                else running_checkout("A", args.a_root, workdir, env, pinning)
+            ),
+            "B": stack.enter_context(running_checkout("B", args.b_root, workdir, env, pinning)),
         }
         clients = {
             side: stack.enter_context(httpx.Client(base_url=s.base_url, timeout=30.0))
@@ -123,8 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     result = measure(f"{side} {name}", servers[side], targets[name], load, token)
                     tallies[name][side].add(result, f"{side}.{name}")
     report: dict[str, Any] = {
-        "settings": {**vars(args), "a_root": str(args.a_root), "b_root": str(args.b_root),
-                     "pinning": pinning.as_dict()},
+        "settings": {**vars(args), "a_root": None if args.a_floor else str(args.a_root),
+                     "b_root": str(args.b_root), "pinning": pinning.as_dict()},
         "loadavg_1m_end": round(os.getloadavg()[0], 2),
         "endpoints": {},
         "problems": [],
@@ -141,7 +156,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Interleaved A/B of two checkouts, with wrk.")
-    parser.add_argument("--a-root", type=Path, required=True, help="the A checkout (synced)")
+    side_a = parser.add_mutually_exclusive_group(required=True)
+    side_a.add_argument("--a-root", type=Path, help="the A checkout (synced)")
+    side_a.add_argument(
+        "--a-floor", action="store_true", help="A is the same-work floor (bench/floor_app.py)"
+    )
     parser.add_argument("--b-root", type=Path, default=ROOT, help="default: this checkout")
     parser.add_argument("--only", default="users_me,item_read_auth")
     parser.add_argument("--mode", choices=("memory", "redis"), default="redis")
@@ -154,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = {n for n in args.only.split(",") if n} - set(ENDPOINTS)
     if unknown:
         parser.error(f"unknown endpoints {sorted(unknown)}")
+    no_floor = {n for n in args.only.split(",") if n} - set(FLOOR_ENDPOINTS)
+    if args.a_floor and no_floor:
+        parser.error(f"the floor doesn't serve {sorted(no_floor)}")
     try:
         report = run(args)
     except BenchError as exc:

@@ -61,6 +61,22 @@ def test_bench_run_parses_the_pinning_and_workers_flags() -> None:
     assert parse_args([]).workers == 1
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--a-floor", "--only", "health"],  # the floor serves only the querying endpoints
+        ["--a-floor", "--a-root", "/tmp", "--only", "users_me"],  # one A side, not two
+        ["--only", "users_me"],  # no A side
+    ],
+)
+def test_bench_ab_refuses_what_it_cannot_compare(argv: list[str]) -> None:
+    from bench.ab import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2
+
+
 def test_pinning_puts_the_server_and_wrk_on_separate_cores() -> None:
     from bench.pinning import NO_PINNING, Pinning
 
