@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.db import create_engine
@@ -80,13 +81,13 @@ async def test_a_connection_the_database_closed_is_replaced_at_checkout_without_
         await killer.dispose()
 
 
-def _count_pings(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+def _count_pings(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[DBAPIConnection]:
     """The pings the engine sends, recorded as they go through to the real `do_ping`."""
-    pings: list[object] = []
+    pings: list[DBAPIConnection] = []
     dialect = engine.sync_engine.dialect
     real = dialect.do_ping
 
-    def counted(dbapi_connection: object) -> bool:
+    def counted(dbapi_connection: DBAPIConnection) -> bool:
         pings.append(dbapi_connection)
         return real(dbapi_connection)
 
