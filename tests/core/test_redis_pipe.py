@@ -4,6 +4,7 @@ failures behave as redis-py's did for the rate limiter (a dead or silent server 
 redis-py's exception types, and the client connects again once the server is back)."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import cast
@@ -159,17 +160,32 @@ async def test_a_server_that_goes_away_fails_fast_and_is_reconnected_when_back()
             await client.close()
 
 
-async def test_a_silent_server_times_out_every_waiting_caller() -> None:
-    # Accepts and reads, never answers: a hung Redis.
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+@contextlib.asynccontextmanager
+async def _hanging_redis(*, answers: int) -> AsyncIterator[PipelinedRedis]:
+    """A client of a server that reads everything and answers only its first `answers`
+    commands (with +PONG, one read each): a Redis that hangs."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(answers):
+            await reader.read(65536)
+            writer.write(b"+PONG\r\n")
         while await reader.read(65536):
             pass
         writer.close()
 
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     client = _client(f"redis://127.0.0.1:{port}/0")
     try:
+        yield client
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_silent_server_times_out_every_waiting_caller() -> None:
+    async with _hanging_redis(answers=0) as client:
         started = time.monotonic()
         results = await asyncio.wait_for(  # bounded: a timeout that never fires fails here
             asyncio.gather(*(client.execute("GET", "x") for _ in range(5)), return_exceptions=True),
@@ -177,28 +193,12 @@ async def test_a_silent_server_times_out_every_waiting_caller() -> None:
         )
         assert all(isinstance(result, RedisTimeoutError) for result in results), results
         assert time.monotonic() - started < TIMEOUT * 3
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_command_sent_after_an_answered_one_gets_its_own_full_timeout() -> None:
     """The connection's one timer is set for the first command; when that one is answered,
     the timer moves on to the next oldest, so a later command is timed from its own send."""
-
-    # Answers the first command, then reads and never answers: Redis hanging mid-session.
-    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        writer.write(b"+PONG\r\n")
-        while await reader.read(65536):
-            pass
-        writer.close()
-
-    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = _client(f"redis://127.0.0.1:{port}/0")
-    try:
+    async with _hanging_redis(answers=1) as client:
         assert await client.execute("PING") == b"PONG"
         # Part of the first command's time passes: a timer left at its deadline would fail
         # the next command early.
@@ -207,7 +207,3 @@ async def test_a_command_sent_after_an_answered_one_gets_its_own_full_timeout() 
         with pytest.raises(RedisTimeoutError):
             await asyncio.wait_for(client.execute("GET", "x"), TIMEOUT * 4)
         assert TIMEOUT * 0.9 <= time.monotonic() - sent < TIMEOUT * 2
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
