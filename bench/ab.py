@@ -170,10 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--database-url")
     args = parser.parse_args(argv)
-    unknown = {n for n in args.only.split(",") if n} - set(ENDPOINTS)
+    names = {n for n in args.only.split(",") if n}
+    unknown = names - set(ENDPOINTS)
     if unknown:
         parser.error(f"unknown endpoints {sorted(unknown)}")
-    no_floor = {n for n in args.only.split(",") if n} - set(FLOOR_ENDPOINTS)
+    no_floor = names - FLOOR_ENDPOINTS
     if args.a_floor and no_floor:
         parser.error(f"the floor doesn't serve {sorted(no_floor)}")
     try:

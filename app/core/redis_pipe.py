@@ -1,20 +1,20 @@
 """A Redis client for the per-request hot path: one connection per process, every caller's
-command written as it comes and the replies matched to callers in order (pipelining).
+command written with the others of its event-loop turn and the replies matched to callers in
+order (pipelining).
 
 Why not redis-py here: its asyncio client checks a connection out of its pool for each command
 (a lock, a health check, a non-blocking read to see the socket is clean), wraps it in a retry
 and a timeout context, and returns it; under load that cost ~100 µs of CPU per command in the
 API process, where the command itself is a few µs of parsing (bench/RESULTS.md: users/me spent
-11% of its CPU in the rate limit's one EVALSHA). Here a command is one future, the commands of one
-turn of the event loop share one write, and a burst of concurrent callers shares each socket
-read. Everything else (scripts
-with many keys, SCAN, pub/sub, the broker) stays on redis-py.
+11% of its CPU in the rate limit's one EVALSHA). Here a command is one future, the commands of
+one turn of the event loop share one write, a burst of concurrent callers shares each socket
+read, and one timer per connection bounds every reply. Everything else (scripts with many keys,
+SCAN, pub/sub, the broker) stays on redis-py.
 
 Failure behaves as redis-py's did for these callers, with its exception types: a connection
 that breaks or a reply later than the timeout closes the connection and fails every command
 waiting on it (ConnectionError / TimeoutError); the next command connects again. Only plain TCP
-URLs
-(`redis://`, with password and database); `from_url` returns None for others (TLS, a unix
+URLs (`redis://`, with password and database); `from_url` returns None for others (TLS, a unix
 socket), and the caller stays on redis-py.
 """
 
@@ -159,8 +159,9 @@ class PipelinedRedis:
 
     async def execute(self, *args: Any) -> Reply:
         """One command's reply; an error reply is raised (ResponseError and its kinds)."""
-        # `_connected` hands out a live connection and nothing awaits before the write, so
-        # the send can't find it lost: a connection that broke is replaced there.
+        # `_connected` hands out a live connection and nothing awaits before the send, so the
+        # send can't find it lost: a connection that broke is replaced there. One that breaks
+        # before the turn's write fails the waiting commands (`_fail`).
         protocol = await self._connected()
         # A caller cancelled while waiting leaves its future in the queue: its reply, when
         # it comes, is read and dropped, keeping the others in step.

@@ -1,9 +1,11 @@
 """PostgreSQL connections are pinged before use only after sitting idle (issue 14: a ping at
 every checkout was three round trips per request), and an idle connection that died meanwhile
-(a restart, a failover, a proxy's idle timeout) is replaced before any statement sees it."""
+(a failover, a proxy's idle timeout) is replaced before any statement sees it. A connection the
+database closed (a restart) is replaced at checkout without a ping."""
 
 import asyncio
 from pathlib import Path
+from urllib.parse import SplitResult, urlsplit
 
 import pytest
 from sqlalchemy import text
@@ -26,26 +28,84 @@ async def _backend_pid(engine: AsyncEngine) -> int:
         return int((await connection.execute(_PID)).scalar_one())
 
 
-async def test_an_idle_connection_killed_meanwhile_is_replaced_before_use(
-    postgres_url: str, tmp_path: Path
+class _DroppingProxy:
+    """A TCP proxy to PostgreSQL that can drop its connections silently, as a firewall or a
+    pooling proxy does on an idle timeout: the database side is gone, the client's socket
+    stays open and looks alive until the client next sends, which is then refused (reset).
+    Only a ping can find such a connection; the driver sees nothing closed."""
+
+    def __init__(self, target: SplitResult) -> None:
+        self.target = target
+        self.upstreams: list[asyncio.StreamWriter] = []
+        self.dropped = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return self.target._replace(netloc=f"{self.target.username}@127.0.0.1:{port}").geturl()
+
+    def drop(self) -> None:
+        self.dropped = True
+        for upstream in self.upstreams:
+            upstream.transport.abort()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, client_in: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        dropped_before = self.dropped
+        upstream_in, upstream = await asyncio.open_connection(
+            self.target.hostname, self.target.port
+        )
+        self.upstreams.append(upstream)
+
+        def was_dropped() -> bool:
+            return self.dropped and not dropped_before
+
+        async def to_database() -> None:
+            while data := await client_in.read(65536):
+                if was_dropped():  # the client's first word after the drop: refused
+                    client.transport.abort()
+                    return
+                upstream.write(data)
+            upstream.close()
+
+        async def to_client() -> None:
+            while data := await upstream_in.read(65536):
+                client.write(data)
+            if not was_dropped():  # the database ended it: so does the client's side
+                client.close()
+
+        await asyncio.gather(to_database(), to_client(), return_exceptions=True)
+
+
+async def test_an_idle_connection_dropped_silently_is_pinged_and_replaced(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    proxy = _DroppingProxy(urlsplit(postgres_url))
     settings = make_settings(
-        tmp_path, postgres_url, database_pool_size=1, database_ping_idle_seconds=IDLE_SECONDS
-    )
-    engine, killer = create_engine(settings), create_engine(settings)
+        tmp_path, await proxy.start(), database_pool_size=1,
+        database_ping_idle_seconds=IDLE_SECONDS,
+    )  # fmt: skip
+    engine = create_engine(settings)
+    pings = _count_pings(engine, monkeypatch)
     try:
         first = await _backend_pid(engine)
         assert await _backend_pid(engine) == first  # not idle: reused without a ping
-        async with killer.connect() as connection:
-            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+        assert pings == []
+        proxy.drop()
         # Idleness is the condition under test: the connection must sit past its threshold.
         await asyncio.sleep(IDLE_SECONDS * 1.5)
         # Then it is pinged, found dead and replaced, and the statement runs on the new one:
         # no error reaches the caller (one attempt, not a retry loop).
         assert await _backend_pid(engine) != first
+        assert len(pings) == 1
     finally:
         await engine.dispose()
-        await killer.dispose()
+        await proxy.close()
 
 
 async def test_a_connection_the_database_closed_is_replaced_at_checkout_without_a_ping(
