@@ -159,9 +159,9 @@ def wait_jobs_succeed(client: httpx.Client, token: str, task_ids: Sequence[str])
         for task_id in sorted(pending):
             response = client.get(f"/api/v1/tasks/{task_id}", headers=bearer(token))
             if response.status_code == 503:
-                # Right after a database restart, a process's first query on a connection the
-                # restart killed answers "briefly unavailable; try again" (and the pool then
-                # replaces the rest): asked again, as a client is told to.
+                # A query the database restart cut off mid-statement answers "briefly
+                # unavailable; try again" (connections closed while idle are replaced at
+                # checkout, unseen): asked again, as a client is told to.
                 return False
             assert response.status_code == 200, response.text
             task = response.json()
