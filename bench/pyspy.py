@@ -4,7 +4,8 @@ repeats one endpoint, then the samples are summed per package (own time, and tim
     uv run python -m bench.pyspy --database-url postgresql://... --mode redis \
         --only users_me,item_read_auth --duration 8
 
-Per endpoint it writes the raw collapsed stacks (bench/results/profile-<mode>-<name>.txt,
+Per endpoint it writes the raw collapsed stacks (bench/results/profile-<mode>-<name>.txt, or
+floor-<mode>-<name>.txt with --floor, which profiles bench/floor_app.py under the same load;
 ignored by git; `flamegraph.pl` or speedscope read them) and prints the top packages and
 functions by own samples. py-spy pauses the process at each sample (`--nonblocking` off), so
 throughput under the profiler is lower than the bench's: the shares are what to read.
@@ -18,6 +19,7 @@ if not __package__:  # run as `python bench/pyspy.py`: import from the repositor
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -30,7 +32,13 @@ import httpx
 
 from bench.common import BENCH_DIR, BenchError, progress
 from bench.pinning import choose
-from bench.service import prepare_database, running_redis, running_service, service_env
+from bench.service import (
+    prepare_database,
+    running_floor,
+    running_redis,
+    running_service,
+    service_env,
+)
 from bench.targets import ENDPOINTS, get_item_id, get_token, preflight, service_targets
 from bench.wrk import finish_wrk, start_wrk
 
@@ -101,13 +109,24 @@ def profile_endpoint(name: str, args: argparse.Namespace, workdir: Path, mode: s
     redis_url = redis_ctx.__enter__() if redis_ctx is not None else None
     try:
         env = service_env(workdir / "data", args.database_url, redis_url)
-        with running_service(f"profile {name}", workdir, env, access_log=True,
-                             pinning=pinning) as server:  # fmt: skip
-            with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
+        with contextlib.ExitStack() as stack:
+            service = stack.enter_context(
+                running_service(f"profile {name}", workdir, env, access_log=True, pinning=pinning)
+            )
+            # The floor has no login: the token and the item come from the service, which
+            # then stops before the floor starts (one server on the pinned core).
+            with httpx.Client(base_url=service.base_url, timeout=30.0) as client:
                 token = get_token(client)
                 target = service_targets(get_item_id(client))[name]
                 preflight(client, name, target, token)
-            out = RESULTS_DIR / f"profile-{mode}-{name}.txt"
+            server = service
+            if args.floor:
+                stack.close()
+                server = stack.enter_context(running_floor(f"floor {name}", workdir, env, pinning))
+                with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
+                    preflight(client, name, target, token)
+            kind = "floor" if args.floor else "profile"
+            out = RESULTS_DIR / f"{kind}-{mode}-{name}.txt"
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             command = [spy, "record", "--pid", str(server.group.pid), "--subprocesses",
                        "--format", "raw", "--rate", str(SAMPLE_RATE), "--gil", "--nolineno",
@@ -139,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--database-url")
+    parser.add_argument(
+        "--floor", action="store_true", help="profile bench/floor_app.py instead of the service"
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = set(names) - set(ENDPOINTS)

@@ -1,5 +1,6 @@
 """Async engine and sessionmaker, the declarative base (`SessionDep`: app.core.dependencies)."""
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -18,8 +19,11 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool.base import _ConnectionRecord
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util.concurrency import in_greenlet
 
 from app.core.config import Settings
 from app.core.errors import database_unavailable
@@ -104,6 +108,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 _IDLE_SINCE = "idle_since"
+_PING_DUE = "ping_due"  # set by a checkout that may not do I/O: see `_checkout`
 
 
 def _check_at_checkout(engine: AsyncEngine, idle_seconds: float) -> None:
@@ -137,10 +142,18 @@ def _check_at_checkout(engine: AsyncEngine, idle_seconds: float) -> None:
         since = record.info.get(_IDLE_SINCE)  # None: opened for this checkout
         if since is None or time.monotonic() - since < idle_seconds:
             return
-        try:
-            sync_engine.dialect.do_ping(dbapi)
-        except Exception as error:  # the pool replaces it and retries the checkout
-            raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
+        if not in_greenlet():  # a checkout without I/O (`_checkout`): its caller pings
+            record.info[_PING_DUE] = True
+            return
+        _ping(sync_engine.dialect, dbapi)
+
+
+def _ping(dialect: Dialect, dbapi: DBAPIConnection) -> None:
+    """A pooled connection's ping; DisconnectionError if it failed: the pool replaces it."""
+    try:
+        dialect.do_ping(dbapi)
+    except Exception as error:
+        raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -209,16 +222,13 @@ async def _lone_statement(
         ]
     except Exception as error:  # a type refused its value: what Core raises for it
         raise exc.StatementError(str(error), sql, params, error) from error
-    async with engine.connect() as pooled:
-        # Just checked out, its DBAPI connection is there to read: `get_raw_connection()`
-        # would spend a greenlet switch (~6 µs) on an attribute read. Only an invalidated one
-        # would reconnect (I/O): that goes through the greenlet.
-        sync = pooled.sync_connection
-        raw = (
-            sync.connection
-            if sync is not None and not sync.invalidated
-            else await pooled.get_raw_connection()
-        )
+    # One turn of the event loop before the statement: the requests that arrived together
+    # then send their statements together, and their answers come back together. Without it
+    # (once the checkout below stopped yielding) CPU per request rose and p99 doubled; the
+    # floor app measured the same (bench/RESULTS.md, stops 23 and 24).
+    await asyncio.sleep(0)
+    raw = await _checkout(engine)
+    try:
         driver = raw.driver_connection
         assert driver is not None  # a checked-out connection is open
         try:
@@ -231,9 +241,54 @@ async def _lone_statement(
                 # connection as old as this one at its next checkout, not this one alone. A
                 # database restart killed them all, and each would fail a request of its own.
                 engine.sync_engine.pool._invalidate(raw, error, _checkin=False)
-                await pooled.invalidate()
+                raw.invalidate(error)
             raise _driver_error(sql, params, error, lost) from error
-        return None if record is None else dict(record.items())
+    finally:
+        raw.close()  # no transaction was begun: the reset on return sends nothing
+    return None if record is None else dict(record.items())
+
+
+async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
+    """A pooled connection for a lone statement, checked out without a greenlet when that
+    needs no I/O.
+
+    `AsyncEngine.connect()` runs the pool's checkout, and `close()` its checkin, each in a new
+    greenlet in case it does I/O: ~20% of /users/me's CPU (bench/RESULTS.md), for a checkout
+    that under load almost always takes an idle, live connection from the queue. So when the
+    next one is such a connection (`_ready`), the checkout runs plainly; anything else (a
+    connection to open, wait for, recycle or replace) goes through the greenlet, as before.
+    A ping the idle check asks for is sent here. Should a plain checkout need I/O after all,
+    SQLAlchemy raises MissingGreenlet before any starts, and the greenlet takes over."""
+    pool = engine.sync_engine.pool
+    if isinstance(pool, FairAsyncPool) and _ready(pool, pool.next_idle()):
+        try:
+            raw = pool.connect()
+        except exc.MissingGreenlet:
+            pass
+        else:
+            if not raw.info.pop(_PING_DUE, False):
+                return raw
+            dbapi = raw.dbapi_connection
+            assert dbapi is not None  # checked out: open
+            try:
+                await greenlet_spawn(_ping, engine.sync_engine.dialect, dbapi)
+            except exc.DisconnectionError as error:
+                raw.invalidate(error)  # closed and back in the pool: check out another
+            else:
+                return raw
+    return await greenlet_spawn(pool.connect)
+
+
+def _ready(pool: FairAsyncPool, record: ConnectionPoolEntry | None) -> bool:
+    """Whether a checkout of this idle connection does no I/O: it is open, not closed by the
+    database, not due for recycling, and not retired (the conditions of SQLAlchemy's
+    `_ConnectionRecord.get_connection` and of our checkout check)."""
+    if not isinstance(record, _ConnectionRecord) or record._is_hard_or_soft_invalidated():
+        return False
+    driver = record.driver_connection
+    if driver is None or driver.is_closed():
+        return False
+    return pool._recycle < 0 or time.time() - record.starttime <= pool._recycle
 
 
 def _driver_error(

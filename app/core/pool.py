@@ -15,22 +15,42 @@ overflow, timeout (its `TimeoutError`), pre-ping, recycle, events, invalidation.
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util import await_
-from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
+from sqlalchemy.util.queue import Empty, Full, QueueCommon
 
 
-class FairQueue(AsyncAdaptedQueue[Any]):
-    """The pool's queue of idle connections, with the checkouts that wait for one in line.
+class FairQueue(QueueCommon[Any]):
+    """The pool's idle connections, and the checkouts that wait for one in line.
 
     Invariant: connections sit in the queue only while nobody waits; a returned one goes to
-    the first live waiter. So a checkout may take from the queue only when no one waits."""
+    the first live waiter. So a checkout may take from the queue only when no one waits.
+    Its own deque rather than SQLAlchemy's `asyncio.Queue`, so the next connection a checkout
+    would take can be looked at (`next_idle`)."""
 
     def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
-        super().__init__(maxsize, use_lifo)
+        self.maxsize = maxsize  # 0: unbounded
+        self.use_lifo = use_lifo
+        self._idle: deque[Any] = deque()
         self._waiters: deque[asyncio.Future[Any]] = deque()
+
+    def empty(self) -> bool:
+        return not self._idle
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= len(self._idle)
+
+    def qsize(self) -> int:
+        return len(self._idle)
+
+    def next_idle(self) -> Any | None:
+        """What a checkout now would take without waiting, or None (none idle, or others
+        wait first)."""
+        if self._waiters or not self._idle:
+            return None
+        return self._idle[-1] if self.use_lifo else self._idle[0]
 
     def put_nowait(self, item: Any) -> None:
         while self._waiters:
@@ -38,13 +58,20 @@ class FairQueue(AsyncAdaptedQueue[Any]):
             if not waiter.done():  # a waiter that gave up (timeout, cancel) is skipped
                 waiter.set_result(item)
                 return
-        super().put_nowait(item)  # raises Full past the pool size: the pool closes it
+        if self.full():
+            raise Full  # past the pool size: the pool closes it
+        self._idle.append(item)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         self.put_nowait(item)  # the pool only returns connections without blocking
 
+    def get_nowait(self) -> Any:
+        if not self._idle:
+            raise Empty
+        return self._idle.pop() if self.use_lifo else self._idle.popleft()
+
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if not self._waiters and not self.empty():
+        if not self._waiters and self._idle:
             return self.get_nowait()
         if not block:
             raise Empty
@@ -71,3 +98,10 @@ class FairQueue(AsyncAdaptedQueue[Any]):
 
 class FairAsyncPool(AsyncAdaptedQueuePool):
     _queue_class = FairQueue
+
+    def next_idle(self) -> ConnectionPoolEntry | None:
+        """The connection the next checkout takes without waiting, or None
+        (app.core.db `_checkout`)."""
+        queue = cast(FairQueue, self._pool)  # made from `_queue_class`
+        record: ConnectionPoolEntry | None = queue.next_idle()
+        return record

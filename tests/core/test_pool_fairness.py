@@ -1,18 +1,19 @@
 """The connection pool serves waiting checkouts first come first served (app/core/pool.py):
 a returned connection goes to the longest waiter, never to a checkout that started after it;
-a waiter that times out or is cancelled takes no connection with it. On both backends."""
+a waiter that times out or is cancelled takes no connection with it; a lone statement waits
+its turn too. On both backends."""
 
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import exc
+from sqlalchemy import exc, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from app.core.db import create_engine
+from app.core.db import create_engine, read_one
 from app.core.pool import FairAsyncPool
 from tests.support.settings import make_settings
 
@@ -72,6 +73,34 @@ async def test_a_returned_connection_goes_to_the_longest_waiter(engine: AsyncEng
     late = asyncio.create_task(take("late"))
     await asyncio.gather(first, second, late)
     assert order == ["first", "second", "late"]
+    assert _pool(engine).checkedout() == 0
+
+
+async def test_a_lone_statement_takes_its_turn_behind_waiting_checkouts(
+    engine: AsyncEngine,
+) -> None:
+    """`read_one` checks out its own way (without a greenlet when a connection is idle), but
+    in the same line: one returned while others wait is theirs first."""
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        connection = await _checkout(engine)
+        order.append(name)
+        await greenlet_spawn(connection.close)
+
+    async def lone_statement() -> None:
+        assert await read_one(engine, select(literal_column("1").label("one"))) == {"one": 1}
+        order.append("lone statement")
+
+    held = await _checkout(engine)
+    first = asyncio.create_task(take("first"))
+    await _waiting(engine, 1)
+    second = asyncio.create_task(take("second"))
+    await _waiting(engine, 2)
+    await greenlet_spawn(held.close)
+    late = asyncio.create_task(lone_statement())
+    await asyncio.gather(first, second, late)
+    assert order == ["first", "second", "lone statement"]
     assert _pool(engine).checkedout() == 0
 
 

@@ -1,18 +1,21 @@
 """PostgreSQL connections are pinged before use only after sitting idle (issue 14: a ping at
 every checkout was three round trips per request), and an idle connection that died meanwhile
 (a failover, a proxy's idle timeout) is replaced before any statement sees it. A connection the
-database closed (a restart) is replaced at checkout without a ping."""
+database closed (a restart) is replaced at checkout without a ping. Each holds for both ways a
+statement gets its connection: a connection (sessions, Core) and a lone statement (`read_one`,
+whose checkout skips the greenlet when it can: app.core.db `_checkout`)."""
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.core.db import create_engine
+from app.core.db import create_engine, read_one
 from tests.support.settings import make_settings
 from tests.support.waiting import eventually_async
 
@@ -21,11 +24,25 @@ IDLE_SECONDS = 0.2
 
 
 _PID = text("SELECT pg_backend_pid()")
+_LONE_PID = select(func.pg_backend_pid().label("pid"))
+BackendPid = Callable[[AsyncEngine], Awaitable[int]]
 
 
-async def _backend_pid(engine: AsyncEngine) -> int:
+async def _pid_on_a_connection(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         return int((await connection.execute(_PID)).scalar_one())
+
+
+async def _pid_of_a_lone_statement(engine: AsyncEngine) -> int:
+    row = await read_one(engine, _LONE_PID)
+    assert row is not None
+    return int(row["pid"])
+
+
+@pytest.fixture(params=["connection", "lone statement"])
+def backend_pid(request: pytest.FixtureRequest) -> BackendPid:
+    """The backend a statement ran on, by one of the two ways to get a pooled connection."""
+    return _pid_on_a_connection if request.param == "connection" else _pid_of_a_lone_statement
 
 
 class _DroppingProxy:
@@ -83,7 +100,7 @@ class _DroppingProxy:
 
 
 async def test_an_idle_connection_dropped_silently_is_pinged_and_replaced(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_pid: BackendPid
 ) -> None:
     proxy = _DroppingProxy(urlsplit(postgres_url))
     settings = make_settings(
@@ -93,15 +110,15 @@ async def test_an_idle_connection_dropped_silently_is_pinged_and_replaced(
     engine = create_engine(settings)
     pings = _count_pings(engine, monkeypatch)
     try:
-        first = await _backend_pid(engine)
-        assert await _backend_pid(engine) == first  # not idle: reused without a ping
+        first = await backend_pid(engine)
+        assert await backend_pid(engine) == first  # not idle: reused without a ping
         assert pings == []
         proxy.drop()
         # Idleness is the condition under test: the connection must sit past its threshold.
         await asyncio.sleep(IDLE_SECONDS * 1.5)
         # Then it is pinged, found dead and replaced, and the statement runs on the new one:
         # no error reaches the caller (one attempt, not a retry loop).
-        assert await _backend_pid(engine) != first
+        assert await backend_pid(engine) != first
         assert len(pings) == 1
     finally:
         await engine.dispose()
@@ -109,7 +126,7 @@ async def test_an_idle_connection_dropped_silently_is_pinged_and_replaced(
 
 
 async def test_a_connection_the_database_closed_is_replaced_at_checkout_without_a_ping(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_pid: BackendPid
 ) -> None:
     """A restart closes every pooled connection at once. The driver sees each socket close as
     it happens, and checkout hands none of them out: no request meets one, and no ping is
@@ -134,7 +151,7 @@ async def test_a_connection_the_database_closed_is_replaced_at_checkout_without_
             timeout=10, what="the driver to see its connections closed",
         )  # fmt: skip
         for _ in range(size):  # each pooled one is replaced as it is checked out
-            assert await _backend_pid(engine) not in pids
+            assert await backend_pid(engine) not in pids
         assert pings == []
     finally:
         await engine.dispose()
@@ -158,7 +175,7 @@ def _count_pings(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[D
 @pytest.mark.parametrize(("idle_seconds", "expected"), [(0, 2), (3600, 0)])
 async def test_pings_follow_the_idle_threshold(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    idle_seconds: float, expected: int,
+    idle_seconds: float, expected: int, backend_pid: BackendPid,
 ) -> None:  # fmt: skip
     """0 pings at every checkout (but a brand-new connection's); otherwise only after idling."""
     settings = make_settings(
@@ -168,7 +185,7 @@ async def test_pings_follow_the_idle_threshold(
     pings = _count_pings(engine, monkeypatch)
     try:
         for _ in range(3):
-            await _backend_pid(engine)
+            await backend_pid(engine)
         assert len(pings) == expected
     finally:
         await engine.dispose()
