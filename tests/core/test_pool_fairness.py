@@ -54,33 +54,12 @@ async def _waiting(engine: AsyncEngine, count: int) -> None:
     raise AssertionError(f"{count} checkouts never waited")
 
 
-async def test_a_returned_connection_goes_to_the_longest_waiter(engine: AsyncEngine) -> None:
-    order: list[str] = []
-
-    async def take(name: str) -> None:
-        connection = await _checkout(engine)
-        order.append(name)
-        await greenlet_spawn(connection.close)
-
-    held = await _checkout(engine)
-    first = asyncio.create_task(take("first"))
-    await _waiting(engine, 1)
-    second = asyncio.create_task(take("second"))
-    await _waiting(engine, 2)
-    # Given back, and at once (before the waiters get a step) a new checkout starts: on
-    # SQLAlchemy's own queue it takes the connection ahead of both.
-    await greenlet_spawn(held.close)
-    late = asyncio.create_task(take("late"))
-    await asyncio.gather(first, second, late)
-    assert order == ["first", "second", "late"]
-    assert _pool(engine).checkedout() == 0
-
-
-async def test_a_lone_statement_takes_its_turn_behind_waiting_checkouts(
-    engine: AsyncEngine,
+@pytest.mark.parametrize("late_comer", ["checkout", "lone statement"])
+async def test_a_returned_connection_goes_to_the_longest_waiter(
+    engine: AsyncEngine, late_comer: str
 ) -> None:
-    """`read_one` checks out its own way (without a greenlet when a connection is idle), but
-    in the same line: one returned while others wait is theirs first."""
+    """Whoever comes late waits its turn: a checkout, or a lone statement (`read_one`, which
+    checks out its own way, without a greenlet when a connection is idle)."""
     order: list[str] = []
 
     async def take(name: str) -> None:
@@ -90,17 +69,19 @@ async def test_a_lone_statement_takes_its_turn_behind_waiting_checkouts(
 
     async def lone_statement() -> None:
         assert await read_one(engine, select(literal_column("1").label("one"))) == {"one": 1}
-        order.append("lone statement")
+        order.append("late")
 
     held = await _checkout(engine)
     first = asyncio.create_task(take("first"))
     await _waiting(engine, 1)
     second = asyncio.create_task(take("second"))
     await _waiting(engine, 2)
+    # Given back, and at once (before the waiters get a step) a new checkout starts: on
+    # SQLAlchemy's own queue it takes the connection ahead of both.
     await greenlet_spawn(held.close)
-    late = asyncio.create_task(lone_statement())
+    late = asyncio.create_task(take("late") if late_comer == "checkout" else lone_statement())
     await asyncio.gather(first, second, late)
-    assert order == ["first", "second", "lone statement"]
+    assert order == ["first", "second", "late"]
     assert _pool(engine).checkedout() == 0
 
 
