@@ -274,6 +274,9 @@ async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
                 await greenlet_spawn(_ping, engine.sync_engine.dialect, dbapi)
             except exc.DisconnectionError as error:
                 raw.invalidate(error)  # closed and back in the pool: check out another
+            except BaseException:  # cancelled mid-ping: in an unknown state, so not reused
+                raw.invalidate()
+                raise
             else:
                 return raw
     return await greenlet_spawn(pool.connect)

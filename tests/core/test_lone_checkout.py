@@ -2,8 +2,10 @@
 without a greenlet (issue 14: the greenlets of checkout and checkin were ~20% of /users/me's
 CPU), and every connection that needs I/O first (one to open, recycle or replace after a
 disconnect) still gets it, through the greenlet, with no warning and no error for the caller.
-The ping of an idle connection on this path: tests/core/test_pool_ping.py."""
+A client that leaves during the ping costs the pool nothing. The ping of an idle connection on
+this path: tests/core/test_pool_ping.py."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -106,3 +108,36 @@ async def test_connections_retired_by_a_disconnect_are_reopened_for_lone_stateme
         await read_one(engine, _SUICIDE)
     assert caught.value.connection_invalidated
     assert await _pid(engine) not in before
+
+
+async def test_a_lone_statement_cancelled_during_its_ping_gives_the_connection_back(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that leaves while its connection is being pinged (the ping stalls, as on a
+    dead network path) costs the pool nothing: that connection is closed and given back, and
+    the next statement runs."""
+    settings = make_settings(
+        tmp_path, postgres_url, database_pool_size=1, database_ping_idle_seconds=0
+    )
+    engine = create_engine(settings)
+    pinging = asyncio.Event()
+
+    def stalled_ping(_dialect: Any, _dbapi: Any) -> None:
+        pinging.set()
+        sqlalchemy.util.await_(asyncio.sleep(3600))
+
+    try:
+        first = await _pid(engine)  # opened for this statement: no ping
+        monkeypatch.setattr(app.core.db, "_ping", stalled_ping)
+        statement = asyncio.create_task(_pid(engine))  # idle 0 s is idle enough: a ping
+        await asyncio.wait_for(pinging.wait(), timeout=5)
+        statement.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await statement
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, QueuePool)
+        assert pool.checkedout() == 0
+        monkeypatch.undo()
+        assert await _pid(engine) != first  # the pinged one was closed: a new connection
+    finally:
+        await engine.dispose()
