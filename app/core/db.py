@@ -279,7 +279,17 @@ async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
                 raise
             else:
                 return raw
-    return await greenlet_spawn(pool.connect)
+    try:
+        return await greenlet_spawn(pool.connect)
+    except engine.dialect.loaded_dbapi.Error as error:
+        # What `engine.connect()` raises for a connection it can't open (a DBAPIError, which
+        # the error handlers answer with a 503 while the database restarts), not the driver
+        # adapter's own exception.
+        dialect = engine.sync_engine.dialect
+        raise exc.DBAPIError.instance(
+            None, None, error, dialect.loaded_dbapi.Error, dialect=dialect,
+            connection_invalidated=dialect.is_disconnect(error, None, None),
+        ) from error  # fmt: skip
 
 
 def _ready(pool: FairAsyncPool, record: ConnectionPoolEntry | None) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy.util
 from sqlalchemy import func, select
@@ -20,6 +21,8 @@ from sqlalchemy.pool import QueuePool
 
 import app.core.db
 from app.core.db import create_engine, read_one
+from app.core.errors import database_unavailable
+from tests.support.servers import PostgresServer
 from tests.support.settings import make_settings
 from tests.support.waiting import eventually_async
 
@@ -141,3 +144,32 @@ async def test_a_lone_statement_cancelled_during_its_ping_gives_the_connection_b
         assert await _pid(engine) != first  # the pinged one was closed: a new connection
     finally:
         await engine.dispose()
+
+
+async def test_a_connection_refused_while_the_database_shuts_down_is_a_database_error(
+    tmp_path: Path,
+) -> None:
+    """While PostgreSQL shuts down it refuses new connections (SQLSTATE 57P03). A lone
+    statement that must open one raises SQLAlchemy's DBAPIError, as `engine.connect()` does,
+    which the error handlers answer with a 503: not the driver adapter's own error (a 500,
+    seen on the compose stack during a database restart)."""
+    with PostgresServer() as server:
+        url = server.create_database("shutdown")
+        engine = create_engine(make_settings(tmp_path, url, database_pool_size=1))
+        # A session left open keeps a smart shutdown waiting: the refusing window, held open.
+        session = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            server.begin_smart_shutdown()
+            await eventually_async(
+                lambda: _refused(server.log_file), timeout=10, what="the shutdown to begin"
+            )
+            with pytest.raises(DBAPIError) as caught:
+                await _pid(engine)
+            assert database_unavailable(caught.value)
+        finally:
+            await session.close()  # the last session: the server now stops
+            await engine.dispose()
+
+
+def _refused(log: Path) -> bool:
+    return "received smart shutdown request" in log.read_text(errors="replace")

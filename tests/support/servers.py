@@ -336,6 +336,16 @@ class PostgresServer:
             timeout=60,
         )
 
+    def begin_smart_shutdown(self) -> None:
+        """Begin a shutdown that waits for the open sessions to end, and return at once:
+        meanwhile the server refuses new connections ("the database system is shutting down",
+        SQLSTATE 57P03), as during an orchestrator's restart."""
+        self._run(
+            [str(self.bin_dir / "pg_ctl"), "stop", "-W", "-m", "smart", "-D", str(self.data_dir)],
+            what="pg_ctl stop -m smart",
+            timeout=60,
+        )
+
     def revive(self) -> None:
         """Start again on the same port and data after `halt`."""
         self._run(
