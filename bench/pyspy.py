@@ -39,7 +39,14 @@ from bench.service import (
     running_service,
     service_env,
 )
-from bench.targets import ENDPOINTS, get_item_id, get_token, preflight, service_targets
+from bench.targets import (
+    ENDPOINTS,
+    FLOOR_ENDPOINTS,
+    get_item_id,
+    get_token,
+    preflight,
+    service_targets,
+)
 from bench.wrk import finish_wrk, start_wrk
 
 RESULTS_DIR = BENCH_DIR / "results"
@@ -166,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(names) - set(ENDPOINTS)
     if unknown:
         parser.error(f"unknown endpoints {sorted(unknown)}")
+    if args.floor and set(names) - FLOOR_ENDPOINTS:
+        parser.error(f"the floor doesn't serve {sorted(set(names) - FLOOR_ENDPOINTS)}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"mode": args.mode, "loadavg_1m": round(os.getloadavg()[0], 2)}
     try:

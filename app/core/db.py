@@ -107,8 +107,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-_IDLE_SINCE = "idle_since"
-_PING_DUE = "ping_due"  # set by a checkout that may not do I/O: see `_checkout`
+# In a pooled connection's info: when (time.monotonic()) it is to be pinged before use.
+_PING_AFTER = "ping_after"
 
 
 def _check_at_checkout(engine: AsyncEngine, idle_seconds: float) -> None:
@@ -129,23 +129,26 @@ def _check_at_checkout(engine: AsyncEngine, idle_seconds: float) -> None:
 
     @event.listens_for(sync_engine, "checkin")
     def _checked_in(_dbapi: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
-        record.info[_IDLE_SINCE] = time.monotonic()
+        record.info[_PING_AFTER] = time.monotonic() + idle_seconds
 
     @event.listens_for(sync_engine, "checkout")
     def _checked_out(
         dbapi: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
     ) -> None:
-        driver = record.driver_connection
-        if driver is not None and driver.is_closed():
+        if _closed_by_database(record):
             # DisconnectionError: the pool discards this one and checks out again.
             raise exc.DisconnectionError("the database closed this pooled connection")
-        since = record.info.get(_IDLE_SINCE)  # None: opened for this checkout
-        if since is None or time.monotonic() - since < idle_seconds:
-            return
-        if not in_greenlet():  # a checkout without I/O (`_checkout`): its caller pings
-            record.info[_PING_DUE] = True
+        # None: opened for this checkout. Outside a greenlet: a checkout without I/O, which
+        # `_ready` let through only before the deadline (a moment ago).
+        deadline = record.info.get(_PING_AFTER)
+        if deadline is None or time.monotonic() < deadline or not in_greenlet():
             return
         _ping(sync_engine.dialect, dbapi)
+
+
+def _closed_by_database(record: ConnectionPoolEntry) -> bool:
+    driver = record.driver_connection
+    return driver is not None and bool(driver.is_closed())
 
 
 def _ping(dialect: Dialect, dbapi: DBAPIConnection) -> None:
@@ -256,29 +259,15 @@ async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
     greenlet in case it does I/O: ~20% of /users/me's CPU (bench/RESULTS.md), for a checkout
     that under load almost always takes an idle, live connection from the queue. So when the
     next one is such a connection (`_ready`), the checkout runs plainly; anything else (a
-    connection to open, wait for, recycle or replace) goes through the greenlet, as before.
-    A ping the idle check asks for is sent here. Should a plain checkout need I/O after all,
-    SQLAlchemy raises MissingGreenlet before any starts, and the greenlet takes over."""
+    connection to open, wait for, ping, recycle or replace) goes through the greenlet, as
+    before. Should a plain checkout need I/O after all, SQLAlchemy raises MissingGreenlet
+    before any starts, and the greenlet takes over."""
     pool = engine.sync_engine.pool
     if isinstance(pool, FairAsyncPool) and _ready(pool, pool.next_idle()):
         try:
-            raw = pool.connect()
+            return pool.connect()
         except exc.MissingGreenlet:
             pass
-        else:
-            if not raw.info.pop(_PING_DUE, False):
-                return raw
-            dbapi = raw.dbapi_connection
-            assert dbapi is not None  # checked out: open
-            try:
-                await greenlet_spawn(_ping, engine.sync_engine.dialect, dbapi)
-            except exc.DisconnectionError as error:
-                raw.invalidate(error)  # closed and back in the pool: check out another
-            except BaseException:  # cancelled mid-ping: in an unknown state, so not reused
-                raw.invalidate()
-                raise
-            else:
-                return raw
     try:
         return await greenlet_spawn(pool.connect)
     except engine.dialect.loaded_dbapi.Error as error:
@@ -294,12 +283,11 @@ async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
 
 def _ready(pool: FairAsyncPool, record: ConnectionPoolEntry | None) -> bool:
     """Whether a checkout of this idle connection does no I/O: it is open, not closed by the
-    database, not due for recycling, and not retired (the conditions of SQLAlchemy's
-    `_ConnectionRecord.get_connection` and of our checkout check)."""
+    database, not due for a ping (`_check_at_checkout`), for recycling, or retired (the
+    conditions of SQLAlchemy's `_ConnectionRecord.get_connection`)."""
     if not isinstance(record, _ConnectionRecord) or record._is_hard_or_soft_invalidated():
         return False
-    driver = record.driver_connection
-    if driver is None or driver.is_closed():
+    if _closed_by_database(record) or time.monotonic() >= record.info.get(_PING_AFTER, 0):
         return False
     return pool._recycle < 0 or time.time() - record.starttime <= pool._recycle
 

@@ -99,7 +99,7 @@ async def test_a_connection_past_its_recycle_age_is_replaced_through_the_greenle
 
 
 async def test_connections_retired_by_a_disconnect_are_reopened_for_lone_statements(
-    engine: AsyncEngine, greenlets: list[Callable[..., Any]]
+    engine: AsyncEngine,
 ) -> None:
     """A statement that loses its connection retires every connection opened before it; the
     next lone statement finds its idle connection retired and reopens it, without error."""
